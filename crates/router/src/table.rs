@@ -1,0 +1,823 @@
+//! The route table: registrations and reservations, and longest-prefix lookup.
+//!
+//! Each (scheme, port) has up to four kinds of *sites*, one per category: the `+` site, one
+//! site per explicit host name, one per IP address, and the `*` site. A site is the root of
+//! a tree with one node per path segment. All trees share one node arena and one hash table
+//! of edges keyed by (parent node, upper-cased segment), so a lookup costs one hash probe per
+//! segment of the request's path, whatever the number of registrations.
+
+use core::fmt;
+use std::net::IpAddr;
+
+use foldhash::fast::RandomState;
+use hashbrown::{HashMap, HashTable};
+
+use crate::error::Win32Error;
+use crate::fold::{eq_folded, hash_folded};
+use crate::host::RequestHost;
+use crate::prefix::{Host, Scheme, UrlPrefix};
+
+const NONE: u32 = u32::MAX;
+/// Hash tag of explicit host names, apart from every node id.
+const HOST_TAG: u32 = u32::MAX - 1;
+
+/// A registered prefix and the value it delivers to (a queue, a URL context...).
+#[derive(Debug, Clone)]
+pub struct Registration<T> {
+    prefix: UrlPrefix,
+    value: T,
+}
+
+impl<T> Registration<T> {
+    /// The prefix as registered.
+    pub fn prefix(&self) -> &UrlPrefix {
+        &self.prefix
+    }
+
+    /// The value given when registering.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// Splits into prefix and value.
+    pub fn into_parts(self) -> (UrlPrefix, T) {
+        (self.prefix, self.value)
+    }
+}
+
+/// Registrations and reservations, routed by HTTP.sys's rules.
+///
+/// `route` takes `&self` and allocates nothing; share one table between threads behind an
+/// `Arc` and publish a new one after changes (for example with `arc-swap`).
+///
+/// # Examples
+///
+/// ```
+/// use portshare_router::{Endpoint, RequestHead, RouteTable, Scheme, UrlOptions, Version};
+///
+/// let mut table = RouteTable::new();
+/// table.add("http://+:80/app1/".parse()?, "app1")?;
+/// table.add("http://*:80/".parse()?, "fallback")?;
+///
+/// let endpoint = Endpoint::new(Scheme::Http, "127.0.0.1:80".parse()?);
+/// let head = RequestHead::new(b"GET", b"/APP1/x", Version::Http11, Some(b"example.com"));
+/// let delivery = table.dispatch(&endpoint, &head, &UrlOptions::default()).delivery().unwrap();
+/// assert_eq!(*delivery.registration().value(), "app1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct RouteTable<T> {
+    nodes: Vec<Node<T>>,
+    free: Vec<u32>,
+    edges: HashTable<Edge>,
+    ports: HashMap<(Scheme, u16), Port>,
+    hasher: RandomState,
+    registrations: usize,
+}
+
+struct Node<T> {
+    registration: Option<Registration<T>>,
+    reservation: Option<UrlPrefix>,
+    parent: u32,
+    /// Hash of the edge from the parent, to find it again when pruning.
+    edge_hash: u64,
+    children: u32,
+}
+
+impl<T> Node<T> {
+    fn is_empty(&self) -> bool {
+        self.registration.is_none() && self.reservation.is_none() && self.children == 0
+    }
+
+    fn has_entry(&self) -> bool {
+        self.registration.is_some() || self.reservation.is_some()
+    }
+}
+
+struct Edge {
+    hash: u64,
+    parent: u32,
+    child: u32,
+    /// The segment, upper-cased.
+    key: Box<str>,
+}
+
+#[derive(Clone, Copy)]
+struct Site {
+    node: u32,
+    /// Registrations (not reservations) in this site.
+    registrations: u32,
+}
+
+struct NamedSite {
+    hash: u64,
+    folded: Box<str>,
+    site: Site,
+}
+
+#[derive(Default)]
+struct Port {
+    strong: Option<Site>,
+    explicit: HashTable<NamedSite>,
+    ip: HashMap<IpAddr, Site>,
+    weak: Option<Site>,
+    registrations: u32,
+    entries: u32,
+}
+
+/// Where a prefix's site lives inside its port.
+enum SiteKey<'p> {
+    Strong,
+    Explicit(&'p str),
+    Ip(IpAddr),
+    Weak,
+}
+
+impl<'p> SiteKey<'p> {
+    fn of(prefix: &'p UrlPrefix) -> SiteKey<'p> {
+        match prefix.host() {
+            Host::Strong => SiteKey::Strong,
+            Host::Weak => SiteKey::Weak,
+            Host::Name(_) => SiteKey::Explicit(prefix.folded_host()),
+            Host::Ip(ip) => SiteKey::Ip(ip.to_canonical()),
+        }
+    }
+}
+
+/// What a lookup found, before the request-level answers are chosen.
+#[derive(Debug)]
+pub(crate) enum Lookup<'t, T> {
+    /// A registration won.
+    Registration(&'t Registration<T>),
+    /// A reservation with no registration won: 503.
+    Reserved,
+    /// The host matched a registration, no path did: 404.
+    NotFound,
+    /// No registration serves this host: 400 Invalid Hostname.
+    Hostname,
+    /// Nothing is registered on this scheme and port: nothing listens.
+    Refused,
+}
+
+impl<T> Default for RouteTable<T> {
+    fn default() -> RouteTable<T> {
+        RouteTable::new()
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// An empty table.
+    pub fn new() -> RouteTable<T> {
+        RouteTable {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            edges: HashTable::new(),
+            ports: HashMap::default(),
+            hasher: RandomState::default(),
+            registrations: 0,
+        }
+    }
+
+    /// The number of registrations.
+    pub fn len(&self) -> usize {
+        self.registrations
+    }
+
+    /// True when nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.registrations == 0
+    }
+
+    /// Checks what [`add`](RouteTable::add) would check, without adding: the other scheme on
+    /// the same port, then a duplicate.
+    ///
+    /// # Errors
+    ///
+    /// See [`add`](RouteTable::add).
+    pub fn check_add(&self, prefix: &UrlPrefix) -> Result<(), TableError> {
+        let other = (prefix.scheme().other(), prefix.port());
+        if self.ports.get(&other).is_some_and(|p| p.entries > 0) {
+            let existing = self
+                .entries()
+                .find(|p| (p.scheme(), p.port()) == other)
+                .map(|p| p.as_str().to_owned())
+                .unwrap_or_default();
+            return Err(TableError::SchemeConflict { existing });
+        }
+        if let Some(reg) = self
+            .find(prefix)
+            .and_then(|n| self.nodes[n as usize].registration.as_ref())
+        {
+            return Err(TableError::AlreadyRegistered {
+                existing: reg.prefix.as_str().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Registers a prefix.
+    ///
+    /// # Errors
+    ///
+    /// [`TableError::SchemeConflict`] when the port is reserved or registered for the other
+    /// scheme, [`TableError::AlreadyRegistered`] when the same prefix is registered (both
+    /// `ERROR_ALREADY_EXISTS`, 183).
+    pub fn add(&mut self, prefix: UrlPrefix, value: T) -> Result<(), TableError> {
+        self.check_add(&prefix)?;
+        let node = self.insert_path(&prefix, true);
+        self.nodes[node as usize].registration = Some(Registration { prefix, value });
+        self.registrations += 1;
+        Ok(())
+    }
+
+    /// Removes a registration and gives back what it held.
+    ///
+    /// # Errors
+    ///
+    /// [`TableError::NotRegistered`] (`ERROR_FILE_NOT_FOUND`, 2) when it is not registered.
+    pub fn remove(&mut self, prefix: &UrlPrefix) -> Result<Registration<T>, TableError> {
+        let not_found = || TableError::NotRegistered {
+            prefix: prefix.as_str().to_owned(),
+        };
+        let node = self.find(prefix).ok_or_else(not_found)?;
+        let reg = self.nodes[node as usize]
+            .registration
+            .take()
+            .ok_or_else(not_found)?;
+        self.registrations -= 1;
+        self.release(prefix, node, true);
+        Ok(reg)
+    }
+
+    /// Adds a reservation: a prefix that takes part in routing, answering 503 when it wins
+    /// with no registration of the same URL.
+    ///
+    /// # Errors
+    ///
+    /// [`TableError::AlreadyReserved`] (183) when the same URL is reserved.
+    pub fn reserve(&mut self, prefix: UrlPrefix) -> Result<(), TableError> {
+        if let Some(res) = self
+            .find(&prefix)
+            .and_then(|n| self.nodes[n as usize].reservation.as_ref())
+        {
+            return Err(TableError::AlreadyReserved {
+                existing: res.as_str().to_owned(),
+            });
+        }
+        let node = self.insert_path(&prefix, false);
+        self.nodes[node as usize].reservation = Some(prefix);
+        Ok(())
+    }
+
+    /// Removes a reservation.
+    ///
+    /// # Errors
+    ///
+    /// [`TableError::NotReserved`] (2) when it is not reserved.
+    pub fn unreserve(&mut self, prefix: &UrlPrefix) -> Result<UrlPrefix, TableError> {
+        let not_found = || TableError::NotReserved {
+            prefix: prefix.as_str().to_owned(),
+        };
+        let node = self.find(prefix).ok_or_else(not_found)?;
+        let res = self.nodes[node as usize]
+            .reservation
+            .take()
+            .ok_or_else(not_found)?;
+        self.release(prefix, node, false);
+        Ok(res)
+    }
+
+    /// The registration of exactly this prefix (compared as HTTP.sys does).
+    pub fn get(&self, prefix: &UrlPrefix) -> Option<&Registration<T>> {
+        self.find(prefix)
+            .and_then(|n| self.nodes[n as usize].registration.as_ref())
+    }
+
+    /// True when exactly this URL is reserved.
+    pub fn is_reserved(&self, prefix: &UrlPrefix) -> bool {
+        self.find(prefix)
+            .is_some_and(|n| self.nodes[n as usize].reservation.is_some())
+    }
+
+    /// Every registration, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Registration<T>> {
+        self.nodes.iter().filter_map(|n| n.registration.as_ref())
+    }
+
+    /// Every reservation, in no particular order.
+    pub fn reservations(&self) -> impl Iterator<Item = &UrlPrefix> {
+        self.nodes.iter().filter_map(|n| n.reservation.as_ref())
+    }
+
+    /// True when something is registered on this scheme and port: a listener is needed.
+    pub fn listens(&self, scheme: Scheme, port: u16) -> bool {
+        self.ports
+            .get(&(scheme, port))
+            .is_some_and(|p| p.registrations > 0)
+    }
+
+    /// The (scheme, port) pairs that have registrations.
+    pub fn ports(&self) -> impl Iterator<Item = (Scheme, u16)> + '_ {
+        self.ports
+            .iter()
+            .filter(|(_, p)| p.registrations > 0)
+            .map(|(k, _)| *k)
+    }
+
+    /// Every registration and reservation prefix.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = &UrlPrefix> {
+        self.nodes.iter().flat_map(|n| {
+            n.registration
+                .as_ref()
+                .map(|r| &r.prefix)
+                .into_iter()
+                .chain(n.reservation.as_ref())
+        })
+    }
+
+    /// Registrations and reservations on one scheme and port, for explanations.
+    pub(crate) fn entries_on(
+        &self,
+        scheme: Scheme,
+        port: u16,
+    ) -> impl Iterator<Item = (&UrlPrefix, Option<&Registration<T>>)> {
+        self.nodes.iter().flat_map(move |n| {
+            let reg = n.registration.as_ref().map(|r| (&r.prefix, Some(r)));
+            let res = n.reservation.as_ref().map(|p| (p, None));
+            reg.into_iter()
+                .chain(res)
+                .filter(move |(p, _)| p.scheme() == scheme && p.port() == port)
+        })
+    }
+
+    /// Finds the request's winner: category by category, the longest matching prefix.
+    pub(crate) fn lookup(
+        &self,
+        scheme: Scheme,
+        port: u16,
+        local_ip: IpAddr,
+        host: Option<&RequestHost<'_>>,
+        path: &str,
+    ) -> Lookup<'_, T> {
+        let Some(p) = self
+            .ports
+            .get(&(scheme, port))
+            .filter(|p| p.registrations > 0)
+        else {
+            return Lookup::Refused;
+        };
+        let local_ip = local_ip.to_canonical();
+        let named = match host {
+            Some(h) if h.ip().is_none() => self.named_site(p, h.name()),
+            _ => None,
+        };
+        let ip = p.ip.get(&local_ip).copied();
+        for site in [p.strong, named, ip, p.weak].into_iter().flatten() {
+            if let Some(node) = self.longest(site.node, path) {
+                let node = &self.nodes[node as usize];
+                return match (&node.registration, &node.reservation) {
+                    (Some(reg), _) => Lookup::Registration(reg),
+                    (None, Some(_)) => Lookup::Reserved,
+                    (None, None) => unreachable!("longest() returns nodes with an entry"),
+                };
+            }
+        }
+        let serves_host = [p.strong, named, ip, p.weak]
+            .into_iter()
+            .flatten()
+            .any(|s| s.registrations > 0);
+        if serves_host {
+            Lookup::NotFound
+        } else {
+            Lookup::Hostname
+        }
+    }
+
+    fn named_site(&self, port: &Port, name: &str) -> Option<Site> {
+        let hash = hash_folded(&self.hasher, HOST_TAG, name);
+        port.explicit
+            .find(hash, |s| eq_folded(&s.folded, name))
+            .map(|s| s.site)
+    }
+
+    /// The deepest node with an entry on the path from `root` along `path`'s segments.
+    #[inline]
+    fn longest(&self, root: u32, path: &str) -> Option<u32> {
+        let mut node = root;
+        let mut best = self.nodes[node as usize].has_entry().then_some(node);
+        for seg in path.split('/').skip(1) {
+            if seg.is_empty() {
+                break;
+            }
+            let hash = hash_folded(&self.hasher, node, seg);
+            match self
+                .edges
+                .find(hash, |e| e.parent == node && eq_folded(&e.key, seg))
+            {
+                Some(e) => node = e.child,
+                None => break,
+            }
+            if self.nodes[node as usize].has_entry() {
+                best = Some(node);
+            }
+        }
+        best
+    }
+
+    /// The node of exactly this prefix, if its path exists.
+    fn find(&self, prefix: &UrlPrefix) -> Option<u32> {
+        let port = self.ports.get(&(prefix.scheme(), prefix.port()))?;
+        let mut node = self.site(port, &SiteKey::of(prefix))?.node;
+        for seg in prefix.folded_segments() {
+            let hash = hash_folded(&self.hasher, node, seg);
+            node = self
+                .edges
+                .find(hash, |e| e.parent == node && *e.key == *seg)?
+                .child;
+        }
+        Some(node)
+    }
+
+    /// Creates the site and nodes down to `prefix`'s path; returns the last node.
+    fn insert_path(&mut self, prefix: &UrlPrefix, registration: bool) -> u32 {
+        let root = self.site_root(prefix, registration);
+        let mut node = root;
+        for seg in prefix.folded_segments() {
+            let hash = hash_folded(&self.hasher, node, seg);
+            node = match self
+                .edges
+                .find(hash, |e| e.parent == node && *e.key == *seg)
+            {
+                Some(e) => e.child,
+                None => {
+                    let child = self.alloc(node, hash);
+                    self.nodes[node as usize].children += 1;
+                    self.edges.insert_unique(
+                        hash,
+                        Edge {
+                            hash,
+                            parent: node,
+                            child,
+                            key: seg.into(),
+                        },
+                        |e| e.hash,
+                    );
+                    child
+                }
+            };
+        }
+        node
+    }
+
+    /// The root node of `prefix`'s site, created if needed; counts the new entry.
+    fn site_root(&mut self, prefix: &UrlPrefix, registration: bool) -> u32 {
+        let key = (prefix.scheme(), prefix.port());
+        let site_key = SiteKey::of(prefix);
+        let existing = self
+            .ports
+            .get(&key)
+            .and_then(|port| self.site(port, &site_key));
+        let root = match existing {
+            Some(site) => site.node,
+            None => self.alloc(NONE, 0),
+        };
+        let hash = self.host_hash(&site_key);
+        let port = self.ports.entry(key).or_default();
+        port.entries += 1;
+        port.registrations += u32::from(registration);
+        let fresh = Site {
+            node: root,
+            registrations: 0,
+        };
+        let site = match site_key {
+            SiteKey::Strong => port.strong.get_or_insert(fresh),
+            SiteKey::Weak => port.weak.get_or_insert(fresh),
+            SiteKey::Ip(ip) => port.ip.entry(ip).or_insert(fresh),
+            SiteKey::Explicit(name) => {
+                &mut port
+                    .explicit
+                    .entry(hash, |s| *s.folded == *name, |s| s.hash)
+                    .or_insert_with(|| NamedSite {
+                        hash,
+                        folded: name.into(),
+                        site: fresh,
+                    })
+                    .into_mut()
+                    .site
+            }
+        };
+        site.registrations += u32::from(registration);
+        root
+    }
+
+    /// Uncounts an entry that was just cleared from `node`, and prunes what is left empty.
+    fn release(&mut self, prefix: &UrlPrefix, mut node: u32, registration: bool) {
+        while self.nodes[node as usize].is_empty() && self.nodes[node as usize].parent != NONE {
+            let n = &self.nodes[node as usize];
+            let (parent, hash) = (n.parent, n.edge_hash);
+            if let Ok(edge) = self.edges.find_entry(hash, |e| e.child == node) {
+                edge.remove();
+            }
+            self.nodes[parent as usize].children -= 1;
+            self.free.push(node);
+            node = parent;
+        }
+        let root_empty = self.nodes[node as usize].is_empty();
+        if root_empty {
+            self.free.push(node);
+        }
+        let key = (prefix.scheme(), prefix.port());
+        let site_key = SiteKey::of(prefix);
+        let hash = self.host_hash(&site_key);
+        let Some(port) = self.ports.get_mut(&key) else {
+            return;
+        };
+        port.entries -= 1;
+        port.registrations -= u32::from(registration);
+        match site_key {
+            SiteKey::Strong if root_empty => port.strong = None,
+            SiteKey::Weak if root_empty => port.weak = None,
+            SiteKey::Ip(ip) if root_empty => drop(port.ip.remove(&ip)),
+            SiteKey::Explicit(name) if root_empty => {
+                if let Ok(entry) = port.explicit.find_entry(hash, |s| *s.folded == *name) {
+                    entry.remove();
+                }
+            }
+            SiteKey::Strong => uncount(port.strong.as_mut(), registration),
+            SiteKey::Weak => uncount(port.weak.as_mut(), registration),
+            SiteKey::Ip(ip) => uncount(port.ip.get_mut(&ip), registration),
+            SiteKey::Explicit(name) => uncount(
+                port.explicit
+                    .find_mut(hash, |s| *s.folded == *name)
+                    .map(|s| &mut s.site),
+                registration,
+            ),
+        }
+        if port.entries == 0 {
+            self.ports.remove(&key);
+        }
+    }
+
+    fn site(&self, port: &Port, key: &SiteKey<'_>) -> Option<Site> {
+        match *key {
+            SiteKey::Strong => port.strong,
+            SiteKey::Weak => port.weak,
+            SiteKey::Ip(ip) => port.ip.get(&ip).copied(),
+            SiteKey::Explicit(name) => self.named_site(port, name),
+        }
+    }
+
+    fn host_hash(&self, key: &SiteKey<'_>) -> u64 {
+        match *key {
+            SiteKey::Explicit(name) => hash_folded(&self.hasher, HOST_TAG, name),
+            _ => 0,
+        }
+    }
+
+    fn alloc(&mut self, parent: u32, edge_hash: u64) -> u32 {
+        let node = Node {
+            registration: None,
+            reservation: None,
+            parent,
+            edge_hash,
+            children: 0,
+        };
+        match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.nodes.len()).expect("fewer than 4 billion nodes");
+                self.nodes.push(node);
+                i
+            }
+        }
+    }
+}
+
+fn uncount(site: Option<&mut Site>, registration: bool) {
+    if let Some(site) = site {
+        site.registrations -= u32::from(registration);
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for RouteTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field(
+                "registrations",
+                &self.iter().map(|r| r.prefix.as_str()).collect::<Vec<_>>(),
+            )
+            .field(
+                "reservations",
+                &self.reservations().map(|r| r.as_str()).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Why a registration or reservation could not be added or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TableError {
+    /// The same prefix is already registered.
+    AlreadyRegistered {
+        /// The registration already there, as it was written.
+        existing: String,
+    },
+    /// The port is reserved or registered for the other scheme.
+    SchemeConflict {
+        /// A prefix of the other scheme on that port.
+        existing: String,
+    },
+    /// The same URL is already reserved.
+    AlreadyReserved {
+        /// The reservation already there.
+        existing: String,
+    },
+    /// Removing a registration that does not exist.
+    NotRegistered {
+        /// The prefix asked for.
+        prefix: String,
+    },
+    /// Removing a reservation that does not exist.
+    NotReserved {
+        /// The prefix asked for.
+        prefix: String,
+    },
+}
+
+impl TableError {
+    /// The Win32 error HTTP.sys returns.
+    pub fn win32(&self) -> Win32Error {
+        match self {
+            TableError::AlreadyRegistered { .. }
+            | TableError::SchemeConflict { .. }
+            | TableError::AlreadyReserved { .. } => Win32Error::AlreadyExists,
+            TableError::NotRegistered { .. } | TableError::NotReserved { .. } => {
+                Win32Error::FileNotFound
+            }
+        }
+    }
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableError::AlreadyRegistered { existing } => {
+                write!(f, "{existing} is already registered")
+            }
+            TableError::SchemeConflict { existing } => write!(
+                f,
+                "the port is taken by {existing}: one port serves either http or https"
+            ),
+            TableError::AlreadyReserved { existing } => write!(f, "{existing} is already reserved"),
+            TableError::NotRegistered { prefix } => write!(f, "{prefix} is not registered"),
+            TableError::NotReserved { prefix } => write!(f, "{prefix} is not reserved"),
+        }
+    }
+}
+
+impl std::error::Error for TableError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> UrlPrefix {
+        s.parse().unwrap()
+    }
+
+    fn winner(t: &RouteTable<&'static str>, port: u16, host: Option<&str>, path: &str) -> String {
+        let host = host.map(|h| RequestHost::parse(h.as_bytes()).unwrap());
+        match t.lookup(
+            Scheme::Http,
+            port,
+            "127.0.0.1".parse().unwrap(),
+            host.as_ref(),
+            path,
+        ) {
+            Lookup::Registration(r) => r.value.to_string(),
+            Lookup::Reserved => "503".into(),
+            Lookup::NotFound => "404".into(),
+            Lookup::Hostname => "400".into(),
+            Lookup::Refused => "refused".into(),
+        }
+    }
+
+    #[test]
+    fn longest_on_segment_boundaries() {
+        let mut t = RouteTable::new();
+        t.add(p("http://+:80/"), "root").unwrap();
+        t.add(p("http://+:80/app/"), "app").unwrap();
+        t.add(p("http://+:80/app/sub/"), "sub").unwrap();
+        assert_eq!(winner(&t, 80, Some("h"), "/app"), "app");
+        assert_eq!(winner(&t, 80, Some("h"), "/APP/"), "app");
+        assert_eq!(winner(&t, 80, Some("h"), "/app/sub/x"), "sub");
+        assert_eq!(winner(&t, 80, Some("h"), "/application"), "root");
+        assert_eq!(winner(&t, 81, Some("h"), "/"), "refused");
+    }
+
+    #[test]
+    fn remove_prunes_and_releases_the_port() {
+        let mut t = RouteTable::new();
+        t.add(p("http://x.test:80/a/b/"), "ab").unwrap();
+        t.add(p("http://x.test:80/a/"), "a").unwrap();
+        assert_eq!(t.remove(&p("http://X.TEST:80/A/B/")).unwrap().value, "ab");
+        assert_eq!(winner(&t, 80, Some("x.test"), "/a/b/c"), "a");
+        t.remove(&p("http://x.test:80/a/")).unwrap();
+        assert_eq!(winner(&t, 80, Some("x.test"), "/a/b/c"), "refused");
+        assert!(t.ports.is_empty());
+        assert!(t.edges.is_empty());
+        assert_eq!(t.free.len(), t.nodes.len());
+        assert_eq!(
+            t.remove(&p("http://x.test:80/a/")).unwrap_err().win32(),
+            Win32Error::FileNotFound
+        );
+    }
+
+    #[test]
+    fn nodes_are_reused() {
+        let mut t = RouteTable::new();
+        for _ in 0..10 {
+            t.add(p("http://+:80/a/b/c/"), "x").unwrap();
+            t.remove(&p("http://+:80/a/b/c/")).unwrap();
+        }
+        assert!(t.nodes.len() <= 5, "{}", t.nodes.len());
+    }
+
+    #[test]
+    fn duplicates_and_scheme_conflicts() {
+        let mut t = RouteTable::new();
+        t.add(p("http://localhost:8080/"), "a").unwrap();
+        let err = t.add(p("http://LOCALHOST:8080/"), "b").unwrap_err();
+        assert_eq!(
+            err,
+            TableError::AlreadyRegistered {
+                existing: "http://localhost:8080/".into()
+            }
+        );
+        let err = t.add(p("https://+:8080/"), "c").unwrap_err();
+        assert_eq!(err.win32(), Win32Error::AlreadyExists);
+        assert!(err.to_string().contains("http://localhost:8080/"));
+        // The same path in another category is no conflict.
+        t.add(p("http://+:8080/"), "d").unwrap();
+    }
+
+    #[test]
+    fn reservations_capture_routing() {
+        let mut t = RouteTable::new();
+        t.add(p("http://+:80/"), "root").unwrap();
+        t.reserve(p("http://+:80/Temporary_Listen_Addresses/"))
+            .unwrap();
+        assert_eq!(
+            winner(&t, 80, Some("h"), "/temporary_listen_addresses/x"),
+            "503"
+        );
+        t.add(p("http://+:80/Temporary_Listen_Addresses/"), "tla")
+            .unwrap();
+        assert_eq!(
+            winner(&t, 80, Some("h"), "/Temporary_Listen_Addresses/x"),
+            "tla"
+        );
+        t.remove(&p("http://+:80/Temporary_Listen_Addresses/"))
+            .unwrap();
+        t.unreserve(&p("http://+:80/Temporary_Listen_Addresses/"))
+            .unwrap();
+        assert_eq!(
+            winner(&t, 80, Some("h"), "/Temporary_Listen_Addresses/x"),
+            "root"
+        );
+        assert!(t.reserve(p("http://+:80/")).is_ok());
+        assert!(t.reserve(p("http://+:80/")).is_err());
+    }
+
+    #[test]
+    fn reservation_alone_does_not_listen() {
+        let mut t: RouteTable<&str> = RouteTable::new();
+        t.reserve(p("http://+:80/")).unwrap();
+        assert_eq!(winner(&t, 80, Some("h"), "/"), "refused");
+        assert!(!t.listens(Scheme::Http, 80));
+    }
+
+    #[test]
+    fn not_found_versus_hostname() {
+        let mut t = RouteTable::new();
+        t.add(p("http://localhost:8080/api/"), "api").unwrap();
+        assert_eq!(winner(&t, 8080, Some("localhost"), "/"), "404");
+        assert_eq!(winner(&t, 8080, Some("other"), "/"), "400");
+        assert_eq!(winner(&t, 8080, None, "/"), "400");
+    }
+
+    #[test]
+    fn unicode_hosts_and_paths_fold() {
+        let mut t = RouteTable::new();
+        t.add(p("http://bücher.example:80/фото/"), "photos")
+            .unwrap();
+        assert_eq!(winner(&t, 80, Some("BÜCHER.example"), "/ФОТО/1"), "photos");
+        assert_eq!(
+            winner(&t, 80, Some("xn--bcher-kva.example"), "/фото/1"),
+            "photos"
+        );
+    }
+}
