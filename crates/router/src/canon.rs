@@ -272,6 +272,37 @@ impl UrlOptions {
     }
 }
 
+/// Percent-encodes a cooked path for a request line: every byte that is not an RFC 3986
+/// path character (`%`, `?`, `#`, space, non-ASCII...) becomes `%XX`. Canonicalizing the
+/// result gives back the same cooked path; a path that needs nothing is borrowed.
+///
+/// # Examples
+///
+/// ```
+/// use portshare_router::encode_path;
+///
+/// assert_eq!(encode_path("/base path/100%/ф"), "/base%20path/100%25/%D1%84");
+/// assert_eq!(encode_path("/plain/x.html"), "/plain/x.html");
+/// ```
+pub fn encode_path(path: &str) -> Cow<'_, str> {
+    let keep = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+    if path.bytes().all(keep) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() + 16);
+    for b in path.bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// Decodes `%uNNNN`, or a surrogate pair `%uD8xx%uDCxx`; returns the character and the
 /// number of bytes used.
 fn percent_u(s: &[u8]) -> Result<(char, usize), UrlError> {

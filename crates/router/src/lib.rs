@@ -75,6 +75,7 @@ mod table;
 pub use acl::{Account, Ace, AclError, Caller, Governing, Reservation, UrlAcl};
 pub use canon::{
     SEGMENT_MAX_COUNT_LIMIT, SEGMENT_MAX_LENGTH_LIMIT, Target, TargetForm, UrlError, UrlOptions,
+    encode_path,
 };
 pub use codepage::CodePage;
 pub use error::{PrefixError, Win32Error};
