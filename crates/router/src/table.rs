@@ -15,7 +15,7 @@ use hashbrown::{HashMap, HashTable};
 use crate::error::Win32Error;
 use crate::fold::{eq_folded, hash_folded};
 use crate::host::RequestHost;
-use crate::prefix::{Host, Scheme, UrlPrefix};
+use crate::prefix::{Category, Host, Scheme, UrlPrefix};
 
 const NONE: u32 = u32::MAX;
 /// Hash tag of explicit host names, apart from every node id.
@@ -366,24 +366,29 @@ impl<T> RouteTable<T> {
             return Lookup::Refused;
         };
         let local_ip = local_ip.to_canonical();
-        let named = match host {
+        // Sites are looked up lazily: most requests are decided by the first category.
+        let named = || match host {
             Some(h) if h.ip().is_none() => self.named_site(p, h.name()),
             _ => None,
         };
-        let ip = p.ip.get(&local_ip).copied();
-        for site in [p.strong, named, ip, p.weak].into_iter().flatten() {
+        let site = |category| match category {
+            Category::Strong => p.strong,
+            Category::Explicit => named(),
+            Category::IpBound => p.ip.get(&local_ip).copied(),
+            Category::Weak => p.weak,
+        };
+        for site in Category::ORDER.into_iter().filter_map(site) {
             if let Some(node) = self.longest(site.node, path) {
                 let node = &self.nodes[node as usize];
-                return match (&node.registration, &node.reservation) {
-                    (Some(reg), _) => Lookup::Registration(reg),
-                    (None, Some(_)) => Lookup::Reserved,
-                    (None, None) => unreachable!("longest() returns nodes with an entry"),
+                return match &node.registration {
+                    Some(reg) => Lookup::Registration(reg),
+                    None => Lookup::Reserved,
                 };
             }
         }
-        let serves_host = [p.strong, named, ip, p.weak]
+        let serves_host = Category::ORDER
             .into_iter()
-            .flatten()
+            .filter_map(site)
             .any(|s| s.registrations > 0);
         if serves_host {
             Lookup::NotFound
