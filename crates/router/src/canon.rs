@@ -123,7 +123,11 @@ impl UrlOptions {
         if raw.len() > self.max_url_length {
             return Err(UrlError::TooLong);
         }
-        if let Some(&b) = raw.iter().find(|&&b| b < 0x20 || b == 0x7F || b == b' ') {
+        // Branch-free, so it runs a vector at a time; the rare hit is classified below.
+        let suspect = raw
+            .iter()
+            .fold(false, |acc, &b| acc | (b <= b' ') | (b == 0x7F));
+        if suspect && let Some(&b) = raw.iter().find(|&&b| b < 0x20 || b == 0x7F || b == b' ') {
             return Err(if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
                 UrlError::BreaksRequestLine
             } else {
@@ -142,14 +146,15 @@ impl UrlOptions {
             [b'/', ..] => (TargetForm::Origin, raw),
             _ => split_absolute(raw)?,
         };
-        let (path, query) = match rest.iter().position(|&b| b == b'?') {
+        let scan = Scan::of(rest);
+        let (path, query) = match scan.query {
             Some(q) => (&rest[..q], Some(&rest[q + 1..])),
             None => (rest, None),
         };
         let path = if path.is_empty() {
             Cow::Borrowed("/")
         } else {
-            self.cook(path)?
+            self.cook(path, &scan)?
         };
         Ok(Target {
             raw,
@@ -159,10 +164,20 @@ impl UrlOptions {
         })
     }
 
-    fn cook<'a>(&self, path: &'a [u8]) -> Result<Cow<'a, str>, UrlError> {
+    fn cook<'a>(&self, path: &'a [u8], scan: &Scan) -> Result<Cow<'a, str>, UrlError> {
         let text = core::str::from_utf8(path).map_err(|_| UrlError::NotUtf8)?;
-        if self.is_cooked(text) {
-            self.check_segments(text)?;
+        let restricted = || !self.allow_restricted_chars && text.chars().any(is_restricted);
+        if scan.clean && (scan.ascii || !restricted()) {
+            if scan.ascii {
+                if scan.segments > self.segment_max_count {
+                    return Err(UrlError::TooManySegments);
+                }
+                if scan.longest > self.segment_max_length {
+                    return Err(UrlError::SegmentTooLong);
+                }
+            } else {
+                self.check_segments(text)?;
+            }
             return Ok(Cow::Borrowed(text));
         }
         let decoded = self.decode(path)?;
@@ -172,32 +187,6 @@ impl UrlOptions {
         let cooked = normalize(&decoded)?;
         self.check_segments(&cooked)?;
         Ok(Cow::Owned(cooked))
-    }
-
-    /// True when the path is already in cooked form: nothing to decode or normalize.
-    fn is_cooked(&self, text: &str) -> bool {
-        let b = text.as_bytes();
-        if b.first() != Some(&b'/') {
-            return false;
-        }
-        let mut prev = 0u8;
-        for (i, &c) in b.iter().enumerate() {
-            match c {
-                b'%' | b'\\' => return false,
-                b'/' if prev == b'/' => return false,
-                b'.' if prev == b'/' => {
-                    let rest = &b[i + 1..];
-                    if matches!(rest, [] | [b'/', ..] | [b'.'] | [b'.', b'/', ..]) {
-                        return false;
-                    }
-                }
-                // U+0080..=U+009F encode as C2 80..=C2 9F.
-                0x80..=0x9F if prev == 0xC2 && !self.allow_restricted_chars => return false,
-                _ => {}
-            }
-            prev = c;
-        }
-        true
     }
 
     fn check_segments(&self, path: &str) -> Result<(), UrlError> {
@@ -301,6 +290,79 @@ pub fn encode_path(path: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// What one pass over a raw path (and the query after it) tells.
+struct Scan {
+    /// Where the `?` is, if any.
+    query: Option<usize>,
+    /// Already cooked: starts with `/`, no `%`, `\`, `//` or dot segment.
+    clean: bool,
+    ascii: bool,
+    segments: usize,
+    /// The longest segment, in bytes.
+    longest: usize,
+}
+
+/// Byte classes for the scan: a segment ends, the path needs decoding, a non-ASCII byte.
+const END: u8 = 1;
+const ODD: u8 = 2;
+const HIGH: u8 = 4;
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b'/' as usize] = END;
+    t[b'?' as usize] = END;
+    t[b'%' as usize] = ODD;
+    t[b'\\' as usize] = ODD;
+    let mut b = 0x80;
+    while b < 256 {
+        t[b] = HIGH;
+        b += 1;
+    }
+    t
+};
+
+impl Scan {
+    /// Scans `rest` (path, then maybe `?query`) once, up to the `?`.
+    fn of(rest: &[u8]) -> Scan {
+        let mut scan = Scan {
+            query: None,
+            clean: rest.first() == Some(&b'/'),
+            ascii: true,
+            segments: 0,
+            longest: 0,
+        };
+        let mut flags = 0u8;
+        let mut start = 1;
+        let mut i = 1;
+        loop {
+            let class = rest.get(i).map_or(END, |&b| CLASS[usize::from(b)]);
+            if class & END == 0 {
+                flags |= class;
+                i += 1;
+                continue;
+            }
+            let seg = rest.get(start..i).unwrap_or_default();
+            let last = i >= rest.len() || rest[i] == b'?';
+            if seg.is_empty() {
+                // Only the segment after a trailing slash may be empty.
+                scan.clean &= last;
+            } else {
+                scan.segments += 1;
+                scan.longest = scan.longest.max(seg.len());
+                scan.clean &= seg != b"." && seg != b"..";
+            }
+            if last {
+                scan.query = (i < rest.len()).then_some(i);
+                break;
+            }
+            i += 1;
+            start = i;
+        }
+        scan.clean &= flags & ODD == 0;
+        scan.ascii = flags & HIGH == 0;
+        scan
+    }
 }
 
 /// Decodes `%uNNNN`, or a surrogate pair `%uD8xx%uDCxx`; returns the character and the
@@ -528,6 +590,8 @@ mod tests {
             .canonicalize("/ф/é".as_bytes())
             .unwrap();
         assert!(matches!(t.path, Cow::Borrowed("/ф/é")));
+        let t = UrlOptions::default().canonicalize(b"/a/").unwrap();
+        assert!(matches!(t.path, Cow::Borrowed("/a/")));
     }
 
     #[test]

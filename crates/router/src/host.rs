@@ -27,42 +27,47 @@ impl<'a> RequestHost<'a> {
     /// bracketed IPv6 literal (an IPv4-mapped IPv6 literal and a zone id included); the
     /// service answers 400 `Hostname`.
     pub fn parse(value: &'a [u8]) -> Result<RequestHost<'a>, InvalidHost> {
-        let value = core::str::from_utf8(value).map_err(|_| InvalidHost)?;
-        let (host, port) = if value.starts_with('[') {
-            let end = value.find(']').ok_or(InvalidHost)?;
-            let (host, rest) = value.split_at(end + 1);
-            match rest {
-                "" => (host, None),
-                _ => (host, Some(rest.strip_prefix(':').ok_or(InvalidHost)?)),
-            }
-        } else {
-            match value.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (value, None),
-            }
+        if value.first() == Some(&b'[') {
+            return parse_bracketed(value);
+        }
+        let (host, port) = match value.iter().position(|&b| b == b':') {
+            Some(i) => (&value[..i], Some(&value[i + 1..])),
+            None => (value, None),
         };
-        if let Some(port) = port
-            && (!port.bytes().all(|b| b.is_ascii_digit())
-                || (!port.is_empty() && port.parse::<u16>().is_err()))
-        {
-            return Err(InvalidHost);
-        }
-        if let Some(inner) = host.strip_prefix('[') {
-            let inner = inner.strip_suffix(']').ok_or(InvalidHost)?;
-            let addr: Ipv6Addr = inner.parse().map_err(|_| InvalidHost)?;
-            if addr.to_ipv4_mapped().is_some() {
-                return Err(InvalidHost);
+        check_port(port)?;
+        // One pass over the bytes decides the common ASCII case.
+        let mut label = 0usize;
+        let mut digits_and_dots = true;
+        let mut ace = false;
+        let mut ascii = true;
+        for (i, &b) in host.iter().enumerate() {
+            match b {
+                b'.' if label == 0 => return Err(InvalidHost),
+                b'.' => label = 0,
+                b'0'..=b'9' => label += 1,
+                b'a'..=b'z' | b'A'..=b'Z' | b'-' | b'_' => {
+                    if label == 0
+                        && host.len() - i >= 4
+                        && host[i..i + 4].eq_ignore_ascii_case(b"xn--")
+                    {
+                        ace = true;
+                    }
+                    digits_and_dots = false;
+                    label += 1;
+                }
+                0x80.. => {
+                    ascii = false;
+                    digits_and_dots = false;
+                    label += 1;
+                }
+                _ => return Err(InvalidHost),
             }
-            return Ok(RequestHost {
-                raw: host,
-                name: Cow::Borrowed(host),
-                ip: Some(IpAddr::V6(addr)),
-            });
         }
-        if host.is_empty() {
+        if label == 0 {
             return Err(InvalidHost);
         }
-        if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let host = core::str::from_utf8(host).map_err(|_| InvalidHost)?;
+        if digits_and_dots {
             let addr: Ipv4Addr = host.parse().map_err(|_| InvalidHost)?;
             return Ok(RequestHost {
                 raw: host,
@@ -70,10 +75,21 @@ impl<'a> RequestHost<'a> {
                 ip: Some(IpAddr::V4(addr)),
             });
         }
-        check_host_name(host).map_err(|_| InvalidHost)?;
+        if ascii {
+            if host.len() > 255 {
+                return Err(InvalidHost);
+            }
+        } else {
+            check_host_name(host).map_err(|_| InvalidHost)?;
+        }
+        let name = if ace || !ascii {
+            punycode::to_unicode(host).ok_or(InvalidHost)?
+        } else {
+            Cow::Borrowed(host)
+        };
         Ok(RequestHost {
             raw: host,
-            name: punycode::to_unicode(host).ok_or(InvalidHost)?,
+            name,
             ip: None,
         })
     }
@@ -91,6 +107,40 @@ impl<'a> RequestHost<'a> {
     /// The address, when the host is an IP literal.
     pub fn ip(&self) -> Option<IpAddr> {
         self.ip
+    }
+}
+
+/// `[IPv6]` with an optional port; IPv4-mapped addresses and zone ids are refused.
+fn parse_bracketed(value: &[u8]) -> Result<RequestHost<'_>, InvalidHost> {
+    let value = core::str::from_utf8(value).map_err(|_| InvalidHost)?;
+    let end = value.find(']').ok_or(InvalidHost)?;
+    let (host, rest) = value.split_at(end + 1);
+    match rest {
+        "" => {}
+        _ => check_port(Some(rest.strip_prefix(':').ok_or(InvalidHost)?.as_bytes()))?,
+    }
+    let addr: Ipv6Addr = host[1..end].parse().map_err(|_| InvalidHost)?;
+    if addr.to_ipv4_mapped().is_some() {
+        return Err(InvalidHost);
+    }
+    Ok(RequestHost {
+        raw: host,
+        name: Cow::Borrowed(host),
+        ip: Some(IpAddr::V6(addr)),
+    })
+}
+
+/// A port, when present, is decimal and at most 65535; empty is allowed.
+fn check_port(port: Option<&[u8]>) -> Result<(), InvalidHost> {
+    match port {
+        None | Some(b"") => Ok(()),
+        Some(p) if p.len() <= 5 && p.iter().all(u8::is_ascii_digit) => {
+            let n = p
+                .iter()
+                .fold(0u32, |acc, &b| acc * 10 + u32::from(b - b'0'));
+            if n <= 65535 { Ok(()) } else { Err(InvalidHost) }
+        }
+        Some(_) => Err(InvalidHost),
     }
 }
 

@@ -9,13 +9,12 @@
 use core::fmt;
 use std::net::IpAddr;
 
-use foldhash::fast::RandomState;
 use hashbrown::{HashMap, HashTable};
 
 use crate::error::Win32Error;
-use crate::fold::{eq_folded, hash_folded};
+use crate::fold::{FoldHasher, eq_folded, upcase};
 use crate::host::RequestHost;
-use crate::prefix::{Category, Host, Scheme, UrlPrefix};
+use crate::prefix::{Host, Scheme, UrlPrefix};
 
 const NONE: u32 = u32::MAX;
 /// Hash tag of explicit host names, apart from every node id.
@@ -70,7 +69,7 @@ pub struct RouteTable<T> {
     free: Vec<u32>,
     edges: HashTable<Edge>,
     ports: HashMap<(Scheme, u16), Port>,
-    hasher: RandomState,
+    hasher: FoldHasher,
     registrations: usize,
 }
 
@@ -97,8 +96,54 @@ struct Edge {
     hash: u64,
     parent: u32,
     child: u32,
+    /// The child has a registration or a reservation, and the child has children: kept
+    /// here so a walk reads no node but the winner, and stops at a leaf without probing.
+    entry: bool,
+    leaf: bool,
     /// The segment, upper-cased.
-    key: Box<str>,
+    key: Key,
+}
+
+/// An upper-cased segment; short ASCII ones live inside the edge, saving a pointer chase.
+enum Key {
+    Inline { len: u8, bytes: [u8; 22] },
+    Heap(Box<str>),
+}
+
+impl Key {
+    fn new(folded: &str) -> Key {
+        let mut bytes = [0u8; 22];
+        match u8::try_from(folded.len()) {
+            Ok(len) if folded.is_ascii() && folded.len() <= bytes.len() => {
+                bytes[..folded.len()].copy_from_slice(folded.as_bytes());
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Heap(folded.into()),
+        }
+    }
+
+    /// True when `raw` upper-cases to this key; `ascii` is `raw.is_ascii()`.
+    #[inline]
+    fn matches(&self, raw: &str, ascii: bool) -> bool {
+        match self {
+            Key::Inline { len, bytes } => {
+                let key = &bytes[..usize::from(*len)];
+                if ascii {
+                    raw.len() == key.len()
+                        && raw
+                            .bytes()
+                            .zip(key)
+                            .all(|(r, k)| r.to_ascii_uppercase() == *k)
+                } else {
+                    let mut k = key.iter();
+                    raw.chars()
+                        .all(|c| k.next().map(|&b| char::from(b)) == Some(upcase(c)))
+                        && k.next().is_none()
+                }
+            }
+            Key::Heap(folded) => eq_folded(folded, raw),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -172,7 +217,7 @@ impl<T> RouteTable<T> {
             free: Vec::new(),
             edges: HashTable::new(),
             ports: HashMap::default(),
-            hasher: RandomState::default(),
+            hasher: FoldHasher::new(),
             registrations: 0,
         }
     }
@@ -225,6 +270,7 @@ impl<T> RouteTable<T> {
         self.check_add(&prefix)?;
         let node = self.insert_path(&prefix, true);
         self.nodes[node as usize].registration = Some(Registration { prefix, value });
+        self.sync_edge(node);
         self.registrations += 1;
         Ok(())
     }
@@ -244,6 +290,7 @@ impl<T> RouteTable<T> {
             .take()
             .ok_or_else(not_found)?;
         self.registrations -= 1;
+        self.sync_edge(node);
         self.release(prefix, node, true);
         Ok(reg)
     }
@@ -265,6 +312,7 @@ impl<T> RouteTable<T> {
         }
         let node = self.insert_path(&prefix, false);
         self.nodes[node as usize].reservation = Some(prefix);
+        self.sync_edge(node);
         Ok(())
     }
 
@@ -282,6 +330,7 @@ impl<T> RouteTable<T> {
             .reservation
             .take()
             .ok_or_else(not_found)?;
+        self.sync_edge(node);
         self.release(prefix, node, false);
         Ok(res)
     }
@@ -365,30 +414,23 @@ impl<T> RouteTable<T> {
         else {
             return Lookup::Refused;
         };
-        let local_ip = local_ip.to_canonical();
-        // Sites are looked up lazily: most requests are decided by the first category.
-        let named = || match host {
+        // The strong site first: most requests end there, before the Host is hashed.
+        if let Some(hit) = p.strong.and_then(|site| self.hit(site, path)) {
+            return hit;
+        }
+        let named = match host {
             Some(h) if h.ip().is_none() => self.named_site(p, h.name()),
             _ => None,
         };
-        let site = |category| match category {
-            Category::Strong => p.strong,
-            Category::Explicit => named(),
-            Category::IpBound => p.ip.get(&local_ip).copied(),
-            Category::Weak => p.weak,
-        };
-        for site in Category::ORDER.into_iter().filter_map(site) {
-            if let Some(node) = self.longest(site.node, path) {
-                let node = &self.nodes[node as usize];
-                return match &node.registration {
-                    Some(reg) => Lookup::Registration(reg),
-                    None => Lookup::Reserved,
-                };
+        let ip = p.ip.get(&local_ip.to_canonical()).copied();
+        for site in [named, ip, p.weak].into_iter().flatten() {
+            if let Some(hit) = self.hit(site, path) {
+                return hit;
             }
         }
-        let serves_host = Category::ORDER
+        let serves_host = [p.strong, named, ip, p.weak]
             .into_iter()
-            .filter_map(site)
+            .flatten()
             .any(|s| s.registrations > 0);
         if serves_host {
             Lookup::NotFound
@@ -397,8 +439,18 @@ impl<T> RouteTable<T> {
         }
     }
 
+    /// The entry that wins inside one site, if any.
+    #[inline]
+    fn hit(&self, site: Site, path: &str) -> Option<Lookup<'_, T>> {
+        let node = &self.nodes[self.longest(site.node, path)? as usize];
+        Some(match &node.registration {
+            Some(reg) => Lookup::Registration(reg),
+            None => Lookup::Reserved,
+        })
+    }
+
     fn named_site(&self, port: &Port, name: &str) -> Option<Site> {
-        let hash = hash_folded(&self.hasher, HOST_TAG, name);
+        let hash = self.hasher.hash(HOST_TAG, name, name.is_ascii());
         port.explicit
             .find(hash, |s| eq_folded(&s.folded, name))
             .map(|s| s.site)
@@ -409,21 +461,33 @@ impl<T> RouteTable<T> {
     fn longest(&self, root: u32, path: &str) -> Option<u32> {
         let mut node = root;
         let mut best = self.nodes[node as usize].has_entry().then_some(node);
-        for seg in path.split('/').skip(1) {
-            if seg.is_empty() {
-                break;
-            }
-            let hash = hash_folded(&self.hasher, node, seg);
+        let bytes = path.as_bytes();
+        let mut start = 1;
+        while start < bytes.len() {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(bytes.len(), |i| start + i);
+            // '/' is ASCII, so both ends are character boundaries.
+            let seg = &path[start..end];
+            let ascii = seg.is_ascii();
+            let hash = self.hasher.hash(node, seg, ascii);
             match self
                 .edges
-                .find(hash, |e| e.parent == node && eq_folded(&e.key, seg))
+                .find(hash, |e| e.parent == node && e.key.matches(seg, ascii))
             {
-                Some(e) => node = e.child,
+                Some(e) => {
+                    node = e.child;
+                    if e.entry {
+                        best = Some(node);
+                    }
+                    if e.leaf {
+                        break;
+                    }
+                }
                 None => break,
             }
-            if self.nodes[node as usize].has_entry() {
-                best = Some(node);
-            }
+            start = end + 1;
         }
         best
     }
@@ -433,10 +497,11 @@ impl<T> RouteTable<T> {
         let port = self.ports.get(&(prefix.scheme(), prefix.port()))?;
         let mut node = self.site(port, &SiteKey::of(prefix))?.node;
         for seg in prefix.folded_segments() {
-            let hash = hash_folded(&self.hasher, node, seg);
+            let ascii = seg.is_ascii();
+            let hash = self.hasher.hash(node, seg, ascii);
             node = self
                 .edges
-                .find(hash, |e| e.parent == node && *e.key == *seg)?
+                .find(hash, |e| e.parent == node && e.key.matches(seg, ascii))?
                 .child;
         }
         Some(node)
@@ -447,22 +512,26 @@ impl<T> RouteTable<T> {
         let root = self.site_root(prefix, registration);
         let mut node = root;
         for seg in prefix.folded_segments() {
-            let hash = hash_folded(&self.hasher, node, seg);
+            let ascii = seg.is_ascii();
+            let hash = self.hasher.hash(node, seg, ascii);
             node = match self
                 .edges
-                .find(hash, |e| e.parent == node && *e.key == *seg)
+                .find(hash, |e| e.parent == node && e.key.matches(seg, ascii))
             {
                 Some(e) => e.child,
                 None => {
                     let child = self.alloc(node, hash);
                     self.nodes[node as usize].children += 1;
+                    self.sync_edge(node);
                     self.edges.insert_unique(
                         hash,
                         Edge {
                             hash,
                             parent: node,
                             child,
-                            key: seg.into(),
+                            entry: false,
+                            leaf: true,
+                            key: Key::new(seg),
                         },
                         |e| e.hash,
                     );
@@ -525,6 +594,7 @@ impl<T> RouteTable<T> {
             self.nodes[parent as usize].children -= 1;
             self.free.push(node);
             node = parent;
+            self.sync_edge(node);
         }
         let root_empty = self.nodes[node as usize].is_empty();
         if root_empty {
@@ -573,8 +643,20 @@ impl<T> RouteTable<T> {
 
     fn host_hash(&self, key: &SiteKey<'_>) -> u64 {
         match *key {
-            SiteKey::Explicit(name) => hash_folded(&self.hasher, HOST_TAG, name),
+            SiteKey::Explicit(name) => self.hasher.hash(HOST_TAG, name, name.is_ascii()),
             _ => 0,
+        }
+    }
+
+    /// Copies whether `node` has an entry and children into the edge leading to it.
+    fn sync_edge(&mut self, node: u32) {
+        let n = &self.nodes[node as usize];
+        let (entry, leaf) = (n.has_entry(), n.children == 0);
+        if n.parent != NONE
+            && let Some(edge) = self.edges.find_mut(n.edge_hash, |e| e.child == node)
+        {
+            edge.entry = entry;
+            edge.leaf = leaf;
         }
     }
 

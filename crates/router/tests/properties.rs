@@ -106,6 +106,39 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn removing_leaves_the_table_of_what_remains(
+        prefixes in prefix_set(),
+        keep in prop::collection::vec(any::<bool>(), 24),
+        requests in prop::collection::vec(request(), 1..12),
+    ) {
+        let mut churned = RouteTable::new();
+        let mut fresh = RouteTable::new();
+        for p in &prefixes {
+            churned.add(p.parse::<UrlPrefix>().expect("parses"), p.clone()).expect("no duplicates");
+        }
+        for (p, keep) in prefixes.iter().zip(&keep) {
+            if *keep {
+                fresh.add(p.parse::<UrlPrefix>().expect("parses"), p.clone()).expect("no duplicates");
+            } else {
+                churned.remove(&p.parse::<UrlPrefix>().expect("parses")).expect("registered");
+            }
+        }
+        let opts = UrlOptions::default();
+        for (ip, host, target) in &requests {
+            let endpoint = Endpoint::new(Scheme::Http, SocketAddr::new(ip.parse().expect("ip"), 80));
+            let head = RequestHead::new(b"GET", target.as_bytes(), Version::Http11, host.as_deref().map(str::as_bytes));
+            prop_assert_eq!(
+                outcome(&churned.dispatch(&endpoint, &head, &opts)),
+                outcome(&fresh.dispatch(&endpoint, &head, &opts))
+            );
+        }
+    }
+}
+
 /// A set of http prefixes on port 80 over small alphabets, so they overlap a lot; free of
 /// duplicates (compared as HTTP.sys compares).
 fn prefix_set() -> impl Strategy<Value = Vec<String>> {
