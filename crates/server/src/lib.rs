@@ -1,0 +1,57 @@
+//! The Portshare daemon's own HTTP/1 handling; for now, the request-head parser its
+//! connection loop uses, which answers malformed requests exactly as HTTP.sys does.
+//!
+//! ```
+//! use portshare_server::{Body, HeadLimits, Parsed, parse_head};
+//!
+//! let limits = HeadLimits::default();
+//! let buf = b"POST /app/x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello";
+//!
+//! assert_eq!(parse_head(&buf[..20], &limits)?, Parsed::Partial);
+//! let Parsed::Complete { head, len } = parse_head(buf, &limits)? else {
+//!     return Err("incomplete".into());
+//! };
+//! assert_eq!(head.method(), b"POST");
+//! assert_eq!(head.host(), Some(&b"example.com"[..]));
+//! assert_eq!(head.body(), Body::Length(5));
+//! assert!(head.keep_alive());
+//! assert_eq!(&buf[len..], b"hello");
+//!
+//! let err = parse_head(b"GET / HTTP/2.0\r\n\r\n", &limits).map_err(|e| e.rejection().status);
+//! assert_eq!(err, Err(505));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Request heads
+//!
+//! [`parse_head`] reads the request line and headers at the start of a buffer and returns
+//! [`Parsed::Partial`] until the blank line is in. Call it again as bytes arrive: an answer
+//! once given never changes. A refused head comes back as a [`HeadError`] holding the
+//! [`Rejection`](portshare_router::Rejection) (status and httperr reason) to answer with
+//! before closing the connection. The rules, HTTP.sys's:
+//!
+//! - **Request line**: `method SP target SP version`. Lines may end in LF alone, and spaces or
+//!   tabs may follow the version. Any token is a method (`get`, `xyzzy` are unknown verbs,
+//!   kept as sent); anything else is 400 `Verb`. `HTTP/1.0` and `HTTP/1.1`…`HTTP/1.9` are
+//!   served, `HTTP/2.0` and above are 505 `Version_N/S`, the rest 400. Empty lines before
+//!   the request line are skipped.
+//! - **Target**: kept raw, canonicalized later by routing. A space or tab inside it breaks the
+//!   line (400 `BadRequest`), other control bytes are 400 `URL`, bytes of 0x80 and above
+//!   pass. Longer than `MaxFieldLength`: 414 `URL_Length`, decided as soon as the bytes are in.
+//! - **Sizes**: request line and headers above `MaxRequestBytes`: 400 `RequestLength`, also
+//!   while the head is still coming; a header field (name and value) above `MaxFieldLength`:
+//!   400 `FieldLength`. There is no limit on the number of headers.
+//! - **Headers**: a line without `:`, an empty name or one that is not a token (space before
+//!   the colon included), a control character other than tab in a value, and continuation
+//!   lines (obs-fold) are 400 `Header`. A CR not followed by LF is 400 `Invalid_CR/LF`. A
+//!   second Host is 400 `Hostname`. Repeated headers are kept; [`Head::joined`] gives them
+//!   joined with `", "`, as HTTP.sys delivers them.
+//! - **Body**: a Content-Length that is not a number is 400 `Number`, two different ones
+//!   (repeated or in a list) 400 `Header`. Transfer-Encoding must be exactly one `chunked`,
+//!   else 501 `N/I`; both headers together are 400 `Header`. POST and PUT over HTTP/1.1
+//!   with neither are 411 `LengthRequired`. See [`Body`].
+//! - **Connection and Expect**: see [`Head::keep_alive`] and [`Head::expect_continue`].
+
+mod head;
+
+pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
