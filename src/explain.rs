@@ -23,7 +23,7 @@ pub(crate) struct Args {
     /// Reserve a URL prefix; reservations apply before registrations.
     #[arg(long = "reserve", value_name = "PREFIX")]
     reserve: Vec<String>,
-    /// The connection's local address; IPv6 as [::1]:80.
+    /// The connection's local address; IPv6 as `[::1]:80`.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:80")]
     local: SocketAddr,
     /// The connection is TLS (an https endpoint).
