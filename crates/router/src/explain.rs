@@ -7,7 +7,6 @@ use core::fmt;
 
 use crate::canon::{Target, UrlOptions};
 use crate::fold::fold;
-
 use crate::prefix::{Category, Host, UrlPrefix};
 use crate::reason::{Reason, Rejection};
 use crate::request::{Endpoint, RequestHead, cooked_url, prepare};

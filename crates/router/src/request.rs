@@ -7,7 +7,7 @@ use crate::canon::{Target, TargetForm, UrlError, UrlOptions};
 use crate::host::RequestHost;
 use crate::prefix::Scheme;
 use crate::reason::{Reason, Rejection};
-use crate::table::{Lookup, Registration, RouteTable};
+use crate::table::{Lookup, Port, Registration, RouteTable};
 
 /// The listening endpoint a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -261,14 +261,15 @@ impl<T> RouteTable<T> {
         head: &RequestHead<'a>,
         opts: &UrlOptions,
     ) -> Dispatch<'t, 'a, T> {
-        if !self.listens(endpoint.scheme, endpoint.local.port()) {
+        // Refused comes first: with nothing registered, no socket would read the request.
+        let Some(port) = self.port(endpoint.scheme, endpoint.local.port()) else {
             return Dispatch::Refused;
-        }
+        };
         let Prepared { target, host } = match prepare(head, opts) {
             Ok(p) => p,
             Err((rejection, _)) => return Dispatch::Reject(rejection),
         };
-        self.route(endpoint, target, host)
+        self.route_on(port, endpoint, target, host)
     }
 
     /// Routes an already canonicalized target with an already checked host.
@@ -278,9 +279,21 @@ impl<T> RouteTable<T> {
         target: Target<'a>,
         host: Option<RequestHost<'a>>,
     ) -> Dispatch<'t, 'a, T> {
+        match self.port(endpoint.scheme, endpoint.local.port()) {
+            Some(port) => self.route_on(port, endpoint, target, host),
+            None => Dispatch::Refused,
+        }
+    }
+
+    fn route_on<'t, 'a>(
+        &'t self,
+        port: &Port,
+        endpoint: &Endpoint,
+        target: Target<'a>,
+        host: Option<RequestHost<'a>>,
+    ) -> Dispatch<'t, 'a, T> {
         let found = self.lookup(
-            endpoint.scheme,
-            endpoint.local.port(),
+            port,
             endpoint.local.ip(),
             host.as_ref(),
             target.routing_path(),
@@ -294,7 +307,6 @@ impl<T> RouteTable<T> {
             Lookup::Reserved => Dispatch::Reject(Rejection::new(503, Reason::NotAvailable)),
             Lookup::NotFound => Dispatch::Reject(Rejection::new(404, Reason::NotFound)),
             Lookup::Hostname => Dispatch::Reject(Rejection::new(400, Reason::Hostname)),
-            Lookup::Refused => Dispatch::Refused,
         }
     }
 }

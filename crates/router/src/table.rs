@@ -159,8 +159,9 @@ struct NamedSite {
     site: Site,
 }
 
+/// The sites of one scheme and port.
 #[derive(Default)]
-struct Port {
+pub(crate) struct Port {
     strong: Option<Site>,
     explicit: HashTable<NamedSite>,
     ip: HashMap<IpAddr, Site>,
@@ -199,8 +200,6 @@ pub(crate) enum Lookup<'t, T> {
     NotFound,
     /// No registration serves this host: 400 Invalid Hostname.
     Hostname,
-    /// Nothing is registered on this scheme and port: nothing listens.
-    Refused,
 }
 
 impl<T> Default for RouteTable<T> {
@@ -359,9 +358,14 @@ impl<T> RouteTable<T> {
 
     /// True when something is registered on this scheme and port: a listener is needed.
     pub fn listens(&self, scheme: Scheme, port: u16) -> bool {
+        self.port(scheme, port).is_some()
+    }
+
+    /// The port's sites, when something is registered on it.
+    pub(crate) fn port(&self, scheme: Scheme, port: u16) -> Option<&Port> {
         self.ports
             .get(&(scheme, port))
-            .is_some_and(|p| p.registrations > 0)
+            .filter(|p| p.registrations > 0)
     }
 
     /// The (scheme, port) pairs that have registrations.
@@ -401,19 +405,11 @@ impl<T> RouteTable<T> {
     /// Finds the request's winner: category by category, the longest matching prefix.
     pub(crate) fn lookup(
         &self,
-        scheme: Scheme,
-        port: u16,
+        p: &Port,
         local_ip: IpAddr,
         host: Option<&RequestHost<'_>>,
         path: &str,
     ) -> Lookup<'_, T> {
-        let Some(p) = self
-            .ports
-            .get(&(scheme, port))
-            .filter(|p| p.registrations > 0)
-        else {
-            return Lookup::Refused;
-        };
         // The strong site first: most requests end there, before the Host is hashed.
         if let Some(hit) = p.strong.and_then(|site| self.hit(site, path)) {
             return hit;
@@ -777,18 +773,14 @@ mod tests {
 
     fn winner(t: &RouteTable<&'static str>, port: u16, host: Option<&str>, path: &str) -> String {
         let host = host.map(|h| RequestHost::parse(h.as_bytes()).unwrap());
-        match t.lookup(
-            Scheme::Http,
-            port,
-            "127.0.0.1".parse().unwrap(),
-            host.as_ref(),
-            path,
-        ) {
+        let Some(p) = t.port(Scheme::Http, port) else {
+            return "refused".into();
+        };
+        match t.lookup(p, "127.0.0.1".parse().unwrap(), host.as_ref(), path) {
             Lookup::Registration(r) => r.value.to_string(),
             Lookup::Reserved => "503".into(),
             Lookup::NotFound => "404".into(),
             Lookup::Hostname => "400".into(),
-            Lookup::Refused => "refused".into(),
         }
     }
 
