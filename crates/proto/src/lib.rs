@@ -1,5 +1,6 @@
 //! What the Portshare daemon, its application SDK and its CLI agree on: where the control
-//! socket lives and the names of the metadata headers applications receive.
+//! socket lives, the control API's types ([`control`]), the worker wire ([`wire`]) and the
+//! names of the metadata headers applications receive ([`header`]).
 //!
 //! ```
 //! use std::path::Path;
@@ -10,6 +11,9 @@
 //! assert_eq!(control_socket_for_client(env, |_| false), Path::new("/tmp/ps.sock"));
 //! assert!(header::is_reserved("Portshare-Raw-Url"));
 //! ```
+
+pub mod control;
+pub mod wire;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

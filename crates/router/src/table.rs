@@ -64,6 +64,7 @@ impl<T> Registration<T> {
 /// assert_eq!(*delivery.registration().value(), "app1");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[derive(Clone)]
 pub struct RouteTable<T> {
     nodes: Vec<Node<T>>,
     free: Vec<u32>,
@@ -73,6 +74,7 @@ pub struct RouteTable<T> {
     registrations: usize,
 }
 
+#[derive(Clone)]
 struct Node<T> {
     registration: Option<Registration<T>>,
     reservation: Option<UrlPrefix>,
@@ -92,6 +94,7 @@ impl<T> Node<T> {
     }
 }
 
+#[derive(Clone)]
 struct Edge {
     hash: u64,
     parent: u32,
@@ -105,6 +108,7 @@ struct Edge {
 }
 
 /// An upper-cased segment; short ASCII ones live inside the edge, saving a pointer chase.
+#[derive(Clone)]
 enum Key {
     Inline { len: u8, bytes: [u8; 22] },
     Heap(Box<str>),
@@ -153,6 +157,7 @@ struct Site {
     registrations: u32,
 }
 
+#[derive(Clone)]
 struct NamedSite {
     hash: u64,
     folded: Box<str>,
@@ -160,7 +165,7 @@ struct NamedSite {
 }
 
 /// The sites of one scheme and port.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct Port {
     strong: Option<Site>,
     explicit: HashTable<NamedSite>,

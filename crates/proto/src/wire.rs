@@ -1,0 +1,623 @@
+//! The worker wire: how requests travel from the daemon to an attached worker and responses
+//! come back, on the Unix socket a worker upgraded from a control connection.
+//!
+//! # Why a framing of its own
+//!
+//! A worker holds many requests at once (its slots), and the daemon gains most when one
+//! system call carries many of them. HTTP/2 does that but pays for HPACK, its own flow
+//! control and a stream state machine on both ends; pipelined HTTP/1.1 cannot interleave
+//! bodies. This framing is the least that does the job: each frame names its stream, so any
+//! number of requests and their bodies share one socket in any order, and a reader parses a
+//! whole read's worth of frames in one pass without copying payloads (they are `Bytes`
+//! slices of the read buffer).
+//!
+//! # Frames
+//!
+//! Every frame starts with a 10-byte header, integers little-endian:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | payload length, at most [`MAX_PAYLOAD`] |
+//! | 4..8 | stream id, chosen by the daemon; unique among the streams open on the socket |
+//! | 8 | kind: 1 head, 2 data, 3 window, 4 reset, 5 drain |
+//! | 9 | flags: bit 0 is `END` (no more body follows on this stream in this direction) |
+//!
+//! - **head** opens a stream (daemon → worker: the request head, [`RequestHead`]) or answers
+//!   one (worker → daemon: the response head, [`ResponseHead`]). With `END`, there is no body.
+//! - **data** carries body bytes; `END` on the last one (which may be empty).
+//! - **window** (4-byte payload) gives the sender that many more body bytes on the stream.
+//!   Each direction of each stream starts with [`INITIAL_WINDOW`]; a receiver grants more as
+//!   its reader consumes, so one slow body never stalls the socket's other streams.
+//! - **reset** (4-byte payload, a [`ResetCode`]) ends the stream at once in both directions.
+//!   From the worker it aborts the client's connection; from the daemon it says the client
+//!   has gone and the worker should stop.
+//! - **drain** (stream 0, no payload; worker → daemon) asks for no new requests: the daemon
+//!   finishes those in hand, then the worker may close.
+//!
+//! A stream's slot is free again once the worker's response has ended (or either side reset
+//! it) and the daemon has sent the request's last body byte or reset it.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use core::fmt;
+
+/// The `Upgrade` token a worker asks for on the control socket.
+pub const UPGRADE_PROTOCOL: &str = "portshare-worker/1";
+
+/// The header in which a worker declares how many requests it will hold at once.
+pub const SLOTS_HEADER: &str = "portshare-slots";
+
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 10;
+
+/// Largest payload of one frame.
+pub const MAX_PAYLOAD: usize = 1 << 24;
+
+/// Body bytes each direction of a stream may send before the peer grants more.
+pub const INITIAL_WINDOW: u32 = 256 * 1024;
+
+/// The flag bit marking the end of a stream's body in one direction.
+pub const END: u8 = 1;
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Kind {
+    /// A request or response head.
+    Head,
+    /// Body bytes.
+    Data,
+    /// More body credit.
+    Window,
+    /// The stream ends at once.
+    Reset,
+    /// The worker takes no new requests.
+    Drain,
+}
+
+impl Kind {
+    fn to_u8(self) -> u8 {
+        match self {
+            Kind::Head => 1,
+            Kind::Data => 2,
+            Kind::Window => 3,
+            Kind::Reset => 4,
+            Kind::Drain => 5,
+        }
+    }
+
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Head,
+            2 => Kind::Data,
+            3 => Kind::Window,
+            4 => Kind::Reset,
+            5 => Kind::Drain,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a stream was reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ResetCode {
+    /// Daemon → worker: the client went away or a timer fired; stop working on it.
+    Cancel,
+    /// Worker → daemon: abort the client's connection without a response.
+    Abort,
+    /// Either way: the peer broke the protocol on this stream.
+    Protocol,
+}
+
+impl ResetCode {
+    /// The code's number on the wire.
+    pub fn to_u32(self) -> u32 {
+        match self {
+            ResetCode::Cancel => 0,
+            ResetCode::Abort => 1,
+            ResetCode::Protocol => 2,
+        }
+    }
+
+    /// The code for a number, unknown numbers taken as [`ResetCode::Abort`].
+    pub fn from_u32(n: u32) -> ResetCode {
+        match n {
+            0 => ResetCode::Cancel,
+            2 => ResetCode::Protocol,
+            _ => ResetCode::Abort,
+        }
+    }
+}
+
+/// One decoded frame. Payloads are slices of the read buffer, not copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A request or response head; decode it with [`RequestHead::decode`] or
+    /// [`ResponseHead::decode`].
+    Head {
+        /// The stream.
+        stream: u32,
+        /// No body follows.
+        end: bool,
+        /// The encoded head.
+        payload: Bytes,
+    },
+    /// Body bytes.
+    Data {
+        /// The stream.
+        stream: u32,
+        /// The last body bytes of this direction.
+        end: bool,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// More credit for the body this side sends on `stream`.
+    Window {
+        /// The stream.
+        stream: u32,
+        /// Bytes granted.
+        credit: u32,
+    },
+    /// The stream ends at once.
+    Reset {
+        /// The stream.
+        stream: u32,
+        /// Why.
+        code: ResetCode,
+    },
+    /// The worker takes no new requests.
+    Drain,
+}
+
+/// A frame that could not be decoded: the peer does not speak this protocol, and the
+/// connection should be closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireError(&'static str);
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "worker wire: {}", self.0)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// Takes the next whole frame off the front of `buf`, or `None` when more bytes are needed.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(WireError("frame longer than the largest payload"));
+    }
+    if buf.len() < HEADER_LEN + len {
+        buf.reserve(HEADER_LEN + len - buf.len());
+        return Ok(None);
+    }
+    let stream = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let kind = Kind::from_u8(buf[8]).ok_or(WireError("unknown frame kind"))?;
+    let end = buf[9] & END != 0;
+    buf.advance(HEADER_LEN);
+    let payload = buf.split_to(len).freeze();
+    let word = |p: &Bytes| -> Result<u32, WireError> {
+        <[u8; 4]>::try_from(&p[..])
+            .map(u32::from_le_bytes)
+            .map_err(|_| WireError("window or reset payload is not 4 bytes"))
+    };
+    Ok(Some(match kind {
+        Kind::Head => Frame::Head {
+            stream,
+            end,
+            payload,
+        },
+        Kind::Data => Frame::Data {
+            stream,
+            end,
+            data: payload,
+        },
+        Kind::Window => Frame::Window {
+            stream,
+            credit: word(&payload)?,
+        },
+        Kind::Reset => Frame::Reset {
+            stream,
+            code: ResetCode::from_u32(word(&payload)?),
+        },
+        Kind::Drain => Frame::Drain,
+    }))
+}
+
+fn put_header(buf: &mut BytesMut, len: usize, stream: u32, kind: Kind, end: bool) {
+    debug_assert!(len <= MAX_PAYLOAD);
+    buf.put_u32_le(len as u32);
+    buf.put_u32_le(stream);
+    buf.put_u8(kind.to_u8());
+    buf.put_u8(if end { END } else { 0 });
+}
+
+/// Appends a data frame. Bodies longer than [`MAX_PAYLOAD`] are split by the caller.
+pub fn encode_data(buf: &mut BytesMut, stream: u32, end: bool, data: &[u8]) {
+    buf.reserve(HEADER_LEN + data.len());
+    put_header(buf, data.len(), stream, Kind::Data, end);
+    buf.put_slice(data);
+}
+
+/// Appends a window frame granting `credit` more bytes.
+pub fn encode_window(buf: &mut BytesMut, stream: u32, credit: u32) {
+    put_header(buf, 4, stream, Kind::Window, false);
+    buf.put_u32_le(credit);
+}
+
+/// Appends a reset frame.
+pub fn encode_reset(buf: &mut BytesMut, stream: u32, code: ResetCode) {
+    put_header(buf, 4, stream, Kind::Reset, true);
+    buf.put_u32_le(code.to_u32());
+}
+
+/// Appends a drain frame.
+pub fn encode_drain(buf: &mut BytesMut) {
+    put_header(buf, 0, 0, Kind::Drain, false);
+}
+
+/// The HTTP version of a request, as the worker should see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// HTTP/1.0.
+    Http10,
+    /// HTTP/1.1 (and 1.2–1.9, which HTTP.sys serves as 1.1).
+    Http11,
+}
+
+/// A request head on the wire: method, the target the worker sees (cooked path re-encoded,
+/// then `?` and the raw query), version and headers, the `portshare-*` metadata among them.
+///
+/// Payload: version (1 byte: 0 = 1.0, 1 = 1.1), then method, target and each header's name
+/// and value as a u32 length and the bytes, after a u32 header count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The method, as the client sent it.
+    pub method: Bytes,
+    /// Path and query.
+    pub target: Bytes,
+    /// The version.
+    pub version: Version,
+    /// Header names (as sent) and values, in order.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+/// Writes a request head frame from borrowed parts, without building a [`RequestHead`].
+#[derive(Debug)]
+pub struct RequestHeadWriter<'b> {
+    buf: &'b mut BytesMut,
+    start: usize,
+    count_at: usize,
+    count: u32,
+    stream: u32,
+    end: bool,
+}
+
+impl<'b> RequestHeadWriter<'b> {
+    /// Starts a request head frame on `stream`; `end` when the request has no body.
+    pub fn new(
+        buf: &'b mut BytesMut,
+        stream: u32,
+        end: bool,
+        method: &[u8],
+        target: &[u8],
+        version: Version,
+    ) -> RequestHeadWriter<'b> {
+        let start = buf.len();
+        put_header(buf, 0, stream, Kind::Head, end);
+        buf.put_u8(match version {
+            Version::Http10 => 0,
+            Version::Http11 => 1,
+        });
+        put_field(buf, method);
+        put_field(buf, target);
+        let count_at = buf.len();
+        buf.put_u32_le(0);
+        RequestHeadWriter {
+            buf,
+            start,
+            count_at,
+            count: 0,
+            stream,
+            end,
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(&mut self, name: &[u8], value: &[u8]) -> &mut Self {
+        put_field(self.buf, name);
+        put_field(self.buf, value);
+        self.count += 1;
+        self
+    }
+
+    /// Finishes the frame: patches its length and header count.
+    pub fn finish(self) {
+        finish_head(
+            self.buf,
+            self.start,
+            self.count_at,
+            self.count,
+            self.stream,
+            self.end,
+        );
+    }
+}
+
+fn finish_head(
+    buf: &mut BytesMut,
+    start: usize,
+    count_at: usize,
+    count: u32,
+    stream: u32,
+    end: bool,
+) {
+    let len = buf.len() - start - HEADER_LEN;
+    let mut header = BytesMut::with_capacity(HEADER_LEN);
+    put_header(&mut header, len, stream, Kind::Head, end);
+    buf[start..start + HEADER_LEN].copy_from_slice(&header);
+    buf[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+}
+
+fn put_field(buf: &mut BytesMut, bytes: &[u8]) {
+    buf.put_u32_le(bytes.len() as u32);
+    buf.put_slice(bytes);
+}
+
+struct Reader {
+    payload: Bytes,
+}
+
+impl Reader {
+    fn u8(&mut self) -> Result<u8, WireError> {
+        if self.payload.is_empty() {
+            return Err(WireError("head ends early"));
+        }
+        Ok(self.payload.get_u8())
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        if self.payload.len() < 2 {
+            return Err(WireError("head ends early"));
+        }
+        Ok(self.payload.get_u16_le())
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        if self.payload.len() < 4 {
+            return Err(WireError("head ends early"));
+        }
+        Ok(self.payload.get_u32_le())
+    }
+
+    fn field(&mut self) -> Result<Bytes, WireError> {
+        let n = self.u32()? as usize;
+        if self.payload.len() < n {
+            return Err(WireError("head field longer than the frame"));
+        }
+        Ok(self.payload.split_to(n))
+    }
+
+    fn headers(&mut self) -> Result<Vec<(Bytes, Bytes)>, WireError> {
+        let n = self.u32()? as usize;
+        // Each header takes at least 8 bytes; a count beyond that is a lie.
+        if n > self.payload.len() / 8 {
+            return Err(WireError("header count larger than the frame"));
+        }
+        let mut headers = Vec::with_capacity(n);
+        for _ in 0..n {
+            headers.push((self.field()?, self.field()?));
+        }
+        if !self.payload.is_empty() {
+            return Err(WireError("bytes after the last header"));
+        }
+        Ok(headers)
+    }
+}
+
+impl RequestHead {
+    /// Decodes the payload of a head frame sent by the daemon.
+    pub fn decode(payload: Bytes) -> Result<RequestHead, WireError> {
+        let mut r = Reader { payload };
+        let version = match r.u8()? {
+            0 => Version::Http10,
+            1 => Version::Http11,
+            _ => return Err(WireError("unknown HTTP version")),
+        };
+        let method = r.field()?;
+        let target = r.field()?;
+        let headers = r.headers()?;
+        Ok(RequestHead {
+            method,
+            target,
+            version,
+            headers,
+        })
+    }
+
+    /// Appends this head as a frame.
+    pub fn encode(&self, buf: &mut BytesMut, stream: u32, end: bool) {
+        let mut w =
+            RequestHeadWriter::new(buf, stream, end, &self.method, &self.target, self.version);
+        for (n, v) in &self.headers {
+            w.header(n, v);
+        }
+        w.finish();
+    }
+}
+
+/// A response head on the wire: the status and the headers.
+///
+/// Payload: the status as u16, then a u32 header count and each header's name and value as
+/// a u32 length and the bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// The status code, 100–999 (1xx responses other than 101 are not sent on the wire).
+    pub status: u16,
+    /// Header names and values, in order.
+    pub headers: Vec<(Bytes, Bytes)>,
+}
+
+impl ResponseHead {
+    /// Decodes the payload of a head frame sent by a worker.
+    pub fn decode(payload: Bytes) -> Result<ResponseHead, WireError> {
+        let mut r = Reader { payload };
+        let status = r.u16()?;
+        if !(100..=999).contains(&status) {
+            return Err(WireError("status outside 100..=999"));
+        }
+        let headers = r.headers()?;
+        Ok(ResponseHead { status, headers })
+    }
+
+    /// Appends a response head frame from borrowed parts.
+    pub fn encode_parts<'h>(
+        buf: &mut BytesMut,
+        stream: u32,
+        end: bool,
+        status: u16,
+        headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
+    ) {
+        let start = buf.len();
+        put_header(buf, 0, stream, Kind::Head, end);
+        buf.put_u16_le(status);
+        let count_at = buf.len();
+        buf.put_u32_le(0);
+        let mut count = 0;
+        for (n, v) in headers {
+            put_field(buf, n);
+            put_field(buf, v);
+            count += 1;
+        }
+        finish_head(buf, start, count_at, count, stream, end);
+    }
+
+    /// Appends this head as a frame.
+    pub fn encode(&self, buf: &mut BytesMut, stream: u32, end: bool) {
+        ResponseHead::encode_parts(
+            buf,
+            stream,
+            end,
+            self.status,
+            self.headers.iter().map(|(n, v)| (&n[..], &v[..])),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(buf: &mut BytesMut) -> Vec<Frame> {
+        let mut out = Vec::new();
+        while let Some(f) = decode(buf).expect("valid frames") {
+            out.push(f);
+        }
+        out
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        let req = RequestHead {
+            method: Bytes::from_static(b"POST"),
+            target: Bytes::from_static(b"/app/x?y=1"),
+            version: Version::Http11,
+            headers: vec![
+                (Bytes::from_static(b"Host"), Bytes::from_static(b"a")),
+                (
+                    Bytes::from_static(b"portshare-request-id"),
+                    Bytes::from_static(b"7"),
+                ),
+            ],
+        };
+        let resp = ResponseHead {
+            status: 201,
+            headers: vec![(
+                Bytes::from_static(b"content-length"),
+                Bytes::from_static(b"2"),
+            )],
+        };
+        let mut buf = BytesMut::new();
+        req.encode(&mut buf, 3, false);
+        encode_data(&mut buf, 3, true, b"hi");
+        resp.encode(&mut buf, 3, false);
+        encode_window(&mut buf, 3, 1000);
+        encode_reset(&mut buf, 9, ResetCode::Abort);
+        encode_drain(&mut buf);
+        let frames = all(&mut buf);
+        assert!(buf.is_empty());
+        let Frame::Head {
+            stream: 3,
+            end: false,
+            payload,
+        } = frames[0].clone()
+        else {
+            panic!("{:?}", frames[0]);
+        };
+        assert_eq!(RequestHead::decode(payload), Ok(req));
+        assert_eq!(
+            frames[1],
+            Frame::Data {
+                stream: 3,
+                end: true,
+                data: Bytes::from_static(b"hi")
+            }
+        );
+        let Frame::Head { payload, .. } = frames[2].clone() else {
+            panic!()
+        };
+        assert_eq!(ResponseHead::decode(payload), Ok(resp));
+        assert_eq!(
+            frames[3],
+            Frame::Window {
+                stream: 3,
+                credit: 1000
+            }
+        );
+        assert_eq!(
+            frames[4],
+            Frame::Reset {
+                stream: 9,
+                code: ResetCode::Abort
+            }
+        );
+        assert_eq!(frames[5], Frame::Drain);
+    }
+
+    #[test]
+    fn partial_frames_wait_for_more() {
+        let mut whole = BytesMut::new();
+        encode_data(&mut whole, 1, false, b"hello");
+        for cut in 0..whole.len() {
+            let mut part = BytesMut::from(&whole[..cut]);
+            assert_eq!(decode(&mut part), Ok(None), "cut at {cut}");
+            assert_eq!(part.len(), cut);
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 0][..]);
+        assert!(decode(&mut buf).is_err());
+        let mut buf = BytesMut::from(&[0, 0, 0, 0, 0, 0, 0, 0, 77, 0][..]);
+        assert!(decode(&mut buf).is_err());
+        assert!(RequestHead::decode(Bytes::from_static(&[1, 9, 0, 0, 0])).is_err());
+        assert!(
+            RequestHead::decode(Bytes::from_static(&[
+                1, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255
+            ]))
+            .is_err()
+        );
+        assert!(ResponseHead::decode(Bytes::from_static(&[20, 0, 0, 0, 0, 0])).is_err());
+        for len in 0..40 {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
+            let _ = RequestHead::decode(Bytes::from(bytes.clone()));
+            let _ = ResponseHead::decode(Bytes::from(bytes.clone()));
+            let _ = decode(&mut BytesMut::from(&bytes[..]));
+        }
+    }
+}
