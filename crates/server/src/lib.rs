@@ -1,5 +1,10 @@
-//! The Portshare daemon's own HTTP/1 handling; for now, the request-head parser its
-//! connection loop uses, which answers malformed requests exactly as HTTP.sys does.
+//! The Portshare daemon: listeners per bound address, HTTP.sys's HTTP/1 loop on each client
+//! connection, request queues, workers attached over Unix sockets, upstream queues, and the
+//! control socket that applications register through. [`run`] starts it; the `portshare
+//! serve` command is a thin wrapper around it.
+//!
+//! The request-head parser is public for its own sake: it answers malformed requests
+//! exactly as HTTP.sys does.
 //!
 //! ```
 //! use portshare_server::{Body, HeadLimits, Parsed, parse_head};
@@ -52,6 +57,87 @@
 //!   with neither are 411 `LengthRequired`. See [`Body`].
 //! - **Connection and Expect**: see [`Head::keep_alive`] and [`Head::expect_continue`].
 
+mod bind;
+mod body;
+mod config;
+mod conn;
+mod control;
+mod daemon;
+mod errlog;
 mod head;
+mod pages;
+mod queue;
+mod upstream;
+mod worker;
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use config::{Config, Limits, QueueConfig, Timers};
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
+pub use upstream::Address;
+
+/// How to run the daemon.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The control socket's path.
+    pub control: PathBuf,
+    /// The configuration (the file's, with command-line flags applied).
+    pub config: Config,
+    /// Worker threads; 1 runs everything on the calling thread.
+    pub threads: usize,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM. Errors are for the operator: the daemon could
+/// not start, and why.
+pub fn run(opts: ServeOptions) -> Result<(), String> {
+    let runtime = if opts.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.threads)
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(serve(opts))
+}
+
+async fn serve(opts: ServeOptions) -> Result<(), String> {
+    let own_uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX);
+    let daemon = daemon::Daemon::new(&opts.config, own_uid);
+    let listener = control::bind(&opts.control)?;
+    daemon.load_config_queues(&opts.config)?;
+    tracing::info!(
+        "portshare {} ready; control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        opts.control.display()
+    );
+    let control = tokio::spawn(control::serve(Arc::clone(&daemon), listener));
+    let stop = shutdown_signal().await;
+    tracing::info!("{stop}: shutting down");
+    control.abort();
+    let _ = std::fs::remove_file(&opts.control);
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupt"
+        }
+    }
+}

@@ -1,0 +1,968 @@
+//! The client side: one task per TCP connection, running HTTP.sys's HTTP/1 loop.
+//!
+//! Requests on a connection are handled one at a time, in order: a pipelined request waits
+//! in the read buffer until the response before it is complete, as HTTP.sys delivers it.
+//! For each request: read and check the head, canonicalize and route it, take a slot in the
+//! winning queue (or wait for one, or be refused), hand the request to the slot's worker or
+//! upstream, stream the body there and the response back.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use portshare_proto::control::Verbosity;
+use portshare_proto::header;
+use portshare_proto::wire::{self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode};
+use portshare_router::{Dispatch, Endpoint, Reason, Rejection, Scheme, Version, encode_path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::body::{BodyIn, Chunked};
+use crate::daemon::Shared;
+use crate::errlog::Entry;
+use crate::head::{Body, Head, Parsed, parse_head};
+use crate::pages::{self, Detail};
+use crate::queue::{Admit, Missed, Queue, Slot, Target};
+use crate::upstream::{UpBody, Upstream};
+use crate::worker::{Event, WorkerConn};
+
+/// How a request left the connection.
+enum Next {
+    /// Ready for the next request.
+    KeepAlive,
+    /// Close after flushing what was written.
+    Close,
+    /// Reset: no more bytes, RST to the client.
+    Abort,
+}
+
+/// One client connection.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    io: TcpStream,
+    rd: BytesMut,
+    wr: BytesMut,
+    peer: SocketAddr,
+    local: SocketAddr,
+    scratch: Vec<u8>,
+}
+
+/// Serves a client connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let _ = io.set_nodelay(true);
+    let mut conn = Conn {
+        shared,
+        io,
+        rd: BytesMut::with_capacity(8192),
+        wr: BytesMut::with_capacity(8192),
+        peer,
+        local,
+        scratch: Vec::with_capacity(256),
+    };
+    let mut first = true;
+    loop {
+        match conn.request(first).await {
+            Next::KeepAlive => first = false,
+            Next::Close => {
+                let _ = conn.flush().await;
+                let _ = conn.io.shutdown().await;
+                return;
+            }
+            Next::Abort => {
+                let _ = socket2::SockRef::from(&conn.io).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
+    }
+}
+
+/// The parts of a request kept after its head has been handed on.
+#[derive(Clone, Copy)]
+struct Facts {
+    version: Version,
+    keep_alive: bool,
+    head_method: bool,
+    expect_continue: bool,
+}
+
+impl Conn {
+    fn log(
+        &self,
+        head: Option<&Head<'_>>,
+        status: Option<u16>,
+        reason: Reason,
+        queue: Option<&str>,
+    ) {
+        Entry {
+            client: self.peer,
+            local: self.local,
+            version: head.map(|h| h.version()),
+            method: head.map(|h| h.method()),
+            uri: head.map(|h| h.target()),
+            status,
+            reason,
+            queue,
+        }
+        .emit();
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.wr.is_empty() {
+            let r = self.io.write_all(&self.wr).await;
+            self.wr.clear();
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the read buffer; `Ok(0)` at end of stream.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.rd.capacity() - self.rd.len() < 2048 {
+            self.rd.reserve(8192);
+        }
+        self.io.read_buf(&mut self.rd).await
+    }
+
+    /// One request, from its first byte to the end of its response.
+    async fn request(&mut self, first: bool) -> Next {
+        let timers = self.shared.timers;
+        let limits = self.shared.head_limits;
+        // IdleConnection until the first byte of a later request; HeaderWait from then (or
+        // from the connection's start) until the head is in.
+        let mut deadline =
+            (first || !self.rd.is_empty()).then(|| Instant::now() + timers.header_wait);
+        let len = loop {
+            match parse_head(&self.rd, &limits) {
+                Ok(Parsed::Partial) => {}
+                Ok(Parsed::Complete { len, .. }) => break len,
+                Err(e) => {
+                    self.log(None, Some(e.rejection().status), e.rejection().reason, None);
+                    pages::error_page(&mut self.wr, e.rejection(), Detail::Standard, None);
+                    return Next::Close;
+                }
+            }
+            let read = match deadline {
+                Some(d) => timeout_at(d, self.fill()).await,
+                None => timeout(timers.idle_connection, self.fill()).await,
+            };
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
+                Ok(Ok(_)) => {
+                    deadline.get_or_insert_with(|| Instant::now() + timers.header_wait);
+                }
+                Err(_) => {
+                    let reason = if deadline.is_some() && !self.rd.is_empty() || first {
+                        Reason::TimerHeaderWait
+                    } else {
+                        Reason::TimerConnectionIdle
+                    };
+                    self.log(None, None, reason, None);
+                    return Next::Close;
+                }
+            }
+        };
+        let head_bytes = self.rd.split_to(len).freeze();
+        let Ok(Parsed::Complete { head, .. }) = parse_head(&head_bytes, &limits) else {
+            return Next::Close; // the same bytes parsed a moment ago
+        };
+        let facts = Facts {
+            version: head.version(),
+            keep_alive: head.keep_alive(),
+            head_method: head.method() == b"HEAD",
+            expect_continue: head.expect_continue(),
+        };
+        let mut body = match head.body() {
+            Body::None => BodyIn::Done,
+            Body::Length(0) => BodyIn::Done,
+            Body::Length(n) => BodyIn::Length(n),
+            Body::Chunked => BodyIn::Chunked(Chunked::new()),
+        };
+
+        // Route, and write down what the application will get, while the table snapshot
+        // is in hand.
+        let request_id = self.shared.request_ids.fetch_add(1, Ordering::Relaxed);
+        let endpoint = Endpoint::new(Scheme::Http, self.local);
+        let routed = {
+            let table = self.shared.table.load();
+            match table.dispatch(&endpoint, &head.request_head(), &self.shared.url_opts) {
+                Dispatch::Deliver(d) => {
+                    let binding = d.registration().value().clone();
+                    self.scratch.clear();
+                    self.scratch
+                        .extend_from_slice(encode_path(d.target().path()).as_bytes());
+                    if let Some(q) = d.target().query() {
+                        self.scratch.push(b'?');
+                        self.scratch.extend_from_slice(q);
+                    }
+                    Ok(binding)
+                }
+                Dispatch::Reject(r) => Err(Some(r)),
+                Dispatch::Refused => Err(None),
+                _ => Err(None),
+            }
+        };
+        let binding = match routed {
+            Ok(b) => b,
+            Err(Some(rejection)) => {
+                self.log(Some(&head), Some(rejection.status), rejection.reason, None);
+                pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
+                return Next::Close;
+            }
+            Err(None) => return Next::Close,
+        };
+        let queue = binding.queue.clone();
+
+        let request = if let Some(up) = queue.upstream() {
+            Outbound::Upstream(self.upstream_request(&head, &binding, request_id, up.clone()))
+        } else {
+            Outbound::Worker(self.worker_frame(&head, &binding, request_id, body.is_done()))
+        };
+
+        let slot = match queue.admit() {
+            Admit::Now(slot) => slot,
+            Admit::Wait(ticket) => match ticket.wait().await {
+                Ok(slot) => slot,
+                Err(Missed::TimedOut) => {
+                    self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
+                    return Next::Close;
+                }
+                Err(Missed::Closed) => {
+                    self.log(
+                        Some(&head),
+                        None,
+                        Reason::ConnectionAbandonedByReqQueue,
+                        Some(queue.name()),
+                    );
+                    return Next::Abort;
+                }
+            },
+            Admit::Full(verbosity, retry) => {
+                return self.unavailable(&head, &queue, Reason::QueueFull, verbosity, retry);
+            }
+            Admit::Disabled(verbosity, retry) => {
+                return self.unavailable(&head, &queue, Reason::Disabled, verbosity, retry);
+            }
+            Admit::Closed => {
+                self.log(
+                    Some(&head),
+                    None,
+                    Reason::ConnectionAbandonedByReqQueue,
+                    Some(queue.name()),
+                );
+                return Next::Abort;
+            }
+        };
+
+        // Handed to the application: now is the time for 100 Continue (spec Q12).
+        if facts.expect_continue && !body.is_done() && facts.version == Version::Http11 {
+            self.wr.put_slice(pages::CONTINUE);
+        }
+        let next = match (request, slot.target().clone()) {
+            (Outbound::Worker(frame), Target::Worker(worker)) => {
+                self.exchange_worker(frame, &worker, &mut body, facts, &queue)
+                    .await
+            }
+            (Outbound::Upstream(req), Target::Upstream(up)) => {
+                self.exchange_upstream(req, &up, &mut body, facts, &queue, &slot)
+                    .await
+            }
+            _ => Next::Abort,
+        };
+        drop(slot);
+        match next {
+            Next::KeepAlive if !facts.keep_alive => Next::Close,
+            Next::KeepAlive if !body.is_done() => self.drain(&mut body).await,
+            other => other,
+        }
+    }
+
+    /// A full or disabled queue's answer, by its verbosity.
+    fn unavailable(
+        &mut self,
+        head: &Head<'_>,
+        queue: &Queue,
+        reason: Reason,
+        verbosity: Verbosity,
+        retry: u64,
+    ) -> Next {
+        let sent = (verbosity != Verbosity::Basic).then_some(503);
+        self.log(Some(head), sent, reason, Some(queue.name()));
+        let detail = match verbosity {
+            Verbosity::Basic => return Next::Abort,
+            Verbosity::Limited => Detail::Standard,
+            _ => Detail::Cause,
+        };
+        let rejection = Rejection {
+            status: 503,
+            reason,
+        };
+        pages::error_page(&mut self.wr, rejection, detail, Some(retry));
+        Next::Close
+    }
+
+    /// The request head as a worker-wire frame, with stream id 0 to be filled in.
+    fn worker_frame(
+        &self,
+        head: &Head<'_>,
+        binding: &crate::daemon::Binding,
+        id: u64,
+        end: bool,
+    ) -> BytesMut {
+        let mut frame = BytesMut::with_capacity(256 + head.target().len() * 2);
+        let version = match head.version() {
+            Version::Http10 => wire::Version::Http10,
+            _ => wire::Version::Http11,
+        };
+        let mut w =
+            RequestHeadWriter::new(&mut frame, 0, end, head.method(), &self.scratch, version);
+        for (name, value) in head.headers() {
+            if passes(name) {
+                w.header(name, value);
+            }
+        }
+        let mut num = itoa_buf();
+        w.header(header::RAW_URL.as_bytes(), head.target());
+        w.header(
+            header::CLIENT_ADDR.as_bytes(),
+            self.peer.to_string().as_bytes(),
+        );
+        w.header(
+            header::LOCAL_ADDR.as_bytes(),
+            self.local.to_string().as_bytes(),
+        );
+        w.header(header::URL_PREFIX.as_bytes(), binding.prefix.as_bytes());
+        w.header(
+            header::URL_CONTEXT.as_bytes(),
+            fmt_u64(&mut num, binding.context),
+        );
+        w.header(header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
+        w.finish();
+        frame
+    }
+
+    fn upstream_request(
+        &self,
+        head: &Head<'_>,
+        binding: &crate::daemon::Binding,
+        id: u64,
+        _up: Arc<Upstream>,
+    ) -> http::request::Builder {
+        let mut req = http::Request::builder()
+            .method(head.method())
+            .uri(&self.scratch[..])
+            .version(http::Version::HTTP_11);
+        let mut host = None;
+        for (name, value) in head.headers() {
+            if name.eq_ignore_ascii_case(b"host") {
+                host = Some(value);
+            }
+            if passes(name) {
+                req = req.header(name, value);
+            }
+        }
+        let client = self.peer.ip();
+        let host = host.map(String::from_utf8_lossy);
+        let mut forwarded = match client {
+            std::net::IpAddr::V4(a) => format!("for={a};proto=http"),
+            std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto=http"),
+        };
+        if let Some(h) = &host {
+            forwarded.push_str(";host=\"");
+            forwarded.extend(h.chars().filter(|c| *c != '"' && *c != '\\'));
+            forwarded.push('"');
+            req = req.header("x-forwarded-host", h.as_ref());
+        }
+        req.header("forwarded", forwarded)
+            .header("x-forwarded-for", client.to_string())
+            .header("x-forwarded-proto", "http")
+            .header(header::RAW_URL, head.target())
+            .header(header::CLIENT_ADDR, self.peer.to_string())
+            .header(header::LOCAL_ADDR, self.local.to_string())
+            .header(header::URL_PREFIX, &binding.prefix)
+            .header(header::URL_CONTEXT, binding.context)
+            .header(header::REQUEST_ID, id)
+    }
+
+    /// Hands the request to an attached worker and relays until both directions end.
+    async fn exchange_worker(
+        &mut self,
+        mut frame: BytesMut,
+        worker: &Arc<WorkerConn>,
+        body: &mut BodyIn,
+        facts: Facts,
+        queue: &Queue,
+    ) -> Next {
+        let Some((stream, mut rx)) = worker.open() else {
+            queue.count_abandoned();
+            self.log(
+                None,
+                None,
+                Reason::ConnectionAbandonedByReqQueue,
+                Some(queue.name()),
+            );
+            return Next::Abort;
+        };
+        frame[4..8].copy_from_slice(&stream.to_le_bytes());
+        worker.send(|out| out.extend_from_slice(&frame));
+        let _forget = Forget(worker, stream);
+        let mut window = u64::from(INITIAL_WINDOW);
+        let mut resp = Response::new(facts);
+        let entity = self.shared.timers.entity_body;
+        loop {
+            // Forward whatever body the buffer holds, within the window.
+            while !body.is_done() && window > 0 && !self.rd.is_empty() && !resp.finished {
+                let max = window.min(MAX_PAYLOAD as u64) as usize;
+                match body.take(&mut self.rd, max) {
+                    Ok((data, done)) => {
+                        if data.is_empty() && !done {
+                            break;
+                        }
+                        window -= data.len() as u64;
+                        worker.send(|out| wire::encode_data(out, stream, done, &data));
+                    }
+                    Err(_) => {
+                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                        self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
+                        return Next::Abort;
+                    }
+                }
+            }
+            if resp.finished {
+                if !body.is_done() {
+                    // Answered before the body was read: the application is done with it;
+                    // the rest is drained (or the connection closed) below.
+                    worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                }
+                return if resp.close {
+                    Next::Close
+                } else {
+                    Next::KeepAlive
+                };
+            }
+            let want_body = !body.is_done() && window > 0;
+            tokio::select! {
+                biased;
+                ev = rx.recv() => {
+                    let mut ev = Some(ev.unwrap_or(Event::Gone));
+                    while let Some(e) = ev.take() {
+                        match e {
+                            Event::Window(n) => window += u64::from(n),
+                            Event::Head(h, end) => {
+                                // A body that is already here whole becomes a Content-Length.
+                                let mut exact = None;
+                                if !end {
+                                    match rx.try_recv() {
+                                        Ok(Event::Data(d, true)) => {
+                                            exact = Some(d.len() as u64);
+                                            ev = Some(Event::Data(d, true));
+                                        }
+                                        Ok(other) => ev = Some(other),
+                                        Err(_) => {}
+                                    }
+                                }
+                                if resp.started
+                                    || !resp.head(&mut self.wr, h.status, &h.headers, end, exact)
+                                {
+                                    worker.send(|out| wire::encode_reset(out, stream, ResetCode::Protocol));
+                                    return Next::Abort;
+                                }
+                            }
+                            Event::Data(data, end) => {
+                                if !resp.started || !resp.data(&mut self.wr, &data, end) {
+                                    worker.send(|out| wire::encode_reset(out, stream, ResetCode::Protocol));
+                                    return Next::Abort;
+                                }
+                            }
+                            Event::Reset => {
+                                self.wr.clear();
+                                return Next::Abort;
+                            }
+                            Event::Gone => {
+                                queue.count_abandoned();
+                                self.log(None, None, Reason::ConnectionAbandonedByReqQueue, Some(queue.name()));
+                                self.wr.clear();
+                                return Next::Abort;
+                            }
+                        }
+                        if ev.is_none() {
+                            ev = rx.try_recv().ok();
+                        }
+                    }
+                    let written = resp.take_granted();
+                    if self.flush().await.is_err() {
+                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                        return Next::Abort;
+                    }
+                    if written > 0 && !resp.finished {
+                        worker.send(|out| wire::encode_window(out, stream, written));
+                    }
+                }
+                r = timeout(entity, self.fill()), if want_body && self.rd.is_empty() => {
+                    match r {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => {
+                            worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                            self.log(None, None, Reason::ClientReset, Some(queue.name()));
+                            return Next::Abort;
+                        }
+                        Err(_) => {
+                            worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                            self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                            return Next::Close;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forwards the request to an upstream server and relays its response.
+    async fn exchange_upstream(
+        &mut self,
+        req: http::request::Builder,
+        up: &Upstream,
+        body: &mut BodyIn,
+        facts: Facts,
+        queue: &Queue,
+        _slot: &Slot,
+    ) -> Next {
+        let mut sender = match up.connection().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
+                let r = Rejection {
+                    status: 503,
+                    reason: Reason::NotAvailable,
+                };
+                self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
+                pages::error_page(&mut self.wr, r, Detail::Standard, Some(1));
+                return Next::Close;
+            }
+        };
+        let (tx, up_body): (Option<mpsc::Sender<Bytes>>, UpBody) = if body.is_done() {
+            (
+                None,
+                http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+            )
+        } else {
+            let (tx, rx) = mpsc::channel::<Bytes>(4);
+            (Some(tx), ChannelBody(rx).boxed())
+        };
+        let Ok(req) = req.body(up_body) else {
+            self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
+            pages::error_page(
+                &mut self.wr,
+                Rejection {
+                    status: 400,
+                    reason: Reason::BadRequest,
+                },
+                Detail::Standard,
+                None,
+            );
+            return Next::Close;
+        };
+        let mut tx = tx;
+        let entity = self.shared.timers.entity_body;
+        let response = sender.send_request(req);
+        tokio::pin!(response);
+        let resp = loop {
+            // Pump the body while waiting for the response head.
+            if let Some(sink) = &tx
+                && !self.rd.is_empty()
+            {
+                match body.take(&mut self.rd, 64 * 1024) {
+                    Ok((data, done)) => {
+                        if !data.is_empty() && sink.send(data).await.is_err() {
+                            tx = None;
+                        }
+                        if done {
+                            tx = None;
+                        }
+                        continue;
+                    }
+                    Err(_) => return Next::Abort,
+                }
+            }
+            tokio::select! {
+                r = &mut response => break r,
+                r = timeout(entity, self.fill()), if tx.is_some() => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) => return Next::Abort,
+                    Err(_) => {
+                        self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                        return Next::Close;
+                    }
+                },
+            }
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
+                self.log(
+                    None,
+                    None,
+                    Reason::ConnectionAbandonedByReqQueue,
+                    Some(queue.name()),
+                );
+                return Next::Abort;
+            }
+        };
+        let (parts, mut incoming) = resp.into_parts();
+        let headers: Vec<(Bytes, Bytes)> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::copy_from_slice(n.as_str().as_bytes()),
+                    Bytes::copy_from_slice(v.as_bytes()),
+                )
+            })
+            .collect();
+        let mut out = Response::new(facts);
+        let end = http_body::Body::is_end_stream(&incoming);
+        let hint = http_body::Body::size_hint(&incoming).exact();
+        if !out.head(&mut self.wr, parts.status.as_u16(), &headers, end, hint) {
+            return Next::Abort;
+        }
+        while !out.finished {
+            // Keep feeding the request body while the response streams.
+            if let Some(sink) = &tx
+                && !self.rd.is_empty()
+            {
+                match body.take(&mut self.rd, 64 * 1024) {
+                    Ok((data, done)) => {
+                        if !data.is_empty() && sink.send(data).await.is_err() {
+                            tx = None;
+                        }
+                        if done {
+                            tx = None;
+                        }
+                    }
+                    Err(_) => return Next::Abort,
+                }
+            }
+            if self.flush().await.is_err() {
+                return Next::Abort;
+            }
+            match incoming.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        let end = http_body::Body::is_end_stream(&incoming);
+                        if !out.data(&mut self.wr, &data, end) {
+                            return Next::Abort;
+                        }
+                    }
+                }
+                Some(Err(_)) => return Next::Abort,
+                None => {
+                    if !out.data(&mut self.wr, &[], true) {
+                        return Next::Abort;
+                    }
+                }
+            }
+        }
+        drop(tx);
+        if self.flush().await.is_err() {
+            return Next::Abort;
+        }
+        if body.is_done() {
+            up.put_back(sender);
+        }
+        if out.close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Reads and discards the rest of a body the application did not read, so the next
+    /// request can be read (DrainEntityBody).
+    async fn drain(&mut self, body: &mut BodyIn) -> Next {
+        let entity = self.shared.timers.entity_body;
+        loop {
+            match body.take(&mut self.rd, usize::MAX) {
+                Ok((_, true)) => return Next::KeepAlive,
+                Ok((data, false)) if !data.is_empty() => continue,
+                Ok(_) => {}
+                Err(_) => return Next::Close,
+            }
+            match timeout(entity, self.fill()).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Next::Close,
+            }
+        }
+    }
+}
+
+enum Outbound {
+    Worker(BytesMut),
+    Upstream(http::request::Builder),
+}
+
+/// Forgets a worker stream when the request is over, however it ends.
+struct Forget<'a>(&'a WorkerConn, u32);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
+    }
+}
+
+/// Whether an inbound request header goes on to the application: not the reserved
+/// `portshare-*` space, no forwarding headers a client could forge, no hop-by-hop headers.
+fn passes(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 8] = [
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"upgrade",
+        b"proxy-connection",
+        b"expect",
+        b"forwarded",
+    ];
+    if name.len() >= header::PREFIX.len()
+        && name[..header::PREFIX.len()].eq_ignore_ascii_case(header::PREFIX.as_bytes())
+    {
+        return false;
+    }
+    if name.len() >= 12 && name[..12].eq_ignore_ascii_case(b"x-forwarded-") {
+        return false;
+    }
+    !HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0; 20]
+}
+
+fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A request body fed from a channel, for upstream requests.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// How a response body is framed for the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body may follow (HEAD, 204, 304).
+    None,
+    /// Exactly this many more bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (HTTP/1.0 client, length unknown).
+    Close,
+}
+
+/// The response as it is written to the client.
+struct Response {
+    facts: Facts,
+    framing: Framing,
+    started: bool,
+    finished: bool,
+    close: bool,
+    /// Body bytes written since the last window grant.
+    granted: u32,
+}
+
+impl Response {
+    fn new(facts: Facts) -> Response {
+        Response {
+            facts,
+            framing: Framing::None,
+            started: false,
+            finished: false,
+            close: !facts.keep_alive,
+            granted: 0,
+        }
+    }
+
+    /// Writes the response head. `exact` is the body's length when it is known in
+    /// advance (the whole body already arrived), used when the application gave none.
+    fn head(
+        &mut self,
+        wr: &mut BytesMut,
+        status: u16,
+        headers: &[(Bytes, Bytes)],
+        end: bool,
+        exact: Option<u64>,
+    ) -> bool {
+        if !(200..=999).contains(&status) {
+            return false; // interim and upgrade responses are not relayed
+        }
+        self.started = true;
+        let mut length = None;
+        let mut has_server = false;
+        wr.put_slice(b"HTTP/1.1 ");
+        let mut num = itoa_buf();
+        wr.put_slice(fmt_u64(&mut num, u64::from(status)));
+        wr.put_u8(b' ');
+        wr.put_slice(
+            http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Unknown")
+                .as_bytes(),
+        );
+        wr.put_slice(b"\r\n");
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let parsed = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match (parsed, length) {
+                    (Some(n), None) => length = Some(n),
+                    (Some(n), Some(m)) if n == m => continue,
+                    _ => return false,
+                }
+            } else if name.eq_ignore_ascii_case(b"date")
+                || name.eq_ignore_ascii_case(b"connection")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"keep-alive")
+                || name.eq_ignore_ascii_case(b"proxy-connection")
+                || name.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            } else if name.eq_ignore_ascii_case(b"server") {
+                has_server = true;
+            }
+            if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) || name.is_empty() {
+                return false;
+            }
+            wr.put_slice(name);
+            wr.put_slice(b": ");
+            wr.put_slice(value);
+            wr.put_slice(b"\r\n");
+        }
+        let bodiless = self.facts.head_method || status == 204 || status == 304;
+        self.framing = if bodiless {
+            if let Some(n) = length {
+                put_length(wr, n);
+            }
+            Framing::None
+        } else if let Some(n) = length {
+            put_length(wr, n);
+            Framing::Length(n)
+        } else if end {
+            put_length(wr, 0);
+            Framing::Length(0)
+        } else if let Some(n) = exact {
+            put_length(wr, n);
+            Framing::Length(n)
+        } else if self.facts.version == Version::Http11 {
+            wr.put_slice(b"Transfer-Encoding: chunked\r\n");
+            Framing::Chunked
+        } else {
+            self.close = true;
+            Framing::Close
+        };
+        if !has_server {
+            wr.put_slice(b"Server: ");
+            wr.put_slice(pages::SERVER.as_bytes());
+            wr.put_slice(b"\r\n");
+        }
+        wr.put_slice(b"Date: ");
+        pages::put_date(wr);
+        wr.put_slice(b"\r\n");
+        if self.close {
+            wr.put_slice(b"Connection: close\r\n");
+        } else if self.facts.version == Version::Http10 {
+            wr.put_slice(b"Connection: keep-alive\r\n");
+        }
+        wr.put_slice(b"\r\n");
+        if end {
+            self.finished = true;
+            // A response that promised a body and ended without one cannot keep the
+            // connection in step.
+            if let Framing::Length(n) = self.framing
+                && n > 0
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Writes body bytes; false when the application broke its own framing.
+    fn data(&mut self, wr: &mut BytesMut, data: &[u8], end: bool) -> bool {
+        if self.finished {
+            return data.is_empty();
+        }
+        self.granted = self.granted.saturating_add(data.len() as u32);
+        match &mut self.framing {
+            Framing::None => {}
+            Framing::Length(left) => {
+                if data.len() as u64 > *left {
+                    return false;
+                }
+                *left -= data.len() as u64;
+                wr.put_slice(data);
+                if end && *left != 0 {
+                    return false;
+                }
+            }
+            Framing::Chunked => {
+                if !data.is_empty() {
+                    wr.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    wr.put_slice(data);
+                    wr.put_slice(b"\r\n");
+                }
+                if end {
+                    wr.put_slice(b"0\r\n\r\n");
+                }
+            }
+            Framing::Close => wr.put_slice(data),
+        }
+        if end {
+            self.finished = true;
+        }
+        true
+    }
+
+    /// Body bytes written since the last call, to grant back to the worker once they
+    /// add up to half a window.
+    fn take_granted(&mut self) -> u32 {
+        if self.granted >= INITIAL_WINDOW / 2 {
+            std::mem::take(&mut self.granted)
+        } else {
+            0
+        }
+    }
+}
+
+fn put_length(wr: &mut BytesMut, n: u64) {
+    let mut num = itoa_buf();
+    wr.put_slice(b"Content-Length: ");
+    wr.put_slice(fmt_u64(&mut num, n));
+    wr.put_slice(b"\r\n");
+}

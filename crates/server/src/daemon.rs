@@ -1,0 +1,817 @@
+//! The daemon's state: queues, registrations, listeners and the sessions that own them.
+//!
+//! Everything that changes goes through one lock, [`Daemon::state`]; the data path never
+//! takes it. Connections read the route table from an [`ArcSwap`] snapshot that each change
+//! replaces, so lookups never wait for registrations or for each other.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portshare_proto::control::{
+    AddUrl, ApiError, ListenerState, OpenMode, PrefixState, ProcessState, QueueInfo, QueueProps,
+    QueueSpec, QueueState, ServiceState, UrlAdded,
+};
+use portshare_router::{
+    Caller, Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, Win32Error,
+};
+use tokio::task::JoinHandle;
+
+use crate::bind::{self, BindError};
+use crate::config::{Config, Timers};
+use crate::head::HeadLimits;
+use crate::queue::{Props, Queue, Target};
+use crate::upstream::{Address, Upstream};
+use crate::worker::Peer;
+
+/// What every client connection reads.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) table: ArcSwap<RouteTable<Arc<Binding>>>,
+    pub(crate) url_opts: UrlOptions,
+    pub(crate) head_limits: HeadLimits,
+    pub(crate) timers: ConnTimers,
+    pub(crate) request_ids: AtomicU64,
+}
+
+/// The connection-level timers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnTimers {
+    pub(crate) header_wait: Duration,
+    pub(crate) idle_connection: Duration,
+    pub(crate) entity_body: Duration,
+}
+
+/// What a registration delivers to.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    pub(crate) queue: Arc<Queue>,
+    /// The prefix as registered, for `portshare-url-prefix`.
+    pub(crate) prefix: String,
+    pub(crate) context: u64,
+}
+
+/// A control connection: the owner of what it creates.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub(crate) id: u64,
+    pub(crate) peer: Peer,
+}
+
+/// The session that holds the configuration file's queues.
+const CONFIG_SESSION: u64 = 0;
+
+#[derive(Debug)]
+struct QueueEntry {
+    queue: Arc<Queue>,
+    /// Sessions holding the queue open.
+    handles: HashSet<u64>,
+    /// Its URLs, by canonical form.
+    urls: HashMap<String, UrlEntry>,
+    /// Set while the queue outlives its last handle; the number tells lingerings apart.
+    lingering: Option<u64>,
+}
+
+#[derive(Debug)]
+struct UrlEntry {
+    prefix: UrlPrefix,
+    /// The session that added it; `None` once its queue lingers.
+    owner: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Listener {
+    task: JoinHandle<()>,
+    connections: Arc<AtomicU64>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    table: RouteTable<Arc<Binding>>,
+    queues: HashMap<String, QueueEntry>,
+    listeners: HashMap<SocketAddr, Listener>,
+    acl: UrlAcl,
+}
+
+/// The daemon.
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub(crate) shared: Arc<Shared>,
+    state: Mutex<State>,
+    iplisten: Vec<IpAddr>,
+    request_queue_timer: Duration,
+    /// The uid the daemon runs as: like root, it holds the implicit root reservations.
+    own_uid: u32,
+    ids: AtomicU64,
+}
+
+fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
+    ApiError {
+        code: err.code(),
+        name: err.name().to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Daemon {
+    pub(crate) fn new(config: &Config, own_uid: u32) -> Arc<Daemon> {
+        let l = config.limits;
+        let mut head_limits = HeadLimits::default();
+        head_limits
+            .max_request_bytes(l.max_request_bytes)
+            .max_field_length(l.max_field_length);
+        let mut url_opts = UrlOptions::default();
+        url_opts
+            .segment_max_length(l.url_segment_max_length)
+            .segment_max_count(l.url_segment_max_count)
+            .max_url_length(head_limits.field_length());
+        let t = config.timers;
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(RouteTable::new()),
+            url_opts,
+            head_limits,
+            timers: ConnTimers {
+                header_wait: Timers::duration(t.header_wait),
+                idle_connection: Timers::duration(t.idle_connection),
+                entity_body: Timers::duration(t.entity_body),
+            },
+            request_ids: AtomicU64::new(1),
+        });
+        Arc::new(Daemon {
+            shared,
+            state: Mutex::new(State {
+                table: RouteTable::new(),
+                queues: HashMap::new(),
+                listeners: HashMap::new(),
+                acl: UrlAcl::new(),
+            }),
+            iplisten: config.iplisten.clone(),
+            request_queue_timer: Timers::duration(t.request_queue),
+            own_uid,
+            ids: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn is_admin(&self, uid: u32) -> bool {
+        uid == 0 || uid == self.own_uid
+    }
+
+    /// Creates the configuration file's queues, held by the daemon itself.
+    pub(crate) fn load_config_queues(self: &Arc<Self>, config: &Config) -> Result<(), String> {
+        let session = Session {
+            id: CONFIG_SESSION,
+            peer: Peer {
+                pid: std::process::id(),
+                uid: self.own_uid,
+                command: "portshare (configuration)".into(),
+            },
+        };
+        for q in &config.queues {
+            let spec = QueueSpec {
+                name: Some(q.name.clone()),
+                mode: OpenMode::Create,
+                props: QueueProps {
+                    length: q.length,
+                    verbosity: q.verbosity,
+                    enabled: q.enabled,
+                    linger_ms: None,
+                    queue_timer_ms: q.request_queue_timer.map(|s| (s * 1000.0) as u64),
+                },
+                upstream: q.upstream.clone(),
+            };
+            let info = self
+                .open_queue(&session, &spec, q.connections)
+                .map_err(|e| format!("queue {:?}: {e}", q.name))?;
+            for url in &q.urls {
+                let added = self
+                    .add_url(
+                        &session,
+                        &info.name,
+                        &AddUrl {
+                            url: url.clone(),
+                            context: 0,
+                        },
+                    )
+                    .map_err(|e| format!("queue {:?}: {url}: {e}", q.name))?;
+                for w in added.warnings {
+                    tracing::warn!("queue {:?}: {w}", q.name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/queues`.
+    pub(crate) fn open_queue(
+        self: &Arc<Self>,
+        session: &Session,
+        spec: &QueueSpec,
+        connections: Option<u32>,
+    ) -> Result<QueueInfo, ApiError> {
+        let name = match &spec.name {
+            Some(n) if n.is_empty() || n.chars().count() > 260 => {
+                return Err(api(
+                    Win32Error::InvalidParameter,
+                    "a queue name has 1 to 260 characters",
+                ));
+            }
+            Some(n) => n.clone(),
+            None => format!("~{}.{}", session.id, self.next_id()),
+        };
+        let mut st = self.lock();
+        if let Some(entry) = st.queues.get_mut(&name) {
+            if spec.mode == OpenMode::Create {
+                return Err(api(
+                    Win32Error::AlreadyExists,
+                    format!("a queue named {name:?} exists; open it instead of creating it"),
+                ));
+            }
+            let q = &entry.queue;
+            if q.owner_uid() != session.peer.uid && session.peer.uid != 0 {
+                return Err(api(
+                    Win32Error::AccessDenied,
+                    format!(
+                        "queue {name:?} belongs to uid {}; only that user or root may open it",
+                        q.owner_uid()
+                    ),
+                ));
+            }
+            if spec.upstream.is_some() {
+                return Err(api(
+                    Win32Error::InvalidParameter,
+                    "upstream is set when a queue is created, not when it is opened",
+                ));
+            }
+            let props = q
+                .set_props(&spec.props)
+                .map_err(|e| api(Win32Error::InvalidParameter, e))?;
+            entry.handles.insert(session.id);
+            if entry.lingering.take().is_some() {
+                // The new holder adopts what the queue kept while it lingered.
+                for u in entry.urls.values_mut() {
+                    u.owner.get_or_insert(session.id);
+                }
+                tracing::info!(queue = %name, pid = session.peer.pid, "lingering queue reopened");
+            }
+            let urls = entry.urls.values().map(|u| u.prefix.to_string()).collect();
+            return Ok(info(q, props, false, urls));
+        }
+        if spec.mode == OpenMode::Open {
+            return Err(api(
+                Win32Error::FileNotFound,
+                format!("no queue named {name:?}"),
+            ));
+        }
+        let upstream = match &spec.upstream {
+            None => None,
+            Some(_) if session.peer.uid != 0 && session.id != CONFIG_SESSION => {
+                return Err(api(
+                    Win32Error::AccessDenied,
+                    "only root (or the configuration file) may create an upstream queue: \
+                     the daemon connects nowhere on an ordinary user's word",
+                ));
+            }
+            Some(a) => Some(Arc::new(Upstream::new(
+                Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
+            ))),
+        };
+        let mut props = Props::new(self.request_queue_timer);
+        props
+            .apply(&spec.props)
+            .map_err(|e| api(Win32Error::InvalidParameter, e))?;
+        let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
+        if let Some(up) = upstream {
+            let slots = connections.unwrap_or(64);
+            queue.attach(self.next_id(), Target::Upstream(up), slots);
+        }
+        st.queues.insert(
+            name.clone(),
+            QueueEntry {
+                queue: queue.clone(),
+                handles: HashSet::from([session.id]),
+                urls: HashMap::new(),
+                lingering: None,
+            },
+        );
+        Ok(info(&queue, props, true, Vec::new()))
+    }
+
+    /// Finds a queue the session may change.
+    fn owned<'s>(
+        st: &'s mut State,
+        session: &Session,
+        name: &str,
+    ) -> Result<&'s mut QueueEntry, ApiError> {
+        let entry = st.queues.get_mut(name).ok_or_else(|| {
+            api(
+                Win32Error::InvalidHandle,
+                format!("no queue named {name:?}"),
+            )
+        })?;
+        let uid = session.peer.uid;
+        if entry.queue.owner_uid() != uid && uid != 0 && session.id != CONFIG_SESSION {
+            return Err(api(
+                Win32Error::AccessDenied,
+                format!(
+                    "queue {name:?} belongs to uid {}; only that user or root may change it",
+                    entry.queue.owner_uid()
+                ),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// `PATCH /v1/queues/{name}`.
+    pub(crate) fn set_props(
+        &self,
+        session: &Session,
+        name: &str,
+        p: &QueueProps,
+    ) -> Result<QueueInfo, ApiError> {
+        let mut st = self.lock();
+        let entry = Daemon::owned(&mut st, session, name)?;
+        let props = entry
+            .queue
+            .set_props(p)
+            .map_err(|e| api(Win32Error::InvalidParameter, e))?;
+        let urls = entry.urls.values().map(|u| u.prefix.to_string()).collect();
+        Ok(info(&entry.queue, props, false, urls))
+    }
+
+    /// The queue a worker may attach to.
+    pub(crate) fn attachable(&self, session: &Session, name: &str) -> Result<Arc<Queue>, ApiError> {
+        let mut st = self.lock();
+        let entry = Daemon::owned(&mut st, session, name)?;
+        if entry.queue.upstream().is_some() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!("queue {name:?} forwards to an upstream; workers cannot attach to it"),
+            ));
+        }
+        Ok(entry.queue.clone())
+    }
+
+    /// `POST /v1/queues/{name}/urls`.
+    pub(crate) fn add_url(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+        add: &AddUrl,
+    ) -> Result<UrlAdded, ApiError> {
+        let prefix = UrlPrefix::parse(&add.url).map_err(|e| {
+            api(
+                e.win32(),
+                format!("{:?} is not a valid URL prefix: {e}", add.url),
+            )
+        })?;
+        if prefix.scheme() == Scheme::Https {
+            return Err(api(
+                Win32Error::NotSupported,
+                "https prefixes need TLS, which this daemon does not serve yet",
+            ));
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        let entry = Daemon::owned(st, session, name)?;
+        let queue = entry.queue.clone();
+        if let Some(existing) = entry.urls.get_mut(prefix.as_str()) {
+            // Re-adding what a lingering queue kept for its next holder.
+            if existing.owner.is_none() || existing.owner == Some(session.id) {
+                existing.owner = Some(session.id);
+                let listening = self.listening_for(st, &prefix);
+                let warnings = self.warnings(&prefix, &listening);
+                return Ok(UrlAdded {
+                    url: prefix.to_string(),
+                    listening,
+                    warnings,
+                });
+            }
+        }
+        let mut caller = Caller::new(format!("uid:{}", session.peer.uid));
+        caller = caller.admin(self.is_admin(session.peer.uid));
+        st.acl
+            .check_register(&prefix, &caller)
+            .map_err(|e| api(e.win32(), e.to_string()))?;
+        st.table
+            .check_add(&prefix)
+            .map_err(|e| api(e.win32(), e.to_string()))?;
+        if let Host::Ip(ip) = prefix.host() {
+            bind::check_local(*ip).map_err(|e| bind_error(&e))?;
+        }
+        let needs_bind = !st.table.listens(prefix.scheme(), prefix.port());
+        if needs_bind {
+            self.bind_port(st, prefix.port())?;
+        }
+        let binding = Arc::new(Binding {
+            queue,
+            prefix: add.url.clone(),
+            context: add.context,
+        });
+        if let Err(e) = st.table.add(prefix.clone(), binding) {
+            if needs_bind {
+                Daemon::release_port(st, prefix.port());
+            }
+            return Err(api(e.win32(), e.to_string()));
+        }
+        if let Some(entry) = st.queues.get_mut(name) {
+            entry.urls.insert(
+                prefix.as_str().to_owned(),
+                UrlEntry {
+                    prefix: prefix.clone(),
+                    owner: Some(session.id),
+                },
+            );
+        }
+        self.publish(st);
+        let listening = self.listening_for(st, &prefix);
+        let warnings = self.warnings(&prefix, &listening);
+        for w in &warnings {
+            tracing::warn!(queue = name, "{w}");
+        }
+        tracing::info!(queue = name, pid = session.peer.pid, "registered {prefix}");
+        Ok(UrlAdded {
+            url: prefix.to_string(),
+            listening,
+            warnings,
+        })
+    }
+
+    /// `DELETE /v1/queues/{name}/urls`.
+    pub(crate) fn remove_url(
+        &self,
+        session: &Session,
+        name: &str,
+        url: &str,
+    ) -> Result<(), ApiError> {
+        let prefix = UrlPrefix::parse(url).map_err(|e| api(e.win32(), e.to_string()))?;
+        let mut st = self.lock();
+        let st = &mut *st;
+        let entry = Daemon::owned(st, session, name)?;
+        let Some(u) = entry.urls.get(prefix.as_str()) else {
+            return Err(api(
+                Win32Error::FileNotFound,
+                format!("{prefix} is not registered on queue {name:?}"),
+            ));
+        };
+        if u.owner.is_some_and(|o| o != session.id) && session.peer.uid != 0 {
+            return Err(api(
+                Win32Error::AccessDenied,
+                "only the connection that added a URL (or root) may remove it",
+            ));
+        }
+        entry.urls.remove(prefix.as_str());
+        self.unregister(st, &prefix);
+        self.publish(st);
+        Ok(())
+    }
+
+    /// `DELETE /v1/queues/{name}`: the session lets go of the queue.
+    pub(crate) fn close_queue(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let mut st = self.lock();
+        if !st
+            .queues
+            .get(name)
+            .is_some_and(|e| e.handles.contains(&session.id))
+        {
+            return Err(api(
+                Win32Error::InvalidHandle,
+                format!("this connection does not hold a queue named {name:?}"),
+            ));
+        }
+        self.let_go(&mut st, session.id, name);
+        self.publish(&mut st);
+        Ok(())
+    }
+
+    /// A control connection closed: everything it created goes, as handles close on Windows.
+    pub(crate) fn end_session(self: &Arc<Self>, session: &Session) {
+        let mut st = self.lock();
+        let names: Vec<String> = st
+            .queues
+            .iter()
+            .filter(|(_, e)| e.handles.contains(&session.id))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        for name in names {
+            self.let_go(&mut st, session.id, &name);
+        }
+        self.publish(&mut st);
+    }
+
+    fn let_go(self: &Arc<Self>, st: &mut State, session: u64, name: &str) {
+        let Some(entry) = st.queues.get_mut(name) else {
+            return;
+        };
+        entry.handles.remove(&session);
+        let last = entry.handles.is_empty();
+        let linger = entry.queue.props().linger;
+        if last && !linger.is_zero() && !name.starts_with('~') {
+            // Keep the queue, its URLs and its waiting requests for the next holder.
+            let generation = self.next_id();
+            entry.lingering = Some(generation);
+            for u in entry.urls.values_mut() {
+                u.owner = None;
+            }
+            tracing::info!(queue = name, "queue lingers for {linger:?}");
+            let daemon = self.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(linger).await;
+                let mut st = daemon.lock();
+                if st
+                    .queues
+                    .get(&name)
+                    .is_some_and(|e| e.lingering == Some(generation))
+                {
+                    tracing::info!(queue = %name, "linger time over; queue closed");
+                    daemon.destroy(&mut st, &name);
+                    daemon.publish(&mut st);
+                }
+            });
+            return;
+        }
+        // The session's URLs go with it.
+        let mine: Vec<UrlPrefix> = entry
+            .urls
+            .values()
+            .filter(|u| u.owner == Some(session) || last)
+            .map(|u| u.prefix.clone())
+            .collect();
+        for p in &mine {
+            entry.urls.remove(p.as_str());
+        }
+        for p in &mine {
+            self.unregister(st, p);
+        }
+        if last {
+            self.destroy(st, name);
+        }
+    }
+
+    fn destroy(&self, st: &mut State, name: &str) {
+        let Some(entry) = st.queues.remove(name) else {
+            return;
+        };
+        for u in entry.urls.values() {
+            self.unregister(st, &u.prefix);
+        }
+        entry.queue.close();
+    }
+
+    fn unregister(&self, st: &mut State, prefix: &UrlPrefix) {
+        if st.table.remove(prefix).is_ok() && !st.table.listens(prefix.scheme(), prefix.port()) {
+            Daemon::release_port(st, prefix.port());
+        }
+    }
+
+    fn publish(&self, st: &mut State) {
+        self.shared.table.store(Arc::new(st.table.clone()));
+    }
+
+    /// The addresses to bind for a port: the listen list, else both wildcards.
+    fn addresses(&self, port: u16) -> Vec<SocketAddr> {
+        if self.iplisten.is_empty() {
+            vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            ]
+        } else {
+            self.iplisten
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()
+        }
+    }
+
+    /// Binds every address of a port, or none: a half-done bind is rolled back.
+    fn bind_port(&self, st: &mut State, port: u16) -> Result<(), ApiError> {
+        let mut bound = Vec::new();
+        for addr in self.addresses(port) {
+            match bind::listen(addr, 1024) {
+                Ok(l) => bound.push((addr, l)),
+                Err(BindError::NoIpv6 { .. }) if self.iplisten.is_empty() => {
+                    tracing::warn!(
+                        "{addr}: this host has no IPv6; serving port {port} on IPv4 only"
+                    );
+                }
+                Err(e) => {
+                    drop(bound);
+                    tracing::warn!("cannot listen on {addr}: {e}");
+                    return Err(bind_error(&e));
+                }
+            }
+        }
+        for (addr, l) in bound {
+            let connections = Arc::new(AtomicU64::new(0));
+            let task = tokio::spawn(accept_loop(
+                self.shared.clone(),
+                l,
+                addr,
+                connections.clone(),
+            ));
+            tracing::info!("listening on {addr}");
+            st.listeners.insert(addr, Listener { task, connections });
+        }
+        Ok(())
+    }
+
+    fn release_port(st: &mut State, port: u16) {
+        st.listeners.retain(|addr, _| {
+            let keep = addr.port() != port;
+            if !keep {
+                tracing::info!("closed {addr}: nothing is registered on port {port}");
+            }
+            keep
+        });
+    }
+
+    fn listening_for(&self, st: &State, prefix: &UrlPrefix) -> Vec<String> {
+        let mut out: Vec<String> = st
+            .listeners
+            .keys()
+            .filter(|a| a.port() == prefix.port())
+            .filter(|a| match prefix.host() {
+                Host::Ip(ip) => serves(a.ip(), *ip),
+                _ => true,
+            })
+            .map(|a| a.to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn warnings(&self, prefix: &UrlPrefix, listening: &[String]) -> Vec<String> {
+        if listening.is_empty() {
+            let list: Vec<String> = self.iplisten.iter().map(|i| i.to_string()).collect();
+            vec![format!(
+                "nothing listens for {prefix}: its address is not in the IP listen list ({}); \
+                 the registration stands, but clients cannot reach it",
+                list.join(", ")
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `GET /v1/state`.
+    pub(crate) fn state(&self) -> ServiceState {
+        let st = self.lock();
+        let mut listeners: Vec<ListenerState> = st
+            .listeners
+            .iter()
+            .map(|(a, l)| ListenerState {
+                address: a.to_string(),
+                connections: l.connections.load(Ordering::Relaxed),
+            })
+            .collect();
+        listeners.sort_by(|a, b| a.address.cmp(&b.address));
+        let mut prefixes: Vec<PrefixState> = st
+            .table
+            .iter()
+            .map(|r| {
+                let listening = self.listening_for(&st, r.prefix());
+                PrefixState {
+                    url: r.prefix().to_string(),
+                    queue: r.value().queue.name().to_owned(),
+                    context: r.value().context,
+                    warning: self.warnings(r.prefix(), &listening).pop(),
+                    listening,
+                }
+            })
+            .collect();
+        prefixes.sort_by(|a, b| a.url.cmp(&b.url));
+        let mut queues: Vec<QueueState> = st
+            .queues
+            .iter()
+            .map(|(name, e)| {
+                let q = &e.queue;
+                let props = q.props();
+                let (depth, in_flight, _) = q.depth();
+                let mut processes: Vec<ProcessState> = Vec::new();
+                for (target, slots, busy) in q.seats() {
+                    let Target::Worker(w) = target else { continue };
+                    match processes.iter_mut().find(|p| p.pid == w.peer.pid) {
+                        Some(p) => {
+                            p.slots += slots;
+                            p.busy += busy;
+                        }
+                        None => processes.push(ProcessState {
+                            pid: w.peer.pid,
+                            uid: w.peer.uid,
+                            command: w.peer.command.clone(),
+                            slots,
+                            busy,
+                        }),
+                    }
+                }
+                let mut urls: Vec<String> = e.urls.values().map(|u| u.prefix.to_string()).collect();
+                urls.sort();
+                QueueState {
+                    name: name.clone(),
+                    owner_uid: q.owner_uid(),
+                    length: props.length,
+                    verbosity: props.verbosity,
+                    enabled: props.enabled,
+                    linger_ms: props.linger.as_millis() as u64,
+                    queue_timer_ms: props.timer.as_millis() as u64,
+                    lingering: e.lingering.is_some(),
+                    upstream: q.upstream().map(|u| u.address.to_string()),
+                    depth,
+                    in_flight,
+                    urls,
+                    processes,
+                    counters: q.counters(),
+                }
+            })
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        ServiceState {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            iplisten: self.iplisten.iter().map(|i| i.to_string()).collect(),
+            listeners,
+            prefixes,
+            queues,
+        }
+    }
+}
+
+/// Whether a socket bound to `bound` receives connections for `ip`.
+fn serves(bound: IpAddr, ip: IpAddr) -> bool {
+    bound == ip || (bound.is_unspecified() && bound.is_ipv4() == ip.to_canonical().is_ipv4())
+}
+
+fn info(q: &Queue, props: Props, created: bool, mut urls: Vec<String>) -> QueueInfo {
+    urls.sort();
+    QueueInfo {
+        name: q.name().to_owned(),
+        created,
+        length: props.length,
+        verbosity: props.verbosity,
+        enabled: props.enabled,
+        linger_ms: props.linger.as_millis() as u64,
+        queue_timer_ms: props.timer.as_millis() as u64,
+        upstream: q.upstream().map(|u| u.address.to_string()),
+        urls,
+    }
+}
+
+fn bind_error(e: &BindError) -> ApiError {
+    ApiError {
+        code: e.code(),
+        name: e.name().to_owned(),
+        message: e.to_string(),
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    local: SocketAddr,
+    connections: Arc<AtomicU64>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((io, peer)) => {
+                let shared = shared.clone();
+                let connections = connections.clone();
+                // The socket's own address: with a wildcard listener, the address the
+                // client reached.
+                let local = io.local_addr().unwrap_or(local);
+                connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    crate::conn::serve(shared, io, peer, local).await;
+                    connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                tracing::warn!("accept on {local}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

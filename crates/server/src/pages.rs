@@ -1,0 +1,255 @@
+//! The responses the daemon writes itself: HTTP.sys's error pages (spec §4.1), interim
+//! responses, and the `Date` header.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, BytesMut};
+use portshare_router::{Reason, Rejection};
+
+/// The `Server` header value on everything the daemon writes.
+pub(crate) const SERVER: &str = concat!("portshare/", env!("CARGO_PKG_VERSION"));
+
+/// Title, heading and text of the page for a rejection.
+fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static str) {
+    match (status, reason) {
+        (400, Reason::Hostname) => (
+            "Bad Request",
+            "Bad Request - Invalid Hostname",
+            "The request hostname is invalid.",
+        ),
+        (400, Reason::Url) => (
+            "Bad Request",
+            "Bad Request - Invalid URL",
+            "The request URL is invalid.",
+        ),
+        (400, Reason::RequestLength) => (
+            "Bad Request",
+            "Bad Request - Request Too Long",
+            "The size of the request headers is too long.",
+        ),
+        (400, Reason::FieldLength) => (
+            "Bad Request",
+            "Bad Request - Header Field Too Long",
+            "A header field in the request is too long.",
+        ),
+        (400, _) => ("Bad Request", "Bad Request", "The request is badly formed."),
+        (404, _) => (
+            "Not Found",
+            "Not Found",
+            "The requested resource is not found.",
+        ),
+        (411, _) => (
+            "Length Required",
+            "Length Required",
+            "The request must be chunked or have a content length.",
+        ),
+        (414, _) => (
+            "Request URL Too Long",
+            "Request URL Too Long",
+            "The request URL is too long.",
+        ),
+        (501, _) => (
+            "Not Implemented",
+            "Not Implemented",
+            "The request is not supported by this server.",
+        ),
+        (503, Reason::QueueFull) => (
+            "Service Unavailable",
+            "Service Unavailable - Queue Full",
+            "The service is unavailable.",
+        ),
+        (503, Reason::Disabled) => (
+            "Service Unavailable",
+            "Service Unavailable - Disabled",
+            "The service is unavailable.",
+        ),
+        (505, _) => (
+            "HTTP Version Not Supported",
+            "HTTP Version Not Supported",
+            "The HTTP version of the request is not supported.",
+        ),
+        _ => (
+            "Service Unavailable",
+            "Service Unavailable",
+            "The service is unavailable.",
+        ),
+    }
+}
+
+/// How much a 503 says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// The standard page (HTTP.sys's Limited verbosity, and every non-503 page).
+    Standard,
+    /// The cause in the status line and heading (Full verbosity).
+    Cause,
+}
+
+/// Appends the complete error response for `rejection`, ending with `Connection: close`.
+/// `retry_after` (seconds) is added to 503s.
+pub(crate) fn error_page(
+    out: &mut BytesMut,
+    rejection: Rejection,
+    detail: Detail,
+    retry_after: Option<u64>,
+) {
+    let status = rejection.status;
+    let (title, mut heading, text) = wording(status, rejection.reason);
+    if status == 503 && detail == Detail::Standard {
+        heading = "Service Unavailable";
+    }
+    let body = format!(
+        "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n\
+         <HTML><HEAD><TITLE>{title}</TITLE>\r\n\
+         <META HTTP-EQUIV=\"Content-Type\" Content=\"text/html; charset=us-ascii\"></HEAD>\r\n\
+         <BODY><h2>{heading}</h2>\r\n\
+         <hr><p>HTTP Error {status}. {text}</p>\r\n\
+         </BODY></HTML>\r\n"
+    );
+    // The status line says what the title says; with Full verbosity a 503 names its cause.
+    let phrase = if status == 503 && detail == Detail::Cause {
+        heading
+    } else {
+        title
+    };
+    out.put_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
+    out.put_slice(b"Content-Type: text/html; charset=us-ascii\r\nServer: ");
+    out.put_slice(SERVER.as_bytes());
+    out.put_slice(b"\r\nDate: ");
+    put_date(out);
+    out.put_slice(b"\r\nConnection: close\r\n");
+    if let Some(secs) = retry_after.filter(|_| status == 503) {
+        out.put_slice(format!("Retry-After: {secs}\r\n").as_bytes());
+    }
+    out.put_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.put_slice(body.as_bytes());
+}
+
+/// `HTTP/1.1 100 Continue`, sent when a request that expects it is handed to an application.
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+thread_local! {
+    static DATE: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+}
+
+/// Appends the current time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted
+/// at most once a second per thread.
+pub(crate) fn put_date(out: &mut BytesMut) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != now {
+            *cell = (now, format_date(now));
+        }
+        out.put_slice(&cell.1);
+    });
+}
+
+fn format_date(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut out = [0u8; 29];
+    let two = |n: u64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+    out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
+    out[3..5].copy_from_slice(b", ");
+    out[5..7].copy_from_slice(&two(day as u64));
+    out[7] = b' ';
+    out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
+    out[11] = b' ';
+    let y = year.clamp(0, 9999) as u64;
+    out[12..14].copy_from_slice(&two(y / 100));
+    out[14..16].copy_from_slice(&two(y % 100));
+    out[16] = b' ';
+    out[17..19].copy_from_slice(&two(h));
+    out[19] = b':';
+    out[20..22].copy_from_slice(&two(m));
+    out[22] = b':';
+    out[23..25].copy_from_slice(&two(s));
+    out[25..].copy_from_slice(b" GMT");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(status: u16, reason: Reason) -> (String, String) {
+        let mut out = BytesMut::new();
+        error_page(
+            &mut out,
+            Rejection { status, reason },
+            Detail::Standard,
+            Some(3),
+        );
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn page_lengths_match_http_sys() {
+        for (status, reason, len) in [
+            (400, Reason::BadRequest, 311),
+            (400, Reason::Hostname, 334),
+            (400, Reason::Url, 324),
+            (400, Reason::RequestLength, 346),
+            (404, Reason::NotFound, 315),
+            (503, Reason::QueueFull, 326),
+            (414, Reason::UrlLength, 329),
+        ] {
+            let (head, body) = page(status, reason);
+            assert_eq!(body.len(), len, "{status} {reason}");
+            assert!(head.contains(&format!("Content-Length: {len}")));
+            assert!(head.contains("Connection: close"));
+        }
+    }
+
+    #[test]
+    fn hostname_page_is_byte_exact() {
+        let (head, body) = page(400, Reason::Hostname);
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+        assert_eq!(
+            body,
+            "<!DOCTYPE HTML PUBLIC \"-//W3C//DTD HTML 4.01//EN\"\"http://www.w3.org/TR/html4/strict.dtd\">\r\n<HTML><HEAD><TITLE>Bad Request</TITLE>\r\n<META HTTP-EQUIV=\"Content-Type\" Content=\"text/html; charset=us-ascii\"></HEAD>\r\n<BODY><h2>Bad Request - Invalid Hostname</h2>\r\n<hr><p>HTTP Error 400. The request hostname is invalid.</p>\r\n</BODY></HTML>\r\n"
+        );
+    }
+
+    #[test]
+    fn retry_after_only_on_503() {
+        assert!(
+            page(503, Reason::QueueFull)
+                .0
+                .contains("Retry-After: 3\r\n")
+        );
+        assert!(!page(404, Reason::NotFound).0.contains("Retry-After"));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(&format_date(784_111_777), b"Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(&format_date(0), b"Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            &format_date(1_709_210_096),
+            b"Thu, 29 Feb 2024 12:34:56 GMT"
+        );
+    }
+}

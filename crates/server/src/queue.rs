@@ -1,0 +1,463 @@
+//! Request queues (spec §6): a bounded FIFO of requests waiting for a worker slot, the
+//! slots the attached workers declared, the request-queue timer, and the answers of a full
+//! or disabled queue.
+//!
+//! A request that finds a free slot takes it at once and never enters the FIFO. Otherwise
+//! it waits, holding only a [`Ticket`]: its body stays in the client's socket. A slot is a
+//! [`Slot`] value; dropping it gives the slot back, which hands it straight to the oldest
+//! waiting request, so the queue is exact however a request ends.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use portshare_proto::control::{QueueCounters, QueueProps, Verbosity};
+use tokio::sync::oneshot;
+
+use crate::upstream::Upstream;
+use crate::worker::WorkerConn;
+
+/// Where a slot sends its request.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// An attached worker, over the worker wire.
+    Worker(Arc<WorkerConn>),
+    /// An upstream server the daemon connects to.
+    Upstream(Arc<Upstream>),
+}
+
+/// The settable properties of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Props {
+    pub(crate) length: u32,
+    pub(crate) verbosity: Verbosity,
+    pub(crate) enabled: bool,
+    pub(crate) linger: Duration,
+    pub(crate) timer: Duration,
+}
+
+impl Props {
+    pub(crate) fn new(timer: Duration) -> Props {
+        Props {
+            length: 1000,
+            verbosity: Verbosity::Basic,
+            enabled: true,
+            linger: Duration::ZERO,
+            timer,
+        }
+    }
+
+    /// Applies the properties present in `p`; checks ranges first.
+    pub(crate) fn apply(&mut self, p: &QueueProps) -> Result<(), String> {
+        if let Some(len) = p.length
+            && !(1..=0x7FFF_FFFF).contains(&len)
+        {
+            return Err(format!("length {len} is outside 1..=2147483647"));
+        }
+        if p.queue_timer_ms == Some(0) {
+            return Err("queue_timer_ms must be at least 1".into());
+        }
+        if let Some(len) = p.length {
+            self.length = len;
+        }
+        if let Some(v) = p.verbosity {
+            self.verbosity = v;
+        }
+        if let Some(e) = p.enabled {
+            self.enabled = e;
+        }
+        if let Some(ms) = p.linger_ms {
+            self.linger = Duration::from_millis(ms);
+        }
+        if let Some(ms) = p.queue_timer_ms {
+            self.timer = Duration::from_millis(ms);
+        }
+        Ok(())
+    }
+}
+
+/// A request queue.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    name: String,
+    owner_uid: u32,
+    upstream: Option<Arc<Upstream>>,
+    inner: Mutex<Inner>,
+    delivered: AtomicU64,
+    queue_full: AtomicU64,
+    disabled: AtomicU64,
+    timed_out: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    props: Props,
+    pending: VecDeque<Waiter>,
+    seats: Vec<Seat>,
+    /// Where the next search for a free slot starts, so requests spread across workers.
+    cursor: usize,
+    next_waiter: u64,
+    closed: bool,
+    /// When the drain rate was last sampled, and `delivered` then.
+    rate_mark: (Instant, u64),
+    /// Requests per second leaving the queue, from the last sample.
+    rate: f64,
+}
+
+/// One attached worker (or the upstream) and its free slots.
+#[derive(Debug)]
+struct Seat {
+    id: u64,
+    target: Target,
+    free: u32,
+    slots: u32,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    since: Instant,
+    tx: oneshot::Sender<Result<Slot, Closed>>,
+}
+
+/// The queue closed while a request waited in it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Closed;
+
+/// What [`Queue::admit`] decided.
+#[derive(Debug)]
+pub(crate) enum Admit {
+    /// A slot was free.
+    Now(Slot),
+    /// The request waits in the FIFO.
+    Wait(Ticket),
+    /// The FIFO is full: answer by the verbosity, with this `Retry-After`.
+    Full(Verbosity, u64),
+    /// The queue is disabled: answer by the verbosity.
+    Disabled(Verbosity, u64),
+    /// The queue is closing.
+    Closed,
+}
+
+/// A worker slot held by one request; dropping it frees the slot.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    queue: Arc<Queue>,
+    seat: u64,
+    target: Target,
+    live: bool,
+}
+
+impl Slot {
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.live {
+            self.queue.release(self.seat, self.target.clone());
+        }
+    }
+}
+
+/// A request's place in the FIFO.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    queue: Arc<Queue>,
+    id: u64,
+    timer: Duration,
+    rx: oneshot::Receiver<Result<Slot, Closed>>,
+}
+
+/// Why a waiting request did not get a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Missed {
+    /// The request-queue timer fired.
+    TimedOut,
+    /// The queue closed.
+    Closed,
+}
+
+impl Ticket {
+    /// Waits for a slot, at most the queue's timer.
+    pub(crate) async fn wait(mut self) -> Result<Slot, Missed> {
+        match tokio::time::timeout(self.timer, &mut self.rx).await {
+            Ok(Ok(Ok(slot))) => Ok(slot),
+            Ok(Ok(Err(Closed)) | Err(_)) => Err(Missed::Closed),
+            Err(_) => {
+                self.queue.timed_out.fetch_add(1, Ordering::Relaxed);
+                Err(Missed::TimedOut)
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // Gone before its turn (timer, client left): leave the FIFO. A slot sent meanwhile
+        // is dropped with the receiver and goes back to the queue.
+        self.rx.close();
+        let mut inner = self.queue.lock();
+        if let Some(i) = inner.pending.iter().position(|w| w.id == self.id) {
+            inner.pending.remove(i);
+        }
+    }
+}
+
+impl Queue {
+    pub(crate) fn new(
+        name: String,
+        owner_uid: u32,
+        props: Props,
+        upstream: Option<Arc<Upstream>>,
+    ) -> Arc<Queue> {
+        Arc::new(Queue {
+            name,
+            owner_uid,
+            upstream,
+            inner: Mutex::new(Inner {
+                props,
+                pending: VecDeque::new(),
+                seats: Vec::new(),
+                cursor: 0,
+                next_waiter: 0,
+                closed: false,
+                rate_mark: (Instant::now(), 0),
+                rate: 0.0,
+            }),
+            delivered: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            disabled: AtomicU64::new(0),
+            timed_out: AtomicU64::new(0),
+            abandoned: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave Inner half-updated in a way that
+        // matters more than stopping the daemon would; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn owner_uid(&self) -> u32 {
+        self.owner_uid
+    }
+
+    /// The upstream, for a queue that forwards.
+    pub(crate) fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
+    }
+
+    pub(crate) fn props(&self) -> Props {
+        self.lock().props
+    }
+
+    pub(crate) fn set_props(&self, p: &QueueProps) -> Result<Props, String> {
+        let mut inner = self.lock();
+        let mut props = inner.props;
+        props.apply(p)?;
+        inner.props = props;
+        Ok(props)
+    }
+
+    /// Asks for a slot for one request.
+    pub(crate) fn admit(self: &Arc<Queue>) -> Admit {
+        let mut inner = self.lock();
+        if inner.closed {
+            return Admit::Closed;
+        }
+        if !inner.props.enabled {
+            self.disabled.fetch_add(1, Ordering::Relaxed);
+            let retry = self.retry_after(&mut inner);
+            return Admit::Disabled(inner.props.verbosity, retry);
+        }
+        if inner.pending.is_empty()
+            && let Some(slot) = self.take_free(&mut inner)
+        {
+            return Admit::Now(slot);
+        }
+        if inner.pending.len() >= inner.props.length as usize {
+            self.queue_full.fetch_add(1, Ordering::Relaxed);
+            let retry = self.retry_after(&mut inner);
+            return Admit::Full(inner.props.verbosity, retry);
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = inner.next_waiter;
+        inner.next_waiter += 1;
+        inner.pending.push_back(Waiter {
+            id,
+            since: Instant::now(),
+            tx,
+        });
+        Admit::Wait(Ticket {
+            queue: self.clone(),
+            id,
+            timer: inner.props.timer,
+            rx,
+        })
+    }
+
+    fn take_free(self: &Arc<Queue>, inner: &mut Inner) -> Option<Slot> {
+        let n = inner.seats.len();
+        for k in 0..n {
+            let i = (inner.cursor + k) % n;
+            let seat = &mut inner.seats[i];
+            if seat.free > 0 {
+                seat.free -= 1;
+                let slot = Slot {
+                    queue: self.clone(),
+                    seat: seat.id,
+                    target: seat.target.clone(),
+                    live: true,
+                };
+                inner.cursor = (i + 1) % n;
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    /// A slot came back: the oldest waiting request takes it, else the seat keeps it.
+    fn release(self: &Arc<Queue>, seat: u64, target: Target) {
+        let mut inner = self.lock();
+        let present = inner.seats.iter().any(|s| s.id == seat);
+        if !present {
+            return; // the worker left or stopped taking requests
+        }
+        while let Some(w) = inner.pending.pop_front() {
+            let slot = Slot {
+                queue: self.clone(),
+                seat,
+                target: target.clone(),
+                live: true,
+            };
+            match w.tx.send(Ok(slot)) {
+                Ok(()) => {
+                    self.delivered.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(Ok(mut slot)) => slot.live = false,
+                Err(Err(_)) => {}
+            }
+        }
+        if let Some(s) = inner.seats.iter_mut().find(|s| s.id == seat) {
+            s.free = (s.free + 1).min(s.slots);
+        }
+    }
+
+    /// Adds a worker (or the upstream) with `slots` slots; waiting requests take them at once.
+    pub(crate) fn attach(self: &Arc<Queue>, id: u64, target: Target, slots: u32) -> bool {
+        let mut inner = self.lock();
+        if inner.closed {
+            return false;
+        }
+        inner.seats.push(Seat {
+            id,
+            target: target.clone(),
+            free: 0,
+            slots,
+        });
+        drop(inner);
+        for _ in 0..slots {
+            self.release(id, target.clone());
+        }
+        true
+    }
+
+    /// Takes a worker out: it gets no new requests. Requests it holds finish or fail on
+    /// their own; their slots are not reused.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut inner = self.lock();
+        inner.seats.retain(|s| s.id != id);
+        if inner.cursor >= inner.seats.len() {
+            inner.cursor = 0;
+        }
+    }
+
+    /// Closes the queue: waiting requests are abandoned, workers told to go.
+    pub(crate) fn close(&self) {
+        let (pending, seats) = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            (
+                std::mem::take(&mut inner.pending),
+                std::mem::take(&mut inner.seats),
+            )
+        };
+        for w in pending {
+            if w.tx.send(Err(Closed)).is_ok() {
+                self.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for s in seats {
+            if let Target::Worker(w) = s.target {
+                w.shutdown();
+            }
+        }
+    }
+
+    /// Counts a request abandoned because its worker went away.
+    pub(crate) fn count_abandoned(&self) {
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Seconds a refused client should wait: the queue's depth over its recent drain rate,
+    /// at least 1.
+    fn retry_after(&self, inner: &mut Inner) -> u64 {
+        let now = Instant::now();
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let (at, then) = inner.rate_mark;
+        let span = now.duration_since(at).as_secs_f64();
+        if span >= 1.0 {
+            inner.rate = (delivered - then) as f64 / span;
+            inner.rate_mark = (now, delivered);
+        }
+        let depth = inner.pending.len() as f64 + 1.0;
+        let secs = if inner.rate > 0.0 {
+            (depth / inner.rate).ceil()
+        } else {
+            inner.props.timer.as_secs_f64().ceil()
+        };
+        (secs as u64).clamp(1, 3600)
+    }
+
+    /// Requests waiting, requests in the workers' hands, and the oldest wait.
+    pub(crate) fn depth(&self) -> (u64, u64, Option<Duration>) {
+        let inner = self.lock();
+        let busy: u64 = inner
+            .seats
+            .iter()
+            .map(|s| u64::from(s.slots - s.free))
+            .sum();
+        let oldest = inner.pending.front().map(|w| w.since.elapsed());
+        (inner.pending.len() as u64, busy, oldest)
+    }
+
+    /// Each seat's target, slots and busy slots.
+    pub(crate) fn seats(&self) -> Vec<(Target, u32, u32)> {
+        self.lock()
+            .seats
+            .iter()
+            .map(|s| (s.target.clone(), s.slots, s.slots - s.free))
+            .collect()
+    }
+
+    pub(crate) fn counters(&self) -> QueueCounters {
+        QueueCounters {
+            delivered: self.delivered.load(Ordering::Relaxed),
+            queue_full: self.queue_full.load(Ordering::Relaxed),
+            disabled: self.disabled.load(Ordering::Relaxed),
+            timed_out: self.timed_out.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `portshare serve`: the daemon.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use portshare_server::{Config, ServeOptions};
+
+/// Arguments of `portshare serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The control socket. Default: $PORTSHARE_CONTROL, else /run/portshare/control.sock
+    /// as root, else $XDG_RUNTIME_DIR/portshare/control.sock.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// An address to listen on (repeatable); replaces the configuration's list. Without
+    /// any, every address: 0.0.0.0 and ::.
+    #[arg(long = "iplisten", value_name = "ADDR")]
+    iplisten: Vec<IpAddr>,
+    /// A TOML configuration file. Without one, the embedded defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Worker threads. Default: the number of CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: Option<u16>,
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTSHARE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = match &args.config {
+        Some(path) => match Config::from_file(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("portshare serve: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    if !args.iplisten.is_empty() {
+        config.iplisten = args.iplisten.clone();
+    }
+    let is_root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let control =
+        portshare_proto::control_socket_for_daemon(args.control.as_deref(), is_root, |k| {
+            std::env::var_os(k)
+        });
+    let threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    match portshare_server::run(ServeOptions {
+        control,
+        config,
+        threads,
+    }) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("portshare serve: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
