@@ -1,0 +1,53 @@
+//! What every example does the same way: logs, the control socket flag, the `ready` line
+//! and the signals that stop it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use portshare_client::{QueueBuilder, Running};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Logs go to stderr; `RUST_LOG` picks what (default `info`).
+pub(crate) fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `--control PATH` when given; else the SDK looks the socket up (`PORTSHARE_CONTROL`, the
+/// per-user socket, the system one).
+#[allow(
+    dead_code,
+    reason = "shared_port names the socket of the daemon it starts"
+)]
+pub(crate) fn with_control(builder: QueueBuilder, control: Option<PathBuf>) -> QueueBuilder {
+    match control {
+        Some(path) => builder.control(path),
+        None => builder,
+    }
+}
+
+/// Prints the daemon's warnings on stderr, then `ready` on stdout.
+pub(crate) fn announce(running: &[&Running]) {
+    for warning in running.iter().flat_map(|r| r.warnings()) {
+        eprintln!("warning: {warning}");
+    }
+    let mut out = std::io::stdout().lock();
+    // A closed stdout only means nobody waits for the line.
+    let _ = writeln!(out, "ready");
+    let _ = out.flush();
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub(crate) async fn stop_signal() -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,463 @@
+//! What the end-to-end tests share: a daemon on its own control socket and loopback
+//! address, apps started from the example binaries, a control client, raw HTTP.
+//!
+//! Every process a test starts is killed when its handle drops, so a failing assertion
+//! leaves nothing behind.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A fresh folder under the system's temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "portshare-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `portshare` binary under test.
+pub fn portshare_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portshare"))
+}
+
+/// An example binary, built by `cargo test` next to the test executables.
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/test-xxxx → target/<profile>/examples/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder");
+    let bin = dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds the examples",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; callers retry on a race).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process killed on drop; its stderr goes to a file kept for failure messages.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (at most 10 s) for the exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A daemon under test.
+pub struct Daemon {
+    pub proc: Proc,
+    pub control: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Daemon {
+    /// Starts `portshare serve --control DIR/control.sock --iplisten 127.0.0.1` plus `extra`.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = TempDir::new("daemon");
+        Daemon::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: TempDir, extra: &[&str]) -> Daemon {
+        let control = dir.0.join("control.sock");
+        let log = dir.0.join(format!("daemon-{}.log", free_port()));
+        let mut cmd = Command::new(portshare_bin());
+        cmd.arg("serve")
+            .arg("--control")
+            .arg(&control)
+            .args(["--threads", "2"]);
+        if !extra
+            .iter()
+            .any(|a| *a == "--iplisten" || a.starts_with("--config"))
+        {
+            cmd.args(["--iplisten", "127.0.0.1"]);
+        }
+        cmd.args(extra)
+            .env("PORTSHARE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let child = cmd.spawn().expect("start portshare serve");
+        let proc = Proc { child, log };
+        let d = Daemon { proc, control, dir };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.control).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not come up:\n{}", self.proc.log_text());
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    /// A new control connection (a session of its own).
+    pub fn ctl(&self) -> Ctl {
+        Ctl::connect(&self.control)
+    }
+
+    /// Starts the `hello` example against this daemon and waits for `ready`.
+    pub fn hello(&self, name: &str, prefixes: &[&str], extra: &[&str]) -> App {
+        App::start(&self.control, "hello", name, prefixes, extra)
+    }
+
+    /// The state view.
+    pub fn state(&self) -> serde_json::Value {
+        let (status, body) = self.ctl().call("GET", "/v1/state", None);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+/// An app process started from an example binary.
+pub struct App {
+    pub proc: Proc,
+    pub stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl App {
+    pub fn start(
+        control: &Path,
+        example: &str,
+        name: &str,
+        prefixes: &[&str],
+        extra: &[&str],
+    ) -> App {
+        let app = App::spawn(control, example, name, prefixes, extra);
+        app.expect_ready()
+    }
+
+    pub fn spawn(
+        control: &Path,
+        example: &str,
+        name: &str,
+        prefixes: &[&str],
+        extra: &[&str],
+    ) -> App {
+        let log = control
+            .parent()
+            .expect("control folder")
+            .join(format!("{example}-{name}-{}.log", free_port()));
+        let mut cmd = Command::new(example_bin(example));
+        cmd.arg("--control").arg(control);
+        if !name.is_empty() {
+            cmd.args(["--name", name]);
+        }
+        cmd.args(extra)
+            .args(prefixes)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let mut child = cmd.spawn().expect("start example");
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        App {
+            proc: Proc { child, log },
+            stdout,
+        }
+    }
+
+    /// Waits for the `ready` line; panics with the app's stderr if it exits first.
+    pub fn expect_ready(mut self) -> App {
+        let mut line = String::new();
+        let n = self.stdout.read_line(&mut line).unwrap_or(0);
+        assert!(
+            n > 0 && line.trim() == "ready",
+            "app did not print ready (got {line:?}):\n{}",
+            self.proc.log_text()
+        );
+        self
+    }
+
+    /// Waits for the app to exit and returns its code and stderr.
+    pub fn wait_exit(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                return (status.code(), self.proc.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("app did not exit:\n{}", self.proc.log_text());
+    }
+}
+
+/// A control connection: HTTP/1.1 + JSON on the daemon's Unix socket.
+pub struct Ctl {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+impl Ctl {
+    pub fn connect(path: &Path) -> Ctl {
+        let stream = UnixStream::connect(path).expect("connect to the control socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        Ctl {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// One request; the status and the JSON body (`null` when empty).
+    pub fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            self.stream,
+            "{method} {path} HTTP/1.1\r\nHost: portshare\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write control request");
+        let (status, _, body) = read_response(&mut self.stream, &mut self.buf, false);
+        let json = if body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&body).expect("JSON body")
+        };
+        (status, json)
+    }
+
+    pub fn create_queue(&mut self, spec: serde_json::Value) -> serde_json::Value {
+        let (status, body) = self.call("POST", "/v1/queues", Some(spec));
+        assert!(status == 201 || status == 200, "{status} {body}");
+        body
+    }
+
+    pub fn add_url(&mut self, queue: &str, url: &str) -> (u16, serde_json::Value) {
+        self.call(
+            "POST",
+            &format!("/v1/queues/{queue}/urls"),
+            Some(serde_json::json!({ "url": url })),
+        )
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked or close-delimited) from a
+/// stream; returns status, the head text and the body.
+pub fn read_response(
+    s: &mut impl Read,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> (u16, String, Vec<u8>) {
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).expect("read response head");
+        assert!(
+            n > 0,
+            "connection closed before a response head (got {:?})",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    buf.drain(..head_end);
+    let status: u16 = head[9..12].parse().expect("status code");
+    let lower = head.to_ascii_lowercase();
+    let length = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse::<usize>().expect("content-length"));
+    let body = if head_request || status == 204 || status == 304 || status == 101 {
+        Vec::new()
+    } else if let Some(n) = length {
+        while buf.len() < n {
+            let r = s.read(&mut chunk).expect("read body");
+            assert!(r > 0, "closed inside the body");
+            buf.extend_from_slice(&chunk[..r]);
+        }
+        buf.drain(..n).collect()
+    } else if lower.contains("transfer-encoding: chunked") {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(buf, b"\r\n") {
+                    break i;
+                }
+                let r = s.read(&mut chunk).expect("read chunk size");
+                assert!(r > 0, "closed inside a chunked body");
+                buf.extend_from_slice(&chunk[..r]);
+            };
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&buf[..line_end])
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim(),
+                16,
+            )
+            .expect("chunk size");
+            buf.drain(..line_end + 2);
+            while buf.len() < size + 2 {
+                let r = s.read(&mut chunk).expect("read chunk");
+                assert!(r > 0, "closed inside a chunk");
+                buf.extend_from_slice(&chunk[..r]);
+            }
+            body.extend(buf.drain(..size));
+            buf.drain(..2);
+            if size == 0 {
+                break body;
+            }
+        }
+    } else {
+        let mut rest = std::mem::take(buf);
+        let _ = s.read_to_end(&mut rest);
+        rest
+    };
+    (status, head, body)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends raw bytes to 127.0.0.1:port and reads one response.
+pub fn http_raw(port: u16, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = connect(port);
+    s.write_all(request).expect("send request");
+    let mut buf = Vec::new();
+    read_response(&mut s, &mut buf, request.starts_with(b"HEAD "))
+}
+
+/// `GET target` with `Host: host`, connection closed after.
+pub fn get(port: u16, host: &str, target: &str) -> (u16, String, String) {
+    let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (status, head, body) = http_raw(port, req.as_bytes());
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s
+}
+
+/// What happened to a connection that should have been reset or closed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// A response arrived.
+    Response(u16),
+    /// The connection was reset (RST).
+    Reset,
+    /// Closed cleanly without a response.
+    Closed,
+}
+
+/// Sends `request` and tells how the connection ended.
+pub fn ending(port: u16, request: &[u8]) -> Ending {
+    let mut s = connect(port);
+    if s.write_all(request).is_err() {
+        return Ending::Reset;
+    }
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(0) => Ending::Closed,
+        Ok(n) if n >= 12 => {
+            Ending::Response(String::from_utf8_lossy(&buf[9..12]).parse().unwrap_or(0))
+        }
+        Ok(_) => Ending::Closed,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ending::Reset,
+        Err(e) => panic!("unexpected read error: {e}"),
+    }
+}
+
+/// Polls `f` until it returns true, for at most `secs` seconds.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
+/// Whether 127.0.0.1:port can be bound right now (with SO_REUSEADDR, as the daemon binds).
+pub fn port_free(port: u16) -> bool {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_reuse_address(true).expect("reuseaddr");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .is_ok()
+        && s.listen(1).is_ok()
+}
