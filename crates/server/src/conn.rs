@@ -647,10 +647,21 @@ impl Conn {
                     Err(_) => return Next::Abort,
                 }
             }
-            if self.flush().await.is_err() {
-                return Next::Abort;
-            }
-            match incoming.frame().await {
+            // Write out only when the next frame is not already here: a small response
+            // leaves in one write, head and body together.
+            let next = {
+                let mut frame = std::pin::pin!(incoming.frame());
+                match poll_once(frame.as_mut()).await {
+                    Some(f) => f,
+                    None => {
+                        if self.flush().await.is_err() {
+                            return Next::Abort;
+                        }
+                        frame.await
+                    }
+                }
+            };
+            match next {
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         let end = http_body::Body::is_end_stream(&incoming);
@@ -754,6 +765,15 @@ fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     }
 }
 
+/// Polls a future once: its output if ready, else `None` (the future stays usable).
+async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
 /// A request body fed from a channel, for upstream requests.
 struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -840,11 +860,13 @@ impl Response {
                 let parsed = std::str::from_utf8(value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok());
+                // Written once below, with the framing.
                 match (parsed, length) {
                     (Some(n), None) => length = Some(n),
-                    (Some(n), Some(m)) if n == m => continue,
+                    (Some(n), Some(m)) if n == m => {}
                     _ => return false,
                 }
+                continue;
             } else if name.eq_ignore_ascii_case(b"date")
                 || name.eq_ignore_ascii_case(b"connection")
                 || name.eq_ignore_ascii_case(b"transfer-encoding")
