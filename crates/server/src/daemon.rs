@@ -677,6 +677,17 @@ impl Daemon {
         }
     }
 
+    /// Closes every queue and listener, for a daemon that stops.
+    pub(crate) fn close_all(&self) {
+        let mut st = self.lock();
+        let names: Vec<String> = st.queues.keys().cloned().collect();
+        for name in names {
+            self.destroy(&mut st, &name);
+        }
+        st.listeners.clear();
+        self.publish(&mut st);
+    }
+
     /// `GET /v1/state`.
     pub(crate) fn state(&self) -> ServiceState {
         let st = self.lock();

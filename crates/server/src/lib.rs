@@ -102,10 +102,22 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
             .build()
     }
     .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(serve(opts))
+    runtime.block_on(async {
+        serve_until(opts, async {
+            let stop = shutdown_signal().await;
+            tracing::info!("{stop}: shutting down");
+        })
+        .await
+    })
 }
 
-async fn serve(opts: ServeOptions) -> Result<(), String> {
+/// Runs the daemon on the current tokio runtime until `stop` completes, for embedding it
+/// (benchmarks, tests of other crates). `opts.threads` is not used: the runtime is the
+/// caller's.
+pub async fn serve_until(
+    opts: ServeOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), String> {
     let own_uid = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap_or(u32::MAX);
@@ -118,9 +130,9 @@ async fn serve(opts: ServeOptions) -> Result<(), String> {
         opts.control.display()
     );
     let control = tokio::spawn(control::serve(Arc::clone(&daemon), listener));
-    let stop = shutdown_signal().await;
-    tracing::info!("{stop}: shutting down");
+    stop.await;
     control.abort();
+    daemon.close_all();
     let _ = std::fs::remove_file(&opts.control);
     Ok(())
 }

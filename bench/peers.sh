@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Portshare in ../shared/bench/peers.sh, beside nginx, HAProxy and a direct connection.
+#
+#   bench/peers.sh attached   wrk -> portshare serve -> hello --body (SDK worker)
+#   bench/peers.sh upstream   wrk -> portshare serve -> the stock backend's Unix socket
+#   bench/peers.sh both       one peers.sh run per row (the default)
+#
+# Each row starts its own daemon on --control {workdir}/control.sock with
+# --threads $BENCH_WORKERS; peers.sh charges the daemon and its app (or the backend) to
+# the row. Builds the release binaries first; installs wrk, nginx, haproxy and h2load
+# with apt-get when they are missing (root only). Every peers.sh knob passes through
+# (DURATION, CONNS, SYSCALLS=1, ...). Output: peers.sh's tables, on stdout.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PEERS=${PEERS:-$ROOT/../shared/bench/peers.sh}
+[[ -x "$PEERS" || -f "$PEERS" ]] || { echo "bench/peers.sh: $PEERS not found (set PEERS=)" >&2; exit 1; }
+
+missing=()
+for t in wrk nginx haproxy h2load curl; do command -v "$t" >/dev/null 2>&1 || missing+=("$t"); done
+if (( ${#missing[@]} )); then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+        echo "bench/peers.sh: installing ${missing[*]}" >&2
+        apt-get install -y -qq wrk nginx haproxy nghttp2-client curl >&2
+    else
+        echo "bench/peers.sh: needs ${missing[*]} (apt-get install wrk nginx haproxy nghttp2-client curl)" >&2
+        exit 1
+    fi
+fi
+
+(cd "$ROOT" && cargo build --release --bin portshare --example hello >&2)
+BIN=$ROOT/target/release
+
+wait_sock='for _ in $(seq 200); do [[ -S {workdir}/control.sock ]] && break; sleep 0.05; done'
+
+# The body the stock backend sends: "hello, world\n" at 13 bytes, else that many x's.
+body='if [[ $BENCH_BODY_SIZE == 13 ]]; then body=$(printf "hello, world\nX"); body=${body%X}; else body=$(head -c "$BENCH_BODY_SIZE" /dev/zero | tr "\0" x); fi'
+
+attached="$BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} 2>{workdir}/daemon.log &
+$wait_sock
+$body
+exec $BIN/examples/hello --control {workdir}/control.sock --name bench --threads \$BENCH_WORKERS --body \"\$body\" http://+:{port}{prefix}"
+
+upstream="printf '[[queue]]\nname = \"app\"\nurls = [\"http://+:{port}{prefix}\"]\nupstream = \"unix:{sock}\"\n' > {workdir}/portshare.toml
+exec $BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} --config {workdir}/portshare.toml 2>{workdir}/daemon.log"
+
+run() {
+    local name=$1 cmd=$2
+    echo "## portshare-$name"
+    DISPATCHER_NAME="portshare-$name" DISPATCHER_CMD="$cmd" bash "$PEERS"
+}
+
+case "${1:-both}" in
+    attached) run attached "$attached" ;;
+    upstream) run upstream "$upstream" ;;
+    both) run attached "$attached"; H2=0 TARGETS="${TARGETS:-nginx dispatcher}" run upstream "$upstream" ;;
+    *) echo "usage: bench/peers.sh [attached|upstream|both]" >&2; exit 2 ;;
+esac
