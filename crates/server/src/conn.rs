@@ -223,15 +223,35 @@ impl Conn {
             Outbound::Worker(self.worker_frame(&head, &binding, request_id, body.is_done()))
         };
 
-        let slot = match queue.admit() {
-            Admit::Now(slot) => slot,
-            Admit::Wait(ticket) => match ticket.wait().await {
-                Ok(slot) => slot,
-                Err(Missed::TimedOut) => {
-                    self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
-                    return Next::Close;
+        // A worker can leave between giving its slot and the request reaching it; then
+        // the request goes back for another slot.
+        let mut tries = 0;
+        let (slot, opened) = loop {
+            let slot = match queue.admit() {
+                Admit::Now(slot) => slot,
+                Admit::Wait(ticket) => match ticket.wait().await {
+                    Ok(slot) => slot,
+                    Err(Missed::TimedOut) => {
+                        self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
+                        return Next::Close;
+                    }
+                    Err(Missed::Closed) => {
+                        self.log(
+                            Some(&head),
+                            None,
+                            Reason::ConnectionAbandonedByReqQueue,
+                            Some(queue.name()),
+                        );
+                        return Next::Abort;
+                    }
+                },
+                Admit::Full(verbosity, retry) => {
+                    return self.unavailable(&head, &queue, Reason::QueueFull, verbosity, retry);
                 }
-                Err(Missed::Closed) => {
+                Admit::Disabled(verbosity, retry) => {
+                    return self.unavailable(&head, &queue, Reason::Disabled, verbosity, retry);
+                }
+                Admit::Closed => {
                     self.log(
                         Some(&head),
                         None,
@@ -240,21 +260,23 @@ impl Conn {
                     );
                     return Next::Abort;
                 }
-            },
-            Admit::Full(verbosity, retry) => {
-                return self.unavailable(&head, &queue, Reason::QueueFull, verbosity, retry);
-            }
-            Admit::Disabled(verbosity, retry) => {
-                return self.unavailable(&head, &queue, Reason::Disabled, verbosity, retry);
-            }
-            Admit::Closed => {
-                self.log(
-                    Some(&head),
-                    None,
-                    Reason::ConnectionAbandonedByReqQueue,
-                    Some(queue.name()),
-                );
-                return Next::Abort;
+            };
+            let Target::Worker(worker) = slot.target() else {
+                break (slot, None);
+            };
+            match worker.open() {
+                Some(stream) => break (slot, Some(stream)),
+                None if tries < 8 => tries += 1,
+                None => {
+                    queue.count_abandoned();
+                    self.log(
+                        Some(&head),
+                        None,
+                        Reason::ConnectionAbandonedByReqQueue,
+                        Some(queue.name()),
+                    );
+                    return Next::Abort;
+                }
             }
         };
 
@@ -263,10 +285,13 @@ impl Conn {
             self.wr.put_slice(pages::CONTINUE);
         }
         let next = match (request, slot.target().clone()) {
-            (Outbound::Worker(frame), Target::Worker(worker)) => {
-                self.exchange_worker(frame, &worker, &mut body, facts, &queue)
-                    .await
-            }
+            (Outbound::Worker(frame), Target::Worker(worker)) => match opened {
+                Some(stream) => {
+                    self.exchange_worker(frame, &worker, stream, &mut body, facts, &queue)
+                        .await
+                }
+                None => Next::Abort,
+            },
             (Outbound::Upstream(req), Target::Upstream(up)) => {
                 self.exchange_upstream(req, &up, &mut body, facts, &queue, &slot)
                     .await
@@ -393,20 +418,11 @@ impl Conn {
         &mut self,
         mut frame: BytesMut,
         worker: &Arc<WorkerConn>,
+        (stream, mut rx): (u32, mpsc::UnboundedReceiver<Event>),
         body: &mut BodyIn,
         facts: Facts,
         queue: &Queue,
     ) -> Next {
-        let Some((stream, mut rx)) = worker.open() else {
-            queue.count_abandoned();
-            self.log(
-                None,
-                None,
-                Reason::ConnectionAbandonedByReqQueue,
-                Some(queue.name()),
-            );
-            return Next::Abort;
-        };
         frame[4..8].copy_from_slice(&stream.to_le_bytes());
         worker.send(|out| out.extend_from_slice(&frame));
         let _forget = Forget(worker, stream);

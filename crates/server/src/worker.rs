@@ -50,6 +50,8 @@ pub(crate) struct WorkerConn {
     streams: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
     next_stream: AtomicU32,
     closed: AtomicBool,
+    /// The worker asked for no new requests; it is closed once its last stream ends.
+    draining: AtomicBool,
     stop: Notify,
 }
 
@@ -63,6 +65,7 @@ impl WorkerConn {
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             stop: Notify::new(),
         })
     }
@@ -90,7 +93,11 @@ impl WorkerConn {
 
     /// Forgets a stream; frames still coming for it are dropped.
     pub(crate) fn forget(&self, id: u32) {
-        self.streams().remove(&id);
+        let mut streams = self.streams();
+        streams.remove(&id);
+        if streams.is_empty() && self.draining.load(Ordering::Acquire) {
+            self.stop.notify_one();
+        }
     }
 
     /// Appends frames to the output and wakes the writer.
@@ -208,6 +215,11 @@ impl WorkerConn {
             Frame::Reset { stream, .. } => (stream, Event::Reset),
             Frame::Drain => {
                 queue.detach(self.id);
+                let streams = self.streams();
+                self.draining.store(true, Ordering::Release);
+                if streams.is_empty() {
+                    self.stop.notify_one();
+                }
                 return;
             }
         };
