@@ -461,3 +461,29 @@ pub fn port_free(port: u16) -> bool {
         .is_ok()
         && s.listen(1).is_ok()
 }
+
+/// Kills a daemon and starts another in the same folder, so on the same control socket.
+pub fn restart_daemon(d: Daemon, extra: &[&str]) -> Daemon {
+    let Daemon { mut proc, dir, .. } = d;
+    proc.kill();
+    drop(proc);
+    Daemon::start_in(dir, extra)
+}
+
+/// `GET target` with `Host: host` and `Connection: close`; `None` when the connection is
+/// refused or breaks, instead of panicking (for polling).
+pub fn try_get(port: u16, host: &str, target: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}

@@ -283,6 +283,9 @@ impl Conn {
         // Handed to the application: now is the time for 100 Continue (spec Q12).
         if facts.expect_continue && !body.is_done() && facts.version == Version::Http11 {
             self.wr.put_slice(pages::CONTINUE);
+            if self.flush().await.is_err() {
+                return Next::Abort;
+            }
         }
         let next = match (request, slot.target().clone()) {
             (Outbound::Worker(frame), Target::Worker(worker)) => match opened {
