@@ -466,7 +466,9 @@ fn a_queue_belongs_to_its_uid() {
     let uid = nobody_uid();
     // Another uid, through setpriv; the control socket is open to every local user. The
     // client is this test binary again, running only `uid_probe`.
-    let exe = std::env::current_exe().expect("test binary");
+    // A copy in the test's own folder, which that uid can reach wherever the checkout is.
+    let exe = d.dir.0.join("uid-probe");
+    std::fs::copy(std::env::current_exe().expect("test binary"), &exe).expect("copy");
     let out = std::process::Command::new("setpriv")
         .args([
             "--reuid",

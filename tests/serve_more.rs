@@ -1456,3 +1456,24 @@ fn error_pages_are_http_sys_pages_and_close_the_connection() {
     assert!(header_value(&head, "Server").is_some(), "{head}");
     assert_closed(&mut c, &buf);
 }
+
+/// Sessions have no idle timeout: an app that registers and then says nothing on its
+/// control connection for longer than any HTTP server default (hyper's header timeout is
+/// 30 s) keeps its registrations.
+#[test]
+fn a_quiet_control_session_keeps_its_registrations() {
+    let d = Daemon::start(&[]);
+    let mut ctl = d.ctl();
+    ctl.create_queue(serde_json::json!({ "name": "quiet" }));
+    let port = free_port();
+    assert_eq!(ctl.add_url("quiet", &format!("http://+:{port}/")).0, 201);
+    std::thread::sleep(Duration::from_secs(35));
+    let state = d.state();
+    assert_eq!(
+        state["prefixes"].as_array().map(Vec::len),
+        Some(1),
+        "{state}"
+    );
+    let (status, body) = ctl.call("GET", "/v1/state", None);
+    assert_eq!(status, 200, "{body}");
+}

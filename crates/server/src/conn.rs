@@ -897,7 +897,10 @@ impl Response {
             } else if name.eq_ignore_ascii_case(b"server") {
                 has_server = true;
             }
-            if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) || name.is_empty() {
+            // Nothing an application sends may split or forge a header line.
+            let bad_name =
+                name.is_empty() || name.iter().any(|&b| b <= b' ' || b == b':' || b >= 0x7f);
+            if bad_name || value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
                 return false;
             }
             wr.put_slice(name);
@@ -1006,4 +1009,189 @@ fn put_length(wr: &mut BytesMut, n: u64) {
     wr.put_slice(b"Content-Length: ");
     wr.put_slice(fmt_u64(&mut num, n));
     wr.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(version: Version, keep_alive: bool, head_method: bool) -> Facts {
+        Facts {
+            version,
+            keep_alive,
+            head_method,
+            expect_continue: false,
+        }
+    }
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> Vec<(Bytes, Bytes)> {
+        pairs
+            .iter()
+            .map(|(n, v)| {
+                (
+                    Bytes::from_static(n.as_bytes()),
+                    Bytes::from_static(v.as_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    fn write(
+        f: Facts,
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        end: bool,
+        exact: Option<u64>,
+        body: &[&[u8]],
+    ) -> Option<String> {
+        let mut r = Response::new(f);
+        let mut wr = BytesMut::new();
+        if !r.head(&mut wr, status, &h(headers), end, exact) {
+            return None;
+        }
+        for (i, chunk) in body.iter().enumerate() {
+            if !r.data(&mut wr, chunk, i + 1 == body.len()) {
+                return None;
+            }
+        }
+        let text = String::from_utf8(wr.to_vec()).ok()?;
+        // The Date changes; keep the rest.
+        Some(
+            text.lines()
+                .filter(|l| !l.starts_with("Date: "))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    }
+
+    #[test]
+    fn framing_is_the_daemons() {
+        let f11 = facts(Version::Http11, true, false);
+        // The app's length is kept, once.
+        let out = write(
+            f11,
+            200,
+            &[("content-length", "2"), ("x", "y")],
+            false,
+            None,
+            &[b"hi"],
+        )
+        .unwrap();
+        assert_eq!(out.matches("Content-Length: 2").count(), 1, "{out}");
+        assert!(!out.contains("content-length"), "{out}");
+        // A body that arrived whole gets a length; a stream gets chunked.
+        let out = write(f11, 200, &[], false, Some(5), &[b"hello"]).unwrap();
+        assert!(out.contains("Content-Length: 5"), "{out}");
+        let out = write(f11, 200, &[], false, None, &[b"ab", b"c"]).unwrap();
+        assert!(
+            out.contains("Transfer-Encoding: chunked") && out.ends_with("2\nab\n1\nc\n0\n"),
+            "{out:?}"
+        );
+        // HTTP/1.0 with an unknown length: delimited by close.
+        let f10 = facts(Version::Http10, true, false);
+        let out = write(f10, 200, &[], false, None, &[b"x"]).unwrap();
+        assert!(out.contains("Connection: close"), "{out}");
+        // No body on HEAD, 204, 304; an empty response gets Content-Length: 0.
+        let head = facts(Version::Http11, true, true);
+        let out = write(head, 200, &[("content-length", "9")], true, None, &[]).unwrap();
+        assert!(out.contains("Content-Length: 9"), "{out}");
+        let out = write(f11, 204, &[], true, None, &[]).unwrap();
+        assert!(!out.contains("Content-Length"), "{out}");
+        let out = write(f11, 200, &[], true, None, &[]).unwrap();
+        assert!(out.contains("Content-Length: 0"), "{out}");
+    }
+
+    #[test]
+    fn hop_by_hop_and_date_are_replaced() {
+        let f = facts(Version::Http11, false, false);
+        let out = write(
+            f,
+            200,
+            &[
+                ("connection", "keep-alive"),
+                ("transfer-encoding", "chunked"),
+                ("date", "x"),
+                ("server", "app"),
+            ],
+            true,
+            None,
+            &[],
+        )
+        .unwrap();
+        assert!(
+            out.contains("Connection: close") && !out.contains("keep-alive"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("transfer-encoding") && !out.contains("date: x"),
+            "{out}"
+        );
+        assert!(
+            out.contains("server: app") && !out.contains("Server: portshare"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn what_an_application_gets_wrong_is_refused() {
+        let f = facts(Version::Http11, true, false);
+        for bad in [
+            &[("x", "a\r\nInjected: 1")][..],
+            &[("bad name", "v")],
+            &[("x:y", "v")],
+            &[("", "v")],
+            &[("content-length", "1"), ("content-length", "2")],
+            &[("content-length", "nope")],
+        ] {
+            assert_eq!(write(f, 200, bad, true, None, &[]), None, "{bad:?}");
+        }
+        // A body longer or shorter than promised.
+        assert_eq!(
+            write(f, 200, &[("content-length", "1")], false, None, &[b"ab"]),
+            None
+        );
+        assert_eq!(
+            write(f, 200, &[("content-length", "3")], false, None, &[b"ab"]),
+            None
+        );
+        assert_eq!(
+            write(f, 200, &[("content-length", "3")], true, None, &[]),
+            None
+        );
+        // Interim and upgrade responses are not relayed.
+        assert_eq!(write(f, 101, &[], true, None, &[]), None);
+        assert_eq!(write(f, 100, &[], true, None, &[]), None);
+    }
+
+    #[test]
+    fn forged_and_hop_by_hop_request_headers_stay_behind() {
+        for name in [
+            &b"Portshare-Raw-Url"[..],
+            b"portshare-anything",
+            b"X-Forwarded-For",
+            b"x-forwarded-proto",
+            b"Forwarded",
+            b"Connection",
+            b"Transfer-Encoding",
+            b"Expect",
+        ] {
+            assert!(!passes(name), "{}", String::from_utf8_lossy(name));
+        }
+        for name in [
+            &b"Host"[..],
+            b"Content-Length",
+            b"X-Forwarded",
+            b"portshare",
+            b"Accept",
+        ] {
+            assert!(passes(name), "{}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        let mut buf = itoa_buf();
+        assert_eq!(fmt_u64(&mut buf, 0), b"0");
+        assert_eq!(fmt_u64(&mut buf, u64::MAX), b"18446744073709551615");
+    }
 }

@@ -78,9 +78,9 @@ pub(crate) async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
                     async move { Ok::<_, Infallible>(handle(&daemon, &session, req).await) }
                 })
             };
-            // No header or idle timeout: a session lives as long as its connection.
+            // No timer, so no header or idle timeout (hyper's header timeout would close an
+            // idle session after 30 s): a session lives as long as its connection.
             let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             if let Err(e) = conn.await {
