@@ -504,6 +504,7 @@ fn a_queue_belongs_to_its_uid() {
     assert!(out.contains("open: 403 "), "{out}");
     assert!(out.contains("\"code\":5"), "{out}");
     assert!(out.contains("patch: 403 "), "{out}");
+    assert!(out.contains("upstream: 403 "), "{out}");
     assert!(out.contains("attach: 403 "), "{out}");
 }
 
@@ -522,6 +523,13 @@ fn uid_probe() {
     println!("open: {status} {body}");
     let (status, body) = ctl.call("PATCH", "/v1/queues/mine", Some(json!({ "length": 5 })));
     println!("patch: {status} {body}");
+    // Only root (or the configuration) makes the daemon connect somewhere.
+    let (status, body) = ctl.call(
+        "POST",
+        "/v1/queues",
+        Some(json!({ "name": "theirs", "upstream": "127.0.0.1:9" })),
+    );
+    println!("upstream: {status} {body}");
     let mut raw = std::os::unix::net::UnixStream::connect(&control).expect("connect");
     raw.write_all(b"POST /v1/queues/mine/attach HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: portshare-worker/1\r\nportshare-slots: 1\r\nContent-Length: 0\r\n\r\n").expect("write");
     let mut buf = Vec::new();

@@ -1477,3 +1477,41 @@ fn a_quiet_control_session_keeps_its_registrations() {
     let (status, body) = ctl.call("GET", "/v1/state", None);
     assert_eq!(status, 200, "{body}");
 }
+
+/// A worker gets no more requests than the slots it declared: the rest wait in the queue,
+/// and go to the worker as its slots free.
+#[test]
+fn a_worker_never_holds_more_than_its_slots() {
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let prefix = format!("http://+:{port}/s/");
+    let _slow = App::start(
+        &d.control,
+        "slow_worker",
+        "slots",
+        &[&prefix],
+        &["--delay-ms", "1500", "--workers", "2"],
+    );
+    let clients: Vec<_> = (0..5)
+        .map(|i| std::thread::spawn(move || get(port, "x", &format!("/s/{i}"))))
+        .collect();
+    assert!(
+        eventually(5, || {
+            let q = &d.state()["queues"][0];
+            q["in_flight"] == 2 && q["depth"] == 3
+        }),
+        "{}",
+        d.state()
+    );
+    // Never more than two at once, until every request is answered.
+    while !clients.iter().all(JoinHandle::is_finished) {
+        let q = &d.state()["queues"][0];
+        assert!(q["in_flight"].as_u64().unwrap_or(0) <= 2, "{q}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in clients {
+        let (status, _, body) = c.join().expect("client");
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(d.state()["queues"][0]["counters"]["delivered"], 5);
+}

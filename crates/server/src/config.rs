@@ -23,7 +23,7 @@
 //! length = 1000
 //! verbosity = "limited"        # basic | limited | full
 //! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000"
-//! connections = 64            # most upstream connections (the queue's slots)
+//! connections = 256           # most upstream connections (the queue's slots)
 //! ```
 
 use std::net::IpAddr;
@@ -148,7 +148,7 @@ pub struct QueueConfig {
     /// `unix:/path` or a loopback `IP:port` to forward requests to.
     #[serde(default)]
     pub upstream: Option<String>,
-    /// Most connections to the upstream at once; default 64.
+    /// Most connections to the upstream at once; default 256.
     #[serde(default)]
     pub connections: Option<u32>,
 }

@@ -61,6 +61,10 @@ pub(crate) struct Session {
     pub(crate) peer: Peer,
 }
 
+/// Upstream connections of a queue that sets none: enough that a few hundred concurrent
+/// clients do not wait in the queue for a connection the upstream could have served.
+const DEFAULT_UPSTREAM_CONNECTIONS: u32 = 256;
+
 /// The session that holds the configuration file's queues.
 const CONFIG_SESSION: u64 = 0;
 
@@ -298,7 +302,7 @@ impl Daemon {
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
         let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
         if let Some(up) = upstream {
-            let slots = connections.unwrap_or(64);
+            let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
             queue.attach(self.next_id(), Target::Upstream(up), slots);
         }
         st.queues.insert(
