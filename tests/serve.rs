@@ -8,36 +8,10 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// Registers `prefixes` for a `hello` app on a port that is free, retrying with another
-/// port when something else grabbed it meanwhile.
-fn hello_on_free_port(d: &Daemon, name: &str, paths: &[&str]) -> (App, u16) {
-    for _ in 0..5 {
-        let port = free_port();
-        let prefixes: Vec<String> = paths
-            .iter()
-            .map(|p| format!("http://+:{port}{p}"))
-            .collect();
-        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-        let app = App::spawn(&d.control, "hello", name, &refs, &[]);
-        let mut app = app;
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut app.stdout, &mut line);
-        if line.trim() == "ready" {
-            return (app, port);
-        }
-        let log = app.proc.log_text();
-        assert!(
-            log.contains("ERROR_SHARING_VIOLATION"),
-            "hello failed:\n{log}"
-        );
-    }
-    panic!("no free port after 5 tries");
-}
-
 #[test]
 fn two_apps_share_a_port_by_precedence() {
     let d = Daemon::start(&[]);
-    let (_a, port) = hello_on_free_port(&d, "a", &["/app/"]);
+    let (_a, port) = hello_on_free_port(&d, "a", &["/app/"], &[]);
     let _b = d.hello(
         "b",
         &[
@@ -210,7 +184,7 @@ fn an_address_outside_the_listen_list_registers_with_a_warning() {
 #[test]
 fn duplicate_registrations_are_refused_with_183() {
     let d = Daemon::start(&[]);
-    let (_a, port) = hello_on_free_port(&d, "a", &["/dup/"]);
+    let (_a, port) = hello_on_free_port(&d, "a", &["/dup/"], &[]);
     let app = App::spawn(
         &d.control,
         "hello",
@@ -229,7 +203,7 @@ fn duplicate_registrations_are_refused_with_183() {
 #[test]
 fn registrations_go_when_the_app_is_killed() {
     let d = Daemon::start(&[]);
-    let (mut app, port) = hello_on_free_port(&d, "k", &["/k/"]);
+    let (mut app, port) = hello_on_free_port(&d, "k", &["/k/"], &[]);
     assert_eq!(get(port, "x", "/k/1").0, 200);
     app.proc.kill();
     assert!(

@@ -496,30 +496,6 @@ fn check_upstream_forwarding(d: &Daemon, port: u16, upstream: &str) {
     );
 }
 
-/// A hello app on a free port (retrying when the port was taken meanwhile).
-fn hello_on_free_port(d: &Daemon, name: &str, paths: &[&str], extra: &[&str]) -> (App, u16) {
-    for _ in 0..5 {
-        let port = free_port();
-        let prefixes: Vec<String> = paths
-            .iter()
-            .map(|p| format!("http://+:{port}{p}"))
-            .collect();
-        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
-        let mut app = App::spawn(&d.control, "hello", name, &refs, extra);
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut app.stdout, &mut line);
-        if line.trim() == "ready" {
-            return (app, port);
-        }
-        let log = app.proc.log_text();
-        assert!(
-            log.contains("ERROR_SHARING_VIOLATION"),
-            "hello failed:\n{log}"
-        );
-    }
-    panic!("no free port after 5 tries");
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. Daemon restart
 // ---------------------------------------------------------------------------------------
@@ -1514,4 +1490,76 @@ fn a_worker_never_holds_more_than_its_slots() {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(d.state()["queues"][0]["counters"]["delivered"], 5);
+}
+
+/// An upstream that answers at once and then echoes the body as it arrives: the daemon must
+/// keep reading the client's body while the response streams, or both sides wait forever.
+#[test]
+fn an_upstream_streaming_its_answer_while_the_body_arrives() {
+    let up = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let up_port = up.local_addr().expect("addr").port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = up.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        let _head = read_head(&mut s, &mut buf);
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("head");
+        // Echo each chunk of the (chunked) request body as a chunk of the response.
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some(end) = find(&buf, b"\r\n") {
+                let size = usize::from_str_radix(
+                    std::str::from_utf8(&buf[..end]).expect("ascii").trim(),
+                    16,
+                )
+                .expect("chunk size");
+                if buf.len() < end + 2 + size + 2 {
+                    break;
+                }
+                let data = buf[end + 2..end + 2 + size].to_vec();
+                buf.drain(..end + 2 + size + 2);
+                s.write_all(format!("{size:x}\r\n").as_bytes())
+                    .expect("echo");
+                s.write_all(&data).expect("echo");
+                s.write_all(b"\r\n").expect("echo");
+                if size == 0 {
+                    return;
+                }
+            }
+            let n = s.read(&mut chunk).expect("read body");
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    });
+    let dir = TempDir::new("stream-up");
+    let port = free_port();
+    let _d = daemon_with_upstream(dir, port, &format!("127.0.0.1:{up_port}"));
+    let mut c = connect(port);
+    c.write_all(b"POST /legacy/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .expect("head");
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // One piece at a time: each comes back before the next is sent.
+    for piece in ["first", "second", "third"] {
+        c.write_all(format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes())
+            .expect("piece");
+        let want = format!("{:x}\r\n{piece}\r\n", piece.len());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while find(&buf, want.as_bytes()).is_none() {
+            assert!(Instant::now() < deadline, "no echo of {piece}: {buf:?}");
+            let mut chunk = [0u8; 4096];
+            let n = c.read(&mut chunk).expect("read echo");
+            assert!(n > 0, "closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let at = find(&buf, want.as_bytes()).expect("found") + want.len();
+        buf.drain(..at);
+    }
+    c.write_all(b"0\r\n\r\n").expect("end");
+    server.join().expect("upstream");
 }

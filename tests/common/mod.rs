@@ -487,3 +487,28 @@ pub fn try_get(port: u16, host: &str, target: &str) -> Option<(u16, String)> {
         .unwrap_or_default();
     Some((status, body))
 }
+
+/// Starts `hello` with `paths` on a free port of 127.0.0.1, trying another port when
+/// something else took the first meanwhile (ERROR_SHARING_VIOLATION).
+pub fn hello_on_free_port(d: &Daemon, name: &str, paths: &[&str], extra: &[&str]) -> (App, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let prefixes: Vec<String> = paths
+            .iter()
+            .map(|p| format!("http://+:{port}{p}"))
+            .collect();
+        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let mut app = App::spawn(&d.control, "hello", name, &refs, extra);
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut app.stdout, &mut line);
+        if line.trim() == "ready" {
+            return (app, port);
+        }
+        let log = app.proc.log_text();
+        assert!(
+            log.contains("ERROR_SHARING_VIOLATION"),
+            "hello failed:\n{log}"
+        );
+    }
+    panic!("no free port after 5 tries");
+}

@@ -591,21 +591,10 @@ impl Conn {
         tokio::pin!(response);
         let resp = loop {
             // Pump the body while waiting for the response head.
-            if let Some(sink) = &tx
-                && !self.rd.is_empty()
-            {
-                match body.take(&mut self.rd, 64 * 1024) {
-                    Ok((data, done)) => {
-                        if !data.is_empty() && sink.send(data).await.is_err() {
-                            tx = None;
-                        }
-                        if done {
-                            tx = None;
-                        }
-                        continue;
-                    }
-                    Err(_) => return Next::Abort,
-                }
+            match self.feed(body, &mut tx).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => return Next::Abort,
             }
             tokio::select! {
                 r = &mut response => break r,
@@ -651,20 +640,10 @@ impl Conn {
         }
         while !out.finished {
             // Keep feeding the request body while the response streams.
-            if let Some(sink) = &tx
-                && !self.rd.is_empty()
-            {
-                match body.take(&mut self.rd, 64 * 1024) {
-                    Ok((data, done)) => {
-                        if !data.is_empty() && sink.send(data).await.is_err() {
-                            tx = None;
-                        }
-                        if done {
-                            tx = None;
-                        }
-                    }
-                    Err(_) => return Next::Abort,
-                }
+            match self.feed(body, &mut tx).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => return Next::Abort,
             }
             // Write out only when the next frame is not already here: a small response
             // leaves in one write, head and body together.
@@ -676,7 +655,22 @@ impl Conn {
                         if self.flush().await.is_err() {
                             return Next::Abort;
                         }
-                        frame.await
+                        if tx.is_none() {
+                            frame.await
+                        } else {
+                            // The upstream may want more body before it says more.
+                            tokio::select! {
+                                f = frame => f,
+                                r = timeout(entity, self.fill()) => match r {
+                                    Ok(Ok(n)) if n > 0 => continue,
+                                    Ok(_) => return Next::Abort,
+                                    Err(_) => {
+                                        self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                                        return Next::Close;
+                                    }
+                                },
+                            }
+                        }
                     }
                 }
             };
@@ -709,6 +703,26 @@ impl Conn {
         } else {
             Next::KeepAlive
         }
+    }
+
+    /// Moves body bytes already read from the client on to an upstream request. `Ok(true)`
+    /// when it moved some (or finished the body), `Err` when the client framed it wrongly.
+    async fn feed(
+        &mut self,
+        body: &mut BodyIn,
+        tx: &mut Option<mpsc::Sender<Bytes>>,
+    ) -> Result<bool, ()> {
+        let Some(sink) = tx else {
+            return Ok(false);
+        };
+        if self.rd.is_empty() {
+            return Ok(false);
+        }
+        let (data, done) = body.take(&mut self.rd, 64 * 1024).map_err(|_| ())?;
+        if (!data.is_empty() && sink.send(data).await.is_err()) || done {
+            *tx = None;
+        }
+        Ok(true)
     }
 
     /// Reads and discards the rest of a body the application did not read, so the next

@@ -26,7 +26,7 @@ impl Entry<'_> {
     pub(crate) fn line(&self, now: SystemTime) -> String {
         let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut s = String::with_capacity(128);
-        let (y, mo, d) = civil(secs / 86400);
+        let (y, mo, d) = crate::pages::civil(secs / 86400);
         let t = secs % 86400;
         let _ = write!(
             s,
@@ -80,18 +80,6 @@ fn field(s: &mut String, value: Option<&[u8]>, max: usize) {
             }
         }
     }
-}
-
-fn civil(days: u64) -> (i64, u32, u32) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

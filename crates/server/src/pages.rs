@@ -157,21 +157,12 @@ fn format_date(secs: u64) -> [u8; 29] {
     let days = secs / 86400;
     let rem = secs % 86400;
     let (h, m, s) = (rem / 3600, rem / 60 % 60, rem % 60);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = civil(days);
     let mut out = [0u8; 29];
     let two = |n: u64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
     out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
     out[3..5].copy_from_slice(b", ");
-    out[5..7].copy_from_slice(&two(day as u64));
+    out[5..7].copy_from_slice(&two(u64::from(day)));
     out[7] = b' ';
     out[8..11].copy_from_slice(MONTHS[(month - 1) as usize]);
     out[11] = b' ';
@@ -186,6 +177,20 @@ fn format_date(secs: u64) -> [u8; 29] {
     out[23..25].copy_from_slice(&two(s));
     out[25..].copy_from_slice(b" GMT");
     out
+}
+
+/// The civil date (year, month 1–12, day 1–31) of a count of days since 1970-01-01.
+pub(crate) fn civil(days: u64) -> (i64, u32, u32) {
+    // Howard Hinnant's days-from-civil, inverted.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

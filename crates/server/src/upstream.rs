@@ -81,36 +81,14 @@ impl Upstream {
                 None => break,
             }
         }
-        let io = match &self.address {
-            Address::Unix(p) => Io::Unix(tokio::net::UnixStream::connect(p).await?),
+        match &self.address {
+            Address::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?).await,
             Address::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a).await?;
                 s.set_nodelay(true)?;
-                Io::Tcp(s)
+                handshake(s).await
             }
-        };
-        let (send, conn) = match io {
-            Io::Unix(s) => {
-                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                    .await
-                    .map_err(std::io::Error::other)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                (send, ())
-            }
-            Io::Tcp(s) => {
-                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-                    .await
-                    .map_err(std::io::Error::other)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                (send, ())
-            }
-        };
-        let () = conn;
-        Ok(send)
+        }
     }
 
     /// Gives a connection back for the next request.
@@ -121,9 +99,18 @@ impl Upstream {
     }
 }
 
-enum Io {
-    Unix(tokio::net::UnixStream),
-    Tcp(tokio::net::TcpStream),
+/// An HTTP/1 client connection on `io`, driven by a task of its own.
+async fn handshake<I>(io: I) -> std::io::Result<SendRequest<UpBody>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(send)
 }
 
 #[cfg(test)]
