@@ -27,7 +27,7 @@ use crate::daemon::Shared;
 use crate::errlog::Entry;
 use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
-use crate::queue::{Admit, Missed, Queue, Slot, Target};
+use crate::queue::{Admit, Missed, Queue, Target};
 use crate::upstream::{UpBody, Upstream};
 use crate::worker::{Event, WorkerConn};
 
@@ -217,8 +217,8 @@ impl Conn {
         };
         let queue = binding.queue.clone();
 
-        let request = if let Some(up) = queue.upstream() {
-            Outbound::Upstream(self.upstream_request(&head, &binding, request_id, up.clone()))
+        let request = if queue.upstream().is_some() {
+            Outbound::Upstream(self.upstream_request(&head, &binding, request_id))
         } else {
             Outbound::Worker(self.worker_frame(&head, &binding, request_id, body.is_done()))
         };
@@ -296,7 +296,7 @@ impl Conn {
                 None => Next::Abort,
             },
             (Outbound::Upstream(req), Target::Upstream(up)) => {
-                self.exchange_upstream(req, &up, &mut body, facts, &queue, &slot)
+                self.exchange_upstream(req, &up, &mut body, facts, &queue)
                     .await
             }
             _ => Next::Abort,
@@ -378,7 +378,6 @@ impl Conn {
         head: &Head<'_>,
         binding: &crate::daemon::Binding,
         id: u64,
-        _up: Arc<Upstream>,
     ) -> http::request::Builder {
         let mut req = http::Request::builder()
             .method(head.method())
@@ -548,7 +547,6 @@ impl Conn {
         body: &mut BodyIn,
         facts: Facts,
         queue: &Queue,
-        _slot: &Slot,
     ) -> Next {
         let mut sender = match up.connection().await {
             Ok(s) => s,
