@@ -98,22 +98,5 @@ async fn main() -> ExitCode {
     common::init_logs();
     let app = router(&prefix_path(&args.prefix));
     let builder = Queue::builder("axum_app").url(&args.prefix).workers(2);
-    let running = match common::with_control(builder, args.control).serve(app).await {
-        Ok(running) => running,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::announce(&[&running]);
-    if let Err(e) = common::stop_signal().await {
-        eprintln!("error: cannot wait for signals: {e}");
-    }
-    match running.shutdown().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_until_stopped(common::with_control(builder, args.control).serve(app).await).await
 }

@@ -157,25 +157,10 @@ async fn run(args: Args) -> ExitCode {
     let service = service_fn(move |req: Request<Body>| {
         std::future::ready(Ok::<_, Infallible>(hello.answer(&req)))
     });
-    let running = match common::with_control(builder, args.control)
-        .serve(service)
-        .await
-    {
-        Ok(running) => running,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::announce(&[&running]);
-    if let Err(e) = common::stop_signal().await {
-        eprintln!("error: cannot wait for signals: {e}");
-    }
-    match running.shutdown().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_until_stopped(
+        common::with_control(builder, args.control)
+            .serve(service)
+            .await,
+    )
+    .await
 }

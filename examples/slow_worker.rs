@@ -116,25 +116,10 @@ async fn main() -> ExitCode {
         let slow = slow.clone();
         async move { Ok::<_, Infallible>(slow.answer(req).await) }
     });
-    let running = match common::with_control(builder, args.control)
-        .serve(service)
-        .await
-    {
-        Ok(running) => running,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    common::announce(&[&running]);
-    if let Err(e) = common::stop_signal().await {
-        eprintln!("error: cannot wait for signals: {e}");
-    }
-    match running.shutdown().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_until_stopped(
+        common::with_control(builder, args.control)
+            .serve(service)
+            .await,
+    )
+    .await
 }

@@ -1363,37 +1363,42 @@ fn a_draining_worker_finishes_the_request_in_hand() {
 // 10. Error pages
 // ---------------------------------------------------------------------------------------
 
+/// Sends `request` on a new connection and checks what every page HTTP.sys writes has:
+/// the status line, the content type, `Connection: close`, and the close itself. Returns
+/// the head and the body.
+fn refused(port: u16, request: &[u8], status_line: &str) -> (String, String) {
+    let mut c = connect(port);
+    c.write_all(request).expect("send");
+    let mut buf = Vec::new();
+    let (_, head, body) = read_response(&mut c, &mut buf, false);
+    assert!(head.starts_with(&format!("{status_line}\r\n")), "{head}");
+    assert_eq!(
+        header_value(&head, "Content-Type"),
+        Some("text/html; charset=us-ascii"),
+        "{head}"
+    );
+    assert_eq!(header_value(&head, "Connection"), Some("close"), "{head}");
+    assert!(header_value(&head, "Date").is_some(), "{head}");
+    assert!(header_value(&head, "Server").is_some(), "{head}");
+    assert_closed(&mut c, &buf);
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
 #[test]
 fn error_pages_are_http_sys_pages_and_close_the_connection() {
     let d = Daemon::start(&[]);
     let (_app, port) = hello_on_free_port(&d, "pages", &["/app/"], &[]);
 
     // A target over MaxFieldLength (16384): 414.
-    let mut c = connect(port);
     let long = format!("GET /app/{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(16400));
-    c.write_all(long.as_bytes()).expect("send");
-    let mut buf = Vec::new();
-    let (status, head, _) = read_response(&mut c, &mut buf, false);
-    assert_eq!(status, 414, "{head}");
-    assert!(
-        head.starts_with("HTTP/1.1 414 Request URL Too Long\r\n"),
-        "{head}"
-    );
-    assert_eq!(
-        header_value(&head, "Content-Type"),
-        Some("text/html; charset=us-ascii")
-    );
-    assert_eq!(header_value(&head, "Connection"), Some("close"), "{head}");
-    assert_closed(&mut c, &buf);
+    refused(port, long.as_bytes(), "HTTP/1.1 414 Request URL Too Long");
 
     // A bad Host: 400 Invalid Hostname, byte for byte.
-    let mut c = connect(port);
-    c.write_all(b"GET /app/x HTTP/1.1\r\nHost: [bad\r\n\r\n")
-        .expect("send");
-    let mut buf = Vec::new();
-    let (status, head, body) = read_response(&mut c, &mut buf, false);
-    assert_eq!(status, 400, "{head}");
-    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+    let (head, body) = refused(
+        port,
+        b"GET /app/x HTTP/1.1\r\nHost: [bad\r\n\r\n",
+        "HTTP/1.1 400 Bad Request",
+    );
     let want = http_sys_page(
         "Bad Request",
         "Bad Request - Invalid Hostname",
@@ -1401,23 +1406,15 @@ fn error_pages_are_http_sys_pages_and_close_the_connection() {
         "The request hostname is invalid.",
     );
     assert_eq!(want.len(), 334);
-    assert_eq!(String::from_utf8_lossy(&body), want);
+    assert_eq!(body, want);
     assert_eq!(header_value(&head, "Content-Length"), Some("334"), "{head}");
-    assert_eq!(
-        header_value(&head, "Content-Type"),
-        Some("text/html; charset=us-ascii")
-    );
-    assert_eq!(header_value(&head, "Connection"), Some("close"), "{head}");
-    assert_closed(&mut c, &buf);
 
     // A path nobody registered on a port that is: 404, byte for byte.
-    let mut c = connect(port);
-    c.write_all(b"GET /nothing/here HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("send");
-    let mut buf = Vec::new();
-    let (status, head, body) = read_response(&mut c, &mut buf, false);
-    assert_eq!(status, 404, "{head}");
-    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    let (head, body) = refused(
+        port,
+        b"GET /nothing/here HTTP/1.1\r\nHost: x\r\n\r\n",
+        "HTTP/1.1 404 Not Found",
+    );
     let want = http_sys_page(
         "Not Found",
         "Not Found",
@@ -1425,12 +1422,8 @@ fn error_pages_are_http_sys_pages_and_close_the_connection() {
         "The requested resource is not found.",
     );
     assert_eq!(want.len(), 315);
-    assert_eq!(String::from_utf8_lossy(&body), want);
+    assert_eq!(body, want);
     assert_eq!(header_value(&head, "Content-Length"), Some("315"), "{head}");
-    assert_eq!(header_value(&head, "Connection"), Some("close"), "{head}");
-    assert!(header_value(&head, "Date").is_some(), "{head}");
-    assert!(header_value(&head, "Server").is_some(), "{head}");
-    assert_closed(&mut c, &buf);
 }
 
 /// Sessions have no idle timeout: an app that registers and then says nothing on its

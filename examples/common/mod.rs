@@ -3,8 +3,9 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-use portshare_client::{QueueBuilder, Running};
+use portshare_client::{Error, QueueBuilder, Running};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Logs go to stderr; `RUST_LOG` picks what (default `info`).
@@ -50,4 +51,31 @@ pub(crate) async fn stop_signal() -> std::io::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// What a one-queue example does once `serve` has answered: print the error and fail, or
+/// announce `ready`, run until SIGTERM or SIGINT, and drain.
+#[allow(
+    dead_code,
+    reason = "shared_port serves two queues and stops them itself"
+)]
+pub(crate) async fn run_until_stopped(served: Result<Running, Error>) -> ExitCode {
+    let running = match served {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    announce(&[&running]);
+    if let Err(e) = stop_signal().await {
+        eprintln!("error: cannot wait for signals: {e}");
+    }
+    match running.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -49,6 +49,9 @@ pub(crate) struct Conn {
     wr: BytesMut,
     peer: SocketAddr,
     local: SocketAddr,
+    /// `peer` and `local` as the metadata headers carry them, formatted once per connection.
+    peer_text: String,
+    local_text: String,
     scratch: Vec<u8>,
 }
 
@@ -62,6 +65,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, 
         wr: BytesMut::with_capacity(8192),
         peer,
         local,
+        peer_text: peer.to_string(),
+        local_text: local.to_string(),
         scratch: Vec::with_capacity(256),
     };
     let mut first = true;
@@ -235,15 +240,7 @@ impl Conn {
                         self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
                         return Next::Close;
                     }
-                    Err(Missed::Closed) => {
-                        self.log(
-                            Some(&head),
-                            None,
-                            Reason::ConnectionAbandonedByReqQueue,
-                            Some(queue.name()),
-                        );
-                        return Next::Abort;
-                    }
+                    Err(Missed::Closed) => return self.abandoned(Some(&head), &queue),
                 },
                 Admit::Full(verbosity, retry) => {
                     return self.unavailable(&head, &queue, Reason::QueueFull, verbosity, retry);
@@ -251,15 +248,7 @@ impl Conn {
                 Admit::Disabled(verbosity, retry) => {
                     return self.unavailable(&head, &queue, Reason::Disabled, verbosity, retry);
                 }
-                Admit::Closed => {
-                    self.log(
-                        Some(&head),
-                        None,
-                        Reason::ConnectionAbandonedByReqQueue,
-                        Some(queue.name()),
-                    );
-                    return Next::Abort;
-                }
+                Admit::Closed => return self.abandoned(Some(&head), &queue),
             };
             let Target::Worker(worker) = slot.target() else {
                 break (slot, None);
@@ -269,13 +258,7 @@ impl Conn {
                 None if tries < 8 => tries += 1,
                 None => {
                     queue.count_abandoned();
-                    self.log(
-                        Some(&head),
-                        None,
-                        Reason::ConnectionAbandonedByReqQueue,
-                        Some(queue.name()),
-                    );
-                    return Next::Abort;
+                    return self.abandoned(Some(&head), &queue);
                 }
             }
         };
@@ -307,6 +290,17 @@ impl Conn {
             Next::KeepAlive if !body.is_done() => self.drain(&mut body).await,
             other => other,
         }
+    }
+
+    /// The queue or its worker let the request go: the connection is reset, and logged.
+    fn abandoned(&self, head: Option<&Head<'_>>, queue: &Queue) -> Next {
+        self.log(
+            head,
+            None,
+            Reason::ConnectionAbandonedByReqQueue,
+            Some(queue.name()),
+        );
+        Next::Abort
     }
 
     /// A full or disabled queue's answer, by its verbosity.
@@ -355,14 +349,8 @@ impl Conn {
         }
         let mut num = itoa_buf();
         w.header(header::RAW_URL.as_bytes(), head.target());
-        w.header(
-            header::CLIENT_ADDR.as_bytes(),
-            self.peer.to_string().as_bytes(),
-        );
-        w.header(
-            header::LOCAL_ADDR.as_bytes(),
-            self.local.to_string().as_bytes(),
-        );
+        w.header(header::CLIENT_ADDR.as_bytes(), self.peer_text.as_bytes());
+        w.header(header::LOCAL_ADDR.as_bytes(), self.local_text.as_bytes());
         w.header(header::URL_PREFIX.as_bytes(), binding.prefix.as_bytes());
         w.header(
             header::URL_CONTEXT.as_bytes(),
@@ -408,8 +396,8 @@ impl Conn {
             .header("x-forwarded-for", client.to_string())
             .header("x-forwarded-proto", "http")
             .header(header::RAW_URL, head.target())
-            .header(header::CLIENT_ADDR, self.peer.to_string())
-            .header(header::LOCAL_ADDR, self.local.to_string())
+            .header(header::CLIENT_ADDR, &self.peer_text)
+            .header(header::LOCAL_ADDR, &self.local_text)
             .header(header::URL_PREFIX, &binding.prefix)
             .header(header::URL_CONTEXT, binding.context)
             .header(header::REQUEST_ID, id)
@@ -502,9 +490,8 @@ impl Conn {
                             }
                             Event::Gone => {
                                 queue.count_abandoned();
-                                self.log(None, None, Reason::ConnectionAbandonedByReqQueue, Some(queue.name()));
                                 self.wr.clear();
-                                return Next::Abort;
+                                return self.abandoned(None, queue);
                             }
                         }
                         if ev.is_none() {
@@ -610,13 +597,7 @@ impl Conn {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
-                self.log(
-                    None,
-                    None,
-                    Reason::ConnectionAbandonedByReqQueue,
-                    Some(queue.name()),
-                );
-                return Next::Abort;
+                return self.abandoned(None, queue);
             }
         };
         let (parts, mut incoming) = resp.into_parts();
@@ -989,7 +970,8 @@ impl Response {
             }
             Framing::Chunked => {
                 if !data.is_empty() {
-                    wr.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    put_hex(wr, data.len());
+                    wr.put_slice(b"\r\n");
                     wr.put_slice(data);
                     wr.put_slice(b"\r\n");
                 }
@@ -1013,6 +995,14 @@ impl Response {
         } else {
             0
         }
+    }
+}
+
+/// Appends `n` in lower-case hex, as a chunk size.
+fn put_hex(wr: &mut BytesMut, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        wr.put_u8(b"0123456789abcdef"[(n >> (i * 4)) & 15]);
     }
 }
 
@@ -1202,6 +1192,14 @@ mod tests {
 
     #[test]
     fn numbers() {
+        for (n, hex) in [(0, "0"), (1, "1"), (15, "f"), (16, "10"), (0xabc, "abc")] {
+            let mut wr = BytesMut::new();
+            put_hex(&mut wr, n);
+            assert_eq!(&wr[..], hex.as_bytes());
+        }
+        let mut wr = BytesMut::new();
+        put_hex(&mut wr, usize::MAX);
+        assert_eq!(wr.len(), usize::BITS as usize / 4);
         let mut buf = itoa_buf();
         assert_eq!(fmt_u64(&mut buf, 0), b"0");
         assert_eq!(fmt_u64(&mut buf, u64::MAX), b"18446744073709551615");

@@ -329,10 +329,10 @@ impl Queue {
     /// A slot came back: the oldest waiting request takes it, else the seat keeps it.
     fn release(self: &Arc<Queue>, seat: u64, target: Target) {
         let mut inner = self.lock();
-        let present = inner.seats.iter().any(|s| s.id == seat);
-        if !present {
-            return; // the worker left or stopped taking requests
-        }
+        // Gone when the worker left or stopped taking requests: the slot goes with it.
+        let Some(at) = inner.seats.iter().position(|s| s.id == seat) else {
+            return;
+        };
         while let Some(w) = inner.pending.pop_front() {
             let slot = Slot {
                 queue: self.clone(),
@@ -345,13 +345,13 @@ impl Queue {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
+                // The waiter gave up meanwhile; the next one may take the slot.
                 Err(Ok(mut slot)) => slot.live = false,
                 Err(Err(_)) => {}
             }
         }
-        if let Some(s) = inner.seats.iter_mut().find(|s| s.id == seat) {
-            s.free = (s.free + 1).min(s.slots);
-        }
+        let s = &mut inner.seats[at];
+        s.free = (s.free + 1).min(s.slots);
     }
 
     /// Adds a worker (or the upstream) with `slots` slots; waiting requests take them at once.
