@@ -23,7 +23,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use portshare_client::{Body, Queue, service_fn};
-use portshare_server::{Config, ServeOptions};
+use portshare_server::{Config, ErrLogConfig, ServeOptions};
 
 struct Setup {
     port: u16,
@@ -66,6 +66,10 @@ fn setup() -> Setup {
         control: control.clone(),
         config: Config {
             iplisten: vec!["127.0.0.1".parse().expect("ip")],
+            errlog: ErrLogConfig {
+                folder: dir.join("httperr"),
+                ..ErrLogConfig::default()
+            },
             ..Config::default()
         },
         threads: 1,

@@ -134,6 +134,17 @@ impl Daemon {
         {
             cmd.args(["--iplisten", "127.0.0.1"]);
         }
+        if !extra.iter().any(|a| a.starts_with("--config")) {
+            // The error log goes to the test's folder, not the system's.
+            let config = dir.0.join("daemon.toml");
+            let folder = dir.0.join("httperr");
+            std::fs::write(
+                &config,
+                format!("[errlog]\nfolder = {:?}\n", folder.display().to_string()),
+            )
+            .expect("write daemon.toml");
+            cmd.arg("--config").arg(&config);
+        }
         cmd.args(extra)
             .env("PORTSHARE_LOG", "info")
             .stdin(Stdio::null())

@@ -17,6 +17,11 @@
 //! entity_body = 120
 //! request_queue = 120         # default request-queue timer of new queues
 //!
+//! [errlog]                     # the httperr files; lines also go to the `httperr` log target
+//! enabled = true
+//! folder = "/var/log/portshare/httperr"   # httperr1.log, httperr2.log, ...
+//! truncate_size = 1048576     # bytes per file; default and minimum 1 MB
+//!
 //! [[queue]]                    # a queue the daemon holds itself, e.g. for an upstream
 //! name = "legacy"
 //! urls = ["http://+:8080/legacy/"]
@@ -27,7 +32,7 @@
 //! ```
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portshare_proto::control::Verbosity;
@@ -46,6 +51,9 @@ pub struct Config {
     /// Timers.
     #[serde(default)]
     pub timers: Timers,
+    /// The error log files.
+    #[serde(default)]
+    pub errlog: ErrLogConfig,
     /// Queues the daemon creates at start and holds for as long as it runs.
     #[serde(default, rename = "queue")]
     pub queues: Vec<QueueConfig>,
@@ -124,6 +132,49 @@ impl Timers {
     }
 }
 
+/// The error log files (`httperrN.log`), with HTTP.sys's defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrLogConfig {
+    /// `EnableErrorLogging`: write the files. The lines go to the `httperr` log target
+    /// either way. Default: true.
+    pub enabled: bool,
+    /// The folder of `httperr1.log`, `httperr2.log`, ..., created if missing; when it cannot
+    /// be, the daemon warns and logs to the target only. Default: `/var/log/portshare/httperr`.
+    pub folder: PathBuf,
+    /// `ErrorLogFileTruncateSize`: a line that would take a file past this many bytes starts
+    /// the next file. Default and minimum: 1048576 (1 MB).
+    pub truncate_size: u64,
+}
+
+impl ErrLogConfig {
+    /// HTTP.sys's default and least `ErrorLogFileTruncateSize`.
+    const MIN_TRUNCATE_SIZE: u64 = 1_048_576;
+
+    fn check(&self) -> Result<(), String> {
+        if self.truncate_size < Self::MIN_TRUNCATE_SIZE {
+            return Err(format!(
+                "errlog.truncate_size = {}: expected at least 1048576 (1 MB, HTTP.sys's minimum)",
+                self.truncate_size
+            ));
+        }
+        if self.folder.as_os_str().is_empty() {
+            return Err("errlog.folder is empty: expected a folder path".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for ErrLogConfig {
+    fn default() -> ErrLogConfig {
+        ErrLogConfig {
+            enabled: true,
+            folder: PathBuf::from("/var/log/portshare/httperr"),
+            truncate_size: Self::MIN_TRUNCATE_SIZE,
+        }
+    }
+}
+
 /// A queue from the configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +247,7 @@ impl Config {
             ));
         }
         self.timers.check()?;
+        self.errlog.check()?;
         for q in &self.queues {
             if q.name.is_empty() || q.name.chars().count() > 260 {
                 return Err(format!(
@@ -236,6 +288,29 @@ mod tests {
         assert!(c.iplisten.is_empty());
         assert_eq!(c.limits.max_request_bytes, 16384);
         assert_eq!(c.timers.request_queue, 120.0);
+        assert!(c.errlog.enabled);
+        assert_eq!(c.errlog.folder, Path::new("/var/log/portshare/httperr"));
+        assert_eq!(c.errlog.truncate_size, 1_048_576);
+    }
+
+    #[test]
+    fn errlog_parses_and_is_checked() {
+        let c = Config::from_toml(
+            "[errlog]\nenabled = false\nfolder = \"/tmp/e\"\ntruncate_size = 2097152\n",
+        )
+        .unwrap();
+        assert!(!c.errlog.enabled);
+        assert_eq!(c.errlog.folder, Path::new("/tmp/e"));
+        assert_eq!(c.errlog.truncate_size, 2_097_152);
+        let e = Config::from_toml("[errlog]\ntruncate_size = 1048575\n").unwrap_err();
+        assert!(
+            e.contains("errlog.truncate_size") && e.contains("1048576"),
+            "{e}"
+        );
+        let e = Config::from_toml("[errlog]\nfolder = \"\"\n").unwrap_err();
+        assert!(e.contains("errlog.folder"), "{e}");
+        let e = Config::from_toml("[errlog]\nsize = 1\n").unwrap_err();
+        assert!(e.contains("size"), "{e}");
     }
 
     #[test]

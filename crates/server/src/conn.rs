@@ -113,7 +113,7 @@ impl Conn {
             reason,
             queue,
         }
-        .emit();
+        .emit(&self.shared.errlog);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {

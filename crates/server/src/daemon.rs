@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::bind::{self, BindError};
 use crate::config::{Config, Timers};
+use crate::errlog;
 use crate::head::HeadLimits;
 use crate::queue::{Props, Queue, Target};
 use crate::upstream::{Address, Upstream};
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) head_limits: HeadLimits,
     pub(crate) timers: ConnTimers,
     pub(crate) request_ids: AtomicU64,
+    /// The httperr files; lives as long as the daemon, written out when dropped.
+    pub(crate) errlog: errlog::Log,
 }
 
 /// The connection-level timers.
@@ -149,6 +152,7 @@ impl Daemon {
                 entity_body: Timers::duration(t.entity_body),
             },
             request_ids: AtomicU64::new(1),
+            errlog: errlog::Log::open(&config.errlog),
         });
         Arc::new(Daemon {
             shared,

@@ -1,12 +1,75 @@
 //! The error log: one line for each request or connection the daemon refused, abandoned or
-//! timed out, in HTTP.sys's httperr format (spec §7.2), emitted on the `httperr` tracing
-//! target.
+//! timed out, in HTTP.sys's httperr format (spec §7.2). Every line goes to the `httperr`
+//! tracing target and, unless `[errlog] enabled = false`, to `httperrN.log` files in the
+//! configured folder (spec §7.1).
+//!
+//! # Files
+//!
+//! - Each file begins with the W3C directives Windows writes (`#Software`, `#Version`,
+//!   `#Date` in UTC when the file was opened, `#Fields`), then one line per entry, ended by
+//!   LF alone. Windows ends them with CRLF; here a CR would stick to the last field
+//!   (`s-queuename`) for `awk`, `cut` and the like.
+//! - A line that would take a file past the truncate size goes to the next number instead
+//!   (`httperr1.log`, `httperr2.log`, ...), so no file exceeds it (a file always takes its
+//!   first line, whatever its size).
+//! - On start the daemon opens the number after the highest `httperrN.log` in the folder,
+//!   never appending to an old file. Each file then holds exactly one directive block, at its
+//!   top, with a `#Date` that says when its lines begin: parsers that take the directives
+//!   from the top of a file see the right ones, and a last line cut short by a crash is
+//!   never joined to a new entry. The file is created with its first
+//!   entry, so starts and stops without refusals leave no empty files.
+//! - The folder is created if missing. If it cannot be created or read, or a file cannot
+//!   be opened or written, one warning names the folder and the OS error, and from then on
+//!   the lines go to the tracing target only: a daemon without a writable folder (an
+//!   unprivileged user and the default `/var/log/portshare/httperr`) still serves.
+//!
+//! # Handoff and buffering
+//!
+//! `Entry::emit` runs on the request path, inside connection tasks, and must not wait for
+//! a disk. It hands the line to one writer thread over a bounded `std::sync::mpsc`
+//! channel with `try_send`: a send is a push of the line's `String` and never blocks; when
+//! `BACKLOG` lines are waiting (a stalled disk under a flood of refusals) further lines go to
+//! the tracing target only and the thread reports how many it missed, so memory stays bounded.
+//! A `Mutex<BufWriter>` would be as cheap most of the time, but whichever connection found
+//! the buffer full, or a file to rotate, would do the `write`/`open` itself, holding up a
+//! runtime thread and every connection waiting on the lock. The thread buffers, like
+//! HTTP.sys, and writes out when no entry came for `IDLE`, when the oldest buffered entry
+//! is `FLUSH_EVERY` old, when the daemon shuts down (`Log::flush`, awaited by
+//! `serve_until`) and when the `Log` is dropped (which waits for the thread).
 
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write as _};
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portshare_router::{Reason, Version};
+use tokio::sync::oneshot;
+
+use crate::config::ErrLogConfig;
+
+/// Buffered lines are written out when no entry came for this long...
+const IDLE: Duration = Duration::from_millis(100);
+/// ...or when the oldest of them is this old.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// Lines waiting for the writer thread before new ones skip the files.
+const BACKLOG: usize = 65_536;
+/// How long shutdown waits for the files to be written.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+/// The buffer in front of each file.
+const BUFFER: usize = 64 * 1024;
+
+/// The `#Software` directive. It names HTTP.sys, not Portshare, on purpose: the files are
+/// meant for the tools that read Windows' httperr logs, and those match this text.
+const SOFTWARE: &str = "Microsoft HTTP API 2.0";
+/// The `#Fields` directive: the columns of `Entry::line`.
+const FIELDS: &str = "date time c-ip c-port s-ip s-port cs-version cs-method cs-uri sc-status \
+                      s-siteid s-reason s-queuename";
 
 /// One httperr entry.
 #[derive(Debug, Clone, Copy)]
@@ -24,16 +87,11 @@ pub(crate) struct Entry<'a> {
 impl Entry<'_> {
     /// The line, without its line end.
     pub(crate) fn line(&self, now: SystemTime) -> String {
-        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let mut s = String::with_capacity(128);
-        let (y, mo, d) = crate::pages::civil(secs / 86400);
-        let t = secs % 86400;
+        stamp(&mut s, now);
         let _ = write!(
             s,
-            "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02} {} {} {} {} ",
-            t / 3600,
-            t / 60 % 60,
-            t % 60,
+            " {} {} {} {} ",
             self.client.ip(),
             self.client.port(),
             self.local.ip(),
@@ -60,10 +118,320 @@ impl Entry<'_> {
         s
     }
 
-    /// Writes the entry to the log.
-    pub(crate) fn emit(&self) {
-        tracing::info!(target: "httperr", "{}", self.line(SystemTime::now()));
+    /// Writes the entry to the `httperr` tracing target and hands it to `log`'s files.
+    /// Never blocks.
+    pub(crate) fn emit(&self, log: &Log) {
+        let line = self.line(SystemTime::now());
+        tracing::info!(target: "httperr", "{line}");
+        log.write(line);
     }
+}
+
+/// The error log files: a handle on the writer thread, owned by the daemon's `Shared` for
+/// as long as the daemon runs. Dropping it writes out what is buffered and waits for the
+/// thread.
+#[derive(Debug)]
+pub(crate) struct Log {
+    /// To the writer thread; `None` when there are no files (disabled, or the folder is not
+    /// usable).
+    tx: Option<SyncSender<Msg>>,
+    writer: Option<JoinHandle<()>>,
+    /// Lines that found the backlog full, reported and reset by the writer thread.
+    missed: Arc<AtomicU64>,
+}
+
+impl Log {
+    /// Starts the writer thread for `config`'s folder, creating the folder if needed. When
+    /// the files are disabled or the folder cannot be used (one warning says why), the log
+    /// goes to the tracing target only.
+    pub(crate) fn open(config: &ErrLogConfig) -> Log {
+        let missed = Arc::new(AtomicU64::new(0));
+        let off = |missed| Log {
+            tx: None,
+            writer: None,
+            missed,
+        };
+        if !config.enabled {
+            return off(missed);
+        }
+        let folder = &config.folder;
+        let next = match next_number(folder) {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(
+                    folder = %folder.display(),
+                    %error,
+                    "cannot use the error log folder; httperr lines go to the log only"
+                );
+                return off(missed);
+            }
+        };
+        let files = Files::new(folder.clone(), config.truncate_size, next);
+        let (tx, rx) = mpsc::sync_channel(BACKLOG);
+        let thread_missed = Arc::clone(&missed);
+        match std::thread::Builder::new()
+            .name("portshare-httperr".into())
+            .spawn(move || write_loop(files, rx, &thread_missed))
+        {
+            Ok(writer) => Log {
+                tx: Some(tx),
+                writer: Some(writer),
+                missed,
+            },
+            Err(error) => {
+                tracing::warn!(
+                    folder = %folder.display(),
+                    %error,
+                    "cannot start the error log writer; httperr lines go to the log only"
+                );
+                off(missed)
+            }
+        }
+    }
+
+    /// Hands a line to the writer thread, or drops it when the backlog is full.
+    fn write(&self, line: String) {
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line))
+        {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes out every line handed over so far, waiting at most 5 seconds.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a flush asked for still happens, nothing waits for it.
+    pub(crate) async fn flush(&self) {
+        let Some(tx) = &self.tx else { return };
+        let deadline = Instant::now() + FLUSH_WAIT;
+        let (ack, done) = oneshot::channel();
+        let mut msg = Msg::Flush(ack);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(_) => return,
+            }
+        }
+        let _ = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), done).await;
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Closing the channel tells the thread to write out and stop.
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+enum Msg {
+    Line(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The writer thread: appends lines, writes out when idle, after `FLUSH_EVERY`, when asked,
+/// and when the channel closes.
+fn write_loop(mut files: Files, rx: Receiver<Msg>, missed: &AtomicU64) {
+    // When the oldest line not yet written out arrived.
+    let mut dirty_since: Option<Instant> = None;
+    loop {
+        let msg = match dirty_since {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(t) => rx.recv_timeout(
+                IDLE.min((t + FLUSH_EVERY).saturating_duration_since(Instant::now())),
+            ),
+        };
+        match msg {
+            Ok(Msg::Line(line)) => {
+                files.append(&line, SystemTime::now());
+                if dirty_since.get_or_insert_with(Instant::now).elapsed() < FLUSH_EVERY {
+                    continue;
+                }
+            }
+            Ok(Msg::Flush(ack)) => {
+                files.flush();
+                dirty_since = None;
+                let _ = ack.send(());
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                files.flush();
+                return;
+            }
+        }
+        files.flush();
+        dirty_since = None;
+        let n = missed.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::warn!(
+                lines = n,
+                "the error log writer fell behind; lines missing from the files"
+            );
+        }
+    }
+}
+
+/// The numbered files of one folder.
+#[derive(Debug)]
+struct Files {
+    folder: PathBuf,
+    limit: u64,
+    /// The number of the next file to open.
+    next: u64,
+    current: Option<Current>,
+    /// Set after an I/O error: no more files.
+    broken: bool,
+}
+
+#[derive(Debug)]
+struct Current {
+    out: BufWriter<File>,
+    /// Bytes in the file, buffered ones included.
+    size: u64,
+    /// Only the directives so far.
+    empty: bool,
+}
+
+impl Files {
+    fn new(folder: PathBuf, limit: u64, next: u64) -> Files {
+        Files {
+            folder,
+            limit,
+            next,
+            current: None,
+            broken: false,
+        }
+    }
+
+    /// Appends a line (and its LF), opening a file first when needed.
+    fn append(&mut self, line: &str, now: SystemTime) {
+        if !self.broken
+            && let Err(e) = self.try_append(line, now)
+        {
+            self.fail(&e);
+        }
+    }
+
+    /// Writes out what is buffered.
+    fn flush(&mut self) {
+        if let Some(c) = &mut self.current
+            && let Err(e) = c.out.flush()
+        {
+            self.fail(&e);
+        }
+    }
+
+    fn try_append(&mut self, line: &str, now: SystemTime) -> io::Result<()> {
+        let len = line.len() as u64 + 1;
+        if let Some(c) = &mut self.current
+            && !c.empty
+            && c.size + len > self.limit
+        {
+            // Flushed here, not by the drop, which would swallow an error.
+            c.out.flush()?;
+            self.current = None;
+        }
+        let c = match self.current.take() {
+            Some(c) => c,
+            None => self.open(now)?,
+        };
+        let c = self.current.insert(c);
+        c.out.write_all(line.as_bytes())?;
+        c.out.write_all(b"\n")?;
+        c.size += len;
+        c.empty = false;
+        Ok(())
+    }
+
+    /// Creates the next `httperrN.log` (never an existing one) and writes its directives.
+    fn open(&mut self, now: SystemTime) -> io::Result<Current> {
+        // Again here, in case someone removed the folder while the daemon ran.
+        std::fs::create_dir_all(&self.folder)?;
+        loop {
+            let path = self.folder.join(format!("httperr{}.log", self.next));
+            self.next = self.next.saturating_add(1);
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut file) => {
+                    tracing::debug!(path = %path.display(), "new error log file");
+                    // Straight to the file: even a daemon killed before its first flush
+                    // leaves a file that says what it is.
+                    let head = directives(now);
+                    file.write_all(head.as_bytes())?;
+                    return Ok(Current {
+                        out: BufWriter::with_capacity(BUFFER, file),
+                        size: head.len() as u64,
+                        empty: true,
+                    });
+                }
+                // Created since the folder was read: take the next number.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && self.next < u64::MAX => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn fail(&mut self, error: &io::Error) {
+        tracing::warn!(
+            folder = %self.folder.display(),
+            %error,
+            "cannot write the error log files; httperr lines go to the log only"
+        );
+        self.broken = true;
+        self.current = None;
+    }
+}
+
+/// Creates `folder` if missing and returns the number after the highest `httperrN.log` in
+/// it (1 when there is none).
+fn next_number(folder: &Path) -> io::Result<u64> {
+    std::fs::create_dir_all(folder)?;
+    let mut highest = 0;
+    for entry in std::fs::read_dir(folder)? {
+        if let Some(n) = entry?.file_name().to_str().and_then(file_number) {
+            highest = highest.max(n);
+        }
+    }
+    Ok(highest.saturating_add(1))
+}
+
+/// `N` of a file named `httperrN.log`.
+fn file_number(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("httperr")?.strip_suffix(".log")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The W3C directives a file begins with.
+fn directives(now: SystemTime) -> String {
+    let mut s = format!("#Software: {SOFTWARE}\n#Version: 1.0\n#Date: ");
+    stamp(&mut s, now);
+    let _ = write!(s, "\n#Fields: {FIELDS}\n");
+    s
+}
+
+/// Appends `YYYY-MM-DD hh:mm:ss`, in UTC.
+fn stamp(s: &mut String, now: SystemTime) {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, mo, d) = crate::pages::civil(secs / 86400);
+    let t = secs % 86400;
+    let _ = write!(
+        s,
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    );
 }
 
 /// Appends a field: `-` when missing or empty, spaces and controls as `+`, truncated.
@@ -85,11 +453,52 @@ fn field(s: &mut String, value: Option<&[u8]>, max: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    #[test]
-    fn line_format() {
-        let e = Entry {
+    /// A fresh folder under the system's temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "portshare-errlog-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+
+        fn read(&self, name: &str) -> String {
+            std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const T: u64 = 1_714_564_801; // 2024-05-01 12:00:01 UTC
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
             client: "192.0.2.10:51234".parse().unwrap(),
             local: "192.0.2.1:80".parse().unwrap(),
             version: Some(Version::Http11),
@@ -98,10 +507,22 @@ mod tests {
             status: Some(400),
             reason: Reason::Hostname,
             queue: None,
-        };
-        let t = UNIX_EPOCH + Duration::from_secs(1_714_564_801);
+        }
+    }
+
+    fn config(dir: &TempDir) -> ErrLogConfig {
+        ErrLogConfig {
+            enabled: true,
+            folder: dir.0.clone(),
+            truncate_size: 1_048_576,
+        }
+    }
+
+    #[test]
+    fn line_format() {
+        let e = entry();
         assert_eq!(
-            e.line(t),
+            e.line(at(T)),
             "2024-05-01 12:00:01 192.0.2.10 51234 192.0.2.1 80 HTTP/1.1 GET /x+y 400 - Hostname -"
         );
         let e = Entry {
@@ -114,8 +535,198 @@ mod tests {
             ..e
         };
         assert!(
-            e.line(t)
+            e.line(at(T))
                 .ends_with(" 80 - - - - - Timer_ConnectionIdle app")
         );
+    }
+
+    #[test]
+    fn escaping() {
+        for (uri, logged) in [
+            (&b"/a\tb"[..], "/a+b"),
+            (b"/a\x01\x7fb", "/a++b"),
+            (b"/caf\xc3\xa9", "/caf++"),
+            (b"", "-"),
+        ] {
+            let e = Entry {
+                uri: Some(uri),
+                queue: Some("my queue"),
+                ..entry()
+            };
+            assert!(
+                e.line(at(T))
+                    .ends_with(&format!(" GET {logged} 400 - Hostname my+queue")),
+                "{uri:?}"
+            );
+        }
+        let long = vec![b'a'; 300];
+        let e = Entry {
+            method: Some(&long),
+            ..entry()
+        };
+        assert!(
+            e.line(at(T))
+                .contains(&format!(" {} /x+y ", "a".repeat(255)))
+        );
+    }
+
+    #[test]
+    fn file_begins_with_the_directives() {
+        let dir = TempDir::new("directives");
+        let mut files = Files::new(dir.0.clone(), 1_048_576, next_number(&dir.0).unwrap());
+        files.append(&entry().line(at(T + 5)), at(T));
+        // The directives are on disk before the first flush, the line is not.
+        assert!(dir.read("httperr1.log").ends_with(" s-queuename\n"));
+        files.flush();
+        assert_eq!(
+            dir.read("httperr1.log"),
+            "#Software: Microsoft HTTP API 2.0\n\
+             #Version: 1.0\n\
+             #Date: 2024-05-01 12:00:01\n\
+             #Fields: date time c-ip c-port s-ip s-port cs-version cs-method cs-uri sc-status \
+             s-siteid s-reason s-queuename\n\
+             2024-05-01 12:00:06 192.0.2.10 51234 192.0.2.1 80 HTTP/1.1 GET /x+y 400 - Hostname -\n"
+        );
+        assert!(!files.broken);
+    }
+
+    #[test]
+    fn rotates_before_a_file_would_exceed_the_limit() {
+        let dir = TempDir::new("rotate");
+        let line = entry().line(at(T));
+        let head = directives(at(T)).len() as u64;
+        let per = line.len() as u64 + 1;
+        // Room for exactly three lines per file.
+        let limit = head + 3 * per;
+        let mut files = Files::new(dir.0.clone(), limit, next_number(&dir.0).unwrap());
+        for _ in 0..7 {
+            files.append(&line, at(T));
+        }
+        files.flush();
+        assert_eq!(
+            dir.names(),
+            ["httperr1.log", "httperr2.log", "httperr3.log"]
+        );
+        for (name, lines) in [
+            ("httperr1.log", 3),
+            ("httperr2.log", 3),
+            ("httperr3.log", 1),
+        ] {
+            let text = dir.read(name);
+            assert!(text.starts_with("#Software: "), "{name}");
+            assert_eq!(text.matches(&line).count(), lines, "{name}");
+            assert!(text.len() as u64 <= limit, "{name}");
+        }
+        assert_eq!(dir.read("httperr1.log").len() as u64, limit);
+        // A limit below one line still writes every line, one per file.
+        let dir = TempDir::new("tiny");
+        let mut files = Files::new(dir.0.clone(), 10, 1);
+        files.append(&line, at(T));
+        files.append(&line, at(T));
+        files.flush();
+        assert_eq!(dir.names(), ["httperr1.log", "httperr2.log"]);
+    }
+
+    #[test]
+    fn rotates_at_the_default_size() {
+        let dir = TempDir::new("default");
+        let line = entry().line(at(T));
+        let mut files = Files::new(dir.0.clone(), 1_048_576, 1);
+        let per_file = (1_048_576 - directives(at(T)).len()) / (line.len() + 1);
+        for _ in 0..=per_file {
+            files.append(&line, at(T));
+        }
+        files.flush();
+        assert_eq!(dir.names(), ["httperr1.log", "httperr2.log"]);
+        assert!(std::fs::metadata(dir.0.join("httperr1.log")).unwrap().len() <= 1_048_576);
+        assert_eq!(dir.read("httperr2.log").matches(&line).count(), 1);
+    }
+
+    #[test]
+    fn numbering_continues_after_existing_files() {
+        let dir = TempDir::new("numbers");
+        assert_eq!(next_number(&dir.0).unwrap(), 1, "creates the folder");
+        for name in [
+            "httperr2.log",
+            "httperr10.log",
+            "httperr11.log.gz",
+            "httperr.log",
+        ] {
+            std::fs::write(dir.0.join(name), "old\n").unwrap();
+        }
+        assert_eq!(next_number(&dir.0).unwrap(), 11);
+        // A file that appears after the scan is skipped, not appended to.
+        std::fs::write(dir.0.join("httperr11.log"), "other\n").unwrap();
+        let mut files = Files::new(dir.0.clone(), 1_048_576, 11);
+        files.append("x", at(T));
+        files.flush();
+        assert_eq!(dir.read("httperr10.log"), "old\n");
+        assert_eq!(dir.read("httperr11.log"), "other\n");
+        assert!(dir.read("httperr12.log").ends_with("\nx\n"));
+    }
+
+    #[test]
+    fn file_number_parses_only_httperr_n_log() {
+        for (name, n) in [
+            ("httperr1.log", Some(1)),
+            ("httperr0042.log", Some(42)),
+            ("httperr.log", None),
+            ("httperr+1.log", None),
+            ("httperr1.log.1", None),
+            ("HTTPERR1.LOG", None),
+            ("httperr99999999999999999999999.log", None),
+        ] {
+            assert_eq!(file_number(name), n, "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn log_writes_through_its_thread_and_flushes() {
+        let dir = TempDir::new("log");
+        let log = Log::open(&config(&dir));
+        entry().emit(&log);
+        log.flush().await;
+        assert_eq!(
+            dir.read("httperr1.log")
+                .matches(" 400 - Hostname -\n")
+                .count(),
+            1
+        );
+        // Dropping the handle writes out what is still buffered.
+        Entry {
+            status: Some(404),
+            reason: Reason::NotFound,
+            ..entry()
+        }
+        .emit(&log);
+        drop(log);
+        assert!(dir.read("httperr1.log").ends_with(" 404 - NotFound -\n"));
+        // The next start takes the next number.
+        let log = Log::open(&config(&dir));
+        entry().emit(&log);
+        drop(log);
+        assert_eq!(dir.names(), ["httperr1.log", "httperr2.log"]);
+    }
+
+    #[test]
+    fn no_files_when_disabled_or_the_folder_is_unusable() {
+        let dir = TempDir::new("off");
+        let log = Log::open(&ErrLogConfig {
+            enabled: false,
+            ..config(&dir)
+        });
+        assert!(log.tx.is_none());
+        entry().emit(&log);
+        drop(log);
+        assert!(!dir.0.exists());
+        // A folder under a regular file cannot be created, even by root.
+        std::fs::create_dir_all(&dir.0).unwrap();
+        std::fs::write(dir.0.join("file"), "").unwrap();
+        let log = Log::open(&ErrLogConfig {
+            folder: dir.0.join("file").join("httperr"),
+            ..config(&dir)
+        });
+        assert!(log.tx.is_none());
+        entry().emit(&log);
     }
 }

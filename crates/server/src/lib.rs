@@ -73,7 +73,7 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use config::{Config, Limits, QueueConfig, Timers};
+pub use config::{Config, ErrLogConfig, Limits, QueueConfig, Timers};
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
 pub use upstream::Address;
 
@@ -133,6 +133,8 @@ pub async fn serve_until(
     stop.await;
     control.abort();
     daemon.close_all();
+    // No httperr line lost when the process exits next.
+    daemon.shared.errlog.flush().await;
     let _ = std::fs::remove_file(&opts.control);
     Ok(())
 }
