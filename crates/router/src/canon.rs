@@ -119,6 +119,7 @@ impl UrlOptions {
     /// A [`UrlError`] with the status and httperr reason HTTP.sys answers with: 414
     /// `URL_Length` for an over-long target, 400 `BadRequest` for whitespace that breaks
     /// the request line, 400 `URL` for everything else.
+    #[inline]
     pub fn canonicalize<'a>(&self, raw: &'a [u8]) -> Result<Target<'a>, UrlError> {
         if raw.len() > self.max_url_length {
             return Err(UrlError::TooLong);

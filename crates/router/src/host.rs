@@ -26,6 +26,7 @@ impl<'a> RequestHost<'a> {
     /// [`InvalidHost`] for anything that is not a host name, an IPv4 literal or a
     /// bracketed IPv6 literal (an IPv4-mapped IPv6 literal and a zone id included); the
     /// service answers 400 `Hostname`.
+    #[inline]
     pub fn parse(value: &'a [u8]) -> Result<RequestHost<'a>, InvalidHost> {
         if value.first() == Some(&b'[') {
             return parse_bracketed(value);
