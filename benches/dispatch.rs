@@ -62,18 +62,18 @@ fn setup() -> Setup {
         .port();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (app_stop_tx, app_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let opts = ServeOptions {
-        control: control.clone(),
-        config: Config {
+    let opts = ServeOptions::new(
+        control.clone(),
+        Config {
             iplisten: vec!["127.0.0.1".parse().expect("ip")],
             errlog: ErrLogConfig {
                 folder: dir.join("httperr"),
                 ..ErrLogConfig::default()
             },
+            state_file: Some(dir.join("state.toml")),
             ..Config::default()
         },
-        threads: 1,
-    };
+    );
     let daemon = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -9,15 +9,18 @@ use portshare_server::{Config, ServeOptions};
 /// Arguments of `portshare serve`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The control socket. Default: $PORTSHARE_CONTROL, else /run/portshare/control.sock
-    /// as root, else $XDG_RUNTIME_DIR/portshare/control.sock.
+    /// The control socket. Default: the configuration's `[control] socket`, else
+    /// $PORTSHARE_CONTROL, else /run/portshare/control.sock as root, else
+    /// $XDG_RUNTIME_DIR/portshare/control.sock.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
-    /// An address to listen on (repeatable); replaces the configuration's list. Without
-    /// any, every address: 0.0.0.0 and ::.
+    /// An address to listen on (repeatable); replaces the listen list (the configuration's
+    /// and the state file's) while the daemon runs. Without any, the list; with an empty
+    /// list, every address: 0.0.0.0 and ::.
     #[arg(long = "iplisten", value_name = "ADDR")]
     iplisten: Vec<IpAddr>,
-    /// A TOML configuration file. Without one, the embedded defaults.
+    /// A TOML configuration file, read again on SIGHUP and `portshare reload`. Default:
+    /// /etc/portshare/portshare.toml if it exists, else the embedded defaults.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Worker threads. Default: the number of CPUs.
@@ -32,7 +35,12 @@ pub(crate) fn run(args: Args) -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let mut config = match &args.config {
+    // Without --config, the system's file if there is one, else the embedded defaults.
+    let config_path = args.config.clone().or_else(|| {
+        let system = PathBuf::from(portshare_server::DEFAULT_CONFIG_FILE);
+        system.exists().then_some(system)
+    });
+    let config = match &config_path {
         Some(path) => match Config::from_file(path) {
             Ok(c) => c,
             Err(e) => {
@@ -42,16 +50,12 @@ pub(crate) fn run(args: Args) -> ExitCode {
         },
         None => Config::default(),
     };
-    if !args.iplisten.is_empty() {
-        config.iplisten = args.iplisten.clone();
-    }
     let is_root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
+    let explicit = args.control.as_deref().or(config.control.socket.as_deref());
     let control =
-        portshare_proto::control_socket_for_daemon(args.control.as_deref(), is_root, |k| {
-            std::env::var_os(k)
-        });
+        portshare_proto::control_socket_for_daemon(explicit, is_root, |k| std::env::var_os(k));
     let threads = args.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
@@ -59,6 +63,8 @@ pub(crate) fn run(args: Args) -> ExitCode {
     match portshare_server::run(ServeOptions {
         control,
         config,
+        config_path,
+        iplisten_override: args.iplisten.clone(),
         threads,
     }) {
         Ok(()) => ExitCode::SUCCESS,

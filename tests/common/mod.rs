@@ -140,7 +140,11 @@ impl Daemon {
             let folder = dir.0.join("httperr");
             std::fs::write(
                 &config,
-                format!("[errlog]\nfolder = {:?}\n", folder.display().to_string()),
+                format!(
+                    "state_file = {:?}\n[errlog]\nfolder = {:?}\n",
+                    dir.0.join("state.toml").display().to_string(),
+                    folder.display().to_string()
+                ),
             )
             .expect("write daemon.toml");
             cmd.arg("--config").arg(&config);

@@ -10,6 +10,13 @@
 //! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`] | `204` |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
 //! | `GET /v1/state` | – | [`ServiceState`] |
+//! | `GET /v1/urlacl` | – | [`UrlAclList`] |
+//! | `POST /v1/urlacl` | [`AddReservation`] | `201`, [`ReservationInfo`] |
+//! | `DELETE /v1/urlacl` | [`RemoveReservation`] | `204` |
+//! | `GET /v1/iplisten` | – | [`IpListenList`] |
+//! | `POST /v1/iplisten` | [`IpListenChange`] | `201`, [`IpListenList`] |
+//! | `DELETE /v1/iplisten` | [`IpListenChange`] | `200`, [`IpListenList`] |
+//! | `POST /v1/reload` | – | [`ReloadReport`]: the configuration file read again and applied |
 //!
 //! Failures answer 4xx or 5xx with an [`ApiError`], which carries the Win32 code HTTP.sys
 //! would have returned. What a connection creates (queues, URLs) belongs to that connection
@@ -195,14 +202,34 @@ impl std::error::Error for ApiError {}
 pub struct ServiceState {
     /// The daemon's version.
     pub version: String,
+    /// The daemon's process id.
+    #[serde(default)]
+    pub pid: u32,
     /// The IP listen list; empty means every address.
     pub iplisten: Vec<String>,
     /// The bound sockets.
     pub listeners: Vec<ListenerState>,
+    /// Addresses the daemon should listen on and cannot, with who holds them.
+    #[serde(default)]
+    pub bind_failures: Vec<BindFailure>,
     /// Registered URL prefixes.
     pub prefixes: Vec<PrefixState>,
+    /// Reserved URLs (URL ACLs): they take part in routing, and a request one of them wins
+    /// with no registration under it is answered 503.
+    #[serde(default)]
+    pub reservations: Vec<String>,
     /// Request queues.
     pub queues: Vec<QueueState>,
+}
+
+/// An address the daemon cannot bind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindFailure {
+    /// `ip:port`.
+    pub address: String,
+    /// The error, naming the process that holds the address when one does (PID, command
+    /// line, user, or `unknown`).
+    pub error: ApiError,
 }
 
 /// One bound socket.
@@ -237,6 +264,9 @@ pub struct QueueState {
     pub name: String,
     /// The uid that owns it.
     pub owner_uid: u32,
+    /// Its user name, or `uid:N`.
+    #[serde(default)]
+    pub owner_user: String,
     /// Most requests waiting.
     pub length: u32,
     /// The 503 verbosity.
@@ -254,6 +284,9 @@ pub struct QueueState {
     pub upstream: Option<String>,
     /// Requests waiting now.
     pub depth: u64,
+    /// How long the oldest waiting request has waited, in milliseconds (0 when none waits).
+    #[serde(default)]
+    pub oldest_wait_ms: u64,
     /// Requests in the workers' hands now.
     pub in_flight: u64,
     /// Its URLs.
@@ -271,6 +304,9 @@ pub struct ProcessState {
     pub pid: u32,
     /// Its uid.
     pub uid: u32,
+    /// Its user name, or `uid:N` when the uid has none.
+    #[serde(default)]
+    pub user: String,
     /// Its command line, or `unknown`.
     pub command: String,
     /// Slots it declared, over all its workers.
@@ -292,4 +328,132 @@ pub struct QueueCounters {
     pub timed_out: u64,
     /// Abandoned because a worker went away holding them, or the queue closed.
     pub abandoned: u64,
+}
+
+/// Where a reservation or a listen-list entry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The configuration file: changed by editing it and reloading, never by the CLI.
+    Config,
+    /// The state file, written by the CLI (`portshare urlacl add`, `portshare iplisten add`):
+    /// kept across restarts, like HTTP.sys's registry values.
+    State,
+}
+
+/// One entry of a reservation's access list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclEntry {
+    /// `user` or `group`.
+    pub kind: AccountKind,
+    /// The name as written: a user or group name, `uid:N` or `gid:N`.
+    pub name: String,
+    /// May register URLs under the reservation.
+    pub listen: bool,
+    /// May add reservations under it.
+    pub delegate: bool,
+}
+
+/// What an [`AclEntry`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountKind {
+    /// A user.
+    User,
+    /// A group: every member, by primary or supplementary group.
+    Group,
+}
+
+/// One reservation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    /// The reserved URL prefix, canonical form.
+    pub url: String,
+    /// Who may do what under it.
+    pub entries: Vec<AclEntry>,
+    /// Where it comes from.
+    pub source: Source,
+}
+
+/// `GET /v1/urlacl`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlAclList {
+    /// Every explicit reservation, sorted by URL. The implicit root reservations (held by
+    /// root and the admin group) are not listed.
+    pub reservations: Vec<ReservationInfo>,
+    /// The group whose members hold the implicit root reservations, as root does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<String>,
+}
+
+/// `POST /v1/urlacl`: `netsh http add urlacl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddReservation {
+    /// The URL prefix to reserve.
+    pub url: String,
+    /// Users granted (names, or `uid:N`).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups granted (names, or `gid:N`).
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The listen right (may register under it); default true.
+    #[serde(default = "yes")]
+    pub listen: bool,
+    /// The delegate right (may reserve under it); default false.
+    #[serde(default)]
+    pub delegate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `DELETE /v1/urlacl`: `netsh http delete urlacl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveReservation {
+    /// The reserved URL prefix (any spelling that parses to it).
+    pub url: String,
+}
+
+/// One address of the IP listen list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpListenEntry {
+    /// The address, no port.
+    pub address: String,
+    /// Where it comes from.
+    pub source: Source,
+}
+
+/// `GET /v1/iplisten`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpListenList {
+    /// The list; empty means every address (`0.0.0.0` and `::`).
+    pub addresses: Vec<IpListenEntry>,
+    /// Set when the daemon was started with `--iplisten`, which overrides the list until it
+    /// restarts without it: the list is then kept but not what the daemon listens on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridden_by: Vec<String>,
+}
+
+/// `POST /v1/iplisten` and `DELETE /v1/iplisten`: `netsh http add|delete iplisten`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpListenChange {
+    /// An IPv4 or IPv6 address, no port.
+    pub address: String,
+}
+
+/// `POST /v1/reload`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    /// The file read.
+    pub config: String,
+    /// What changed, one line each; empty when nothing did.
+    pub changes: Vec<String>,
+    /// Problems that did not stop the reload (an address that cannot be bound...).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

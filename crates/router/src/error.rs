@@ -12,6 +12,8 @@ pub enum Win32Error {
     AccessDenied,
     /// `ERROR_INVALID_HANDLE` (6): no such queue or session.
     InvalidHandle,
+    /// `ERROR_INVALID_DATA` (13): a configuration file that does not parse or check.
+    InvalidData,
     /// `ERROR_SHARING_VIOLATION` (32): another program holds the address.
     SharingViolation,
     /// `ERROR_NOT_SUPPORTED` (50): a host form HTTP.sys refuses, such as `0.0.0.0`.
@@ -26,10 +28,11 @@ pub enum Win32Error {
 
 impl Win32Error {
     /// Every code, in numeric order.
-    pub const ALL: [Win32Error; 8] = [
+    pub const ALL: [Win32Error; 9] = [
         Win32Error::FileNotFound,
         Win32Error::AccessDenied,
         Win32Error::InvalidHandle,
+        Win32Error::InvalidData,
         Win32Error::SharingViolation,
         Win32Error::NotSupported,
         Win32Error::InvalidParameter,
@@ -43,6 +46,7 @@ impl Win32Error {
             Win32Error::FileNotFound => 2,
             Win32Error::AccessDenied => 5,
             Win32Error::InvalidHandle => 6,
+            Win32Error::InvalidData => 13,
             Win32Error::SharingViolation => 32,
             Win32Error::NotSupported => 50,
             Win32Error::InvalidParameter => 87,
@@ -57,6 +61,7 @@ impl Win32Error {
             Win32Error::FileNotFound => "ERROR_FILE_NOT_FOUND",
             Win32Error::AccessDenied => "ERROR_ACCESS_DENIED",
             Win32Error::InvalidHandle => "ERROR_INVALID_HANDLE",
+            Win32Error::InvalidData => "ERROR_INVALID_DATA",
             Win32Error::SharingViolation => "ERROR_SHARING_VIOLATION",
             Win32Error::NotSupported => "ERROR_NOT_SUPPORTED",
             Win32Error::InvalidParameter => "ERROR_INVALID_PARAMETER",

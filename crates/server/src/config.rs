@@ -22,21 +22,45 @@
 //! folder = "/var/log/portshare/httperr"   # httperr1.log, httperr2.log, ...
 //! truncate_size = 1048576     # bytes per file; default and minimum 1 MB
 //!
+//! # Members of this group hold the implicit root reservations, as root does.
+//! admin_group = "portshare-admin"
+//! # Reservations and listen-list entries added with the CLI; default
+//! # /var/lib/portshare/state.toml (root) or $XDG_STATE_HOME/portshare/state.toml.
+//! state_file = "/var/lib/portshare/state.toml"
+//!
+//! [control]
+//! socket = "/run/portshare/control.sock"   # --control wins over this
+//! mode = "0666"                # every local user may connect; the URL ACLs are the gate
+//!
+//! [[urlacl]]                   # a reservation: netsh http add urlacl
+//! url = "http://+:80/app/"
+//! users = ["alice", "uid:1001"]
+//! groups = ["web", "gid:1002"]
+//! listen = true                # may register under it (default true)
+//! delegate = false             # may reserve under it (default false)
+//!
 //! [[queue]]                    # a queue the daemon holds itself, e.g. for an upstream
 //! name = "legacy"
 //! urls = ["http://+:8080/legacy/"]
 //! length = 1000
 //! verbosity = "limited"        # basic | limited | full
+//! enabled = true
+//! linger = 0                  # seconds
+//! request_queue_timer = 120   # seconds
+//! owner = "alice"              # who may open it and attach workers (default: the daemon's user)
 //! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000"
 //! connections = 256           # most upstream connections (the queue's slots)
 //! ```
+//!
+//! A file that does not parse, or holds a value out of range, is refused with the line and
+//! the key at fault; a running daemon then keeps the configuration it has.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use portshare_proto::control::Verbosity;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the daemon is told.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -57,10 +81,68 @@ pub struct Config {
     /// Queues the daemon creates at start and holds for as long as it runs.
     #[serde(default, rename = "queue")]
     pub queues: Vec<QueueConfig>,
+    /// Members of this group (a name or `gid:N`) hold the implicit root reservations.
+    #[serde(default)]
+    pub admin_group: Option<String>,
+    /// Where CLI changes to reservations and the listen list are kept.
+    #[serde(default)]
+    pub state_file: Option<PathBuf>,
+    /// The control socket.
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// Reservations (URL ACLs).
+    #[serde(default, rename = "urlacl")]
+    pub urlacls: Vec<UrlAclConfig>,
+}
+
+/// The control socket's place and permissions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Its path; `--control` wins over it. Default: see `portshare_proto::control_socket`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Its permission bits, in octal; default `0666`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl ControlConfig {
+    /// The permission bits.
+    pub fn mode_bits(&self) -> u32 {
+        self.mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .unwrap_or(0o666)
+    }
+}
+
+/// One reservation of the configuration file or the state file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UrlAclConfig {
+    /// The reserved URL prefix.
+    pub url: String,
+    /// Users granted: names or `uid:N`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups granted: names or `gid:N`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// The listen right; default true.
+    #[serde(default = "yes")]
+    pub listen: bool,
+    /// The delegate right; default false.
+    #[serde(default)]
+    pub delegate: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// HTTP.sys's limits, with its defaults.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// `MaxRequestBytes`: request line and headers together.
@@ -85,7 +167,7 @@ impl Default for Limits {
 }
 
 /// Timers, in seconds, with HTTP.sys's defaults.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timers {
     /// Time to receive a request head (`HeaderWait`).
@@ -111,7 +193,7 @@ impl Default for Timers {
 }
 
 impl Timers {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Bad> {
         for (name, v) in [
             ("header_wait", self.header_wait),
             ("idle_connection", self.idle_connection),
@@ -119,8 +201,10 @@ impl Timers {
             ("request_queue", self.request_queue),
         ] {
             if !(v > 0.0 && v <= 4_294_967.0) {
-                return Err(format!(
-                    "timers.{name} = {v}: expected seconds above 0 and at most 4294967"
+                return Err(Bad::at(
+                    Some(("timers", None)),
+                    name,
+                    format!("timers.{name} = {v}: expected seconds above 0 and at most 4294967"),
                 ));
             }
         }
@@ -133,7 +217,7 @@ impl Timers {
 }
 
 /// The error log files (`httperrN.log`), with HTTP.sys's defaults.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ErrLogConfig {
     /// `EnableErrorLogging`: write the files. The lines go to the `httperr` log target
@@ -151,15 +235,23 @@ impl ErrLogConfig {
     /// HTTP.sys's default and least `ErrorLogFileTruncateSize`.
     const MIN_TRUNCATE_SIZE: u64 = 1_048_576;
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), Bad> {
         if self.truncate_size < Self::MIN_TRUNCATE_SIZE {
-            return Err(format!(
-                "errlog.truncate_size = {}: expected at least 1048576 (1 MB, HTTP.sys's minimum)",
-                self.truncate_size
+            return Err(Bad::at(
+                Some(("errlog", None)),
+                "truncate_size",
+                format!(
+                    "errlog.truncate_size = {}: expected at least 1048576 (1 MB, HTTP.sys's minimum)",
+                    self.truncate_size
+                ),
             ));
         }
         if self.folder.as_os_str().is_empty() {
-            return Err("errlog.folder is empty: expected a folder path".into());
+            return Err(Bad::at(
+                Some(("errlog", None)),
+                "folder",
+                "errlog.folder is empty: expected a folder path",
+            ));
         }
         Ok(())
     }
@@ -196,6 +288,14 @@ pub struct QueueConfig {
     /// Request-queue timer, seconds.
     #[serde(default)]
     pub request_queue_timer: Option<f64>,
+    /// How long, in seconds, the queue keeps its URLs and waiting requests after the last
+    /// process that opened it lets go; default 0.
+    #[serde(default)]
+    pub linger: Option<f64>,
+    /// The user (a name or `uid:N`) who may open the queue and attach workers to it, besides
+    /// root; default the daemon's own user.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// `unix:/path` or a loopback `IP:port` to forward requests to.
     #[serde(default)]
     pub upstream: Option<String>,
@@ -215,67 +315,299 @@ impl Config {
     /// Parses and checks configuration text.
     pub fn from_toml(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.check()?;
+        config.check().map_err(|e| match line_of(text, &e.key) {
+            Some(line) => format!("line {line}: {}", e.message),
+            None => e.message,
+        })?;
         Ok(config)
     }
 
     /// Checks values that parse but make no sense.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Bad> {
         let l = &self.limits;
-        if !(256..=16_777_216).contains(&l.max_request_bytes) {
-            return Err(format!(
-                "limits.max_request_bytes = {}: expected 256 to 16777216",
-                l.max_request_bytes
-            ));
-        }
-        if !(64..=65534).contains(&l.max_field_length) {
-            return Err(format!(
-                "limits.max_field_length = {}: expected 64 to 65534",
-                l.max_field_length
-            ));
-        }
-        if l.url_segment_max_length > 32766 {
-            return Err(format!(
-                "limits.url_segment_max_length = {}: expected 0 (no limit) to 32766",
-                l.url_segment_max_length
-            ));
-        }
-        if l.url_segment_max_count > 16383 {
-            return Err(format!(
-                "limits.url_segment_max_count = {}: expected 0 (no limit) to 16383",
-                l.url_segment_max_count
-            ));
-        }
+        let limit = |key: &'static str, v: usize, range: core::ops::RangeInclusive<usize>| {
+            if range.contains(&v) {
+                Ok(())
+            } else {
+                Err(Bad::at(
+                    Some(("limits", None)),
+                    key,
+                    format!(
+                        "limits.{key} = {v}: expected {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ))
+            }
+        };
+        limit("max_request_bytes", l.max_request_bytes, 256..=16_777_216)?;
+        limit("max_field_length", l.max_field_length, 64..=65534)?;
+        limit(
+            "url_segment_max_length",
+            l.url_segment_max_length,
+            0..=32766,
+        )?;
+        limit("url_segment_max_count", l.url_segment_max_count, 0..=16383)?;
         self.timers.check()?;
         self.errlog.check()?;
-        for q in &self.queues {
-            if q.name.is_empty() || q.name.chars().count() > 260 {
-                return Err(format!(
-                    "queue {:?}: a name has 1 to 260 characters",
-                    q.name
+        if let Some(mode) = &self.control.mode
+            && (mode.is_empty() || u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777))
+        {
+            return Err(Bad::at(
+                Some(("control", None)),
+                "mode",
+                format!(
+                    "control.mode = {mode:?}: expected octal permission bits, such as \"0666\""
+                ),
+            ));
+        }
+        if let Some(g) = &self.admin_group
+            && g.is_empty()
+        {
+            return Err(Bad::at(
+                None,
+                "admin_group",
+                "admin_group is empty: expected a group name or gid:N",
+            ));
+        }
+        for (i, a) in self.urlacls.iter().enumerate() {
+            let at = |key: &'static str, message: String| {
+                Bad::at(Some(("urlacl", Some(i))), key, message)
+            };
+            let prefix = portshare_router::UrlPrefix::parse(&a.url)
+                .map_err(|e| at("url", format!("urlacl url = {:?}: {e}", a.url)))?;
+            if self.urlacls[..i]
+                .iter()
+                .any(|b| portshare_router::UrlPrefix::parse(&b.url).is_ok_and(|p| p == prefix))
+            {
+                return Err(at(
+                    "url",
+                    format!("urlacl url = {:?}: reserved twice", a.url),
                 ));
+            }
+            if a.users.is_empty() && a.groups.is_empty() {
+                return Err(at(
+                    "url",
+                    format!("urlacl {:?}: grants nobody: add users or groups", a.url),
+                ));
+            }
+            for name in a.users.iter().chain(&a.groups) {
+                if name.is_empty() || name.chars().any(char::is_whitespace) {
+                    return Err(at(
+                        if a.users.contains(name) {
+                            "users"
+                        } else {
+                            "groups"
+                        },
+                        format!("urlacl {:?}: {name:?} is not a user or group name", a.url),
+                    ));
+                }
+            }
+        }
+        for (i, q) in self.queues.iter().enumerate() {
+            let at = |key: &'static str, message: String| {
+                Bad::at(Some(("queue", Some(i))), key, message)
+            };
+            if q.name.is_empty() || q.name.chars().count() > 260 {
+                return Err(at(
+                    "name",
+                    format!("queue {:?}: a name has 1 to 260 characters", q.name),
+                ));
+            }
+            if self.queues[..i].iter().any(|p| p.name == q.name) {
+                return Err(at("name", format!("queue {:?}: defined twice", q.name)));
             }
             if let Some(len) = q.length
                 && !(1..=0x7FFF_FFFF).contains(&len)
             {
-                return Err(format!(
-                    "queue {:?}: length = {len}: expected 1 to 2147483647",
-                    q.name
+                return Err(at(
+                    "length",
+                    format!(
+                        "queue {:?}: length = {len}: expected 1 to 2147483647",
+                        q.name
+                    ),
                 ));
+            }
+            for url in &q.urls {
+                portshare_router::UrlPrefix::parse(url)
+                    .map_err(|e| at("urls", format!("queue {:?}: url {url:?}: {e}", q.name)))?;
+            }
+            for (key, v) in [
+                ("request_queue_timer", q.request_queue_timer),
+                ("linger", q.linger),
+            ] {
+                if let Some(v) = v
+                    && !(0.0..=4_294_967.0).contains(&v)
+                {
+                    return Err(at(
+                        key,
+                        format!(
+                            "queue {:?}: {key} = {v}: expected seconds from 0 to 4294967",
+                            q.name
+                        ),
+                    ));
+                }
             }
             if let Some(up) = &q.upstream {
-                crate::upstream::Address::parse(up)
-                    .map_err(|e| format!("queue {:?}: upstream = {up:?}: {e}", q.name))?;
+                crate::upstream::Address::parse(up).map_err(|e| {
+                    at(
+                        "upstream",
+                        format!("queue {:?}: upstream = {up:?}: {e}", q.name),
+                    )
+                })?;
             }
             if q.connections == Some(0) {
-                return Err(format!(
-                    "queue {:?}: connections must be at least 1",
-                    q.name
+                return Err(at(
+                    "connections",
+                    format!("queue {:?}: connections must be at least 1", q.name),
                 ));
+            }
+            if let Some(o) = &q.owner
+                && o.is_empty()
+            {
+                return Err(at("owner", format!("queue {:?}: owner is empty", q.name)));
             }
         }
         Ok(())
     }
+}
+
+/// What the CLI changed, kept across restarts: `state_file`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StateFile {
+    /// Listen-list entries added with `portshare iplisten add`.
+    #[serde(default)]
+    pub(crate) iplisten: Vec<IpAddr>,
+    /// Reservations added with `portshare urlacl add`.
+    #[serde(default, rename = "urlacl")]
+    pub(crate) urlacls: Vec<UrlAclConfig>,
+}
+
+impl StateFile {
+    /// Reads the state file; a missing file is an empty state.
+    pub(crate) fn load(path: &Path) -> Result<StateFile, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                toml::from_str(&text).map_err(|e| format!("state file {}: {e}", path.display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
+            Err(e) => Err(format!(
+                "cannot read the state file {}: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    /// Writes the state file whole: to a temporary file beside it, then renamed over it, so
+    /// a crash leaves the old state or the new one, never half of one.
+    pub(crate) fn save(&self, path: &Path) -> Result<(), String> {
+        let text = toml::to_string(self).map_err(|e| format!("cannot encode the state: {e}"))?;
+        let text = format!(
+            "# Written by portshare: reservations and listen-list entries added with the CLI.\n\
+             # Entries of the configuration file win over these.\n{text}"
+        );
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let tmp = path.with_extension("toml.new");
+        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+    }
+}
+
+/// The state file of a daemon that names none: `/var/lib/portshare/state.toml` for root,
+/// else `$XDG_STATE_HOME/portshare/state.toml` (by default under `~/.local/state`).
+pub fn default_state_file(
+    is_root: bool,
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> PathBuf {
+    if is_root {
+        return PathBuf::from("/var/lib/portshare/state.toml");
+    }
+    if let Some(dir) = env("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("portshare/state.toml");
+    }
+    match env("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Path::new(&home).join(".local/state/portshare/state.toml"),
+        None => PathBuf::from("/var/lib/portshare/state.toml"),
+    }
+}
+
+/// The configuration file `portshare serve` reads when given none, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/portshare/portshare.toml";
+
+/// A value the configuration may not hold: the message, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bad {
+    /// The table (`limits`, or the `n`th `[[queue]]`) and the key.
+    pub key: (Option<(&'static str, Option<usize>)>, &'static str),
+    /// What is wrong and what is expected, naming the key.
+    pub message: String,
+}
+
+impl Bad {
+    pub(crate) fn at(
+        table: Option<(&'static str, Option<usize>)>,
+        key: &'static str,
+        message: impl Into<String>,
+    ) -> Bad {
+        Bad {
+            key: (table, key),
+            message: message.into(),
+        }
+    }
+}
+
+impl core::fmt::Display for Bad {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The 1-based line of `key` in TOML `text`: the line that sets it inside its table (the
+/// `n`th `[[array]]` for an array of tables), else the table's header line.
+fn line_of(
+    text: &str,
+    key: &(Option<(&'static str, Option<usize>)>, &'static str),
+) -> Option<usize> {
+    let (table, name) = *key;
+    let mut current: Option<(String, Option<usize>)> = None;
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut header = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(rest) = line.strip_prefix("[[") {
+            let t = rest.split("]]").next().unwrap_or("").trim().to_owned();
+            let n = counts.entry(t.clone()).or_insert(0);
+            current = Some((t, Some(*n)));
+            *n += 1;
+        } else if let Some(rest) = line.strip_prefix('[') {
+            current = Some((rest.split(']').next().unwrap_or("").trim().to_owned(), None));
+        } else {
+            let here = match (&current, table) {
+                (None, None) => true,
+                (Some((t, n)), Some((want, wn))) => t == want && *n == wn,
+                _ => false,
+            };
+            if here
+                && line.split('=').next().is_some_and(|k| k.trim() == name)
+                && line.contains('=')
+            {
+                return Some(i + 1);
+            }
+            continue;
+        }
+        let is_table = match (&current, table) {
+            (Some((t, n)), Some((want, wn))) => t == want && *n == wn,
+            _ => false,
+        };
+        if is_table && header.is_none() {
+            header = Some(i + 1);
+        }
+    }
+    header
 }
 
 #[cfg(test)]
@@ -324,6 +656,40 @@ mod tests {
         assert!(e.contains("loopback"), "{e}");
         let e = Config::from_toml("bogus = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let text = "iplisten = []\n\n[limits]\nmax_request_bytes = 16384\nmax_field_length = 10\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert!(e.starts_with("line 5: limits.max_field_length = 10"), "{e}");
+        let text = "[[queue]]\nname = \"a\"\n\n[[queue]]\nname = \"b\"\nlength = 0\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert!(e.starts_with("line 6: queue \"b\": length = 0"), "{e}");
+        let text = "[[urlacl]]\nurl = \"http://+:80/a/\"\nusers = [\"alice\"]\n[[urlacl]]\nurl = \"http://+:80/b\"\nusers = [\"bob\"]\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert!(
+            e.starts_with("line 5: urlacl url = \"http://+:80/b\""),
+            "{e}"
+        );
+        // Parse errors come with their line from the TOML parser.
+        let e = Config::from_toml("[timers]\nheader_wait = \"x\"\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn reservations_and_control_parse() {
+        let c = Config::from_toml(
+            "admin_group = \"web-admins\"\nstate_file = \"/tmp/s.toml\"\n[control]\nmode = \"0660\"\n[[urlacl]]\nurl = \"http://+:80/app/\"\nusers = [\"alice\", \"uid:1001\"]\ndelegate = true\n",
+        )
+        .unwrap();
+        assert_eq!(c.admin_group.as_deref(), Some("web-admins"));
+        assert_eq!(c.control.mode_bits(), 0o660);
+        assert!(c.urlacls[0].listen && c.urlacls[0].delegate);
+        let e = Config::from_toml("[control]\nmode = \"999\"\n").unwrap_err();
+        assert!(e.starts_with("line 2: control.mode"), "{e}");
+        let e = Config::from_toml("[[urlacl]]\nurl = \"http://+:80/a/\"\n").unwrap_err();
+        assert!(e.contains("grants nobody"), "{e}");
     }
 
     #[test]

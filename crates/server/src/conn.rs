@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::body::{BodyIn, Chunked};
-use crate::daemon::Shared;
+use crate::daemon::{Settings, Shared};
 use crate::errlog::Entry;
 use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
@@ -44,6 +44,9 @@ enum Next {
 /// One client connection.
 pub(crate) struct Conn {
     shared: Arc<Shared>,
+    /// Limits, timers and the error log, as of this request (a reload applies from the
+    /// next one).
+    settings: Arc<Settings>,
     io: TcpStream,
     rd: BytesMut,
     wr: BytesMut,
@@ -59,6 +62,7 @@ pub(crate) struct Conn {
 pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let _ = io.set_nodelay(true);
     let mut conn = Conn {
+        settings: shared.settings.load_full(),
         shared,
         io,
         rd: BytesMut::with_capacity(8192),
@@ -113,7 +117,7 @@ impl Conn {
             reason,
             queue,
         }
-        .emit(&self.shared.errlog);
+        .emit(&self.settings.errlog);
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -135,8 +139,14 @@ impl Conn {
 
     /// One request, from its first byte to the end of its response.
     async fn request(&mut self, first: bool) -> Next {
-        let timers = self.shared.timers;
-        let limits = self.shared.head_limits;
+        if !first {
+            let current = self.shared.settings.load();
+            if !Arc::ptr_eq(&current, &self.settings) {
+                self.settings = arc_swap::Guard::into_inner(current);
+            }
+        }
+        let timers = self.settings.timers;
+        let limits = self.settings.head_limits;
         // IdleConnection until the first byte of a later request; HeaderWait from then (or
         // from the connection's start) until the head is in.
         let mut deadline =
@@ -194,7 +204,7 @@ impl Conn {
         let endpoint = Endpoint::new(Scheme::Http, self.local);
         let routed = {
             let table = self.shared.table.load();
-            match table.dispatch(&endpoint, &head.request_head(), &self.shared.url_opts) {
+            match table.dispatch(&endpoint, &head.request_head(), &self.settings.url_opts) {
                 Dispatch::Deliver(d) => {
                     let binding = d.registration().value().clone();
                     self.scratch.clear();
@@ -418,7 +428,7 @@ impl Conn {
         let _forget = Forget(worker, stream);
         let mut window = u64::from(INITIAL_WINDOW);
         let mut resp = Response::new(facts);
-        let entity = self.shared.timers.entity_body;
+        let entity = self.settings.timers.entity_body;
         loop {
             // Forward whatever body the buffer holds, within the window.
             while !body.is_done() && window > 0 && !self.rd.is_empty() && !resp.finished {
@@ -571,7 +581,7 @@ impl Conn {
             return Next::Close;
         };
         let mut tx = tx;
-        let entity = self.shared.timers.entity_body;
+        let entity = self.settings.timers.entity_body;
         let response = sender.send_request(req);
         tokio::pin!(response);
         let resp = loop {
@@ -707,7 +717,7 @@ impl Conn {
     /// Reads and discards the rest of a body the application did not read, so the next
     /// request can be read (DrainEntityBody).
     async fn drain(&mut self, body: &mut BodyIn) -> Next {
-        let entity = self.shared.timers.entity_body;
+        let entity = self.settings.timers.entity_body;
         loop {
             match body.take(&mut self.rd, usize::MAX) {
                 Ok((_, true)) => return Next::KeepAlive,

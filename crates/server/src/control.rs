@@ -10,13 +10,17 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use portshare_proto::control::{AddUrl, ApiError, QueueProps, QueueSpec, RemoveUrl};
+use portshare_proto::control::{
+    AddReservation, AddUrl, ApiError, IpListenChange, QueueProps, QueueSpec, RemoveReservation,
+    RemoveUrl,
+};
 use portshare_proto::wire::{SLOTS_HEADER, UPGRADE_PROTOCOL};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::daemon::{Daemon, Session};
+use crate::identity::{self, Identity};
 use crate::worker::{Peer, WorkerConn};
 
 /// Largest control request body.
@@ -27,7 +31,7 @@ const MAX_SLOTS: u32 = 65536;
 
 /// Binds the control socket: its folder is created, a stale socket file replaced, and the
 /// socket made connectable by every local user (the URL ACLs and queue owners are the gate).
-pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
@@ -47,7 +51,7 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, String> {
     let listener = UnixListener::bind(path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("cannot open {} to local users: {e}", path.display()))?;
     Ok(listener)
 }
@@ -105,6 +109,8 @@ fn session_of(daemon: &Daemon, stream: &UnixStream) -> Option<Session> {
         peer: Peer {
             pid,
             uid: cred.uid(),
+            identity: Identity::of_peer(pid, cred.uid(), cred.gid()),
+            user: identity::display_user(cred.uid()),
             command: command_line(pid),
         },
     })
@@ -141,6 +147,7 @@ fn json(status: StatusCode, value: &impl Serialize) -> Reply {
 fn error(e: &ApiError) -> Reply {
     let status = match e.code {
         2 | 6 => StatusCode::NOT_FOUND,
+        13 => StatusCode::UNPROCESSABLE_ENTITY,
         5 => StatusCode::FORBIDDEN,
         32 | 183 => StatusCode::CONFLICT,
         _ => StatusCode::BAD_REQUEST,
@@ -189,12 +196,50 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
     let method = req.method().clone();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["v1", "state"]) => json(StatusCode::OK, &daemon.state()),
+        (&Method::GET, ["v1", "urlacl"]) => json(StatusCode::OK, &daemon.urlacl_list()),
+        (&Method::POST, ["v1", "urlacl"]) => {
+            let add: AddReservation = match body(req).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            match daemon.urlacl_add(session, &add) {
+                Ok(info) => json(StatusCode::CREATED, &info),
+                Err(e) => error(&e),
+            }
+        }
+        (&Method::DELETE, ["v1", "urlacl"]) => {
+            let rm: RemoveReservation = match body(req).await {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            match daemon.urlacl_remove(session, &rm) {
+                Ok(()) => no_content(),
+                Err(e) => error(&e),
+            }
+        }
+        (&Method::GET, ["v1", "iplisten"]) => json(StatusCode::OK, &daemon.iplisten_list()),
+        (&Method::POST | &Method::DELETE, ["v1", "iplisten"]) => {
+            let change: IpListenChange = match body(req).await {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            let add = method == Method::POST;
+            match daemon.iplisten_change(session, &change, add).await {
+                Ok(list) if add => json(StatusCode::CREATED, &list),
+                Ok(list) => json(StatusCode::OK, &list),
+                Err(e) => error(&e),
+            }
+        }
+        (&Method::POST, ["v1", "reload"]) => match daemon.reload_for(session).await {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(e) => error(&e),
+        },
         (&Method::POST, ["v1", "queues"]) => {
             let spec: QueueSpec = match body(req).await {
                 Ok(s) => s,
                 Err(r) => return r,
             };
-            match daemon.open_queue(session, &spec, None) {
+            match daemon.open_queue(session, &spec, None, None) {
                 Ok(info) => {
                     let status = if info.created {
                         StatusCode::CREATED

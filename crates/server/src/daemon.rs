@@ -4,40 +4,78 @@
 //! takes it. Connections read the route table from an [`ArcSwap`] snapshot that each change
 //! replaces, so lookups never wait for registrations or for each other.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use portshare_proto::control::{
-    AddUrl, ApiError, ListenerState, OpenMode, PrefixState, ProcessState, QueueInfo, QueueProps,
-    QueueSpec, QueueState, ServiceState, UrlAdded,
+    AddUrl, ApiError, BindFailure, ListenerState, OpenMode, PrefixState, ProcessState, QueueInfo,
+    QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
-use portshare_router::{
-    Caller, Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, Win32Error,
-};
+use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;
 
 use crate::bind::{self, BindError};
-use crate::config::{Config, Timers};
+use crate::config::{Config, StateFile, Timers};
 use crate::errlog;
 use crate::head::HeadLimits;
+use crate::identity;
 use crate::queue::{Props, Queue, Target};
 use crate::upstream::{Address, Upstream};
 use crate::worker::Peer;
+
+mod operate;
+
+pub(crate) use operate::Start;
 
 /// What every client connection reads.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) table: ArcSwap<RouteTable<Arc<Binding>>>,
+    /// Limits, timers and the error log; a reload swaps in new ones, which apply from each
+    /// connection's next request.
+    pub(crate) settings: ArcSwap<Settings>,
+    pub(crate) request_ids: AtomicU64,
+}
+
+/// The configuration the data path reads.
+#[derive(Debug)]
+pub(crate) struct Settings {
     pub(crate) url_opts: UrlOptions,
     pub(crate) head_limits: HeadLimits,
     pub(crate) timers: ConnTimers,
-    pub(crate) request_ids: AtomicU64,
-    /// The httperr files; lives as long as the daemon, written out when dropped.
-    pub(crate) errlog: errlog::Log,
+    /// The httperr files, written out when the last connection using them lets go.
+    pub(crate) errlog: Arc<errlog::Log>,
+}
+
+impl Settings {
+    fn new(config: &Config, errlog: Arc<errlog::Log>) -> Settings {
+        let l = config.limits;
+        let mut head_limits = HeadLimits::default();
+        head_limits
+            .max_request_bytes(l.max_request_bytes)
+            .max_field_length(l.max_field_length);
+        let mut url_opts = UrlOptions::default();
+        url_opts
+            .segment_max_length(l.url_segment_max_length)
+            .segment_max_count(l.url_segment_max_count)
+            .max_url_length(head_limits.field_length());
+        let t = config.timers;
+        Settings {
+            url_opts,
+            head_limits,
+            timers: ConnTimers {
+                header_wait: Timers::duration(t.header_wait),
+                idle_connection: Timers::duration(t.idle_connection),
+                entity_body: Timers::duration(t.entity_body),
+            },
+            errlog,
+        }
+    }
 }
 
 /// The connection-level timers.
@@ -91,13 +129,26 @@ struct UrlEntry {
 
 #[derive(Debug)]
 struct Listener {
-    task: JoinHandle<()>,
+    task: Option<JoinHandle<()>>,
     connections: Arc<AtomicU64>,
+}
+
+impl Listener {
+    /// Stops accepting; the socket is closed once the returned task has ended.
+    fn close(mut self) -> Option<JoinHandle<()>> {
+        let task = self.task.take();
+        if let Some(t) = &task {
+            t.abort();
+        }
+        task
+    }
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -107,6 +158,17 @@ struct State {
     queues: HashMap<String, QueueEntry>,
     listeners: HashMap<SocketAddr, Listener>,
     acl: UrlAcl,
+    /// Where each reservation comes from, by canonical URL.
+    acl_sources: HashMap<String, Source>,
+    /// The configuration in force.
+    config: Config,
+    /// What the CLI changed.
+    saved: StateFile,
+    /// The listen list in force.
+    iplisten: Vec<IpAddr>,
+    /// Addresses that should listen and cannot.
+    bind_failures: BTreeMap<SocketAddr, ApiError>,
+    request_queue_timer: Duration,
 }
 
 /// The daemon.
@@ -114,10 +176,15 @@ struct State {
 pub(crate) struct Daemon {
     pub(crate) shared: Arc<Shared>,
     state: Mutex<State>,
-    iplisten: Vec<IpAddr>,
-    request_queue_timer: Duration,
-    /// The uid the daemon runs as: like root, it holds the implicit root reservations.
+    /// The uid and gid the daemon runs as: like root, its user holds the implicit root
+    /// reservations.
     own_uid: u32,
+    own_gid: u32,
+    /// The configuration file, read again on reload.
+    config_path: Option<PathBuf>,
+    /// `--iplisten` addresses, which replace the listen list for as long as the daemon runs.
+    iplisten_flags: Vec<IpAddr>,
+    state_file: PathBuf,
     ids: AtomicU64,
 }
 
@@ -130,29 +197,14 @@ fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
 }
 
 impl Daemon {
-    pub(crate) fn new(config: &Config, own_uid: u32) -> Arc<Daemon> {
-        let l = config.limits;
-        let mut head_limits = HeadLimits::default();
-        head_limits
-            .max_request_bytes(l.max_request_bytes)
-            .max_field_length(l.max_field_length);
-        let mut url_opts = UrlOptions::default();
-        url_opts
-            .segment_max_length(l.url_segment_max_length)
-            .segment_max_count(l.url_segment_max_count)
-            .max_url_length(head_limits.field_length());
-        let t = config.timers;
+    /// A daemon with no listeners yet; [`Daemon::load`] applies the configuration.
+    pub(crate) fn new(start: Start) -> Arc<Daemon> {
+        let config = start.config;
+        let errlog = Arc::new(errlog::Log::open(&config.errlog));
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(RouteTable::new()),
-            url_opts,
-            head_limits,
-            timers: ConnTimers {
-                header_wait: Timers::duration(t.header_wait),
-                idle_connection: Timers::duration(t.idle_connection),
-                entity_body: Timers::duration(t.entity_body),
-            },
+            settings: ArcSwap::from_pointee(Settings::new(&config, errlog)),
             request_ids: AtomicU64::new(1),
-            errlog: errlog::Log::open(&config.errlog),
         });
         Arc::new(Daemon {
             shared,
@@ -161,10 +213,18 @@ impl Daemon {
                 queues: HashMap::new(),
                 listeners: HashMap::new(),
                 acl: UrlAcl::new(),
+                acl_sources: HashMap::new(),
+                request_queue_timer: Timers::duration(config.timers.request_queue),
+                config,
+                saved: StateFile::default(),
+                iplisten: Vec::new(),
+                bind_failures: BTreeMap::new(),
             }),
-            iplisten: config.iplisten.clone(),
-            request_queue_timer: Timers::duration(t.request_queue),
-            own_uid,
+            own_uid: start.own_uid,
+            own_gid: start.own_gid,
+            config_path: start.config_path,
+            iplisten_flags: start.iplisten_flags,
+            state_file: start.state_file,
             ids: AtomicU64::new(1),
         })
     }
@@ -177,53 +237,17 @@ impl Daemon {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn is_admin(&self, uid: u32) -> bool {
-        uid == 0 || uid == self.own_uid
-    }
-
-    /// Creates the configuration file's queues, held by the daemon itself.
-    pub(crate) fn load_config_queues(self: &Arc<Self>, config: &Config) -> Result<(), String> {
-        let session = Session {
-            id: CONFIG_SESSION,
-            peer: Peer {
-                pid: std::process::id(),
-                uid: self.own_uid,
-                command: "portshare (configuration)".into(),
-            },
-        };
-        for q in &config.queues {
-            let spec = QueueSpec {
-                name: Some(q.name.clone()),
-                mode: OpenMode::Create,
-                props: QueueProps {
-                    length: q.length,
-                    verbosity: q.verbosity,
-                    enabled: q.enabled,
-                    linger_ms: None,
-                    queue_timer_ms: q.request_queue_timer.map(|s| (s * 1000.0) as u64),
-                },
-                upstream: q.upstream.clone(),
-            };
-            let info = self
-                .open_queue(&session, &spec, q.connections)
-                .map_err(|e| format!("queue {:?}: {e}", q.name))?;
-            for url in &q.urls {
-                let added = self
-                    .add_url(
-                        &session,
-                        &info.name,
-                        &AddUrl {
-                            url: url.clone(),
-                            context: 0,
-                        },
-                    )
-                    .map_err(|e| format!("queue {:?}: {url}: {e}", q.name))?;
-                for w in added.warnings {
-                    tracing::warn!("queue {:?}: {w}", q.name);
-                }
-            }
-        }
-        Ok(())
+    /// Root, the daemon's own user, and members of the admin group hold the implicit root
+    /// reservations.
+    fn is_admin(&self, st: &State, peer: &Peer) -> bool {
+        peer.uid == 0
+            || peer.uid == self.own_uid
+            || st
+                .config
+                .admin_group
+                .as_deref()
+                .and_then(identity::resolve_group)
+                .is_some_and(|gid| peer.identity.in_group(gid))
     }
 
     /// `POST /v1/queues`.
@@ -232,6 +256,7 @@ impl Daemon {
         session: &Session,
         spec: &QueueSpec,
         connections: Option<u32>,
+        owner: Option<u32>,
     ) -> Result<QueueInfo, ApiError> {
         let name = match &spec.name {
             Some(n) if n.is_empty() || n.chars().count() > 260 => {
@@ -300,11 +325,12 @@ impl Daemon {
                 Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
             ))),
         };
-        let mut props = Props::new(self.request_queue_timer);
+        let mut props = Props::new(st.request_queue_timer);
         props
             .apply(&spec.props)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
-        let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
+        let owner = owner.unwrap_or(session.peer.uid);
+        let queue = Queue::new(name.clone(), owner, props, upstream.clone());
         if let Some(up) = upstream {
             let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
             queue.attach(self.next_id(), Target::Upstream(up), slots);
@@ -354,7 +380,22 @@ impl Daemon {
         p: &QueueProps,
     ) -> Result<QueueInfo, ApiError> {
         let mut st = self.lock();
-        let entry = Daemon::owned(&mut st, session, name)?;
+        let admin = self.is_admin(&st, &session.peer);
+        let entry = st.queues.get_mut(name).ok_or_else(|| {
+            api(
+                Win32Error::InvalidHandle,
+                format!("no queue named {name:?}"),
+            )
+        })?;
+        if !admin && !entry.handles.contains(&session.id) {
+            return Err(api(
+                Win32Error::AccessDenied,
+                format!(
+                    "only a process that opened queue {name:?}, root or a member of the admin \
+                     group may change it"
+                ),
+            ));
+        }
         let props = entry
             .queue
             .set_props(p)
@@ -389,12 +430,6 @@ impl Daemon {
                 format!("{:?} is not a valid URL prefix: {e}", add.url),
             )
         })?;
-        if prefix.scheme() == Scheme::Https {
-            return Err(api(
-                Win32Error::NotSupported,
-                "https prefixes need TLS, which this daemon does not serve yet",
-            ));
-        }
         let mut st = self.lock();
         let st = &mut *st;
         let entry = Daemon::owned(st, session, name)?;
@@ -404,7 +439,7 @@ impl Daemon {
             if existing.owner.is_none() || existing.owner == Some(session.id) {
                 existing.owner = Some(session.id);
                 let listening = self.listening_for(st, &prefix);
-                let warnings = self.warnings(&prefix, &listening);
+                let warnings = Daemon::warnings(st, &prefix, &listening);
                 return Ok(UrlAdded {
                     url: prefix.to_string(),
                     listening,
@@ -412,14 +447,24 @@ impl Daemon {
                 });
             }
         }
-        let mut caller = Caller::new(format!("uid:{}", session.peer.uid));
-        caller = caller.admin(self.is_admin(session.peer.uid));
+        let caller = session
+            .peer
+            .identity
+            .caller(self.is_admin(st, &session.peer));
         st.acl
             .check_register(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
         st.table
             .check_add(&prefix)
             .map_err(|e| api(e.win32(), e.to_string()))?;
+        // After the checks HTTP.sys makes, so a refused https prefix is refused for the same
+        // reason as on Windows.
+        if prefix.scheme() == Scheme::Https {
+            return Err(api(
+                Win32Error::NotSupported,
+                "https prefixes need TLS, which this daemon does not serve yet",
+            ));
+        }
         if let Host::Ip(ip) = prefix.host() {
             bind::check_local(*ip).map_err(|e| bind_error(&e))?;
         }
@@ -449,7 +494,7 @@ impl Daemon {
         }
         self.publish(st);
         let listening = self.listening_for(st, &prefix);
-        let warnings = self.warnings(&prefix, &listening);
+        let warnings = Daemon::warnings(st, &prefix, &listening);
         for w in &warnings {
             tracing::warn!(queue = name, "{w}");
         }
@@ -601,14 +646,14 @@ impl Daemon {
     }
 
     /// The addresses to bind for a port: the listen list, else both wildcards.
-    fn addresses(&self, port: u16) -> Vec<SocketAddr> {
-        if self.iplisten.is_empty() {
+    fn addresses(iplisten: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+        if iplisten.is_empty() {
             vec![
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
             ]
         } else {
-            self.iplisten
+            iplisten
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, port))
                 .collect()
@@ -618,10 +663,10 @@ impl Daemon {
     /// Binds every address of a port, or none: a half-done bind is rolled back.
     fn bind_port(&self, st: &mut State, port: u16) -> Result<(), ApiError> {
         let mut bound = Vec::new();
-        for addr in self.addresses(port) {
+        for addr in Daemon::addresses(&st.iplisten, port) {
             match bind::listen(addr, 1024) {
                 Ok(l) => bound.push((addr, l)),
-                Err(BindError::NoIpv6 { .. }) if self.iplisten.is_empty() => {
+                Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {
                     tracing::warn!(
                         "{addr}: this host has no IPv6; serving port {port} on IPv4 only"
                     );
@@ -634,20 +679,32 @@ impl Daemon {
             }
         }
         for (addr, l) in bound {
-            let connections = Arc::new(AtomicU64::new(0));
-            let task = tokio::spawn(accept_loop(
-                self.shared.clone(),
-                l,
-                addr,
-                connections.clone(),
-            ));
-            tracing::info!("listening on {addr}");
-            st.listeners.insert(addr, Listener { task, connections });
+            self.start_listener(st, addr, l);
         }
         Ok(())
     }
 
+    fn start_listener(&self, st: &mut State, addr: SocketAddr, l: tokio::net::TcpListener) {
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(
+            self.shared.clone(),
+            l,
+            addr,
+            connections.clone(),
+        ));
+        tracing::info!("listening on {addr}");
+        st.bind_failures.remove(&addr);
+        st.listeners.insert(
+            addr,
+            Listener {
+                task: Some(task),
+                connections,
+            },
+        );
+    }
+
     fn release_port(st: &mut State, port: u16) {
+        st.bind_failures.retain(|addr, _| addr.port() != port);
         st.listeners.retain(|addr, _| {
             let keep = addr.port() != port;
             if !keep {
@@ -672,9 +729,9 @@ impl Daemon {
         out
     }
 
-    fn warnings(&self, prefix: &UrlPrefix, listening: &[String]) -> Vec<String> {
+    fn warnings(st: &State, prefix: &UrlPrefix, listening: &[String]) -> Vec<String> {
         if listening.is_empty() {
-            let list: Vec<String> = self.iplisten.iter().map(|i| i.to_string()).collect();
+            let list: Vec<String> = st.iplisten.iter().map(|i| i.to_string()).collect();
             vec![format!(
                 "nothing listens for {prefix}: its address is not in the IP listen list ({}); \
                  the registration stands, but clients cannot reach it",
@@ -717,7 +774,7 @@ impl Daemon {
                     url: r.prefix().to_string(),
                     queue: r.value().queue.name().to_owned(),
                     context: r.value().context,
-                    warning: self.warnings(r.prefix(), &listening).pop(),
+                    warning: Daemon::warnings(&st, r.prefix(), &listening).pop(),
                     listening,
                 }
             })
@@ -729,7 +786,7 @@ impl Daemon {
             .map(|(name, e)| {
                 let q = &e.queue;
                 let props = q.props();
-                let (depth, in_flight, _) = q.depth();
+                let (depth, in_flight, oldest) = q.depth();
                 let mut processes: Vec<ProcessState> = Vec::new();
                 for (target, slots, busy) in q.seats() {
                     let Target::Worker(w) = target else { continue };
@@ -741,6 +798,7 @@ impl Daemon {
                         None => processes.push(ProcessState {
                             pid: w.peer.pid,
                             uid: w.peer.uid,
+                            user: w.peer.user.clone(),
                             command: w.peer.command.clone(),
                             slots,
                             busy,
@@ -752,6 +810,7 @@ impl Daemon {
                 QueueState {
                     name: name.clone(),
                     owner_uid: q.owner_uid(),
+                    owner_user: identity::display_user(q.owner_uid()),
                     length: props.length,
                     verbosity: props.verbosity,
                     enabled: props.enabled,
@@ -760,6 +819,7 @@ impl Daemon {
                     lingering: e.lingering.is_some(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
                     depth,
+                    oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
                     in_flight,
                     urls,
                     processes,
@@ -768,11 +828,23 @@ impl Daemon {
             })
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut reservations: Vec<String> = st.acl.iter().map(|r| r.prefix().to_string()).collect();
+        reservations.sort();
         ServiceState {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            iplisten: self.iplisten.iter().map(|i| i.to_string()).collect(),
+            pid: std::process::id(),
+            iplisten: st.iplisten.iter().map(|i| i.to_string()).collect(),
             listeners,
+            bind_failures: st
+                .bind_failures
+                .iter()
+                .map(|(a, e)| BindFailure {
+                    address: a.to_string(),
+                    error: e.clone(),
+                })
+                .collect(),
             prefixes,
+            reservations,
             queues,
         }
     }

@@ -65,6 +65,7 @@ mod control;
 mod daemon;
 mod errlog;
 mod head;
+mod identity;
 mod pages;
 mod queue;
 mod upstream;
@@ -73,7 +74,10 @@ mod worker;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use config::{Config, ErrLogConfig, Limits, QueueConfig, Timers};
+pub use config::{
+    Bad, Config, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, QueueConfig, Timers,
+    UrlAclConfig, default_state_file,
+};
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
 pub use upstream::Address;
 
@@ -82,10 +86,28 @@ pub use upstream::Address;
 pub struct ServeOptions {
     /// The control socket's path.
     pub control: PathBuf,
-    /// The configuration (the file's, with command-line flags applied).
+    /// The configuration.
     pub config: Config,
+    /// The file `config` came from: read again on reload (SIGHUP, `POST /v1/reload`).
+    pub config_path: Option<PathBuf>,
+    /// Addresses that replace the configuration's listen list while the daemon runs
+    /// (`--iplisten`); empty to use the list.
+    pub iplisten_override: Vec<std::net::IpAddr>,
     /// Worker threads; 1 runs everything on the calling thread.
     pub threads: usize,
+}
+
+impl ServeOptions {
+    /// Options for `config` alone, with its control socket at `control`.
+    pub fn new(control: PathBuf, config: Config) -> ServeOptions {
+        ServeOptions {
+            control,
+            config,
+            config_path: None,
+            iplisten_override: Vec::new(),
+            threads: 1,
+        }
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM. Errors are for the operator: the daemon could
@@ -118,25 +140,65 @@ pub async fn serve_until(
     opts: ServeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let own_uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(u32::MAX);
-    let daemon = daemon::Daemon::new(&opts.config, own_uid);
-    let listener = control::bind(&opts.control)?;
-    daemon.load_config_queues(&opts.config)?;
+    let (own_uid, own_gid) = std::fs::metadata("/proc/self")
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.uid(), m.gid())
+        })
+        .unwrap_or((u32::MAX, u32::MAX));
+    let state_file = opts
+        .config
+        .state_file
+        .clone()
+        .unwrap_or_else(|| config::default_state_file(own_uid == 0, |k| std::env::var_os(k)));
+    let mode = opts.config.control.mode_bits();
+    let daemon = daemon::Daemon::new(daemon::Start {
+        config: opts.config,
+        config_path: opts.config_path,
+        iplisten_flags: opts.iplisten_override,
+        own_uid,
+        own_gid,
+        state_file,
+    });
+    let listener = control::bind(&opts.control, mode)?;
+    if let Err(e) = daemon.load() {
+        let _ = std::fs::remove_file(&opts.control);
+        return Err(e);
+    }
     tracing::info!(
         "portshare {} ready; control socket {}",
         env!("CARGO_PKG_VERSION"),
         opts.control.display()
     );
     let control = tokio::spawn(control::serve(Arc::clone(&daemon), listener));
+    let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&daemon)));
     stop.await;
     control.abort();
+    reloads.abort();
     daemon.close_all();
     // No httperr line lost when the process exits next.
-    daemon.shared.errlog.flush().await;
+    daemon.shared.settings.load().errlog.flush().await;
     let _ = std::fs::remove_file(&opts.control);
     Ok(())
+}
+
+/// Reloads the configuration file on each SIGHUP.
+async fn reload_on_sighup(daemon: Arc<daemon::Daemon>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot catch SIGHUP: reload with `portshare reload` instead");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match daemon.reload().await {
+            Ok(report) => {
+                for change in &report.changes {
+                    tracing::info!("reload: {change}");
+                }
+            }
+            Err(e) => tracing::error!("reload refused: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -37,6 +37,10 @@ pub(crate) enum Event {
 pub(crate) struct Peer {
     pub(crate) pid: u32,
     pub(crate) uid: u32,
+    /// Primary gid and supplementary groups.
+    pub(crate) identity: crate::identity::Identity,
+    /// The user's name, or `uid:N`.
+    pub(crate) user: String,
     pub(crate) command: String,
 }
 

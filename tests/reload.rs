@@ -1,0 +1,227 @@
+//! Reload: the configuration file applied again (`POST /v1/reload` and SIGHUP) without a
+//! failed request, a bad file refused with its line while the daemon keeps serving, and
+//! the listen list rebound where it changed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, TempDir, eventually, hello_on_free_port, try_get};
+use serde_json::json;
+
+/// A configuration listening on `ip`, logging into `dir`, plus `extra` lines.
+fn config_text(dir: &Path, ip: &str, extra: &str) -> String {
+    format!(
+        "iplisten = [\"{ip}\"]\nstate_file = {:?}\n\n[errlog]\nfolder = {:?}\n\n{extra}",
+        dir.join("state.toml").display().to_string(),
+        dir.join("httperr").display().to_string(),
+    )
+}
+
+fn start(ip: &str, extra: &str) -> (Daemon, std::path::PathBuf) {
+    let dir = TempDir::new("reload");
+    let path = dir.0.join("portshare.toml");
+    std::fs::write(&path, config_text(&dir.0, ip, extra)).expect("config");
+    let arg = path.display().to_string();
+    (Daemon::start_in(dir, &["--config", &arg]), path)
+}
+
+fn reload(d: &Daemon) -> (u16, serde_json::Value) {
+    d.ctl().call("POST", "/v1/reload", None)
+}
+
+/// `GET /hello/` on `ip:port`, keep-alive off; `None` when refused or broken.
+fn get_at(ip: [u8; 4], port: u16) -> Option<u16> {
+    let mut s =
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(b"GET /hello/x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    String::from_utf8_lossy(raw.get(9..12)?).parse().ok()
+}
+
+#[test]
+fn reloads_under_load_fail_no_request() {
+    let (d, path) = start("127.0.0.1", "");
+    let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    // Two clients: one on a keep-alive connection, one with a connection per request.
+    let clients: Vec<_> = (0..2)
+        .map(|i| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                let mut kept: Option<TcpStream> = None;
+                let mut buf = Vec::new();
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                        break;
+                    }
+                    let good = if i == 0 {
+                        let s = kept.get_or_insert_with(|| common::connect(port));
+                        s.write_all(b"GET /hello/k HTTP/1.1\r\nHost: example.com\r\n\r\n")
+                            .is_ok()
+                            && common::read_response(s, &mut buf, false).0 == 200
+                    } else {
+                        try_get(port, "example.com", "/hello/c").is_some_and(|(s, _)| s == 200)
+                    };
+                    let counter = if good { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let dir = path.parent().expect("dir").to_owned();
+    let variants = [
+        "[timers]\nheader_wait = 60\n",
+        "[[urlacl]]\nurl = \"http://+:8123/team/\"\nusers = [\"uid:4321\"]\n",
+        "[limits]\nmax_request_bytes = 32768\n\n[[queue]]\nname = \"held\"\nlength = 10\n",
+        "[[queue]]\nname = \"held\"\nlength = 20\nenabled = false\n",
+        "",
+    ];
+    for (round, extra) in variants.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(150));
+        std::fs::write(&path, config_text(&dir, "127.0.0.1", extra)).expect("config");
+        let (status, body) = reload(&d);
+        assert_eq!(status, 200, "reload {round}: {body}");
+    }
+    // A reload by signal, too.
+    std::thread::sleep(Duration::from_millis(150));
+    let pid = d.state()["pid"].as_u64().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 50, "only {ok} requests went through");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    assert!(d.log().contains("reloaded"), "{}", d.log());
+}
+
+#[test]
+fn reload_reports_what_changed() {
+    let (d, path) = start("127.0.0.1", "");
+    let dir = path.parent().expect("dir").to_owned();
+    std::fs::write(
+        &path,
+        config_text(
+            &dir,
+            "127.0.0.1",
+            "[timers]\nentity_body = 30\n\n[[urlacl]]\nurl = \"http://+:8123/team/\"\nusers = [\"uid:4321\"]\n\n[[queue]]\nname = \"held\"\n",
+        ),
+    )
+    .expect("config");
+    let (status, body) = reload(&d);
+    assert_eq!(status, 200, "{body}");
+    let changes = body["changes"].to_string();
+    for what in [
+        "timers",
+        "reservation added: http://+:8123/team/",
+        "queue \\\"held\\\" created",
+    ] {
+        assert!(changes.contains(what), "{what} in {changes}");
+    }
+    let state = d.state();
+    assert!(
+        state["reservations"].to_string().contains("8123/team/"),
+        "{state}"
+    );
+    assert!(state["queues"].to_string().contains("\"held\""), "{state}");
+    // Nothing changed: nothing reported.
+    let (_, body) = reload(&d);
+    assert_eq!(body["changes"], json!([]), "{body}");
+}
+
+#[test]
+fn a_bad_file_is_refused_with_its_line_and_the_daemon_keeps_serving() {
+    let (d, path) = start("127.0.0.1", "[timers]\nheader_wait = 30\n");
+    let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
+    let good = std::fs::read_to_string(&path).expect("config");
+    // Line 9: a value out of range.
+    std::fs::write(&path, good.replace("header_wait = 30", "header_wait = -1")).expect("bad");
+    let line = std::fs::read_to_string(&path)
+        .expect("config")
+        .lines()
+        .position(|l| l.contains("header_wait"))
+        .expect("line")
+        + 1;
+    let (status, body) = reload(&d);
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], 13, "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains(&format!("line {line}")), "{message}");
+    assert!(message.contains("timers.header_wait"), "{message}");
+    assert!(
+        message.contains("keeps its current configuration"),
+        "{message}"
+    );
+    assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
+    // A file that does not parse, by signal: refused in the log, still serving.
+    std::fs::write(&path, format!("{good}\n[timers\n")).expect("bad");
+    let pid = d.state()["pid"].as_u64().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    );
+    assert!(
+        eventually(10, || d.log().contains("reload refused")),
+        "{}",
+        d.log()
+    );
+    assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
+    assert_eq!(d.state()["iplisten"], json!(["127.0.0.1"]));
+}
+
+#[test]
+fn the_listen_list_is_rebound_where_it_changed() {
+    let (d, path) = start("127.0.0.1", "");
+    let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
+    let dir = path.parent().expect("dir").to_owned();
+    assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
+    std::fs::write(&path, config_text(&dir, "127.0.0.2", "")).expect("config");
+    let (status, body) = reload(&d);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["changes"]
+            .to_string()
+            .contains("listen list: 127.0.0.1 -> 127.0.0.2"),
+        "{body}"
+    );
+    assert_eq!(get_at([127, 0, 0, 2], port), Some(200));
+    assert_eq!(
+        get_at([127, 0, 0, 1], port),
+        None,
+        "127.0.0.1 still listens"
+    );
+    let listeners = d.state()["listeners"].to_string();
+    assert!(
+        listeners.contains(&format!("127.0.0.2:{port}")),
+        "{listeners}"
+    );
+    assert!(
+        !listeners.contains(&format!("127.0.0.1:{port}")),
+        "{listeners}"
+    );
+    // And back.
+    std::fs::write(&path, config_text(&dir, "127.0.0.1", "")).expect("config");
+    assert_eq!(reload(&d).0, 200);
+    assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
+    assert_eq!(get_at([127, 0, 0, 2], port), None);
+}
