@@ -225,3 +225,39 @@ fn the_listen_list_is_rebound_where_it_changed() {
     assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
     assert_eq!(get_at([127, 0, 0, 2], port), None);
 }
+
+#[test]
+fn a_held_port_is_named_and_taken_on_reload_once_free() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    let queue = format!(
+        "[[queue]]\nname = \"legacy\"\nurls = [\"http://+:{port}/legacy/\"]\nverbosity = \"full\"\n"
+    );
+    let (d, _path) = start("127.0.0.1", &queue);
+    // The daemon started; the URL waits, and the state view names who holds the port.
+    let state = d.state();
+    let failures = state["bind_failures"].to_string();
+    assert!(failures.contains(&format!("127.0.0.1:{port}")), "{state}");
+    assert!(
+        failures.contains(&std::process::id().to_string()),
+        "{failures}"
+    );
+    assert!(d.log().contains("legacy"), "{}", d.log());
+    drop(holder);
+    let (status, body) = reload(&d);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["changes"].to_string().contains("/legacy/ added"),
+        "{body}"
+    );
+    // No worker: the queue answers by its verbosity once the wait is over, or holds the
+    // request; either way the port listens now.
+    let state = d.state();
+    assert!(
+        state["listeners"]
+            .to_string()
+            .contains(&format!("127.0.0.1:{port}")),
+        "{state}"
+    );
+    assert_eq!(state["bind_failures"], json!([]), "{state}");
+}

@@ -674,6 +674,8 @@ impl Daemon {
                 Err(e) => {
                     drop(bound);
                     tracing::warn!("cannot listen on {addr}: {e}");
+                    // Kept for the state view until the address binds or the port is let go.
+                    st.bind_failures.insert(addr, bind_error(&e));
                     return Err(bind_error(&e));
                 }
             }

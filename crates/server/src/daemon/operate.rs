@@ -383,8 +383,9 @@ impl Daemon {
         self.publish(&mut st);
     }
 
-    /// Creates, changes and closes the configuration file's queues, from `old` to `new`; at
-    /// start (`initial`) any failure stops the daemon.
+    /// Creates, changes and closes the configuration file's queues, from `old` to `new`
+    /// (`initial` at start). A queue that cannot be created is an error; a URL that cannot
+    /// be registered (its port held by another program...) is a warning.
     fn sync_queues(
         self: &Arc<Self>,
         old: &[QueueConfig],
@@ -406,7 +407,6 @@ impl Daemon {
                 queue_timer_ms: q.request_queue_timer.map(|s| (s * 1000.0) as u64),
             };
             let before = old.iter().find(|o| o.name == q.name);
-            let old_urls: &[String] = before.map_or(&[], |b| &b.urls);
             match before {
                 None => {
                     let owner = match &q.owner {
@@ -458,14 +458,21 @@ impl Daemon {
                     }
                 }
             }
-            for url in old_urls.iter().filter(|u| !q.urls.contains(u)) {
-                self.remove_url(&session, &q.name, url)
+            // What the queue holds now, so a URL that failed before is tried again.
+            let held = self.config_urls(&q.name);
+            let listed = |p: &UrlPrefix| q.urls.iter().any(|u| same_url(u, p));
+            for url in held.iter().filter(|p| !listed(p)).map(ToString::to_string) {
+                self.remove_url(&session, &q.name, &url)
                     .map_err(|e| with_queue(&q.name, e))?;
                 report
                     .changes
                     .push(format!("queue {:?}: {url} removed", q.name));
             }
-            for url in q.urls.iter().filter(|u| !old_urls.contains(u)) {
+            for url in q
+                .urls
+                .iter()
+                .filter(|u| !held.iter().any(|p| same_url(u, p)))
+            {
                 let add = AddUrl {
                     url: url.clone(),
                     context: 0,
@@ -481,14 +488,25 @@ impl Daemon {
                                 .push(format!("queue {:?}: {url} added", q.name));
                         }
                     }
-                    Err(e) if initial => {
-                        return Err(with_queue(&q.name, e));
-                    }
+                    // Like an IIS site that fails to start, the URL waits for the next
+                    // reload; the daemon serves the rest.
                     Err(e) => report.warn(format!("queue {:?}: {url}: {e}", q.name)),
                 }
             }
         }
         Ok(())
+    }
+
+    /// The URLs the configuration's session holds on queue `name`.
+    fn config_urls(&self, name: &str) -> Vec<UrlPrefix> {
+        let st = self.lock();
+        st.queues.get(name).map_or_else(Vec::new, |e| {
+            e.urls
+                .values()
+                .filter(|u| u.owner == Some(CONFIG_SESSION))
+                .map(|u| u.prefix.clone())
+                .collect()
+        })
     }
 
     /// `GET /v1/urlacl`.
