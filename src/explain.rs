@@ -1,10 +1,13 @@
-//! `portshare explain`: one routing decision, evaluated offline and explained.
+//! `portshare explain`: one routing decision, evaluated offline and explained; with
+//! `--live`, over a running daemon's registrations and reservations, naming who owns each.
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use portshare_proto::control::{ProcessState, ServiceState};
 use portshare_router::{
     Endpoint, Explanation, RequestHead, RouteTable, Scheme, UrlOptions, UrlPrefix, Verdict,
     Version, Win32Error,
@@ -17,6 +20,14 @@ pub(crate) struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Take the registrations and reservations of the running daemon (its state view)
+    /// instead of --register and --reserve, and name each candidate's queue and processes.
+    #[arg(long, conflicts_with_all = ["register", "reserve"])]
+    live: bool,
+    /// The daemon's control socket, with --live. Default: $PORTSHARE_CONTROL, else the
+    /// per-user socket if it exists, else /run/portshare/control.sock.
+    #[arg(long, value_name = "PATH", requires = "live")]
+    control: Option<PathBuf>,
     /// Register a URL prefix (in order; one that fails is reported and the rest apply).
     #[arg(long = "register", value_name = "PREFIX")]
     register: Vec<String>,
@@ -62,11 +73,39 @@ pub(crate) fn run(args: &Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let live = if args.live {
+        let control = crate::client::ControlArg {
+            control: args.control.clone(),
+        };
+        let client = control.client();
+        match client.get::<ServiceState>("/v1/state") {
+            Ok(state) => Some(Live::new(state, client.path())),
+            Err(e) => return e.report("explain"),
+        }
+    } else {
+        None
+    };
+    let out = evaluate(args, &target, live.as_ref());
+    // A closed stdout (a pipe to `head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// Builds the table (from the flags, or from the daemon's state) and explains the request;
+/// the output, text or JSON.
+fn evaluate(args: &Args, target: &[u8], live: Option<&Live>) -> String {
+    let (register, reserve) = match live {
+        Some(live) => (
+            live.state.prefixes.iter().map(|p| p.url.clone()).collect(),
+            live.state.reservations.clone(),
+        ),
+        None => (args.register.clone(), args.reserve.clone()),
+    };
     let mut table = RouteTable::new();
-    let reservation_errors = apply(&args.reserve, |p| {
+    let reservation_errors = apply(&reserve, |p| {
         table.reserve(p).map_err(|e| (e.win32(), e.to_string()))
     });
-    let registration_errors = apply(&args.register, |p| {
+    let registration_errors = apply(&register, |p| {
         let text = p.as_str().to_owned();
         table.add(p, text).map_err(|e| (e.win32(), e.to_string()))
     });
@@ -88,7 +127,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
 
     let report = match Version::parse(version.as_bytes()) {
         Ok(version) => {
-            let head = RequestHead::new(&method, &target, version, host.as_deref());
+            let head = RequestHead::new(&method, target, version, host.as_deref());
             let why = table.explain(&endpoint, &head, &opts);
             Report::from_explanation(&why)
         }
@@ -100,30 +139,28 @@ pub(crate) fn run(args: &Args) -> ExitCode {
                 status: listens.then_some(rejection.status),
                 reason: listens.then_some(rejection.reason.as_str()),
                 refused: !listens,
-                cooked_path: opts.canonicalize(&target).ok().map(|t| t.path().to_owned()),
+                cooked_path: opts.canonicalize(target).ok().map(|t| t.path().to_owned()),
                 cooked_url: None,
                 trace: Vec::new(),
             }
         }
     };
 
-    let out = if args.json {
+    if args.json {
         report
-            .json(&registration_errors, &reservation_errors)
+            .json(&registration_errors, &reservation_errors, live)
             .to_string()
             + "\n"
     } else {
         report.text(
             args,
             &endpoint,
-            &target,
+            target,
             &registration_errors,
             &reservation_errors,
+            live,
         )
-    };
-    // A closed stdout (a pipe to `head`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(out.as_bytes());
-    ExitCode::SUCCESS
+    }
 }
 
 /// Parses and applies each prefix in order, collecting the ones that fail.
@@ -147,6 +184,90 @@ fn apply<'a>(
         }
     }
     failures
+}
+
+/// A running daemon's state, and who owns each of its prefixes.
+struct Live {
+    state: ServiceState,
+    /// The control socket it came from.
+    control: PathBuf,
+    /// Canonical prefix → queue name.
+    queues: Vec<(String, String)>,
+}
+
+impl Live {
+    fn new(state: ServiceState, control: &std::path::Path) -> Live {
+        let queues = state
+            .prefixes
+            .iter()
+            .map(|p| {
+                // The router's spelling, so that trace candidates find their entry.
+                let canonical = p
+                    .url
+                    .parse::<UrlPrefix>()
+                    .map_or_else(|_| p.url.clone(), |u| u.as_str().to_owned());
+                (canonical, p.queue.clone())
+            })
+            .collect();
+        Live {
+            state,
+            control: control.to_owned(),
+            queues,
+        }
+    }
+
+    /// The queue holding a registered prefix, and the processes attached to it.
+    fn owner(&self, prefix: &str) -> Option<(&str, &[ProcessState])> {
+        let (_, queue) = self.queues.iter().find(|(p, _)| p == prefix)?;
+        let processes = self
+            .state
+            .queues
+            .iter()
+            .find(|q| &q.name == queue)
+            .map_or(&[][..], |q| &q.processes[..]);
+        Some((queue, processes))
+    }
+
+    /// The JSON keys a live trace candidate gains.
+    fn json(&self, c: &TraceLine) -> (Value, Value) {
+        if c.kind != "registration" {
+            return (Value::Null, json!([]));
+        }
+        match self.owner(&c.prefix) {
+            Some((queue, processes)) => {
+                let processes: Vec<Value> = processes
+                    .iter()
+                    .map(|p| {
+                        json!({"pid": p.pid, "uid": p.uid, "user": p.user, "command": p.command})
+                    })
+                    .collect();
+                (json!(queue), json!(processes))
+            }
+            None => (Value::Null, json!([])),
+        }
+    }
+
+    /// The indented line under a registration in the text trace.
+    fn text(&self, c: &TraceLine) -> Option<String> {
+        if c.kind != "registration" {
+            return None;
+        }
+        let (queue, processes) = self.owner(&c.prefix)?;
+        let mut line = format!("queue {queue}");
+        if processes.is_empty() {
+            line.push_str(", no process attached");
+        }
+        for (i, p) in processes.iter().enumerate() {
+            let user = if p.user.is_empty() {
+                format!("uid:{}", p.uid)
+            } else {
+                p.user.clone()
+            };
+            line.push_str(if i == 0 { ", " } else { "; " });
+            line.push_str(&format!("PID {} ({user}): {}", p.pid, p.command));
+        }
+        Some(line)
+    }
 }
 
 /// What the evaluation found, in the terms both outputs use.
@@ -208,7 +329,12 @@ impl Report {
         }
     }
 
-    fn json(&self, registrations: &[Failure<'_>], reservations: &[Failure<'_>]) -> Value {
+    fn json(
+        &self,
+        registrations: &[Failure<'_>],
+        reservations: &[Failure<'_>],
+        live: Option<&Live>,
+    ) -> Value {
         let errors = |failures: &[Failure<'_>]| -> Vec<Value> {
             failures
                 .iter()
@@ -229,7 +355,16 @@ impl Report {
             .map(|(category, candidates)| {
                 let candidates: Vec<Value> = candidates
                     .iter()
-                    .map(|c| json!({"prefix": c.prefix, "kind": c.kind, "outcome": c.outcome}))
+                    .map(|c| {
+                        let mut v =
+                            json!({"prefix": c.prefix, "kind": c.kind, "outcome": c.outcome});
+                        if let (Some(live), Some(obj)) = (live, v.as_object_mut()) {
+                            let (queue, processes) = live.json(c);
+                            obj.insert("queue".into(), queue);
+                            obj.insert("processes".into(), processes);
+                        }
+                        v
+                    })
                     .collect();
                 json!({"category": category, "candidates": candidates})
             })
@@ -254,6 +389,7 @@ impl Report {
         target: &[u8],
         registrations: &[Failure<'_>],
         reservations: &[Failure<'_>],
+        live: Option<&Live>,
     ) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
@@ -273,9 +409,23 @@ impl Report {
             endpoint.scheme,
             display_local(endpoint.local),
         );
+        if let Some(live) = live {
+            let _ = writeln!(
+                out,
+                "   live: {} registrations and {} reservations of the daemon at {} (PID {})",
+                live.state.prefixes.len(),
+                live.state.reservations.len(),
+                live.control.display(),
+                live.state.pid
+            );
+        }
         match (&self.winner, self.status, self.refused) {
             (Some(w), _, _) => {
-                let _ = writeln!(out, "-> delivered to {w}");
+                let owner = live
+                    .and_then(|l| l.owner(w))
+                    .map(|(queue, _)| format!(" (queue {queue})"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "-> delivered to {w}{owner}");
             }
             (None, Some(status), _) => {
                 let _ = writeln!(
@@ -309,6 +459,9 @@ impl Report {
                 }
                 for c in candidates {
                     let _ = writeln!(out, "    {:<14} {} ({})", c.outcome, c.prefix, c.kind);
+                    if let Some(owner) = live.and_then(|l| l.text(c)) {
+                        let _ = writeln!(out, "    {:<14} {owner}", "");
+                    }
                 }
             }
         }
@@ -388,4 +541,182 @@ fn os_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
 #[cfg(not(unix))]
 fn os_bytes(s: &std::ffi::OsStr) -> Vec<u8> {
     s.to_string_lossy().into_owned().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use portshare_proto::control::{PrefixState, QueueCounters, QueueState, Verbosity};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(argv: &[&str]) -> Args {
+        let mut all = vec!["explain"];
+        all.extend_from_slice(argv);
+        Cli::try_parse_from(all).expect("arguments parse").args
+    }
+
+    fn queue(name: &str, pids: &[u32]) -> QueueState {
+        QueueState {
+            name: name.into(),
+            owner_uid: 0,
+            owner_user: "root".into(),
+            length: 1000,
+            verbosity: Verbosity::Basic,
+            enabled: true,
+            linger_ms: 0,
+            queue_timer_ms: 120_000,
+            lingering: false,
+            upstream: None,
+            depth: 0,
+            oldest_wait_ms: 0,
+            in_flight: 0,
+            urls: vec![],
+            processes: pids
+                .iter()
+                .map(|&pid| ProcessState {
+                    pid,
+                    uid: 1000,
+                    user: "alice".into(),
+                    command: format!("/bin/app{pid}"),
+                    slots: 1,
+                    busy: 0,
+                })
+                .collect(),
+            counters: QueueCounters::default(),
+        }
+    }
+
+    fn live() -> Live {
+        let prefix = |url: &str, queue: &str| PrefixState {
+            url: url.into(),
+            queue: queue.into(),
+            context: 0,
+            listening: vec![],
+            warning: None,
+        };
+        let state = ServiceState {
+            version: "0.1.0".into(),
+            pid: 99,
+            prefixes: vec![
+                prefix("http://+:8080/app/", "a"),
+                // Spelled otherwise than the router does: still found.
+                prefix("http://+:8080/App/Deep/", "b"),
+                prefix("http://localhost:8080/", "idle"),
+            ],
+            reservations: vec!["http://+:8080/app/reserved/".into()],
+            queues: vec![queue("a", &[11, 12]), queue("b", &[21]), queue("idle", &[])],
+            ..ServiceState::default()
+        };
+        Live::new(state, std::path::Path::new("/run/test.sock"))
+    }
+
+    #[test]
+    fn live_json_names_queue_and_processes() {
+        let live = live();
+        let a = args(&[
+            "--live",
+            "--json",
+            "--local",
+            "127.0.0.1:8080",
+            "--host",
+            "h",
+            "/app/deep/x",
+        ]);
+        let out = evaluate(&a, b"/app/deep/x", Some(&live));
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        let deep = v["winner"].as_str().expect("a winner");
+        assert_eq!(live.owner(deep).map(|(q, _)| q), Some("b"));
+        let strong = &v["trace"][0]["candidates"];
+        let find = |prefix: &str| {
+            strong
+                .as_array()
+                .expect("candidates")
+                .iter()
+                .find(|c| {
+                    c["prefix"]
+                        .as_str()
+                        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+                })
+                .unwrap_or_else(|| panic!("{prefix} in {strong}"))
+                .clone()
+        };
+        let won = find("http://+:8080/app/deep/");
+        assert_eq!(won["outcome"], "won");
+        assert_eq!(won["queue"], "b");
+        assert_eq!(won["processes"][0]["pid"], 21);
+        assert_eq!(won["processes"][0]["user"], "alice");
+        assert_eq!(won["processes"][0]["command"], "/bin/app21");
+        let shorter = find("http://+:8080/app/");
+        assert_eq!(shorter["queue"], "a");
+        assert_eq!(shorter["processes"].as_array().map(Vec::len), Some(2));
+        let reserved = find("http://+:8080/app/reserved/");
+        assert_eq!(reserved["kind"], "reservation");
+        assert_eq!(reserved["queue"], Value::Null);
+        assert_eq!(reserved["processes"], json!([]));
+        assert_eq!(v["registration_errors"], json!([]));
+        assert_eq!(v["reservation_errors"], json!([]));
+    }
+
+    #[test]
+    fn live_text_adds_an_owner_line_under_each_registration() {
+        let live = live();
+        let a = args(&[
+            "--live",
+            "--local",
+            "127.0.0.1:8080",
+            "--host",
+            "localhost",
+            "/other",
+        ]);
+        let out = evaluate(&a, b"/other", Some(&live));
+        assert!(
+            out.contains("   live: 3 registrations and 1 reservations of the daemon at /run/test.sock (PID 99)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("-> delivered to http://localhost:8080/ (queue idle)\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "\n    {:<14} queue a, PID 11 (alice): /bin/app11; PID 12 (alice): /bin/app12\n",
+                ""
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "\n    {:<14} queue idle, no process attached\n",
+                ""
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn offline_json_has_no_live_keys() {
+        let a = args(&[
+            "--json",
+            "--register",
+            "http://+:80/a/",
+            "--host",
+            "h",
+            "/a/",
+        ]);
+        let out = evaluate(&a, b"/a/", None);
+        let v: Value = serde_json::from_str(&out).expect("JSON");
+        let keys: Vec<&String> = v["trace"][0]["candidates"][0]
+            .as_object()
+            .expect("a candidate")
+            .keys()
+            .collect();
+        assert_eq!(keys, ["kind", "outcome", "prefix"]);
+    }
 }

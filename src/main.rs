@@ -1,9 +1,12 @@
 //! `portshare`: share one port among many HTTP applications, routed by HTTP.sys's rules.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod admin;
+mod client;
 mod explain;
 mod serve;
 mod show;
@@ -17,20 +20,96 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show where a request would go, and why every other candidate lost (offline: no
-    /// daemon needed).
+    /// Read a configuration file as the daemon would, and say whether it is valid
+    /// (offline: no daemon needed).
+    CheckConfig(admin::CheckConfigArgs),
+    /// Show where a request would go, and why every other candidate lost (offline, or
+    /// against a running daemon's table with --live).
     Explain(explain::Args),
+    /// Add or delete addresses of the IP listen list (`netsh http add|delete iplisten`).
+    Iplisten(admin::IplistenArgs),
+    /// Enable or disable a request queue.
+    Queue(admin::QueueArgs),
+    /// Have the daemon read its configuration file again and apply it (as SIGHUP does).
+    Reload(admin::ReloadArgs),
     /// Run the daemon: own the ports, route requests to the applications that registered.
     Serve(serve::Args),
     /// Show what a running daemon holds.
     Show(show::Args),
+    /// Add or delete URL reservations (`netsh http add|delete urlacl`).
+    Urlacl(admin::UrlaclArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::CheckConfig(args) => admin::check_config(&args),
         Command::Explain(args) => explain::run(&args),
+        Command::Iplisten(args) => admin::iplisten(args),
+        Command::Queue(args) => admin::queue(args),
+        Command::Reload(args) => admin::reload(args),
         Command::Serve(args) => serve::run(args),
         Command::Show(args) => show::run(args),
+        Command::Urlacl(args) => admin::urlacl(args),
+    }
+}
+
+/// Writes `text` to stdout; a closed stdout (a pipe to `head`) is not worth a panic.
+fn print(text: &str) {
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn control_is_accepted_before_and_after_the_verb() {
+        for args in [
+            &["portshare", "show", "--control", "/s", "urlacl"][..],
+            &["portshare", "show", "urlacl", "--control", "/s"],
+            &["portshare", "iplisten", "add", "::1", "--control", "/s"],
+            &["portshare", "queue", "--control", "/s", "disable", "q"],
+            &["portshare", "reload", "--control", "/s"],
+            &["portshare", "explain", "--live", "--control", "/s", "/"],
+        ] {
+            Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["portshare", "iplisten", "add", "10.0.0.1:80"][..],
+            &["portshare", "queue", "pause", "q"],
+            &[
+                "portshare",
+                "explain",
+                "--live",
+                "--register",
+                "http://+:80/",
+                "/",
+            ],
+            &[
+                "portshare",
+                "explain",
+                "--live",
+                "--reserve",
+                "http://+:80/",
+                "/",
+            ],
+            &["portshare", "explain", "--control", "/s", "/"],
+            &["portshare", "check-config"],
+        ] {
+            let err = Cli::try_parse_from(args).expect_err("a usage error");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
     }
 }

@@ -152,6 +152,23 @@ fn run_as(
         std::fs::copy(std::env::current_exe().expect("test binary"), &exe).expect("copy");
     }
     let (uid, gid, groups) = who;
+    // A test thread forking while the copy was open for writing keeps it open in its
+    // child until that child execs: running the copy meanwhile fails with ETXTBSY.
+    for _ in 0..50 {
+        match probe(&exe, control, uid, gid, &groups, ops) {
+            Probe::Busy => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Probe::Done(r) => return r,
+        }
+    }
+    panic!("{} stayed busy", exe.display());
+}
+
+enum Probe {
+    Busy,
+    Done(Option<Vec<Value>>),
+}
+
+fn probe(exe: &Path, control: &Path, uid: u32, gid: u32, groups: &[u32], ops: &Value) -> Probe {
     let mut cmd = std::process::Command::new("setpriv");
     cmd.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string()]);
     if groups.is_empty() {
@@ -161,7 +178,7 @@ fn run_as(
         cmd.args(["--groups", &list.join(",")]);
     }
     let out = cmd
-        .arg(&exe)
+        .arg(exe)
         .args(["--exact", "acl_probe", "--nocapture", "--test-threads", "1"])
         .env("PORTSHARE_ACL_PROBE", control)
         .env("PORTSHARE_ACL_OPS", ops.to_string())
@@ -181,16 +198,19 @@ fn run_as(
                 "probe output:\n{stdout}\n{}",
                 String::from_utf8_lossy(&o.stderr)
             );
-            Some(results)
+            Probe::Done(Some(results))
         }
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            if err.contains("Text file busy") {
+                return Probe::Busy;
+            }
             assert!(
                 std::env::var_os("CI").is_none(),
                 "setpriv failed under CI: {err}"
             );
             eprintln!("skipped: cannot switch uid here ({err})");
-            None
+            Probe::Done(None)
         }
         Err(e) => {
             assert!(
@@ -198,7 +218,7 @@ fn run_as(
                 "setpriv missing under CI: {e}"
             );
             eprintln!("skipped: setpriv not available ({e})");
-            None
+            Probe::Done(None)
         }
     }
 }

@@ -322,6 +322,38 @@ impl Config {
         Ok(config)
     }
 
+    /// What a valid file may still get wrong on this machine: users and groups that resolve
+    /// to nobody (a reservation naming them grants nobody).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in &self.urlacls {
+            let unknown = unknown_names(a);
+            if !unknown.is_empty() {
+                out.push(format!(
+                    "reservation {}: no {} on this machine, so it grants them nothing",
+                    a.url,
+                    unknown.join(", no ")
+                ));
+            }
+        }
+        if let Some(g) = &self.admin_group
+            && crate::identity::resolve_group(g).is_none()
+        {
+            out.push(format!("admin_group {g:?}: no such group on this machine"));
+        }
+        for q in &self.queues {
+            if let Some(o) = &q.owner
+                && crate::identity::resolve_user(o).is_none()
+            {
+                out.push(format!(
+                    "queue {:?}: owner {o:?}: no such user on this machine",
+                    q.name
+                ));
+            }
+        }
+        out
+    }
+
     /// Checks values that parse but make no sense.
     pub fn check(&self) -> Result<(), Bad> {
         let l = &self.limits;
@@ -470,6 +502,23 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The users and groups of a reservation that resolve to nobody (`Everyone` always
+/// resolves), each as `user NAME` or `group NAME`.
+pub(crate) fn unknown_names(a: &UrlAclConfig) -> Vec<String> {
+    let everyone = |n: &String| n.eq_ignore_ascii_case("everyone");
+    let users = a
+        .users
+        .iter()
+        .filter(|u| !everyone(u) && crate::identity::resolve_user(u).is_none())
+        .map(|u| format!("user {u}"));
+    let groups = a
+        .groups
+        .iter()
+        .filter(|g| !everyone(g) && crate::identity::resolve_group(g).is_none())
+        .map(|g| format!("group {g}"));
+    users.chain(groups).collect()
 }
 
 /// What the CLI changed, kept across restarts: `state_file`.

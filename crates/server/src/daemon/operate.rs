@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 
 use super::{CONFIG_SESSION, Daemon, Session, Settings, State, api, bind_error};
 use crate::bind::{self, BindError};
-use crate::config::{Config, QueueConfig, StateFile, Timers, UrlAclConfig};
+use crate::config::{Config, QueueConfig, StateFile, Timers, UrlAclConfig, unknown_names};
 use crate::errlog;
 use crate::identity::{self, Identity};
 use crate::worker::Peer;
@@ -79,21 +79,6 @@ fn reservation_of(a: &UrlAclConfig) -> Result<Reservation, String> {
         .map(|acc| Ace::new(acc, a.listen, a.delegate))
         .collect();
     Ok(Reservation::new(prefix, aces))
-}
-
-/// Names of an entry that resolve to nobody on this machine.
-fn unknown_names(a: &UrlAclConfig) -> Vec<String> {
-    let users = a
-        .users
-        .iter()
-        .filter(|u| !u.eq_ignore_ascii_case("everyone") && identity::resolve_user(u).is_none())
-        .map(|u| format!("user {u}"));
-    let groups = a
-        .groups
-        .iter()
-        .filter(|g| !g.eq_ignore_ascii_case("everyone") && identity::resolve_group(g).is_none())
-        .map(|g| format!("group {g}"));
-    users.chain(groups).collect()
 }
 
 fn info_of(a: &UrlAclConfig, source: Source) -> ReservationInfo {
@@ -261,8 +246,8 @@ impl Daemon {
             let unknown = unknown_names(a);
             if !unknown.is_empty() {
                 report.warn(format!(
-                    "reservation {url}: {} match nobody on this machine",
-                    unknown.join(", ")
+                    "reservation {url}: no {} on this machine, so it grants them nothing",
+                    unknown.join(", no ")
                 ));
             }
             if acl.insert(r).is_ok() {

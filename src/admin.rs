@@ -1,0 +1,380 @@
+//! The verbs that change a running daemon (`urlacl`, `iplisten`, `queue`, `reload`), and
+//! `check-config`, which reads a configuration file the way the daemon will, offline.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use portshare_proto::control::{
+    AddReservation, IpListenChange, IpListenList, QueueInfo, QueueProps, ReloadReport,
+    RemoveReservation, ReservationInfo, Verbosity,
+};
+
+use crate::client::ControlArg;
+use crate::show::{iplisten_text, reservation_text};
+
+/// Arguments of `portshare urlacl`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UrlaclArgs {
+    #[command(subcommand)]
+    verb: UrlaclVerb,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum UrlaclVerb {
+    /// Reserve a URL prefix for users or groups (`netsh http add urlacl`); kept in the
+    /// daemon's state file.
+    Add(UrlaclAdd),
+    /// Remove a reservation added with `urlacl add` (`netsh http delete urlacl`).
+    Delete {
+        /// The reserved URL prefix, such as http://+:80/app/.
+        #[arg(value_name = "URL")]
+        url: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("who").required(true).multiple(true).args(["users", "groups"])
+))]
+struct UrlaclAdd {
+    /// The URL prefix to reserve, such as http://+:80/app/.
+    #[arg(value_name = "URL")]
+    url: String,
+    /// A user granted the rights: a name or uid:N (repeatable).
+    #[arg(long = "user", value_name = "NAME")]
+    users: Vec<String>,
+    /// A group granted the rights, every member of it: a name or gid:N (repeatable).
+    #[arg(long = "group", value_name = "NAME")]
+    groups: Vec<String>,
+    /// May register URLs under the reservation.
+    #[arg(long, value_enum, value_name = "yes|no", default_value_t = YesNo::Yes)]
+    listen: YesNo,
+    /// May add reservations under it.
+    #[arg(long, value_enum, value_name = "yes|no", default_value_t = YesNo::No)]
+    delegate: YesNo,
+}
+
+/// netsh's `yes|no` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum YesNo {
+    Yes,
+    No,
+}
+
+impl YesNo {
+    fn get(self) -> bool {
+        self == YesNo::Yes
+    }
+}
+
+/// Arguments of `portshare iplisten`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IplistenArgs {
+    #[command(subcommand)]
+    verb: IplistenVerb,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum IplistenVerb {
+    /// Add an address to the IP listen list (`netsh http add iplisten`); kept in the
+    /// daemon's state file.
+    Add {
+        /// An IPv4 or IPv6 address, no port.
+        #[arg(value_name = "ADDR")]
+        address: IpAddr,
+    },
+    /// Remove an address added with `iplisten add` (`netsh http delete iplisten`).
+    Delete {
+        /// An IPv4 or IPv6 address, no port.
+        #[arg(value_name = "ADDR")]
+        address: IpAddr,
+    },
+}
+
+/// Arguments of `portshare queue`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QueueArgs {
+    #[command(subcommand)]
+    verb: QueueVerb,
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum QueueVerb {
+    /// Let a disabled queue take requests again.
+    Enable {
+        /// The queue's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Refuse the queue's new requests with 503 (or a reset, per its verbosity); waiting
+    /// and running requests carry on.
+    Disable {
+        /// The queue's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+}
+
+/// Arguments of `portshare reload`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ReloadArgs {
+    #[command(flatten)]
+    control: ControlArg,
+}
+
+/// Arguments of `portshare check-config`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CheckConfigArgs {
+    /// The configuration file to read.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+pub(crate) fn urlacl(args: UrlaclArgs) -> ExitCode {
+    let client = args.control.client();
+    match args.verb {
+        UrlaclVerb::Add(add) => {
+            let body = AddReservation {
+                url: add.url,
+                users: add.users,
+                groups: add.groups,
+                listen: add.listen.get(),
+                delegate: add.delegate.get(),
+            };
+            match client.call::<ReservationInfo>("POST", "/v1/urlacl", Some(&body)) {
+                Ok(info) => done(&format!(
+                    "URL reservation successfully added\n\n{}",
+                    reservation_text(&info)
+                )),
+                Err(e) => e.report("urlacl add"),
+            }
+        }
+        UrlaclVerb::Delete { url } => {
+            let body = RemoveReservation { url };
+            match client.call::<()>("DELETE", "/v1/urlacl", Some(&body)) {
+                Ok(()) => done("URL reservation successfully deleted\n"),
+                Err(e) => e.report("urlacl delete"),
+            }
+        }
+    }
+}
+
+pub(crate) fn iplisten(args: IplistenArgs) -> ExitCode {
+    let client = args.control.client();
+    let (method, address, verb, what) = match args.verb {
+        IplistenVerb::Add { address } => ("POST", address, "iplisten add", "added"),
+        IplistenVerb::Delete { address } => ("DELETE", address, "iplisten delete", "deleted"),
+    };
+    let body = IpListenChange {
+        address: address.to_string(),
+    };
+    match client.call::<IpListenList>(method, "/v1/iplisten", Some(&body)) {
+        Ok(list) => done(&format!(
+            "IP address successfully {what}\n\n{}",
+            iplisten_text(&list)
+        )),
+        Err(e) => e.report(verb),
+    }
+}
+
+pub(crate) fn queue(args: QueueArgs) -> ExitCode {
+    let client = args.control.client();
+    let (name, enabled, verb) = match args.verb {
+        QueueVerb::Enable { name } => (name, true, "queue enable"),
+        QueueVerb::Disable { name } => (name, false, "queue disable"),
+    };
+    let props = QueueProps {
+        enabled: Some(enabled),
+        ..QueueProps::default()
+    };
+    let target = format!("/v1/queues/{}", encode_segment(&name));
+    match client.call::<QueueInfo>("PATCH", &target, Some(&props)) {
+        Ok(info) => done(&queue_text(&info)),
+        Err(e) => e.report(verb),
+    }
+}
+
+pub(crate) fn reload(args: ReloadArgs) -> ExitCode {
+    let client = args.control.client();
+    match client.call::<ReloadReport>("POST", "/v1/reload", None::<&()>) {
+        Ok(report) => done(&reload_text(&report)),
+        Err(e) => e.report("reload"),
+    }
+}
+
+pub(crate) fn check_config(args: &CheckConfigArgs) -> ExitCode {
+    match portshare_server::Config::from_file(&args.file) {
+        Ok(config) => {
+            for w in config.warnings() {
+                eprintln!("portshare check-config: warning: {w}");
+            }
+            done(&format!("{}: ok\n", args.file.display()))
+        }
+        Err(e) => {
+            eprintln!("portshare check-config: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn done(text: &str) -> ExitCode {
+    crate::print(text);
+    ExitCode::SUCCESS
+}
+
+/// What `queue enable|disable` prints: the queue's state after the change.
+fn queue_text(q: &QueueInfo) -> String {
+    if q.enabled {
+        return format!("Request queue {}: Active\n", q.name);
+    }
+    let how = match q.verbosity {
+        Verbosity::Basic => "basic: the connection is reset",
+        Verbosity::Limited => "limited: 503 Service Unavailable",
+        Verbosity::Full => "full: 503 naming the cause",
+    };
+    format!(
+        "Request queue {}: Disabled\n    New requests are refused by its 503 verbosity ({how}).\n",
+        q.name
+    )
+}
+
+/// What `reload` prints.
+fn reload_text(r: &ReloadReport) -> String {
+    let mut out = format!("Reloaded {}\n", r.config);
+    if r.changes.is_empty() {
+        out.push_str("    No changes.\n");
+    } else {
+        out.push_str("    Changes:\n");
+        for c in &r.changes {
+            let _ = writeln!(out, "        {c}");
+        }
+    }
+    if !r.warnings.is_empty() {
+        out.push_str("    Warnings:\n");
+        for w in &r.warnings {
+            let _ = writeln!(out, "        {w}");
+        }
+    }
+    out
+}
+
+/// A queue name as one path segment: everything but unreserved characters `%XX`-encoded.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        verb: UrlaclVerb,
+    }
+
+    #[test]
+    fn urlacl_add_defaults_are_netsh_defaults() {
+        let cli =
+            Cli::try_parse_from(["x", "add", "http://+:80/a/", "--user", "alice"]).expect("parses");
+        let UrlaclVerb::Add(add) = cli.verb else {
+            panic!("add");
+        };
+        assert_eq!((add.listen, add.delegate), (YesNo::Yes, YesNo::No));
+        assert_eq!(add.users, ["alice"]);
+    }
+
+    #[test]
+    fn urlacl_add_needs_someone() {
+        let err = Cli::try_parse_from(["x", "add", "http://+:80/a/"]).expect_err("no one");
+        assert_eq!(err.exit_code(), 2);
+        let cli = Cli::try_parse_from([
+            "x",
+            "add",
+            "http://+:80/a/",
+            "--group",
+            "web",
+            "--group",
+            "gid:7",
+            "--listen",
+            "no",
+            "--delegate",
+            "yes",
+        ])
+        .expect("groups alone will do");
+        let UrlaclVerb::Add(add) = cli.verb else {
+            panic!("add");
+        };
+        assert_eq!(add.groups, ["web", "gid:7"]);
+        assert_eq!((add.listen, add.delegate), (YesNo::No, YesNo::Yes));
+        assert!(
+            Cli::try_parse_from(["x", "add", "u", "--user", "a", "--listen", "maybe"]).is_err()
+        );
+    }
+
+    #[test]
+    fn queue_names_are_encoded() {
+        assert_eq!(encode_segment("app-1_x.y~"), "app-1_x.y~");
+        assert_eq!(encode_segment("a b/c%é"), "a%20b%2Fc%25%C3%A9");
+    }
+
+    #[test]
+    fn queue_after_a_change() {
+        let mut q = QueueInfo {
+            name: "app".into(),
+            created: false,
+            length: 1000,
+            verbosity: Verbosity::Basic,
+            enabled: false,
+            linger_ms: 0,
+            queue_timer_ms: 120_000,
+            upstream: None,
+            urls: vec![],
+        };
+        assert_eq!(
+            queue_text(&q),
+            "Request queue app: Disabled\n    New requests are refused by its 503 verbosity \
+             (basic: the connection is reset).\n"
+        );
+        q.enabled = true;
+        assert_eq!(queue_text(&q), "Request queue app: Active\n");
+    }
+
+    #[test]
+    fn reload_report() {
+        let mut r = ReloadReport {
+            config: "/etc/portshare/portshare.toml".into(),
+            changes: vec![],
+            warnings: vec![],
+        };
+        assert_eq!(
+            reload_text(&r),
+            "Reloaded /etc/portshare/portshare.toml\n    No changes.\n"
+        );
+        r.changes = vec!["urlacl: added http://+:80/a/".into()];
+        r.warnings = vec!["cannot bind 10.0.0.1:80".into()];
+        assert_eq!(
+            reload_text(&r),
+            "Reloaded /etc/portshare/portshare.toml\n    Changes:\n        urlacl: added \
+             http://+:80/a/\n    Warnings:\n        cannot bind 10.0.0.1:80\n"
+        );
+    }
+}
