@@ -395,7 +395,9 @@ fn daemon_with_upstream(dir: TempDir, port: u16, upstream: &str) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "iplisten = [\"127.0.0.1\"]\n\n[[queue]]\nname = \"legacy\"\nurls = [\"http://+:{port}/legacy/\"]\nupstream = \"{upstream}\"\n"
+            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[errlog]\nfolder = {:?}\n\n[[queue]]\nname = \"legacy\"\nurls = [\"http://+:{port}/legacy/\"]\nupstream = \"{upstream}\"\n",
+            dir.0.join("state.toml").display().to_string(),
+            dir.0.join("httperr").display().to_string(),
         ),
     )
     .expect("write the configuration");
