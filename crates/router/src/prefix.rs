@@ -352,10 +352,13 @@ fn parse_host(host: &str) -> Result<Host, PrefixError> {
         return Ok(Host::Ip(IpAddr::V4(addr)));
     }
     check_host_name(host).map_err(bad)?;
-    if host
-        .split('.')
-        .any(|label| label.len() >= 4 && label[..4].eq_ignore_ascii_case("xn--"))
-    {
+    // On bytes: a label's fourth byte may be inside a character (`exaф`).
+    if host.split('.').any(|label| {
+        label
+            .as_bytes()
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
+    }) {
         return Err(bad("is in punycode: write the Unicode form of the name"));
     }
     Ok(Host::Name(host.into()))

@@ -12,7 +12,12 @@ const INITIAL_N: u32 = 128;
 
 /// Turns every `xn--` label of a host name into Unicode; `None` when one does not decode.
 pub(crate) fn to_unicode(host: &str) -> Option<Cow<'_, str>> {
-    let is_ace = |l: &str| l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--");
+    // On bytes: a label's fourth byte may be inside a character (`tesф`).
+    let is_ace = |l: &str| {
+        l.as_bytes()
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
+    };
     if !host.split('.').any(is_ace) {
         return Some(Cow::Borrowed(host));
     }
