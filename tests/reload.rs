@@ -35,6 +35,15 @@ fn reload(d: &Daemon) -> (u16, serde_json::Value) {
     d.ctl().call("POST", "/v1/reload", None)
 }
 
+/// Sends SIGHUP to the daemon, whose PID its state view gives.
+fn sighup(d: &Daemon) {
+    let pid = d.state()["pid"].as_u64().expect("pid");
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -HUP {pid}");
+}
+
 /// `GET /hello/` on `ip:port`, keep-alive off; `None` when refused or broken.
 fn get_at(ip: [u8; 4], port: u16) -> Option<u16> {
     let mut s =
@@ -95,13 +104,7 @@ fn reloads_under_load_fail_no_request() {
     }
     // A reload by signal, too.
     std::thread::sleep(Duration::from_millis(150));
-    let pid = d.state()["pid"].as_u64().expect("pid");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
-    );
+    sighup(&d);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -173,13 +176,7 @@ fn a_bad_file_is_refused_with_its_line_and_the_daemon_keeps_serving() {
     assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
     // A file that does not parse, by signal: refused in the log, still serving.
     std::fs::write(&path, format!("{good}\n[timers\n")).expect("bad");
-    let pid = d.state()["pid"].as_u64().expect("pid");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
-    );
+    sighup(&d);
     assert!(
         eventually(10, || d.log().contains("reload refused")),
         "{}",
