@@ -432,6 +432,41 @@ fn spoofed_metadata_and_forwarding_headers_never_reach_an_app() {
 }
 
 #[test]
+fn a_repeated_header_reaches_the_app_once_with_its_values_joined() {
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let _app = d.hello(
+        "echo",
+        &[&format!("http://+:{port}/e/")],
+        &["--echo-headers"],
+    );
+    let req = b"GET /e/ HTTP/1.1\r\nHost: h\r\nX-A: 1\r\nAccept: text/html\r\nx-a: 2\r\nX-A: 3\r\nConnection: close\r\n\r\n";
+    let (status, _, body) = http_raw(port, req);
+    let body = String::from_utf8_lossy(&body).to_lowercase();
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<&str> = body.lines().filter(|l| l.starts_with("x-a:")).collect();
+    assert_eq!(lines, ["x-a: 1, 2, 3"], "{body}");
+    assert!(body.contains("accept: text/html"), "{body}");
+}
+
+#[test]
+fn a_url_is_removed_by_any_spelling_of_it() {
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let mut ctl = d.ctl();
+    ctl.create_queue(json!({ "name": "q" }));
+    let (status, body) = ctl.add_url("q", &format!("http://+:{port}/app/"));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = ctl.call(
+        "DELETE",
+        "/v1/queues/q/urls",
+        Some(json!({ "url": format!("http://+:{port}/APP/") })),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(d.state()["prefixes"], json!([]));
+}
+
+#[test]
 fn a_queue_belongs_to_its_uid() {
     let d = Daemon::start(&[]);
     let mut owner = d.ctl();

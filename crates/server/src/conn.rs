@@ -352,9 +352,25 @@ impl Conn {
         };
         let mut w =
             RequestHeadWriter::new(&mut frame, 0, end, head.method(), &self.scratch, version);
-        for (name, value) in head.headers() {
-            if passes(name) {
-                w.header(name, value);
+        if may_repeat(head) {
+            // A repeated header reaches the application once, its values joined with ", ",
+            // where it first stood (spec §3.4).
+            for (i, (name, value)) in head.headers().enumerate() {
+                let same = |(n, _): (&[u8], &[u8])| n.eq_ignore_ascii_case(name);
+                if !passes(name) || head.headers().take(i).any(same) {
+                    continue;
+                }
+                if head.headers().skip(i + 1).any(same) {
+                    w.header(name, &head.joined(name).unwrap_or_default());
+                } else {
+                    w.header(name, value);
+                }
+            }
+        } else {
+            for (name, value) in head.headers() {
+                if passes(name) {
+                    w.header(name, value);
+                }
             }
         }
         let mut num = itoa_buf();
@@ -747,6 +763,22 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// Whether two header names of `head` may be the same: exact for up to 32 headers (names
+/// compared in place, mostly by length alone), and assumed beyond.
+fn may_repeat(head: &Head<'_>) -> bool {
+    let mut names: [&[u8]; 32] = [&[]; 32];
+    for (i, (name, _)) in head.headers().enumerate() {
+        let Some(slot) = names.get_mut(i) else {
+            return true;
+        };
+        *slot = name;
+        if names[..i].iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether an inbound request header goes on to the application: not the reserved
 /// `portshare-*` space, no forwarding headers a client could forge, no hop-by-hop headers.
 fn passes(name: &[u8]) -> bool {
@@ -1026,6 +1058,28 @@ fn put_length(wr: &mut BytesMut, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_names_are_found_case_insensitively() {
+        let check = |text: String| {
+            let limits = crate::HeadLimits::default();
+            let Ok(Parsed::Complete { head, .. }) = parse_head(text.as_bytes(), &limits) else {
+                panic!("head: {text}");
+            };
+            may_repeat(&head)
+        };
+        let head = |fields: &str| format!("GET / HTTP/1.1\r\nHost: h\r\n{fields}\r\n");
+        assert!(!check(head(
+            "Accept: a\r\nAccept-Language: b\r\nX-Ab: c\r\nX-Ba: d\r\n"
+        )));
+        assert!(check(head("Accept: a\r\nX: b\r\naccept: c\r\n")));
+        assert!(check(head(
+            "X-Long-Name: a\r\nY: b\r\nZ: c\r\nx-long-NAME: d\r\n"
+        )));
+        // Past 32 headers it is assumed, distinct or not.
+        let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(check(head(&many)));
+    }
 
     fn facts(version: Version, keep_alive: bool, head_method: bool) -> Facts {
         Facts {

@@ -114,17 +114,11 @@ struct QueueEntry {
     queue: Arc<Queue>,
     /// Sessions holding the queue open.
     handles: HashSet<u64>,
-    /// Its URLs, by canonical form.
-    urls: HashMap<String, UrlEntry>,
+    /// Its URLs (equal by HTTP.sys's rules, whatever the spelling), each with the session
+    /// that added it; `None` once the queue lingers.
+    urls: HashMap<UrlPrefix, Option<u64>>,
     /// Set while the queue outlives its last handle; the number tells lingerings apart.
     lingering: Option<u64>,
-}
-
-#[derive(Debug)]
-struct UrlEntry {
-    prefix: UrlPrefix,
-    /// The session that added it; `None` once its queue lingers.
-    owner: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -158,8 +152,8 @@ struct State {
     queues: HashMap<String, QueueEntry>,
     listeners: HashMap<SocketAddr, Listener>,
     acl: UrlAcl,
-    /// Where each reservation comes from, by canonical URL.
-    acl_sources: HashMap<String, Source>,
+    /// Where each reservation comes from.
+    acl_sources: HashMap<UrlPrefix, Source>,
     /// The configuration in force.
     config: Config,
     /// What the CLI changed.
@@ -298,12 +292,12 @@ impl Daemon {
             entry.handles.insert(session.id);
             if entry.lingering.take().is_some() {
                 // The new holder adopts what the queue kept while it lingered.
-                for u in entry.urls.values_mut() {
-                    u.owner.get_or_insert(session.id);
+                for owner in entry.urls.values_mut() {
+                    owner.get_or_insert(session.id);
                 }
                 tracing::info!(queue = %name, pid = session.peer.pid, "lingering queue reopened");
             }
-            let urls = entry.urls.values().map(|u| u.prefix.to_string()).collect();
+            let urls = entry.urls.keys().map(ToString::to_string).collect();
             return Ok(info(q, props, false, urls));
         }
         if spec.mode == OpenMode::Open {
@@ -400,7 +394,7 @@ impl Daemon {
             .queue
             .set_props(p)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
-        let urls = entry.urls.values().map(|u| u.prefix.to_string()).collect();
+        let urls = entry.urls.keys().map(ToString::to_string).collect();
         Ok(info(&entry.queue, props, false, urls))
     }
 
@@ -434,10 +428,10 @@ impl Daemon {
         let st = &mut *st;
         let entry = Daemon::owned(st, session, name)?;
         let queue = entry.queue.clone();
-        if let Some(existing) = entry.urls.get_mut(prefix.as_str()) {
+        if let Some(owner) = entry.urls.get_mut(&prefix) {
             // Re-adding what a lingering queue kept for its next holder.
-            if existing.owner.is_none() || existing.owner == Some(session.id) {
-                existing.owner = Some(session.id);
+            if owner.is_none_or(|o| o == session.id) {
+                *owner = Some(session.id);
                 let listening = self.listening_for(st, &prefix);
                 let warnings = Daemon::warnings(st, &prefix, &listening);
                 return Ok(UrlAdded {
@@ -484,13 +478,7 @@ impl Daemon {
             return Err(api(e.win32(), e.to_string()));
         }
         if let Some(entry) = st.queues.get_mut(name) {
-            entry.urls.insert(
-                prefix.as_str().to_owned(),
-                UrlEntry {
-                    prefix: prefix.clone(),
-                    owner: Some(session.id),
-                },
-            );
+            entry.urls.insert(prefix.clone(), Some(session.id));
         }
         self.publish(st);
         let listening = self.listening_for(st, &prefix);
@@ -517,19 +505,19 @@ impl Daemon {
         let mut st = self.lock();
         let st = &mut *st;
         let entry = Daemon::owned(st, session, name)?;
-        let Some(u) = entry.urls.get(prefix.as_str()) else {
+        let Some(owner) = entry.urls.get(&prefix) else {
             return Err(api(
                 Win32Error::FileNotFound,
                 format!("{prefix} is not registered on queue {name:?}"),
             ));
         };
-        if u.owner.is_some_and(|o| o != session.id) && session.peer.uid != 0 {
+        if owner.is_some_and(|o| o != session.id) && session.peer.uid != 0 {
             return Err(api(
                 Win32Error::AccessDenied,
                 "only the connection that added a URL (or root) may remove it",
             ));
         }
-        entry.urls.remove(prefix.as_str());
+        entry.urls.remove(&prefix);
         self.unregister(st, &prefix);
         self.publish(st);
         Ok(())
@@ -586,8 +574,8 @@ impl Daemon {
             // Keep the queue, its URLs and its waiting requests for the next holder.
             let generation = self.next_id();
             entry.lingering = Some(generation);
-            for u in entry.urls.values_mut() {
-                u.owner = None;
+            for owner in entry.urls.values_mut() {
+                *owner = None;
             }
             tracing::info!(queue = name, "queue lingers for {linger:?}");
             let daemon = self.clone();
@@ -610,12 +598,12 @@ impl Daemon {
         // The session's URLs go with it.
         let mine: Vec<UrlPrefix> = entry
             .urls
-            .values()
-            .filter(|u| u.owner == Some(session) || last)
-            .map(|u| u.prefix.clone())
+            .iter()
+            .filter(|(_, owner)| **owner == Some(session) || last)
+            .map(|(p, _)| p.clone())
             .collect();
         for p in &mine {
-            entry.urls.remove(p.as_str());
+            entry.urls.remove(p);
         }
         for p in &mine {
             self.unregister(st, p);
@@ -629,8 +617,8 @@ impl Daemon {
         let Some(entry) = st.queues.remove(name) else {
             return;
         };
-        for u in entry.urls.values() {
-            self.unregister(st, &u.prefix);
+        for p in entry.urls.keys() {
+            self.unregister(st, p);
         }
         entry.queue.close();
     }
@@ -807,7 +795,7 @@ impl Daemon {
                         }),
                     }
                 }
-                let mut urls: Vec<String> = e.urls.values().map(|u| u.prefix.to_string()).collect();
+                let mut urls: Vec<String> = e.urls.keys().map(ToString::to_string).collect();
                 urls.sort();
                 QueueState {
                     name: name.clone(),

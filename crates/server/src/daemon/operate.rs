@@ -233,11 +233,11 @@ impl Daemon {
                     continue;
                 }
             };
-            let url = r.prefix().to_string();
-            if sources.contains_key(&url) {
+            let prefix = r.prefix().clone();
+            if sources.contains_key(&prefix) {
                 if source == Source::State {
                     report.warn(format!(
-                        "the reservation of {url} in the state file is overridden by the \
+                        "the reservation of {prefix} in the state file is overridden by the \
                          configuration file's"
                     ));
                 }
@@ -246,37 +246,58 @@ impl Daemon {
             let unknown = unknown_names(a);
             if !unknown.is_empty() {
                 report.warn(format!(
-                    "reservation {url}: no {} on this machine, so it grants them nothing",
+                    "reservation {prefix}: no {} on this machine, so it grants them nothing",
                     unknown.join(", no ")
                 ));
             }
             if acl.insert(r).is_ok() {
-                sources.insert(url, source);
+                sources.insert(prefix, source);
             }
         }
-        let before: BTreeSet<String> = st.acl_sources.keys().cloned().collect();
-        let after: BTreeSet<String> = sources.keys().cloned().collect();
-        for url in before.difference(&after) {
-            if let Ok(p) = UrlPrefix::parse(url) {
-                let _ = st.table.unreserve(&p);
-            }
-            report.changes.push(format!("reservation removed: {url}"));
+        // In URL order, so a report reads the same from one reload to the next.
+        let sorted = |set: Vec<&UrlPrefix>| {
+            let mut v: Vec<UrlPrefix> = set.into_iter().cloned().collect();
+            v.sort_by_cached_key(ToString::to_string);
+            v
+        };
+        let removed = sorted(
+            st.acl_sources
+                .keys()
+                .filter(|p| !sources.contains_key(*p))
+                .collect(),
+        );
+        let added = sorted(
+            sources
+                .keys()
+                .filter(|p| !st.acl_sources.contains_key(*p))
+                .collect(),
+        );
+        let kept = sorted(
+            sources
+                .keys()
+                .filter(|p| st.acl_sources.contains_key(*p))
+                .collect(),
+        );
+        for prefix in removed {
+            let _ = st.table.unreserve(&prefix);
+            report
+                .changes
+                .push(format!("reservation removed: {prefix}"));
         }
-        for url in after.difference(&before) {
-            if let Ok(p) = UrlPrefix::parse(url)
-                && let Err(e) = st.table.reserve(p)
-            {
+        for prefix in added {
+            report.changes.push(format!("reservation added: {prefix}"));
+            if let Err(e) = st.table.reserve(prefix.clone()) {
                 report.warn(format!(
-                    "reservation {url} does not take part in routing: {e}"
+                    "reservation {prefix} does not take part in routing: {e}"
                 ));
             }
-            report.changes.push(format!("reservation added: {url}"));
         }
-        for url in before.intersection(&after) {
-            let old = st.acl.iter().find(|r| r.prefix().to_string() == *url);
-            let new = acl.iter().find(|r| r.prefix().to_string() == *url);
-            if old.map(Reservation::aces) != new.map(Reservation::aces) {
-                report.changes.push(format!("reservation changed: {url}"));
+        for prefix in kept {
+            let aces = |acl: &UrlAcl| acl.get(&prefix).map(|r| r.aces().to_vec());
+            if aces(&st.acl) != aces(&acl) {
+                report
+                    .changes
+                    .push(format!("reservation changed: {prefix}"));
             }
         }
         st.acl = acl;
@@ -487,9 +508,9 @@ impl Daemon {
         let st = self.lock();
         st.queues.get(name).map_or_else(Vec::new, |e| {
             e.urls
-                .values()
-                .filter(|u| u.owner == Some(CONFIG_SESSION))
-                .map(|u| u.prefix.clone())
+                .iter()
+                .filter(|(_, owner)| **owner == Some(CONFIG_SESSION))
+                .map(|(p, _)| p.clone())
                 .collect()
         })
     }
@@ -504,8 +525,7 @@ impl Daemon {
             .map(|a| info_of(a, Source::Config))
             .chain(st.saved.urlacls.iter().filter_map(|a| {
                 let p = UrlPrefix::parse(&a.url).ok()?;
-                (st.acl_sources.get(p.as_str()) == Some(&Source::State))
-                    .then(|| info_of(a, Source::State))
+                (st.acl_sources.get(&p) == Some(&Source::State)).then(|| info_of(a, Source::State))
             }))
             .collect();
         reservations.sort_by(|a, b| a.url.cmp(&b.url));
@@ -569,7 +589,7 @@ impl Daemon {
         st.acl
             .insert(reservation)
             .map_err(|e| api(e.win32(), e.to_string()))?;
-        st.acl_sources.insert(prefix.to_string(), Source::State);
+        st.acl_sources.insert(prefix.clone(), Source::State);
         if let Err(e) = st.table.reserve(prefix.clone()) {
             tracing::warn!("reservation {prefix} does not take part in routing: {e}");
         }
@@ -592,7 +612,7 @@ impl Daemon {
         })?;
         let mut st = self.lock();
         let st = &mut *st;
-        match st.acl_sources.get(prefix.as_str()) {
+        match st.acl_sources.get(&prefix) {
             None => {
                 return Err(api(
                     Win32Error::FileNotFound,
@@ -624,7 +644,7 @@ impl Daemon {
             .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))?;
         st.saved = saved;
         st.acl = acl;
-        st.acl_sources.remove(prefix.as_str());
+        st.acl_sources.remove(&prefix);
         let _ = st.table.unreserve(&prefix);
         self.publish(st);
         tracing::info!(pid = session.peer.pid, user = %session.peer.user, "unreserved {prefix}");
