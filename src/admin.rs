@@ -346,6 +346,7 @@ mod tests {
             enabled: false,
             linger_ms: 0,
             queue_timer_ms: 120_000,
+            limits: Default::default(),
             upstream: None,
             urls: vec![],
         };

@@ -572,6 +572,8 @@ mod tests {
             enabled: true,
             linger_ms: 0,
             queue_timer_ms: 120_000,
+            limits: Default::default(),
+            connections: 0,
             lingering: false,
             upstream: None,
             depth: 0,

@@ -193,6 +193,29 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         "        Request queue timeout (secs): {}",
         secs(q.queue_timer_ms)
     );
+    // As netsh prints a URL group's values: 0 is the service's value.
+    let l = &q.limits;
+    let _ = writeln!(
+        out,
+        "        Entity body timeout (secs): {}",
+        secs(l.entity_body_ms)
+    );
+    let _ = writeln!(
+        out,
+        "        Drain entity body timeout (secs): {}",
+        secs(l.drain_entity_body_ms)
+    );
+    let _ = writeln!(
+        out,
+        "        Minimum send rate (bytes/sec): {}",
+        l.min_send_rate
+    );
+    let max = match l.max_connections {
+        0 => "inherited".to_owned(),
+        n => n.to_string(),
+    };
+    let _ = writeln!(out, "        Max connections: {max}");
+    let _ = writeln!(out, "        Connections: {}", q.connections);
     let _ = writeln!(out, "        Linger time (ms): {}", q.linger_ms);
     if let Some(up) = &q.upstream {
         let _ = writeln!(out, "        Upstream: {up}");
@@ -205,6 +228,7 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         ("Refused, queue disabled", c.disabled),
         ("Timed out waiting", c.timed_out),
         ("Abandoned", c.abandoned),
+        ("Refused, connection limit", c.conn_limit),
     ] {
         let _ = writeln!(out, "            {name}: {value}");
     }
@@ -465,6 +489,8 @@ mod tests {
                 enabled: false,
                 linger_ms: 5000,
                 queue_timer_ms: 1500,
+                limits: Default::default(),
+                connections: 0,
                 lingering: true,
                 upstream: None,
                 depth: 3,
@@ -488,6 +514,7 @@ mod tests {
                     disabled: 2,
                     timed_out: 3,
                     abandoned: 4,
+                    conn_limit: 5,
                 },
             }],
         }
@@ -521,6 +548,11 @@ Request queues:
         Requests in flight: 1
         Oldest waiting request age (ms): 250
         Request queue timeout (secs): 1.5
+        Entity body timeout (secs): 0
+        Drain entity body timeout (secs): 0
+        Minimum send rate (bytes/sec): 0
+        Max connections: inherited
+        Connections: 0
         Linger time (ms): 5000
         Counters:
             Delivered: 10
@@ -528,6 +560,7 @@ Request queues:
             Refused, queue disabled: 2
             Timed out waiting: 3
             Abandoned: 4
+            Refused, connection limit: 5
         Number of registered URLs: 2
         Registered URLs:
             http://+:8080/app/

@@ -99,6 +99,41 @@ pub struct QueueProps {
     /// before its connection is closed (`Timer_ReqQueue`). Default 120000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timer_ms: Option<u64>,
+    /// `EntityBody` in milliseconds: the longest gap while a request body arrives. 0: the
+    /// service's (`timers.entity_body`, default 120000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_body_ms: Option<u64>,
+    /// `DrainEntityBody` in milliseconds: the time to read and discard a body the
+    /// application left unread. 0: the service's (default 120000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_entity_body_ms: Option<u64>,
+    /// `MinSendRate` in bytes per second: a client taking a response more slowly is cut
+    /// off (`Timer_MinBytesPerSecond`). 0: the service's (default 150); 4294967295: no
+    /// check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_send_rate: Option<u32>,
+    /// Most client connections whose requests the queue holds at once; one more gets 503
+    /// `ConnLimit`. 0: no limit (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+/// A queue's timers and connection limit, as set on it: 0 means the service's value (for
+/// the timers) or no limit (for `max_connections`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueLimits {
+    /// `EntityBody`, milliseconds.
+    #[serde(default)]
+    pub entity_body_ms: u64,
+    /// `DrainEntityBody`, milliseconds.
+    #[serde(default)]
+    pub drain_entity_body_ms: u64,
+    /// `MinSendRate`, bytes per second.
+    #[serde(default)]
+    pub min_send_rate: u32,
+    /// Most client connections.
+    #[serde(default)]
+    pub max_connections: u32,
 }
 
 /// `POST /v1/queues`.
@@ -138,6 +173,9 @@ pub struct QueueInfo {
     pub linger_ms: u64,
     /// Request-queue timer in milliseconds.
     pub queue_timer_ms: u64,
+    /// Its other timers and its connection limit.
+    #[serde(default)]
+    pub limits: QueueLimits,
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
@@ -277,6 +315,12 @@ pub struct QueueState {
     pub linger_ms: u64,
     /// Request-queue timer in milliseconds.
     pub queue_timer_ms: u64,
+    /// Its other timers and its connection limit.
+    #[serde(default)]
+    pub limits: QueueLimits,
+    /// Client connections whose requests it holds now.
+    #[serde(default)]
+    pub connections: u64,
     /// True while the queue outlives its owner, waiting to be opened.
     pub lingering: bool,
     /// The upstream address, for upstream queues.
@@ -328,6 +372,9 @@ pub struct QueueCounters {
     pub timed_out: u64,
     /// Abandoned because a worker went away holding them, or the queue closed.
     pub abandoned: u64,
+    /// Refused because the queue's connection limit was reached (`ConnLimit`).
+    #[serde(default)]
+    pub conn_limit: u64,
 }
 
 /// Where a reservation or a listen-list entry comes from.

@@ -31,8 +31,12 @@
 //! - **reset** (4-byte payload, a [`ResetCode`]) ends the stream at once in both directions.
 //!   From the worker it aborts the client's connection; from the daemon it says the client
 //!   has gone and the worker should stop.
-//! - **drain** (stream 0, no payload; worker → daemon) asks for no new requests: the daemon
-//!   finishes those in hand, then the worker may close.
+//! - **drain** (stream 0, no payload). From a worker it asks for no new requests: the
+//!   daemon finishes those in hand, then the worker may close. From the daemon it says the
+//!   daemon is stopping: requests already sent, and those still waiting in the queue until
+//!   the daemon's shutdown timer runs out, are still the worker's to answer; then the daemon
+//!   closes the connection, and a worker that wants to go on attaches again once the daemon
+//!   is back.
 //!
 //! A stream's slot is free again once the worker's response has ended (or either side reset
 //! it) and the daemon has sent the request's last body byte or reset it.
@@ -70,7 +74,7 @@ pub enum Kind {
     Window,
     /// The stream ends at once.
     Reset,
-    /// The worker takes no new requests.
+    /// The worker takes no new requests; or, from the daemon, the daemon is stopping.
     Drain,
 }
 
@@ -165,7 +169,7 @@ pub enum Frame {
         /// Why.
         code: ResetCode,
     },
-    /// The worker takes no new requests.
+    /// The worker takes no new requests; or, from the daemon, the daemon is stopping.
     Drain,
 }
 

@@ -10,12 +10,16 @@
 //! max_field_length = 16384    # MaxFieldLength: one header field, and the URL
 //! url_segment_max_length = 260
 //! url_segment_max_count = 255
+//! max_connections = 4294967295  # MaxConnections: open client connections; default unlimited
 //!
-//! [timers]                     # seconds
+//! [timers]                     # seconds; 65535 disables a timer
 //! header_wait = 120
 //! idle_connection = 120
-//! entity_body = 120
+//! entity_body = 120           # default of queues that set none
+//! drain_entity_body = 120     # default of queues that set none
 //! request_queue = 120         # default request-queue timer of new queues
+//! min_send_rate = 150         # bytes per second; 4294967295 disables it
+//! shutdown = 30               # SIGTERM: how long requests in progress may take to finish
 //!
 //! [errlog]                     # the httperr files; lines also go to the `httperr` log target
 //! enabled = true
@@ -47,6 +51,10 @@
 //! enabled = true
 //! linger = 0                  # seconds
 //! request_queue_timer = 120   # seconds
+//! entity_body = 120           # seconds; default: timers.entity_body
+//! drain_entity_body = 120     # seconds; default: timers.drain_entity_body
+//! min_send_rate = 150         # bytes per second; default: timers.min_send_rate
+//! max_connections = 100       # client connections its requests may hold; default unlimited
 //! owner = "alice"              # who may open it and attach workers (default: the daemon's user)
 //! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000"
 //! connections = 256           # most upstream connections (the queue's slots)
@@ -153,6 +161,15 @@ pub struct Limits {
     pub url_segment_max_length: usize,
     /// `UrlSegmentMaxCount`: path segments.
     pub url_segment_max_count: usize,
+    /// `MaxConnections`: open client connections, all addresses together. At the limit the
+    /// daemon accepts no more until one closes (they wait in the listen backlog). 1024 to
+    /// 2031616, or 4294967295 (the default) for no limit.
+    pub max_connections: u64,
+}
+
+impl Limits {
+    /// `max_connections` when it sets no limit.
+    pub const UNLIMITED: u64 = u32::MAX as u64;
 }
 
 impl Default for Limits {
@@ -162,11 +179,13 @@ impl Default for Limits {
             max_field_length: 16384,
             url_segment_max_length: 260,
             url_segment_max_count: 255,
+            max_connections: Limits::UNLIMITED,
         }
     }
 }
 
-/// Timers, in seconds, with HTTP.sys's defaults.
+/// Timers, in seconds, with HTTP.sys's defaults. A timer set to 65535 seconds (HTTP.sys's
+/// MAXUSHORT) or more never fires.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timers {
@@ -174,11 +193,19 @@ pub struct Timers {
     pub header_wait: f64,
     /// Time an idle keep-alive connection stays open (`IdleConnection`).
     pub idle_connection: f64,
-    /// Longest gap while receiving a request body, and time to drain one an application
-    /// did not read (`EntityBody`, `DrainEntityBody`).
+    /// Longest gap while receiving a request body (`EntityBody`), for queues that set none.
     pub entity_body: f64,
+    /// Time to read and discard the rest of a body the application did not read, so the
+    /// connection can carry the next request (`DrainEntityBody`), for queues that set none.
+    pub drain_entity_body: f64,
     /// The request-queue timer of queues that do not set their own (`RequestQueue`).
     pub request_queue: f64,
+    /// The slowest a client may take a response, in bytes per second (`MinSendRate`), for
+    /// queues that set none; 4294967295 (MAXULONG) turns the check off.
+    pub min_send_rate: u32,
+    /// On SIGTERM, how long requests in progress and waiting in queues may take to finish
+    /// before the daemon closes what is left (not an HTTP.sys timer).
+    pub shutdown: f64,
 }
 
 impl Default for Timers {
@@ -187,18 +214,26 @@ impl Default for Timers {
             header_wait: 120.0,
             idle_connection: 120.0,
             entity_body: 120.0,
+            drain_entity_body: 120.0,
             request_queue: 120.0,
+            min_send_rate: 150,
+            shutdown: 30.0,
         }
     }
 }
 
 impl Timers {
+    /// A timer of this many seconds or more never fires.
+    pub const DISABLED: f64 = 65535.0;
+
     fn check(&self) -> Result<(), Bad> {
         for (name, v) in [
             ("header_wait", self.header_wait),
             ("idle_connection", self.idle_connection),
             ("entity_body", self.entity_body),
+            ("drain_entity_body", self.drain_entity_body),
             ("request_queue", self.request_queue),
+            ("shutdown", self.shutdown),
         ] {
             if !(v > 0.0 && v <= 4_294_967.0) {
                 return Err(Bad::at(
@@ -208,11 +243,24 @@ impl Timers {
                 ));
             }
         }
+        if self.min_send_rate == 0 {
+            return Err(Bad::at(
+                Some(("timers", None)),
+                "min_send_rate",
+                "timers.min_send_rate = 0: expected bytes per second from 1 to 4294967295",
+            ));
+        }
         Ok(())
     }
 
     pub(crate) fn duration(s: f64) -> Duration {
         Duration::from_secs_f64(s)
+    }
+
+    /// A timer's duration while it is armed; `None` for one set to 65535 seconds or more,
+    /// which never fires.
+    pub(crate) fn armed(d: Duration) -> Option<Duration> {
+        (d < Duration::from_secs(65535)).then_some(d)
     }
 }
 
@@ -288,6 +336,21 @@ pub struct QueueConfig {
     /// Request-queue timer, seconds.
     #[serde(default)]
     pub request_queue_timer: Option<f64>,
+    /// `EntityBody` for this queue's requests, seconds; default `timers.entity_body`.
+    #[serde(default)]
+    pub entity_body: Option<f64>,
+    /// `DrainEntityBody` for this queue's requests, seconds; default
+    /// `timers.drain_entity_body`.
+    #[serde(default)]
+    pub drain_entity_body: Option<f64>,
+    /// `MinSendRate` for this queue's responses, bytes per second; default
+    /// `timers.min_send_rate`.
+    #[serde(default)]
+    pub min_send_rate: Option<u32>,
+    /// Most client connections whose requests this queue holds at once (the URL group's
+    /// `MaxConnections`); a connection beyond it gets 503 `ConnLimit`. Default unlimited.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
     /// How long, in seconds, the queue keeps its URLs and waiting requests after the last
     /// process that opened it lets go; default 0.
     #[serde(default)]
@@ -380,6 +443,18 @@ impl Config {
             0..=32766,
         )?;
         limit("url_segment_max_count", l.url_segment_max_count, 0..=16383)?;
+        if l.max_connections != Limits::UNLIMITED
+            && !(1024..=2_031_616).contains(&l.max_connections)
+        {
+            return Err(Bad::at(
+                Some(("limits", None)),
+                "max_connections",
+                format!(
+                    "limits.max_connections = {}: expected 1024 to 2031616, or 4294967295 for no limit",
+                    l.max_connections
+                ),
+            ));
+        }
         self.timers.check()?;
         self.errlog.check()?;
         if let Some(mode) = &self.control.mode
@@ -467,6 +542,8 @@ impl Config {
             for (key, v) in [
                 ("request_queue_timer", q.request_queue_timer),
                 ("linger", q.linger),
+                ("entity_body", q.entity_body),
+                ("drain_entity_body", q.drain_entity_body),
             ] {
                 if let Some(v) = v
                     && !(0.0..=4_294_967.0).contains(&v)
@@ -487,6 +564,21 @@ impl Config {
                         format!("queue {:?}: upstream = {up:?}: {e}", q.name),
                     )
                 })?;
+            }
+            if q.min_send_rate == Some(0) {
+                return Err(at(
+                    "min_send_rate",
+                    format!(
+                        "queue {:?}: min_send_rate = 0: expected bytes per second from 1 to 4294967295",
+                        q.name
+                    ),
+                ));
+            }
+            if q.max_connections == Some(0) {
+                return Err(at(
+                    "max_connections",
+                    format!("queue {:?}: max_connections must be at least 1", q.name),
+                ));
             }
             if q.connections == Some(0) {
                 return Err(at(
@@ -705,6 +797,53 @@ mod tests {
         assert!(e.contains("loopback"), "{e}");
         let e = Config::from_toml("bogus = 1\n").unwrap_err();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn limits_and_timers_keep_http_sys_ranges() {
+        let c = Config::from_toml(
+            "[limits]\nmax_connections = 1024\n[timers]\ndrain_entity_body = 5\nmin_send_rate = 4294967295\nshutdown = 2.5\n[[queue]]\nname = \"q\"\nentity_body = 3\nmin_send_rate = 1000\nmax_connections = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 1024);
+        assert_eq!(c.timers.drain_entity_body, 5.0);
+        assert_eq!(c.timers.min_send_rate, u32::MAX);
+        assert_eq!(c.queues[0].max_connections, Some(7));
+        assert_eq!(Limits::default().max_connections, Limits::UNLIMITED);
+        assert_eq!(Timers::default().min_send_rate, 150);
+        for (text, key) in [
+            (
+                "[limits]\nmax_connections = 1023\n",
+                "limits.max_connections = 1023",
+            ),
+            (
+                "[limits]\nmax_connections = 2031617\n",
+                "limits.max_connections",
+            ),
+            ("[timers]\nmin_send_rate = 0\n", "timers.min_send_rate = 0"),
+            ("[timers]\nshutdown = 0\n", "timers.shutdown = 0"),
+            (
+                "[[queue]]\nname = \"q\"\nmax_connections = 0\n",
+                "max_connections",
+            ),
+            (
+                "[[queue]]\nname = \"q\"\nmin_send_rate = 0\n",
+                "min_send_rate",
+            ),
+            (
+                "[[queue]]\nname = \"q\"\ndrain_entity_body = -1\n",
+                "drain_entity_body",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        // 65535 s and more never fire.
+        assert_eq!(Timers::armed(Duration::from_secs(65535)), None);
+        assert_eq!(
+            Timers::armed(Duration::from_secs(65534)),
+            Some(Duration::from_secs(65534))
+        );
     }
 
     #[test]

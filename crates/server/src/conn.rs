@@ -20,14 +20,15 @@ use portshare_router::{Dispatch, Endpoint, Reason, Rejection, Scheme, Version, e
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::body::{BodyIn, Chunked};
+use crate::config::Timers;
 use crate::daemon::{Settings, Shared};
 use crate::errlog::Entry;
 use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
-use crate::queue::{Admit, Missed, Queue, Target};
+use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::upstream::{UpBody, Upstream};
 use crate::worker::{Event, WorkerConn};
 
@@ -56,30 +57,77 @@ pub(crate) struct Conn {
     peer_text: String,
     local_text: String,
     scratch: Vec<u8>,
+    /// The queue of the latest request, which counts this connection against its
+    /// connection limit.
+    site: Option<Counted>,
+    /// The timers of the request in hand: the service's until it is routed, then its queue's.
+    timers: Active,
+    /// The request in hand, for the error log's version, verb and URL.
+    current: Option<Current>,
+}
+
+/// What the error log says of the request in hand (slices of its head's bytes).
+struct Current {
+    version: Version,
+    method: Bytes,
+    target: Bytes,
+}
+
+/// The timers that apply to a request once routed.
+#[derive(Debug, Clone, Copy)]
+struct Active {
+    entity_body: Duration,
+    drain_entity_body: Duration,
+    /// Bytes per second; `u32::MAX` for no check.
+    min_send_rate: u32,
+}
+
+/// How a wait for the client's next bytes ended.
+enum Wait {
+    /// Bytes (or the end of the stream) are there to read.
+    Ready,
+    /// The timer fired.
+    TimedOut,
+    /// The daemon is stopping and the client had sent nothing; or the socket failed.
+    Gone,
 }
 
 /// Serves a client connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let _ = io.set_nodelay(true);
+    let settings = shared.settings.load_full();
+    // Buffers are taken when bytes arrive and given back while the connection is idle, so
+    // an idle connection costs little more than its socket.
     let mut conn = Conn {
-        settings: shared.settings.load_full(),
+        timers: Active::service(&settings),
+        settings,
         shared,
         io,
-        rd: BytesMut::with_capacity(8192),
-        wr: BytesMut::with_capacity(8192),
+        rd: BytesMut::new(),
+        wr: BytesMut::new(),
         peer,
         local,
         peer_text: peer.to_string(),
         local_text: local.to_string(),
-        scratch: Vec::with_capacity(256),
+        scratch: Vec::new(),
+        site: None,
+        current: None,
     };
     let mut first = true;
     loop {
         match conn.request(first).await {
-            Next::KeepAlive => first = false,
+            Next::KeepAlive => {
+                // Lets the head's bytes go before the connection idles.
+                conn.current = None;
+                first = false;
+            }
             Next::Close => {
-                let _ = conn.flush().await;
+                if conn.flush().await.is_err() {
+                    let _ = socket2::SockRef::from(&conn.io).set_linger(Some(Duration::ZERO));
+                    return;
+                }
                 let _ = conn.io.shutdown().await;
+                conn.linger().await;
                 return;
             }
             Next::Abort => {
@@ -99,6 +147,26 @@ struct Facts {
     expect_continue: bool,
 }
 
+impl Active {
+    fn service(settings: &Settings) -> Active {
+        let t = settings.timers;
+        Active {
+            entity_body: t.entity_body,
+            drain_entity_body: t.drain_entity_body,
+            min_send_rate: t.min_send_rate,
+        }
+    }
+}
+
+/// Runs `fut` for at most `limit`; `None` when the time ran out. A limit of 65535 s or more
+/// never runs out.
+async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    match Timers::armed(limit) {
+        Some(limit) => timeout(limit, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
 impl Conn {
     fn log(
         &self,
@@ -107,12 +175,13 @@ impl Conn {
         reason: Reason,
         queue: Option<&str>,
     ) {
+        let current = self.current.as_ref();
         Entry {
             client: self.peer,
             local: self.local,
-            version: head.map(|h| h.version()),
-            method: head.map(|h| h.method()),
-            uri: head.map(|h| h.target()),
+            version: head.map(|h| h.version()).or(current.map(|c| c.version)),
+            method: head.map(|h| h.method()).or(current.map(|c| &c.method[..])),
+            uri: head.map(|h| h.target()).or(current.map(|c| &c.target[..])),
             status,
             reason,
             queue,
@@ -120,13 +189,95 @@ impl Conn {
         .emit(&self.settings.errlog);
     }
 
+    /// Writes out the write buffer, within the time `MinSendRate` allows for its size (at
+    /// least a second): a client taking it more slowly is logged
+    /// `Timer_MinBytesPerSecond`, and the write fails.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wr.is_empty() {
-            let r = self.io.write_all(&self.wr).await;
-            self.wr.clear();
-            r?;
+        if self.wr.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let rate = self.timers.min_send_rate;
+        let r = if rate == u32::MAX {
+            self.io.write_all(&self.wr).await
+        } else {
+            let allowed =
+                Duration::from_secs_f64((self.wr.len() as f64 / f64::from(rate)).max(1.0));
+            match timeout(allowed, self.io.write_all(&self.wr)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let queue = self.site.as_ref().map(|c| c.queue().clone());
+                    self.log(
+                        None,
+                        None,
+                        Reason::TimerMinBytesPerSecond,
+                        queue.as_deref().map(Queue::name),
+                    );
+                    Err(std::io::ErrorKind::TimedOut.into())
+                }
+            }
+        };
+        self.wr.clear();
+        r
+    }
+
+    /// After the response and the FIN, reads and throws away what the client still sends,
+    /// for a moment (a lingering close): closing with unread bytes would make the kernel
+    /// answer with a reset, which can destroy the response before the client reads it.
+    async fn linger(&mut self) {
+        const LIMIT: usize = 1 << 20;
+        let mut thrown = 0;
+        let _ = timeout(Duration::from_secs(2), async {
+            while thrown < LIMIT {
+                self.rd.clear();
+                match self.fill().await {
+                    Ok(n) if n > 0 => thrown += n,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Writes out part of a response; false when the client is gone, logged
+    /// `Connection_Dropped` (or too slow, logged by [`Conn::flush`]).
+    async fn send(&mut self, queue: &Queue) -> bool {
+        match self.flush().await {
+            Ok(()) => true,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    self.log(None, None, Reason::ConnectionDropped, Some(queue.name()));
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits for the client's next bytes until `until`, holding no buffers meanwhile. When
+    /// the daemon begins to stop, a client that sent nothing is let go.
+    async fn await_bytes(&mut self, until: Instant) -> Wait {
+        if self.rd.is_empty() {
+            self.rd = BytesMut::new();
+        }
+        if self.wr.is_empty() {
+            self.wr = BytesMut::new();
+        }
+        let stop = self.shared.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        if !self.shared.stopping() {
+            tokio::select! {
+                biased;
+                r = self.io.readable() => return if r.is_ok() { Wait::Ready } else { Wait::Gone },
+                () = &mut stop => {}
+                () = sleep_until(until) => return Wait::TimedOut,
+            }
+        }
+        // Stopping: bytes already here are a request to serve; otherwise the connection goes.
+        let readable = std::pin::pin!(self.io.readable());
+        match poll_once(readable).await {
+            Some(Ok(())) => Wait::Ready,
+            _ => Wait::Gone,
+        }
     }
 
     /// Reads more bytes into the read buffer; `Ok(0)` at end of stream.
@@ -147,6 +298,7 @@ impl Conn {
         }
         let timers = self.settings.timers;
         let limits = self.settings.head_limits;
+        self.timers = Active::service(&self.settings);
         // IdleConnection until the first byte of a later request; HeaderWait from then (or
         // from the connection's start) until the head is in.
         let mut deadline =
@@ -161,22 +313,29 @@ impl Conn {
                     return Next::Close;
                 }
             }
-            let read = match deadline {
-                Some(d) => timeout_at(d, self.fill()).await,
-                None => timeout(timers.idle_connection, self.fill()).await,
-            };
-            match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
-                Ok(Ok(_)) => {
-                    deadline.get_or_insert_with(|| Instant::now() + timers.header_wait);
+            if self.rd.is_empty() {
+                let (until, reason) = match deadline {
+                    Some(d) => (d, Reason::TimerHeaderWait),
+                    None => (
+                        Instant::now() + timers.idle_connection,
+                        Reason::TimerConnectionIdle,
+                    ),
+                };
+                match self.await_bytes(until).await {
+                    Wait::Ready => {}
+                    Wait::Gone => return Next::Close,
+                    Wait::TimedOut => {
+                        self.log(None, None, reason, None);
+                        return Next::Close;
+                    }
                 }
+            }
+            let until = *deadline.get_or_insert_with(|| Instant::now() + timers.header_wait);
+            match timeout_at(until, self.fill()).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
+                Ok(Ok(_)) => {}
                 Err(_) => {
-                    let reason = if deadline.is_some() && !self.rd.is_empty() || first {
-                        Reason::TimerHeaderWait
-                    } else {
-                        Reason::TimerConnectionIdle
-                    };
-                    self.log(None, None, reason, None);
+                    self.log(None, None, Reason::TimerHeaderWait, None);
                     return Next::Close;
                 }
             }
@@ -185,6 +344,11 @@ impl Conn {
         let Ok(Parsed::Complete { head, .. }) = parse_head(&head_bytes, &limits) else {
             return Next::Close; // the same bytes parsed a moment ago
         };
+        self.current = Some(Current {
+            version: head.version(),
+            method: head_bytes.slice_ref(head.method()),
+            target: head_bytes.slice_ref(head.target()),
+        });
         let facts = Facts {
             version: head.version(),
             keep_alive: head.keep_alive(),
@@ -231,6 +395,22 @@ impl Conn {
             Err(None) => return Next::Close,
         };
         let queue = binding.queue.clone();
+        // The connection counts against the queue its requests go to (the URL group's
+        // MaxConnections).
+        if !self
+            .site
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c.queue(), &queue))
+        {
+            self.site = None;
+            match queue.count_connection() {
+                Some(counted) => self.site = Some(counted),
+                None => {
+                    let (verbosity, retry) = queue.refusal();
+                    return self.unavailable(&head, &queue, Reason::ConnLimit, verbosity, retry);
+                }
+            }
+        }
 
         let request = if queue.upstream().is_some() {
             Outbound::Upstream(self.upstream_request(&head, &binding, request_id))
@@ -249,6 +429,10 @@ impl Conn {
                     Err(Missed::TimedOut) => {
                         self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
                         return Next::Close;
+                    }
+                    Err(Missed::Closed) if self.shared.stopping() => {
+                        // The shutdown timer ran out before a worker took it.
+                        return self.shutting_down(&head, &queue);
                     }
                     Err(Missed::Closed) => return self.abandoned(Some(&head), &queue),
                 },
@@ -273,10 +457,16 @@ impl Conn {
             }
         };
 
+        let own = slot.timers();
+        self.timers = Active {
+            entity_body: own.entity_body.unwrap_or(timers.entity_body),
+            drain_entity_body: own.drain_entity_body.unwrap_or(timers.drain_entity_body),
+            min_send_rate: own.min_send_rate.unwrap_or(timers.min_send_rate),
+        };
         // Handed to the application: now is the time for 100 Continue (spec Q12).
         if facts.expect_continue && !body.is_done() && facts.version == Version::Http11 {
             self.wr.put_slice(pages::CONTINUE);
-            if self.flush().await.is_err() {
+            if !self.send(&queue).await {
                 return Next::Abort;
             }
         }
@@ -296,8 +486,8 @@ impl Conn {
         };
         drop(slot);
         match next {
-            Next::KeepAlive if !facts.keep_alive => Next::Close,
-            Next::KeepAlive if !body.is_done() => self.drain(&mut body).await,
+            Next::KeepAlive if !facts.keep_alive || self.shared.stopping() => Next::Close,
+            Next::KeepAlive if !body.is_done() => self.drain(&mut body, &queue).await,
             other => other,
         }
     }
@@ -311,6 +501,40 @@ impl Conn {
             Some(queue.name()),
         );
         Next::Abort
+    }
+
+    /// A request body the client framed wrongly (a bad chunk size, say): 400 `BadRequest`
+    /// while no response has begun, else the connection is reset.
+    fn bad_body(&mut self, responding: bool, queue: &Queue) -> Next {
+        if responding {
+            self.wr.clear();
+            self.log(None, None, Reason::BadRequest, Some(queue.name()));
+            return Next::Abort;
+        }
+        let rejection = Rejection {
+            status: 400,
+            reason: Reason::BadRequest,
+        };
+        self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, None);
+        Next::Close
+    }
+
+    /// The answer to a request still waiting when the daemon stops: 503 `AppShutdown`, so
+    /// the client knows it was not served.
+    fn shutting_down(&mut self, head: &Head<'_>, queue: &Queue) -> Next {
+        let rejection = Rejection {
+            status: 503,
+            reason: Reason::AppShutdown,
+        };
+        self.log(
+            Some(head),
+            Some(503),
+            Reason::AppShutdown,
+            Some(queue.name()),
+        );
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
+        Next::Close
     }
 
     /// A full or disabled queue's answer, by its verbosity.
@@ -444,7 +668,7 @@ impl Conn {
         let _forget = Forget(worker, stream);
         let mut window = u64::from(INITIAL_WINDOW);
         let mut resp = Response::new(facts);
-        let entity = self.settings.timers.entity_body;
+        let entity = self.timers.entity_body;
         loop {
             // Forward whatever body the buffer holds, within the window.
             while !body.is_done() && window > 0 && !self.rd.is_empty() && !resp.finished {
@@ -459,8 +683,7 @@ impl Conn {
                     }
                     Err(_) => {
                         worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
-                        self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
-                        return Next::Abort;
+                        return self.bad_body(resp.started, queue);
                     }
                 }
             }
@@ -497,6 +720,9 @@ impl Conn {
                                         Err(_) => {}
                                     }
                                 }
+                                if self.shared.stopping() {
+                                    resp.close = true;
+                                }
                                 if resp.started
                                     || !resp.head(&mut self.wr, h.status, &h.headers, end, exact)
                                 {
@@ -525,7 +751,7 @@ impl Conn {
                         }
                     }
                     let written = resp.take_granted();
-                    if self.flush().await.is_err() {
+                    if !self.send(queue).await {
                         worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
                         return Next::Abort;
                     }
@@ -533,15 +759,15 @@ impl Conn {
                         worker.send(|out| wire::encode_window(out, stream, written));
                     }
                 }
-                r = timeout(entity, self.fill()), if want_body && self.rd.is_empty() => {
+                r = within(entity, self.fill()), if want_body && self.rd.is_empty() => {
                     match r {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => {
+                        Some(Ok(n)) if n > 0 => {}
+                        Some(_) => {
                             worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
                             self.log(None, None, Reason::ClientReset, Some(queue.name()));
                             return Next::Abort;
                         }
-                        Err(_) => {
+                        None => {
                             worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
                             self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
                             return Next::Close;
@@ -597,7 +823,7 @@ impl Conn {
             return Next::Close;
         };
         let mut tx = tx;
-        let entity = self.settings.timers.entity_body;
+        let entity = self.timers.entity_body;
         let response = sender.send_request(req);
         tokio::pin!(response);
         let resp = loop {
@@ -605,14 +831,17 @@ impl Conn {
             match self.feed(body, &mut tx).await {
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(()) => return Next::Abort,
+                Err(()) => return self.bad_body(false, queue),
             }
             tokio::select! {
                 r = &mut response => break r,
-                r = timeout(entity, self.fill()), if tx.is_some() => match r {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(_) => return Next::Abort,
-                    Err(_) => {
+                r = within(entity, self.fill()), if tx.is_some() => match r {
+                    Some(Ok(n)) if n > 0 => {}
+                    Some(_) => {
+                        self.log(None, None, Reason::ClientReset, Some(queue.name()));
+                        return Next::Abort;
+                    }
+                    None => {
                         self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
                         return Next::Close;
                     }
@@ -638,6 +867,7 @@ impl Conn {
             })
             .collect();
         let mut out = Response::new(facts);
+        out.close |= self.shared.stopping();
         let end = http_body::Body::is_end_stream(&incoming);
         let hint = http_body::Body::size_hint(&incoming).exact();
         if !out.head(&mut self.wr, parts.status.as_u16(), &headers, end, hint) {
@@ -648,7 +878,7 @@ impl Conn {
             match self.feed(body, &mut tx).await {
                 Ok(true) => continue,
                 Ok(false) => {}
-                Err(()) => return Next::Abort,
+                Err(()) => return self.bad_body(true, queue),
             }
             // Write out only when the next frame is not already here: a small response
             // leaves in one write, head and body together.
@@ -657,7 +887,7 @@ impl Conn {
                 match poll_once(frame.as_mut()).await {
                     Some(f) => f,
                     None => {
-                        if self.flush().await.is_err() {
+                        if !self.send(queue).await {
                             return Next::Abort;
                         }
                         if tx.is_none() {
@@ -666,10 +896,13 @@ impl Conn {
                             // The upstream may want more body before it says more.
                             tokio::select! {
                                 f = frame => f,
-                                r = timeout(entity, self.fill()) => match r {
-                                    Ok(Ok(n)) if n > 0 => continue,
-                                    Ok(_) => return Next::Abort,
-                                    Err(_) => {
+                                r = within(entity, self.fill()) => match r {
+                                    Some(Ok(n)) if n > 0 => continue,
+                                    Some(_) => {
+                                        self.log(None, None, Reason::ClientReset, Some(queue.name()));
+                                        return Next::Abort;
+                                    }
+                                    None => {
                                         self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
                                         return Next::Close;
                                     }
@@ -688,7 +921,10 @@ impl Conn {
                         }
                     }
                 }
-                Some(Err(_)) => return Next::Abort,
+                Some(Err(e)) => {
+                    tracing::debug!(queue = queue.name(), "upstream {}: {e}", up.address);
+                    return self.abandoned(None, queue);
+                }
                 None => {
                     if !out.data(&mut self.wr, &[], true) {
                         return Next::Abort;
@@ -697,7 +933,7 @@ impl Conn {
             }
         }
         drop(tx);
-        if self.flush().await.is_err() {
+        if !self.send(queue).await {
             return Next::Abort;
         }
         if body.is_done() {
@@ -731,19 +967,30 @@ impl Conn {
     }
 
     /// Reads and discards the rest of a body the application did not read, so the next
-    /// request can be read (DrainEntityBody).
-    async fn drain(&mut self, body: &mut BodyIn) -> Next {
-        let entity = self.settings.timers.entity_body;
-        loop {
-            match body.take(&mut self.rd, usize::MAX) {
-                Ok((_, true)) => return Next::KeepAlive,
-                Ok((data, false)) if !data.is_empty() => continue,
-                Ok(_) => {}
-                Err(_) => return Next::Close,
+    /// request can be read: all of it within `DrainEntityBody`, else the connection closes,
+    /// logged `Timer_EntityBody`.
+    async fn drain(&mut self, body: &mut BodyIn, queue: &Queue) -> Next {
+        let limit = self.timers.drain_entity_body;
+        let drained = within(limit, async {
+            loop {
+                match body.take(&mut self.rd, usize::MAX) {
+                    Ok((_, true)) => return Next::KeepAlive,
+                    Ok((data, false)) if !data.is_empty() => continue,
+                    Ok(_) => {}
+                    Err(_) => return Next::Close,
+                }
+                match self.fill().await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Next::Close,
+                }
             }
-            match timeout(entity, self.fill()).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Next::Close,
+        })
+        .await;
+        match drained {
+            Some(next) => next,
+            None => {
+                self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                Next::Close
             }
         }
     }

@@ -7,16 +7,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use portshare_proto::control::{
     AddUrl, ApiError, BindFailure, ListenerState, OpenMode, PrefixState, ProcessState, QueueInfo,
-    QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
+    QueueLimits, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
 use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, Win32Error};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::bind::{self, BindError};
@@ -40,6 +41,82 @@ pub(crate) struct Shared {
     /// connection's next request.
     pub(crate) settings: ArcSwap<Settings>,
     pub(crate) request_ids: AtomicU64,
+    /// Open client connections, against `limits.max_connections`.
+    pub(crate) connections: Connections,
+    /// Set when the daemon begins to stop: connections finish the request in hand and close.
+    pub(crate) stopping: AtomicBool,
+    /// Woken when `stopping` is set.
+    pub(crate) stop: Notify,
+}
+
+impl Shared {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A place for one more client connection, once fewer than `max_connections` are open.
+    async fn place(self: &Arc<Shared>) -> Place {
+        self.connections
+            .reserve(|| self.settings.load().max_connections)
+            .await;
+        Place(self.clone())
+    }
+}
+
+/// One open client connection, counted until dropped.
+struct Place(Arc<Shared>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.connections.release();
+    }
+}
+
+/// The count of open client connections, and the wake-up of accept loops waiting at the
+/// service-wide limit (`MaxConnections`: at the limit, no connection is accepted until one
+/// closes).
+#[derive(Debug, Default)]
+pub(crate) struct Connections {
+    open: AtomicU64,
+    freed: Notify,
+}
+
+impl Connections {
+    /// Takes a place for one more connection, waiting while `max` are open.
+    pub(crate) async fn reserve(&self, max: impl Fn() -> u64) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            let open = self.open.load(Ordering::Acquire);
+            if open < max() {
+                if self
+                    .open
+                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            freed.await;
+        }
+    }
+
+    /// Gives back a place taken by [`Connections::reserve`].
+    fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
+    }
+
+    /// Wakes the accept loops, to look at the limit again after a reload.
+    pub(crate) fn recheck(&self) {
+        self.freed.notify_waiters();
+    }
+
+    pub(crate) fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
 }
 
 /// The configuration the data path reads.
@@ -48,6 +125,8 @@ pub(crate) struct Settings {
     pub(crate) url_opts: UrlOptions,
     pub(crate) head_limits: HeadLimits,
     pub(crate) timers: ConnTimers,
+    /// `MaxConnections`.
+    pub(crate) max_connections: u64,
     /// The httperr files, written out when the last connection using them lets go.
     pub(crate) errlog: Arc<errlog::Log>,
 }
@@ -72,18 +151,25 @@ impl Settings {
                 header_wait: Timers::duration(t.header_wait),
                 idle_connection: Timers::duration(t.idle_connection),
                 entity_body: Timers::duration(t.entity_body),
+                drain_entity_body: Timers::duration(t.drain_entity_body),
+                min_send_rate: t.min_send_rate,
             },
+            max_connections: l.max_connections,
             errlog,
         }
     }
 }
 
-/// The connection-level timers.
+/// The service's timers, as a connection reads them; a duration of 65535 s or more never
+/// fires.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnTimers {
     pub(crate) header_wait: Duration,
     pub(crate) idle_connection: Duration,
     pub(crate) entity_body: Duration,
+    pub(crate) drain_entity_body: Duration,
+    /// Bytes per second; `u32::MAX` turns the check off.
+    pub(crate) min_send_rate: u32,
 }
 
 /// What a registration delivers to.
@@ -199,6 +285,9 @@ impl Daemon {
             table: ArcSwap::from_pointee(RouteTable::new()),
             settings: ArcSwap::from_pointee(Settings::new(&config, errlog)),
             request_ids: AtomicU64::new(1),
+            connections: Connections::default(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
         });
         Arc::new(Daemon {
             shared,
@@ -650,6 +739,9 @@ impl Daemon {
 
     /// Binds every address of a port, or none: a half-done bind is rolled back.
     fn bind_port(&self, st: &mut State, port: u16) -> Result<(), ApiError> {
+        if self.shared.stopping() {
+            return Ok(()); // nothing new listens while the daemon stops
+        }
         let mut bound = Vec::new();
         for addr in Daemon::addresses(&st.iplisten, port) {
             match bind::listen(addr, 1024) {
@@ -732,6 +824,29 @@ impl Daemon {
         }
     }
 
+    /// Begins a graceful stop: the listeners close, connections close as soon as they hold
+    /// no request, and workers are told (a drain frame). Requests in progress and waiting
+    /// in queues go on. Returns how long they may take.
+    pub(crate) fn begin_stop(&self) -> Duration {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop.notify_waiters();
+        let mut st = self.lock();
+        st.listeners.clear();
+        for entry in st.queues.values() {
+            for (target, _, _) in entry.queue.seats() {
+                if let Target::Worker(w) = target {
+                    w.send(portshare_proto::wire::encode_drain);
+                }
+            }
+        }
+        Timers::duration(st.config.timers.shutdown)
+    }
+
+    /// Client connections open now.
+    pub(crate) fn open_connections(&self) -> u64 {
+        self.shared.connections.open()
+    }
+
     /// Closes every queue and listener, for a daemon that stops.
     pub(crate) fn close_all(&self) {
         let mut st = self.lock();
@@ -806,6 +921,8 @@ impl Daemon {
                     enabled: props.enabled,
                     linger_ms: props.linger.as_millis() as u64,
                     queue_timer_ms: props.timer.as_millis() as u64,
+                    limits: limits(&props),
+                    connections: q.connections(),
                     lingering: e.lingering.is_some(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
                     depth,
@@ -845,6 +962,16 @@ fn serves(bound: IpAddr, ip: IpAddr) -> bool {
     bound == ip || (bound.is_unspecified() && bound.is_ipv4() == ip.to_canonical().is_ipv4())
 }
 
+fn limits(props: &Props) -> QueueLimits {
+    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+    QueueLimits {
+        entity_body_ms: ms(props.timers.entity_body),
+        drain_entity_body_ms: ms(props.timers.drain_entity_body),
+        min_send_rate: props.timers.min_send_rate.unwrap_or(0),
+        max_connections: props.max_connections,
+    }
+}
+
 fn info(q: &Queue, props: Props, created: bool, mut urls: Vec<String>) -> QueueInfo {
     urls.sort();
     QueueInfo {
@@ -855,6 +982,7 @@ fn info(q: &Queue, props: Props, created: bool, mut urls: Vec<String>) -> QueueI
         enabled: props.enabled,
         linger_ms: props.linger.as_millis() as u64,
         queue_timer_ms: props.timer.as_millis() as u64,
+        limits: limits(&props),
         upstream: q.upstream().map(|u| u.address.to_string()),
         urls,
     }
@@ -875,6 +1003,9 @@ async fn accept_loop(
     connections: Arc<AtomicU64>,
 ) {
     loop {
+        // At MaxConnections, wait for a connection to close before accepting the next:
+        // clients wait in the listen backlog.
+        let place = shared.place().await;
         match listener.accept().await {
             Ok((io, peer)) => {
                 let shared = shared.clone();
@@ -886,9 +1017,11 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     crate::conn::serve(shared, io, peer, local).await;
                     connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(place);
                 });
             }
             Err(e) => {
+                drop(place);
                 // Out of descriptors and the like: pause rather than spin.
                 tracing::warn!("accept on {local}: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;

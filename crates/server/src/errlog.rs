@@ -3,6 +3,22 @@
 //! tracing target and, unless `[errlog] enabled = false`, to `httperrN.log` files in the
 //! configured folder (spec §7.1).
 //!
+//! # Reasons
+//!
+//! The daemon writes the reasons of spec §7.3 that have a cause here: the parser's
+//! (`BadRequest`, `Verb`, `Version_N/S`, `URL`, `URL_Length`, `FieldLength`,
+//! `RequestLength`, `Header`, `Invalid_CR/LF`, `Number`, `N/I`, `LengthRequired`,
+//! `Hostname`), routing's (`NotFound`, `N/A`), the queues' (`QueueFull`, `Disabled`,
+//! `ConnLimit`, `AppShutdown` for a request still waiting when the daemon stops), the
+//! timers' (`Timer_HeaderWait`, `Timer_ConnectionIdle`, `Timer_EntityBody` for both body
+//! timers, `Timer_ReqQueue`, `Timer_MinBytesPerSecond`) and the early ends (`Client_Reset`,
+//! `Connection_Dropped`, `Connection_Abandoned_By_ReqQueue`). The rest never occur: IIS 6
+//! application pools (`AppPoolTimer`, `Timer_AppPool`, `Connection_Abandoned_By_AppPool`),
+//! IIS rapid-fail (`AppOffline`), TLS (`Timer_SslRenegotiation`), a body-size limit
+//! HTTP.sys does not have (`EntityTooLarge`), the kernel's non-paged pool
+//! (`Connections_Refused`), and codes nothing in HTTP.sys's parser sends (`Forbidden`,
+//! `Precondition`, `Internal`, `Timer_Response`, `Connection_Dropped_List_Full`).
+//!
 //! # Files
 //!
 //! - Each file begins with the W3C directives Windows writes (`#Software`, `#Version`,

@@ -73,6 +73,7 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use config::{
     Bad, Config, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, QueueConfig, Timers,
@@ -113,6 +114,7 @@ impl ServeOptions {
 /// Runs the daemon until SIGINT or SIGTERM. Errors are for the operator: the daemon could
 /// not start, and why.
 pub fn run(opts: ServeOptions) -> Result<(), String> {
+    raise_open_files();
     let runtime = if opts.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -175,11 +177,67 @@ pub async fn serve_until(
     stop.await;
     control.abort();
     reloads.abort();
+    // Stop accepting, let every request in progress or waiting in a queue finish within
+    // the shutdown timer, then close what is left: each request cut short is logged.
+    let grace = daemon.begin_stop();
+    let open = daemon.open_connections();
+    if open > 0 {
+        tracing::info!(
+            "stopping: {open} client connection(s) open; waiting up to {:.0} s for their requests",
+            grace.as_secs_f64()
+        );
+    }
+    // A second signal cuts the wait short.
+    let drained = tokio::select! {
+        drained = wait_for_connections(&daemon, grace) => drained,
+        stop = shutdown_signal() => {
+            tracing::warn!("{stop} again: closing now");
+            false
+        }
+    };
+    if !drained {
+        tracing::warn!(
+            "stopping: {} client connection(s) still busy after {:.0} s: closing them",
+            daemon.open_connections(),
+            grace.as_secs_f64()
+        );
+    }
     daemon.close_all();
+    if !drained {
+        // Requests cut short log their lines as their connections end.
+        wait_for_connections(&daemon, Duration::from_secs(1)).await;
+    }
     // No httperr line lost when the process exits next.
     daemon.shared.settings.load().errlog.flush().await;
     let _ = std::fs::remove_file(&opts.control);
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: each client connection is a
+/// descriptor, and the usual soft limit of 1024 is far below what a port shared by many
+/// applications holds.
+fn raise_open_files() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("open files: {soft} -> {hard}"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft}: {e}"),
+        }
+    }
+}
+
+/// Waits until no client connection is open, at most `limit`; true when none is.
+async fn wait_for_connections(daemon: &daemon::Daemon, limit: Duration) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    while daemon.open_connections() > 0 {
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Reloads the configuration file on each SIGHUP.

@@ -64,6 +64,16 @@ fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static
             "Service Unavailable - Disabled",
             "The service is unavailable.",
         ),
+        (503, Reason::ConnLimit) => (
+            "Service Unavailable",
+            "Service Unavailable - Connection Limit",
+            "The service is unavailable.",
+        ),
+        (503, Reason::AppShutdown) => (
+            "Service Unavailable",
+            "Service Unavailable - Shutting Down",
+            "The service is unavailable.",
+        ),
         (505, _) => (
             "HTTP Version Not Supported",
             "HTTP Version Not Supported",

@@ -8,7 +8,7 @@
 //! waiting request, so the queue is exact however a request ends.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,18 @@ pub(crate) struct Props {
     pub(crate) enabled: bool,
     pub(crate) linger: Duration,
     pub(crate) timer: Duration,
+    /// The timers a request of this queue runs under once routed.
+    pub(crate) timers: QueueTimers,
+    /// Most client connections; 0 for no limit.
+    pub(crate) max_connections: u32,
+}
+
+/// A queue's own timers; `None` takes the service's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct QueueTimers {
+    pub(crate) entity_body: Option<Duration>,
+    pub(crate) drain_entity_body: Option<Duration>,
+    pub(crate) min_send_rate: Option<u32>,
 }
 
 impl Props {
@@ -45,6 +57,8 @@ impl Props {
             enabled: true,
             linger: Duration::ZERO,
             timer,
+            timers: QueueTimers::default(),
+            max_connections: 0,
         }
     }
 
@@ -73,6 +87,19 @@ impl Props {
         if let Some(ms) = p.queue_timer_ms {
             self.timer = Duration::from_millis(ms);
         }
+        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
+        if let Some(v) = p.entity_body_ms {
+            self.timers.entity_body = ms(v);
+        }
+        if let Some(v) = p.drain_entity_body_ms {
+            self.timers.drain_entity_body = ms(v);
+        }
+        if let Some(v) = p.min_send_rate {
+            self.timers.min_send_rate = (v > 0).then_some(v);
+        }
+        if let Some(v) = p.max_connections {
+            self.max_connections = v;
+        }
         Ok(())
     }
 }
@@ -89,6 +116,27 @@ pub(crate) struct Queue {
     disabled: AtomicU64,
     timed_out: AtomicU64,
     abandoned: AtomicU64,
+    conn_limit: AtomicU64,
+    /// Client connections counted against `max_connections` now.
+    connections: AtomicU64,
+    /// `Props::max_connections`, read without the lock.
+    max_connections: AtomicU32,
+}
+
+/// A client connection counted against its queue's connection limit until dropped.
+#[derive(Debug)]
+pub(crate) struct Counted(Arc<Queue>);
+
+impl Counted {
+    pub(crate) fn queue(&self) -> &Arc<Queue> {
+        &self.0
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -148,11 +196,17 @@ pub(crate) struct Slot {
     seat: u64,
     target: Target,
     live: bool,
+    timers: QueueTimers,
 }
 
 impl Slot {
     pub(crate) fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The queue's timers as the slot was given.
+    pub(crate) fn timers(&self) -> QueueTimers {
+        self.timers
     }
 }
 
@@ -185,7 +239,11 @@ pub(crate) enum Missed {
 impl Ticket {
     /// Waits for a slot, at most the queue's timer.
     pub(crate) async fn wait(mut self) -> Result<Slot, Missed> {
-        match tokio::time::timeout(self.timer, &mut self.rx).await {
+        let got = match crate::config::Timers::armed(self.timer) {
+            Some(timer) => tokio::time::timeout(timer, &mut self.rx).await,
+            None => Ok((&mut self.rx).await),
+        };
+        match got {
             Ok(Ok(Ok(slot))) => Ok(slot),
             Ok(Ok(Err(Closed)) | Err(_)) => Err(Missed::Closed),
             Err(_) => {
@@ -215,6 +273,7 @@ impl Queue {
         props: Props,
         upstream: Option<Arc<Upstream>>,
     ) -> Arc<Queue> {
+        let max = props.max_connections;
         Arc::new(Queue {
             name,
             owner_uid,
@@ -234,6 +293,9 @@ impl Queue {
             disabled: AtomicU64::new(0),
             timed_out: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            conn_limit: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            max_connections: AtomicU32::new(max),
         })
     }
 
@@ -265,7 +327,34 @@ impl Queue {
         let mut props = inner.props;
         props.apply(p)?;
         inner.props = props;
+        self.max_connections
+            .store(props.max_connections, Ordering::Relaxed);
         Ok(props)
+    }
+
+    /// Counts a client connection against the connection limit; `None` (counted as a
+    /// `ConnLimit` refusal) when the queue holds as many as it may.
+    pub(crate) fn count_connection(self: &Arc<Queue>) -> Option<Counted> {
+        let max = u64::from(self.max_connections.load(Ordering::Relaxed));
+        let prev = self.connections.fetch_add(1, Ordering::Relaxed);
+        if max > 0 && prev >= max {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.conn_limit.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Counted(self.clone()))
+    }
+
+    /// Client connections counted now.
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// The 503 verbosity and `Retry-After` for a refusal outside `admit`.
+    pub(crate) fn refusal(&self) -> (Verbosity, u64) {
+        let mut inner = self.lock();
+        let retry = self.retry_after(&mut inner);
+        (inner.props.verbosity, retry)
     }
 
     /// Asks for a slot for one request.
@@ -317,6 +406,7 @@ impl Queue {
                     seat: seat.id,
                     target: seat.target.clone(),
                     live: true,
+                    timers: inner.props.timers,
                 };
                 inner.cursor = (i + 1) % n;
                 self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -339,6 +429,7 @@ impl Queue {
                 seat,
                 target: target.clone(),
                 live: true,
+                timers: inner.props.timers,
             };
             match w.tx.send(Ok(slot)) {
                 Ok(()) => {
@@ -458,6 +549,63 @@ impl Queue {
             disabled: self.disabled.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
             abandoned: self.abandoned.load(Ordering::Relaxed),
+            conn_limit: self.conn_limit.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(props: &QueueProps) -> Arc<Queue> {
+        let mut p = Props::new(Duration::from_secs(120));
+        p.apply(props).expect("valid properties");
+        Queue::new("q".into(), 0, p, None)
+    }
+
+    #[test]
+    fn a_connection_limit_counts_connections_until_they_go() {
+        let q = queue(&QueueProps {
+            max_connections: Some(2),
+            ..QueueProps::default()
+        });
+        let a = q.count_connection().expect("first");
+        let b = q.count_connection().expect("second");
+        assert!(q.count_connection().is_none());
+        assert_eq!((q.connections(), q.counters().conn_limit), (2, 1));
+        drop(a);
+        let _c = q.count_connection().expect("a place came free");
+        drop(b);
+        assert_eq!(q.connections(), 1);
+        // 0 lifts the limit.
+        q.set_props(&QueueProps {
+            max_connections: Some(0),
+            ..QueueProps::default()
+        })
+        .expect("set");
+        let many: Vec<_> = (0..100).filter_map(|_| q.count_connection()).collect();
+        assert_eq!(many.len(), 100);
+    }
+
+    #[test]
+    fn queue_timers_inherit_at_zero() {
+        let mut p = Props::new(Duration::from_secs(120));
+        p.apply(&QueueProps {
+            entity_body_ms: Some(1500),
+            min_send_rate: Some(1000),
+            ..QueueProps::default()
+        })
+        .expect("valid");
+        assert_eq!(p.timers.entity_body, Some(Duration::from_millis(1500)));
+        assert_eq!(p.timers.drain_entity_body, None);
+        assert_eq!(p.timers.min_send_rate, Some(1000));
+        p.apply(&QueueProps {
+            entity_body_ms: Some(0),
+            min_send_rate: Some(0),
+            ..QueueProps::default()
+        })
+        .expect("valid");
+        assert_eq!(p.timers, QueueTimers::default());
     }
 }

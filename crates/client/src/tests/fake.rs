@@ -177,6 +177,7 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
                     enabled: true,
                     linger_ms: 0,
                     queue_timer_ms: 120_000,
+                    limits: Default::default(),
                     upstream: None,
                     urls: Vec::new(),
                 },

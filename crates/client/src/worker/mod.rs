@@ -353,8 +353,9 @@ impl<S> Reader<S> {
                     // Dropping the entry aborts the task and ends the body with an error.
                 }
             }
-            // Only workers send drain frames.
-            Frame::Drain => {}
+            // The daemon is stopping: answer what it sends until it closes the connection;
+            // the queue attaches again once the daemon is back.
+            Frame::Drain => tracing::info!("the daemon is stopping"),
         }
     }
 

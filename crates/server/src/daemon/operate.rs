@@ -215,6 +215,7 @@ impl Daemon {
         self.shared
             .settings
             .store(Arc::new(Settings::new(new, errlog)));
+        self.shared.connections.recheck();
         st.request_queue_timer = Timers::duration(new.timers.request_queue);
     }
 
@@ -411,6 +412,11 @@ impl Daemon {
                 enabled: q.enabled,
                 linger_ms: q.linger.map(|s| (s * 1000.0) as u64),
                 queue_timer_ms: q.request_queue_timer.map(|s| (s * 1000.0) as u64),
+                // Absent from the file: the service's value (0), also after a reload.
+                entity_body_ms: Some(q.entity_body.map_or(0, |s| (s * 1000.0) as u64)),
+                drain_entity_body_ms: Some(q.drain_entity_body.map_or(0, |s| (s * 1000.0) as u64)),
+                min_send_rate: Some(q.min_send_rate.unwrap_or(0)),
+                max_connections: Some(q.max_connections.unwrap_or(0)),
             };
             let before = old.iter().find(|o| o.name == q.name);
             match before {
@@ -455,6 +461,10 @@ impl Daemon {
                         || b.enabled != q.enabled
                         || b.linger != q.linger
                         || b.request_queue_timer != q.request_queue_timer
+                        || b.entity_body != q.entity_body
+                        || b.drain_entity_body != q.drain_entity_body
+                        || b.min_send_rate != q.min_send_rate
+                        || b.max_connections != q.max_connections
                     {
                         self.set_props(&session, &q.name, &props)
                             .map_err(|e| with_queue(&q.name, e))?;
