@@ -11,6 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use common::{Ctl, Daemon, TempDir};
 use serde_json::{Value, json};
@@ -82,8 +83,11 @@ impl Ports {
         }
         let taken: Vec<u16> = self.0.values().copied().collect();
         let free = if port <= 1024 {
-            (900..1024)
-                .rev()
+            // Tests running side by side take turns through the range, so two never pick
+            // the same port between asking and binding.
+            static NEXT: AtomicU16 = AtomicU16::new(0);
+            (0..124)
+                .map(|_| 1023 - NEXT.fetch_add(1, Ordering::Relaxed) % 124)
                 .find(|p| {
                     !taken.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()
                 })
