@@ -1029,3 +1029,21 @@ async fn accept_loop(
         }
     }
 }
+/// What connections share, for tests of the data path: no routes, default settings, no
+/// error-log files.
+#[cfg(test)]
+pub(crate) fn test_shared() -> Arc<Shared> {
+    let config = Config::default();
+    let errlog = Arc::new(errlog::Log::open(&crate::config::ErrLogConfig {
+        enabled: false,
+        ..Default::default()
+    }));
+    Arc::new(Shared {
+        table: ArcSwap::from_pointee(RouteTable::new()),
+        settings: ArcSwap::from_pointee(Settings::new(&config, errlog)),
+        request_ids: AtomicU64::new(1),
+        connections: Connections::default(),
+        stopping: AtomicBool::new(false),
+        stop: Notify::new(),
+    })
+}
