@@ -167,41 +167,60 @@ fn read_until_head_end(c: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
+/// Starts a daemon on the configuration `config(port, folder)` gives for a free port,
+/// trying another port when that one was taken before the daemon could bind it.
+fn start_on_free_port(tag: &str, config: impl Fn(u16, &Path) -> String) -> (Daemon, u16, PathBuf) {
+    for _ in 0..5 {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let errlog = dir.0.join("httperr");
+        let text = format!(
+            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n{}",
+            dir.0.join("state.toml").display().to_string(),
+            config(port, &errlog)
+        );
+        let path = dir.0.join("portshare.toml");
+        std::fs::write(&path, text).expect("write the configuration");
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        let daemon = Daemon::start_in(dir, &["--config", &path]);
+        if daemon.state()["bind_failures"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+        {
+            return (daemon, port, errlog);
+        }
+    }
+    panic!("no free port the daemon could bind");
+}
+
 fn lab() -> Lab {
-    let dir = TempDir::new("limits");
-    let port = free_port();
     let up = upstream();
-    let errlog = dir.0.join("httperr");
-    let queue = |name: &str, extra: &str| {
+    let (daemon, port, errlog) = start_on_free_port("limits", |port, errlog| {
+        let queue = |name: &str, extra: &str| {
+            format!(
+                "[[queue]]\nname = \"{name}\"\nurls = [\"http://+:{port}/{name}/\"]\n\
+                 upstream = \"127.0.0.1:{up}\"\nverbosity = \"limited\"\n{extra}\n"
+            )
+        };
         format!(
-            "[[queue]]\nname = \"{name}\"\nurls = [\"http://+:{port}/{name}/\"]\n\
-             upstream = \"127.0.0.1:{up}\"\nverbosity = \"limited\"\n{extra}\n"
+            "[limits]\nmax_request_bytes = 65536\n\n\
+             [timers]\nheader_wait = 1\nidle_connection = 1\nentity_body = 1\n\
+             drain_entity_body = 1\nrequest_queue = 1\n\n\
+             [errlog]\nfolder = {folder:?}\n\n\
+             [[urlacl]]\nurl = \"http://+:{port}/reserved/\"\nusers = [\"uid:0\"]\n\n\
+             {app}{fast}{one}{tiny}{off}{limited}",
+            folder = errlog.display().to_string(),
+            app = queue("app", ""),
+            fast = queue("fast", "min_send_rate = 10000000"),
+            one = queue("one", "connections = 1"),
+            tiny = queue(
+                "tiny",
+                "connections = 1\nlength = 1\nrequest_queue_timer = 20"
+            ),
+            off = queue("off", "enabled = false"),
+            limited = queue("limited", "max_connections = 1"),
         )
-    };
-    let config = format!(
-        "iplisten = [\"127.0.0.1\"]\nstate_file = {state:?}\n\n\
-         [limits]\nmax_request_bytes = 65536\n\n\
-         [timers]\nheader_wait = 1\nidle_connection = 1\nentity_body = 1\n\
-         drain_entity_body = 1\nrequest_queue = 1\n\n\
-         [errlog]\nfolder = {folder:?}\n\n\
-         [[urlacl]]\nurl = \"http://+:{port}/reserved/\"\nusers = [\"uid:0\"]\n\n\
-         {app}{fast}{one}{tiny}{off}{limited}",
-        state = dir.0.join("state.toml").display().to_string(),
-        folder = errlog.display().to_string(),
-        app = queue("app", ""),
-        fast = queue("fast", "min_send_rate = 10000000"),
-        one = queue("one", "connections = 1"),
-        tiny = queue(
-            "tiny",
-            "connections = 1\nlength = 1\nrequest_queue_timer = 20"
-        ),
-        off = queue("off", "enabled = false"),
-        limited = queue("limited", "max_connections = 1"),
-    );
-    let path = dir.0.join("portshare.toml");
-    std::fs::write(&path, config).expect("write the configuration");
-    let path = path.to_str().expect("utf-8 path").to_owned();
-    let daemon = Daemon::start_in(dir, &["--config", &path]);
+    });
     Lab {
         daemon,
         port,
@@ -454,6 +473,20 @@ fn routing_refusals(lab: &Lab) {
     );
     let line = lab.refused(&get("/app/../../etc"), 400, "URL");
     assert_eq!(line.uri(), "/app/../../etc");
+    // UrlSegmentMaxLength (260 characters after decoding) and UrlSegmentMaxCount (255).
+    let long_segment = format!("/app/{}", "%41".repeat(261));
+    let line = lab.refused(&get(&long_segment), 400, "URL");
+    assert_eq!(line.uri(), long_segment);
+    let just_fits = format!("/app/{}", "%41".repeat(260));
+    assert_eq!(
+        try_get(lab.port, "localhost", &just_fits).map(|(s, _)| s),
+        Some(200)
+    );
+    lab.refused(&get(&"/a".repeat(256)), 400, "URL");
+    assert_eq!(
+        try_get(lab.port, "localhost", &format!("/app{}", "/a".repeat(254))).map(|(s, _)| s),
+        Some(200)
+    );
     let line = lab.refused(&get("/nobody/here"), 404, "NotFound");
     assert_eq!((line.method(), line.uri()), ("GET", "/nobody/here"));
     // A reservation that wins routing, with nobody registered under it.
@@ -701,24 +734,19 @@ fn every_limit_timer_and_reason_through_a_socket() {
 fn at_max_connections_the_next_client_waits_for_a_place() {
     // The test holds 1024 connections, the daemon as many.
     raise_open_files(4096);
-    let dir = TempDir::new("maxconn");
-    let port = free_port();
     let up = upstream();
-    let config = format!(
-        "iplisten = [\"127.0.0.1\"]\nstate_file = {state:?}\n\n\
-         [limits]\nmax_connections = 1024\n\n[errlog]\nfolder = {folder:?}\n\n\
-         [[queue]]\nname = \"app\"\nurls = [\"http://+:{port}/app/\"]\nupstream = \"127.0.0.1:{up}\"\n",
-        state = dir.0.join("state.toml").display().to_string(),
-        folder = dir.0.join("httperr").display().to_string(),
-    );
-    let path = dir.0.join("portshare.toml");
-    std::fs::write(&path, config).expect("write the configuration");
-    let path = path.to_str().expect("utf-8 path").to_owned();
-    let d = Daemon::start_in(dir, &["--config", &path]);
+    let (d, port, _) = start_on_free_port("maxconn", |port, errlog| {
+        format!(
+            "[limits]\nmax_connections = 1024\n\n[errlog]\nfolder = {:?}\n\n\
+             [[queue]]\nname = \"app\"\nurls = [\"http://+:{port}/app/\"]\nupstream = \"127.0.0.1:{up}\"\n",
+            errlog.display().to_string(),
+        )
+    });
 
     let mut held: Vec<TcpStream> = Vec::new();
-    for _ in 0..1024 {
-        let mut c = connect(port);
+    for i in 0..1024 {
+        let mut c = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}\n{}", d.log()));
         c.write_all(&get("/app/ok")).expect("write");
         held.push(c);
     }
