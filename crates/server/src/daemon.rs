@@ -50,6 +50,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// No routes yet, `settings` in force.
+    fn new(settings: Settings) -> Arc<Shared> {
+        Arc::new(Shared {
+            table: ArcSwap::from_pointee(RouteTable::new()),
+            settings: ArcSwap::from_pointee(settings),
+            request_ids: AtomicU64::new(1),
+            connections: Connections::default(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+        })
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -281,14 +293,7 @@ impl Daemon {
     pub(crate) fn new(start: Start) -> Arc<Daemon> {
         let config = start.config;
         let errlog = Arc::new(errlog::Log::open(&config.errlog));
-        let shared = Arc::new(Shared {
-            table: ArcSwap::from_pointee(RouteTable::new()),
-            settings: ArcSwap::from_pointee(Settings::new(&config, errlog)),
-            request_ids: AtomicU64::new(1),
-            connections: Connections::default(),
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
-        });
+        let shared = Shared::new(Settings::new(&config, errlog));
         Arc::new(Daemon {
             shared,
             state: Mutex::new(State {
@@ -1033,17 +1038,9 @@ async fn accept_loop(
 /// error-log files.
 #[cfg(test)]
 pub(crate) fn test_shared() -> Arc<Shared> {
-    let config = Config::default();
     let errlog = Arc::new(errlog::Log::open(&crate::config::ErrLogConfig {
         enabled: false,
         ..Default::default()
     }));
-    Arc::new(Shared {
-        table: ArcSwap::from_pointee(RouteTable::new()),
-        settings: ArcSwap::from_pointee(Settings::new(&config, errlog)),
-        request_ids: AtomicU64::new(1),
-        connections: Connections::default(),
-        stopping: AtomicBool::new(false),
-        stop: Notify::new(),
-    })
+    Shared::new(Settings::new(&Config::default(), errlog))
 }
