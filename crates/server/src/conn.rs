@@ -197,25 +197,28 @@ impl Conn {
             return Ok(());
         }
         let rate = self.timers.min_send_rate;
-        let r = if rate == u32::MAX {
-            self.io.write_all(&self.wr).await
-        } else {
-            let allowed =
-                Duration::from_secs_f64((self.wr.len() as f64 / f64::from(rate)).max(1.0));
-            match timeout(allowed, self.io.write_all(&self.wr)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let queue = self.site.as_ref().map(|c| c.queue().clone());
-                    self.log(
-                        None,
-                        None,
-                        Reason::TimerMinBytesPerSecond,
-                        queue.as_deref().map(Queue::name),
-                    );
-                    Err(std::io::ErrorKind::TimedOut.into())
-                }
-            }
+        let allowed = Duration::from_secs_f64((self.wr.len() as f64 / f64::from(rate)).max(1.0));
+        let mut write = std::pin::pin!(self.io.write_all(&self.wr));
+        // Most writes fit the socket's buffer at once: the timer is armed only for one
+        // that has to wait for the client.
+        let mut slow = false;
+        let r = match poll_once(write.as_mut()).await {
+            Some(r) => r,
+            None if rate == u32::MAX => write.await,
+            None => timeout(allowed, write).await.unwrap_or_else(|_| {
+                slow = true;
+                Err(std::io::ErrorKind::TimedOut.into())
+            }),
         };
+        if slow {
+            let queue = self.site.as_ref().map(|c| c.queue().clone());
+            self.log(
+                None,
+                None,
+                Reason::TimerMinBytesPerSecond,
+                queue.as_deref().map(Queue::name),
+            );
+        }
         self.wr.clear();
         r
     }
