@@ -5,6 +5,11 @@
 //! (UTF-8, then the code page), restricted characters, `\` to `/`, collapse of `//`, dot
 //! segments, segment limits. The order matters: `/app1%2F..%2Fapp2/` ends in `/app2/`, so
 //! a request can never reach an application by a path that canonicalizes outside its prefix.
+//!
+//! Most targets need none of it: an origin-form path of plain ASCII with no `%`, `\`, `//`
+//! or dot segment is already cooked. A few branch-free passes over the bytes, which the
+//! compiler turns into vector code, recognize such a target and borrow it as it is; anything
+//! else goes through the steps one by one.
 
 use std::borrow::Cow;
 
@@ -124,17 +129,26 @@ impl UrlOptions {
         if raw.len() > self.max_url_length {
             return Err(UrlError::TooLong);
         }
-        // Branch-free, so it runs a vector at a time; the rare hit is classified below.
-        let suspect = raw
-            .iter()
-            .fold(false, |acc, &b| acc | (b <= b' ') | (b == 0x7F));
-        if suspect && let Some(&b) = raw.iter().find(|&&b| b < 0x20 || b == 0x7F || b == b' ') {
+        // Branch-free, so it runs a vector at a time; what it finds is looked at below.
+        let flags = byte_flags(raw);
+        if flags & CONTROL != 0
+            && let Some(&b) = raw.iter().find(|&&b| b < 0x20 || b == 0x7F || b == b' ')
+        {
             return Err(if matches!(b, b' ' | b'\t' | b'\r' | b'\n') {
                 UrlError::BreaksRequestLine
             } else {
                 UrlError::ControlByte
             });
         }
+        match self.plain_origin(raw, flags) {
+            Some(target) => Ok(target),
+            None => self.canonicalize_checked(raw),
+        }
+    }
+
+    /// [`canonicalize`](UrlOptions::canonicalize) after the length and control-byte checks,
+    /// step by step.
+    fn canonicalize_checked<'a>(&self, raw: &'a [u8]) -> Result<Target<'a>, UrlError> {
         let (form, rest) = match raw {
             b"*" => {
                 return Ok(Target {
@@ -161,6 +175,35 @@ impl UrlOptions {
             raw,
             form,
             path,
+            query,
+        })
+    }
+
+    /// The common case, decided without the byte-by-byte [`Scan`]: an origin-form target
+    /// whose path is ASCII and already cooked (no `%`, `\`, `//` or dot segment) and too
+    /// short to break a segment limit. `None` when the target needs the full treatment.
+    #[inline]
+    fn plain_origin<'a>(&self, raw: &'a [u8], flags: u8) -> Option<Target<'a>> {
+        if raw.first() != Some(&b'/') {
+            return None;
+        }
+        let (path, query, flags) = if flags & QUERY == 0 {
+            (raw, None, flags)
+        } else {
+            let q = raw.iter().position(|&b| b == b'?')?;
+            let path = &raw[..q];
+            (path, Some(&raw[q + 1..]), byte_flags(path))
+        };
+        // A segment is at least one byte and its '/': shorter paths cannot break a limit.
+        let short =
+            path.len() <= self.segment_max_length && path.len() / 2 <= self.segment_max_count;
+        if flags & ODD != 0 || !short || slash_pairs(path) {
+            return None;
+        }
+        Some(Target {
+            raw,
+            form: TargetForm::Origin,
+            path: Cow::Borrowed(core::str::from_utf8(path).ok()?),
             query,
         })
     }
@@ -293,6 +336,36 @@ pub fn encode_path(path: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`byte_flags`]: a control byte or space.
+const CONTROL: u8 = 1;
+/// [`byte_flags`]: a `?`.
+const QUERY: u8 = 2;
+/// [`byte_flags`]: a `%`, a `\` or a byte outside ASCII.
+const ODD: u8 = 4;
+
+/// Which kinds of bytes `bytes` holds. Each kind is its own branch-free pass over a
+/// boolean, a loop the compiler runs a vector at a time.
+#[inline]
+fn byte_flags(bytes: &[u8]) -> u8 {
+    let control = bytes
+        .iter()
+        .fold(false, |acc, &b| acc | (b <= b' ') | (b == 0x7F));
+    let query = bytes.iter().fold(false, |acc, &b| acc | (b == b'?'));
+    let odd = bytes.iter().fold(false, |acc, &b| {
+        acc | (b == b'%') | (b == b'\\') | (b >= 0x80)
+    });
+    (u8::from(control) * CONTROL) | (u8::from(query) * QUERY) | (u8::from(odd) * ODD)
+}
+
+/// True when `path` has a `/` followed by `/` or `.`: an empty or maybe a dot segment.
+#[inline]
+fn slash_pairs(path: &[u8]) -> bool {
+    let next = path.get(1..).unwrap_or_default();
+    path.iter().zip(next).fold(false, |acc, (&a, &b)| {
+        acc | ((a == b'/') & ((b == b'/') | (b == b'.')))
+    })
+}
+
 /// What one pass over a raw path (and the query after it) tells.
 struct Scan {
     /// Where the `?` is, if any.
@@ -307,14 +380,14 @@ struct Scan {
 
 /// Byte classes for the scan: a segment ends, the path needs decoding, a non-ASCII byte.
 const END: u8 = 1;
-const ODD: u8 = 2;
+const ESCAPE: u8 = 2;
 const HIGH: u8 = 4;
 const CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     t[b'/' as usize] = END;
     t[b'?' as usize] = END;
-    t[b'%' as usize] = ODD;
-    t[b'\\' as usize] = ODD;
+    t[b'%' as usize] = ESCAPE;
+    t[b'\\' as usize] = ESCAPE;
     let mut b = 0x80;
     while b < 256 {
         t[b] = HIGH;
@@ -360,7 +433,7 @@ impl Scan {
             i += 1;
             start = i;
         }
-        scan.clean &= flags & ODD == 0;
+        scan.clean &= flags & ESCAPE == 0;
         scan.ascii = flags & HIGH == 0;
         scan
     }
@@ -808,6 +881,74 @@ mod tests {
             defaults.canonicalize(many.as_bytes()).unwrap_err(),
             UrlError::TooManySegments
         );
+    }
+
+    /// The shortcut for plain targets gives what the step-by-step way gives.
+    #[test]
+    fn plain_origin_agrees_with_the_full_way() {
+        let mut small = UrlOptions::default();
+        small.segment_max_length(3).segment_max_count(2);
+        let mut inputs: Vec<Vec<u8>> = [
+            &b"/"[..],
+            b"/a",
+            b"/a/",
+            b"/app/x.html",
+            b"/app/x.html?a=b",
+            b"/app/x?",
+            b"/?",
+            b"/?q=%2F..%2F",
+            b"/a/.b",
+            b"/a/./b",
+            b"/a/..",
+            b"/a/.",
+            b"/a//b",
+            b"/a/b/",
+            b"/abc/def/",
+            b"/abcd",
+            b"/a/b/c",
+            b"/a%20b",
+            b"/a\\b",
+            b"/\xc3\xa9",
+            b"/a?b/../c",
+            b"/a.b/c..d/...",
+            b"/api/users/xyz/abc/12345678/1234567/1234",
+        ]
+        .iter()
+        .map(|s| s.to_vec())
+        .collect();
+        // Every short string over the characters that matter.
+        let alphabet = b"/.a?%\\";
+        for len in 1..=5 {
+            for mut n in 0..alphabet.len().pow(len) {
+                let mut s = vec![b'/'];
+                for _ in 0..len {
+                    s.push(alphabet[n % alphabet.len()]);
+                    n /= alphabet.len();
+                }
+                inputs.push(s);
+            }
+        }
+        let mut taken = 0;
+        for opts in [UrlOptions::default(), small] {
+            for raw in &inputs {
+                let Some(fast) = opts.plain_origin(raw, byte_flags(raw)) else {
+                    continue;
+                };
+                taken += 1;
+                let full = opts
+                    .canonicalize_checked(raw)
+                    .expect("plain targets are valid");
+                assert_eq!(fast.path(), full.path(), "{raw:?}");
+                assert!(matches!(fast.path, Cow::Borrowed(_)), "{raw:?}");
+                assert_eq!(fast.query(), full.query(), "{raw:?}");
+                assert_eq!(
+                    (fast.form(), fast.raw()),
+                    (full.form(), full.raw()),
+                    "{raw:?}"
+                );
+            }
+        }
+        assert!(taken > 500, "{taken}");
     }
 
     #[test]

@@ -86,6 +86,7 @@ impl fmt::Display for Version {
 /// # Errors
 ///
 /// 400 `Verb` for an empty method or one with characters outside RFC 9110's `tchar`.
+#[inline]
 pub fn check_method(method: &[u8]) -> Result<(), Rejection> {
     let tchar = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
     if method.is_empty() || !method.iter().all(tchar) {
@@ -202,23 +203,32 @@ pub(crate) fn prepare<'a>(
     let target = opts
         .canonicalize(head.target)
         .map_err(|e: UrlError| (e.rejection(), None))?;
+    match request_host(head, &target) {
+        Ok(host) => Ok(Prepared { target, host }),
+        Err(rejection) => Err((rejection, Some(target))),
+    }
+}
+
+/// The host a request is routed by: the absolute-form authority, else the Host header;
+/// `None` for HTTP/1.0 without one.
+#[inline]
+fn request_host<'a>(
+    head: &RequestHead<'a>,
+    target: &Target<'a>,
+) -> Result<Option<RequestHost<'a>>, Rejection> {
     let hostname = Rejection::new(400, Reason::Hostname);
     let host_bytes = match target.form() {
-        TargetForm::Absolute { authority } => Some(authority),
+        TargetForm::Absolute { authority } => authority,
         _ => match (head.host, head.version) {
-            (Some(b""), Version::Http10) | (None, Version::Http10) => None,
-            (Some(h), _) => Some(h),
-            (None, _) => return Err((hostname, Some(target))),
+            (Some(b""), Version::Http10) | (None, Version::Http10) => return Ok(None),
+            (Some(h), _) => h,
+            (None, _) => return Err(hostname),
         },
     };
-    let host = match host_bytes {
-        Some(h) => match RequestHost::parse(h) {
-            Ok(h) => Some(h),
-            Err(_) => return Err((hostname, Some(target))),
-        },
-        None => None,
-    };
-    Ok(Prepared { target, host })
+    match RequestHost::parse(host_bytes) {
+        Ok(h) => Ok(Some(h)),
+        Err(_) => Err(hostname),
+    }
 }
 
 /// `scheme://host:port` + cooked path + `?query`; the port is always the local one, and
@@ -265,11 +275,18 @@ impl<T> RouteTable<T> {
         let Some(port) = self.port(endpoint.scheme, endpoint.local.port()) else {
             return Dispatch::Refused;
         };
-        let Prepared { target, host } = match prepare(head, opts) {
-            Ok(p) => p,
-            Err((rejection, _)) => return Dispatch::Reject(rejection),
+        // prepare()'s steps, without keeping the target for a rejection.
+        if let Err(rejection) = check_method(head.method) {
+            return Dispatch::Reject(rejection);
+        }
+        let target = match opts.canonicalize(head.target) {
+            Ok(target) => target,
+            Err(e) => return Dispatch::Reject(e.rejection()),
         };
-        self.route_on(port, endpoint, target, host)
+        match request_host(head, &target) {
+            Ok(host) => self.route_on(port, endpoint, target, host),
+            Err(rejection) => Dispatch::Reject(rejection),
+        }
     }
 
     /// Routes an already canonicalized target with an already checked host.
@@ -285,6 +302,7 @@ impl<T> RouteTable<T> {
         }
     }
 
+    #[inline]
     fn route_on<'t, 'a>(
         &'t self,
         port: &Port,
