@@ -96,8 +96,9 @@ enum Wait {
 pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let _ = io.set_nodelay(true);
     let settings = shared.settings.load_full();
-    // Buffers are taken when bytes arrive and given back while the connection is idle, so
-    // an idle connection costs little more than its socket.
+    // Buffers are taken when bytes arrive, start small and grow as needed; a large one is
+    // given back while the connection idles. A connection that has sent nothing costs
+    // little more than its socket.
     let mut conn = Conn {
         timers: Active::service(&settings),
         settings,
@@ -258,10 +259,13 @@ impl Conn {
     /// Waits for the client's next bytes until `until`, holding no buffers meanwhile. When
     /// the daemon begins to stop, a client that sent nothing is let go.
     async fn await_bytes(&mut self, until: Instant) -> Wait {
-        if self.rd.is_empty() {
+        // Small buffers stay for the next request; large ones (a body streamed through,
+        // a large response) go.
+        const KEEP: usize = 8192;
+        if self.rd.is_empty() && self.rd.capacity() > KEEP {
             self.rd = BytesMut::new();
         }
-        if self.wr.is_empty() {
+        if self.wr.is_empty() && self.wr.capacity() > KEEP {
             self.wr = BytesMut::new();
         }
         let stop = self.shared.stop.notified();
@@ -285,8 +289,9 @@ impl Conn {
 
     /// Reads more bytes into the read buffer; `Ok(0)` at end of stream.
     async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.rd.capacity() - self.rd.len() < 2048 {
-            self.rd.reserve(8192);
+        if self.rd.capacity() - self.rd.len() < 1024 {
+            // The first read takes a page; a body streaming through gets more at a time.
+            self.rd.reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
         }
         self.io.read_buf(&mut self.rd).await
     }
@@ -351,6 +356,10 @@ impl Conn {
 
     /// Serves one request whose head is in: routes it, hands it on, relays the answer.
     async fn serve_head(&mut self, head_bytes: Bytes) -> Next {
+        // Room for a response head and a small body, taken once per connection.
+        if self.wr.capacity() == 0 {
+            self.wr.reserve(1024);
+        }
         let timers = self.settings.timers;
         let limits = self.settings.head_limits;
         let Ok(Parsed::Complete { head, .. }) = parse_head(&head_bytes, &limits) else {
