@@ -291,7 +291,8 @@ impl Conn {
     async fn fill(&mut self) -> std::io::Result<usize> {
         if self.rd.capacity() - self.rd.len() < 1024 {
             // The first read takes a page; a body streaming through gets more at a time.
-            self.rd.reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
+            self.rd
+                .reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
         }
         self.io.read_buf(&mut self.rd).await
     }
