@@ -429,11 +429,15 @@ fn delegates_reserve_and_only_owners_remove() {
             { "op": "remove", "queue": "rootq", "url": format!("http://+:{p}/root/") },
             // Any spelling of the reserved URL names it.
             { "op": "unreserve", "url": sub.replace("/team/bob/", "/Team/BOB/") },
+            // A duplicate is 183 before the ACL is asked, even for a caller it would deny
+            // (spec §1.3).
+            { "op": "register", "url": format!("http://+:{p}/root/") },
         ]),
     )
     .expect("probe");
     assert_eq!(r[0]["body"]["code"], 5, "{r:?}");
     assert_eq!(r[1]["status"], 204, "{r:?}");
+    assert_eq!(r[2]["body"]["code"], 183, "{r:?}");
     // The admin group registers anywhere; the configuration's reservation is not the CLI's
     // to delete.
     let r = run_as(

@@ -539,11 +539,13 @@ impl Daemon {
             .peer
             .identity
             .caller(self.is_admin(st, &session.peer));
-        st.acl
-            .check_register(&prefix, &caller)
-            .map_err(|e| api(e.win32(), e.to_string()))?;
+        // HTTP.sys's order (spec §1.3): the scheme and duplicate checks before the ACL, so
+        // a duplicate is 183 whoever asks.
         st.table
             .check_add(&prefix)
+            .map_err(|e| api(e.win32(), e.to_string()))?;
+        st.acl
+            .check_register(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
         // After the checks HTTP.sys makes, so a refused https prefix is refused for the same
         // reason as on Windows.
