@@ -18,7 +18,8 @@ fn daemon_logging_to(dir: TempDir, folder: &Path) -> Daemon {
     std::fs::write(
         &config,
         format!(
-            "iplisten = [\"127.0.0.1\"]\n\n[errlog]\nfolder = \"{}\"\n",
+            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[errlog]\nfolder = \"{}\"\n",
+            dir.0.join("state.toml").display().to_string(),
             folder.display()
         ),
     )

@@ -1335,7 +1335,7 @@ fn a_draining_worker_finishes_the_request_in_hand() {
         "slow_worker",
         "slowdrain",
         &[&format!("http://+:{port}/s/")],
-        &["--delay-ms", "1500"],
+        &["--delay-ms", "5000"],
     );
     let client = std::thread::spawn(move || get(port, "x", "/s/held"));
     assert!(
@@ -1343,6 +1343,8 @@ fn a_draining_worker_finishes_the_request_in_hand() {
         "{}",
         d.state()
     );
+    // Still in hand when the worker is told to drain.
+    assert!(!client.is_finished());
     let status = slow.proc.terminate();
     assert!(
         status.is_some_and(|s| s.success()),

@@ -64,11 +64,13 @@ fn errlog_text(folder: &std::path::Path) -> String {
 fn sigterm_finishes_requests_in_progress_and_closes_the_rest() {
     let (mut d, folder) = daemon(30);
     let port = free_port();
-    let _app = slow_app(&d, port, "1500", "4");
+    // Slow enough that the signal surely comes while the request is in hand.
+    let _app = slow_app(&d, port, "5000", "4");
+    let _quick = d.hello("quick", &[&format!("http://+:{port}/quick/")], &[]);
 
     // An idle keep-alive connection, served once.
     let mut idle = connect(port);
-    idle.write_all(b"GET /slow/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle.write_all(b"GET /quick/idle HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
     let mut buf = Vec::new();
     let (status, head, _) = read_response(&mut idle, &mut buf, false);
@@ -78,7 +80,13 @@ fn sigterm_finishes_requests_in_progress_and_closes_the_rest() {
     let mut busy = connect(port);
     busy.write_all(b"GET /slow/busy HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
-    assert!(eventually(5, || d.state()["queues"][0]["in_flight"] == 1));
+    let slow_in_flight = || {
+        d.state()["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "slow"))
+            .is_some_and(|q| q["in_flight"] == 1)
+    };
+    assert!(eventually(5, slow_in_flight));
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &d.proc.child.id().to_string()])
         .status();

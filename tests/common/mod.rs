@@ -161,10 +161,14 @@ impl Daemon {
         d
     }
 
+    /// Waits until the daemon answers on its control socket, which it does only once its
+    /// configuration is applied (the socket itself exists a moment earlier).
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if UnixStream::connect(&self.control).is_ok() {
+                let (status, body) = self.ctl().call("GET", "/v1/state", None);
+                assert_eq!(status, 200, "{body}");
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
