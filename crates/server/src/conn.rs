@@ -231,6 +231,27 @@ impl Conn {
         r
     }
 
+    /// Reads more of a request body before `until`, which moves on by EntityBody each time
+    /// bytes come (spec §5: a gap timer, re-armed by body data and nothing else). Otherwise
+    /// the connection's fate, logged: the client left (`Client_Reset`) or the gap was too
+    /// long (`Timer_EntityBody`).
+    async fn more_body(&mut self, until: &mut Instant, queue: &Queue) -> Result<(), Next> {
+        match timeout_at(*until, self.fill()).await {
+            Ok(Ok(n)) if n > 0 => {
+                *until = armed_until(self.timers.entity_body);
+                Ok(())
+            }
+            Ok(_) => {
+                self.log(None, None, Reason::ClientReset, Some(queue.name()));
+                Err(Next::Abort)
+            }
+            Err(_) => {
+                self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                Err(Next::Close)
+            }
+        }
+    }
+
     /// After the response and the FIN, reads and throws away what the client still sends,
     /// for a moment (a lingering close): closing with unread bytes would make the kernel
     /// answer with a reset, which can destroy the response before the client reads it.
@@ -694,7 +715,7 @@ impl Conn {
         let _forget = Forget(worker, stream);
         let mut window = u64::from(INITIAL_WINDOW);
         let mut resp = Response::new(facts);
-        let entity = self.timers.entity_body;
+        let mut body_until = armed_until(self.timers.entity_body);
         loop {
             // Forward whatever body the buffer holds, within the window.
             while !body.is_done() && window > 0 && !self.rd.is_empty() && !resp.finished {
@@ -785,19 +806,10 @@ impl Conn {
                         worker.send(|out| wire::encode_window(out, stream, written));
                     }
                 }
-                r = within(entity, self.fill()), if want_body && self.rd.is_empty() => {
-                    match r {
-                        Some(Ok(n)) if n > 0 => {}
-                        Some(_) => {
-                            worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
-                            self.log(None, None, Reason::ClientReset, Some(queue.name()));
-                            return Next::Abort;
-                        }
-                        None => {
-                            worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
-                            self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
-                            return Next::Close;
-                        }
+                r = self.more_body(&mut body_until, queue), if want_body && self.rd.is_empty() => {
+                    if let Err(next) = r {
+                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                        return next;
                     }
                 }
             }
@@ -849,7 +861,7 @@ impl Conn {
             return Next::Close;
         };
         let mut tx = tx;
-        let entity = self.timers.entity_body;
+        let mut body_until = armed_until(self.timers.entity_body);
         let response = sender.send_request(req);
         tokio::pin!(response);
         let resp = loop {
@@ -861,17 +873,11 @@ impl Conn {
             }
             tokio::select! {
                 r = &mut response => break r,
-                r = within(entity, self.fill()), if tx.is_some() => match r {
-                    Some(Ok(n)) if n > 0 => {}
-                    Some(_) => {
-                        self.log(None, None, Reason::ClientReset, Some(queue.name()));
-                        return Next::Abort;
+                r = self.more_body(&mut body_until, queue), if tx.is_some() => {
+                    if let Err(next) = r {
+                        return next;
                     }
-                    None => {
-                        self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
-                        return Next::Close;
-                    }
-                },
+                }
             }
         };
         let resp = match resp {
@@ -922,16 +928,9 @@ impl Conn {
                             // The upstream may want more body before it says more.
                             tokio::select! {
                                 f = frame => f,
-                                r = within(entity, self.fill()) => match r {
-                                    Some(Ok(n)) if n > 0 => continue,
-                                    Some(_) => {
-                                        self.log(None, None, Reason::ClientReset, Some(queue.name()));
-                                        return Next::Abort;
-                                    }
-                                    None => {
-                                        self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
-                                        return Next::Close;
-                                    }
+                                r = self.more_body(&mut body_until, queue) => match r {
+                                    Ok(()) => continue,
+                                    Err(next) => return next,
                                 },
                             }
                         }
