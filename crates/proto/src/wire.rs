@@ -297,8 +297,6 @@ pub struct RequestHeadWriter<'b> {
     start: usize,
     count_at: usize,
     count: u32,
-    stream: u32,
-    end: bool,
 }
 
 impl<'b> RequestHeadWriter<'b> {
@@ -326,8 +324,6 @@ impl<'b> RequestHeadWriter<'b> {
             start,
             count_at,
             count: 0,
-            stream,
-            end,
         }
     }
 
@@ -341,29 +337,16 @@ impl<'b> RequestHeadWriter<'b> {
 
     /// Finishes the frame: patches its length and header count.
     pub fn finish(self) {
-        finish_head(
-            self.buf,
-            self.start,
-            self.count_at,
-            self.count,
-            self.stream,
-            self.end,
-        );
+        finish_head(self.buf, self.start, self.count_at, self.count);
     }
 }
 
-fn finish_head(
-    buf: &mut BytesMut,
-    start: usize,
-    count_at: usize,
-    count: u32,
-    stream: u32,
-    end: bool,
-) {
+/// Patches a head frame's payload length (the rest of its header was right from the
+/// start) and header count in place.
+fn finish_head(buf: &mut BytesMut, start: usize, count_at: usize, count: u32) {
     let len = buf.len() - start - HEADER_LEN;
-    let mut header = BytesMut::with_capacity(HEADER_LEN);
-    put_header(&mut header, len, stream, Kind::Head, end);
-    buf[start..start + HEADER_LEN].copy_from_slice(&header);
+    debug_assert!(len <= MAX_PAYLOAD);
+    buf[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
     buf[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
 }
 
@@ -497,7 +480,7 @@ impl ResponseHead {
             put_field(buf, v);
             count += 1;
         }
-        finish_head(buf, start, count_at, count, stream, end);
+        finish_head(buf, start, count_at, count);
     }
 
     /// Appends this head as a frame.

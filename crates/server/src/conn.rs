@@ -771,7 +771,13 @@ impl Conn {
                                     resp.close = true;
                                 }
                                 if resp.started
-                                    || !resp.head(&mut self.wr, h.status, &h.headers, end, exact)
+                                    || !resp.head(
+                                        &mut self.wr,
+                                        h.status,
+                                        h.headers.iter().map(|(n, v)| (&n[..], &v[..])),
+                                        end,
+                                        exact,
+                                    )
                                 {
                                     worker.send(|out| wire::encode_reset(out, stream, ResetCode::Protocol));
                                     return Next::Abort;
@@ -888,21 +894,15 @@ impl Conn {
             }
         };
         let (parts, mut incoming) = resp.into_parts();
-        let headers: Vec<(Bytes, Bytes)> = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    Bytes::copy_from_slice(n.as_str().as_bytes()),
-                    Bytes::copy_from_slice(v.as_bytes()),
-                )
-            })
-            .collect();
         let mut out = Response::new(facts);
         out.close |= self.shared.stopping();
         let end = http_body::Body::is_end_stream(&incoming);
         let hint = http_body::Body::size_hint(&incoming).exact();
-        if !out.head(&mut self.wr, parts.status.as_u16(), &headers, end, hint) {
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+        if !out.head(&mut self.wr, parts.status.as_u16(), headers, end, hint) {
             return Next::Abort;
         }
         while !out.finished {
@@ -1193,11 +1193,11 @@ impl Response {
 
     /// Writes the response head. `exact` is the body's length when it is known in
     /// advance (the whole body already arrived), used when the application gave none.
-    fn head(
+    fn head<'h>(
         &mut self,
         wr: &mut BytesMut,
         status: u16,
-        headers: &[(Bytes, Bytes)],
+        headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>,
         end: bool,
         exact: Option<u64>,
     ) -> bool {
@@ -1400,18 +1400,6 @@ mod tests {
         }
     }
 
-    fn h(pairs: &[(&'static str, &'static str)]) -> Vec<(Bytes, Bytes)> {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    Bytes::from_static(n.as_bytes()),
-                    Bytes::from_static(v.as_bytes()),
-                )
-            })
-            .collect()
-    }
-
     fn write(
         f: Facts,
         status: u16,
@@ -1422,7 +1410,8 @@ mod tests {
     ) -> Option<String> {
         let mut r = Response::new(f);
         let mut wr = BytesMut::new();
-        if !r.head(&mut wr, status, &h(headers), end, exact) {
+        let headers = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        if !r.head(&mut wr, status, headers, end, exact) {
             return None;
         }
         for (i, chunk) in body.iter().enumerate() {
