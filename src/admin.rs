@@ -195,7 +195,7 @@ pub(crate) fn queue(args: QueueArgs) -> ExitCode {
         enabled: Some(enabled),
         ..QueueProps::default()
     };
-    let target = format!("/v1/queues/{}", encode_segment(&name));
+    let target = portshare_proto::control::queue_path(&name, "");
     match client.call::<QueueInfo>("PATCH", &target, Some(&props)) {
         Ok(info) => done(&queue_text(&info)),
         Err(e) => e.report(verb),
@@ -266,19 +266,6 @@ fn reload_text(r: &ReloadReport) -> String {
     out
 }
 
-/// A queue name as one path segment: everything but unreserved characters `%XX`-encoded.
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -328,12 +315,6 @@ mod tests {
         assert!(
             Cli::try_parse_from(["x", "add", "u", "--user", "a", "--listen", "maybe"]).is_err()
         );
-    }
-
-    #[test]
-    fn queue_names_are_encoded() {
-        assert_eq!(encode_segment("app-1_x.y~"), "app-1_x.y~");
-        assert_eq!(encode_segment("a b/c%é"), "a%20b%2Fc%25%C3%A9");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
-use portshare_proto::control::{AddUrl, ApiError, QueueInfo, QueueSpec, UrlAdded};
+use portshare_proto::control::{AddUrl, ApiError, QueueInfo, QueueSpec, UrlAdded, queue_path};
 use portshare_proto::wire;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -197,33 +197,9 @@ fn closed_early(what: &str, r: Result<(), hyper::Error>) -> Error {
     }
 }
 
-/// `/v1/queues/{name}{rest}`, the name percent-encoded: everything but unreserved ASCII.
-fn queue_path(name: &str, rest: &str) -> String {
-    let mut path = String::with_capacity(11 + name.len() * 3 + rest.len());
-    path.push_str("/v1/queues/");
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.extend(crate::percent(b).map(char::from));
-        }
-    }
-    path.push_str(rest);
-    path
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn queue_names_are_percent_encoded() {
-        assert_eq!(queue_path("myapp", "/urls"), "/v1/queues/myapp/urls");
-        assert_eq!(
-            queue_path("a b/c?d%é~_.-", "/attach"),
-            "/v1/queues/a%20b%2Fc%3Fd%25%C3%A9~_.-/attach"
-        );
-    }
 
     #[test]
     fn refusals_carry_the_win32_code() {

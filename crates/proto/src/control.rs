@@ -25,6 +25,25 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `/v1/queues/{name}{rest}`, the name as one path segment: every byte but unreserved ASCII
+/// (`A-Z a-z 0-9 - . _ ~`) `%XX`-encoded, so any queue name makes a path.
+pub fn queue_path(name: &str, rest: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut path = String::with_capacity(11 + name.len() * 3 + rest.len());
+    path.push_str("/v1/queues/");
+    for &b in name.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            path.push(char::from(b));
+        } else {
+            path.push('%');
+            path.push(char::from(HEX[usize::from(b >> 4)]));
+            path.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    path.push_str(rest);
+    path
+}
+
 /// How a full or disabled queue answers (`HttpServer503VerbosityProperty`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -503,4 +522,19 @@ pub struct ReloadReport {
     /// Problems that did not stop the reload (an address that cannot be bound...).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_path;
+
+    #[test]
+    fn queue_names_are_percent_encoded() {
+        assert_eq!(queue_path("myapp", "/urls"), "/v1/queues/myapp/urls");
+        assert_eq!(queue_path("app-1_x.y~", ""), "/v1/queues/app-1_x.y~");
+        assert_eq!(
+            queue_path("a b/c?d%é~_.-", "/attach"),
+            "/v1/queues/a%20b%2Fc%3Fd%25%C3%A9~_.-/attach"
+        );
+    }
 }
