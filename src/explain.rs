@@ -2,7 +2,6 @@
 //! `--live`, over a running daemon's registrations and reservations, naming who owns each.
 
 use std::ffi::OsString;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,9 +84,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
     } else {
         None
     };
-    let out = evaluate(args, &target, live.as_ref());
-    // A closed stdout (a pipe to `head`) is not an error worth a panic.
-    let _ = std::io::stdout().write_all(out.as_bytes());
+    crate::print(&evaluate(args, &target, live.as_ref()));
     ExitCode::SUCCESS
 }
 
@@ -191,34 +188,21 @@ struct Live {
     state: ServiceState,
     /// The control socket it came from.
     control: PathBuf,
-    /// Canonical prefix → queue name.
-    queues: Vec<(String, String)>,
 }
 
 impl Live {
     fn new(state: ServiceState, control: &std::path::Path) -> Live {
-        let queues = state
-            .prefixes
-            .iter()
-            .map(|p| {
-                // The router's spelling, so that trace candidates find their entry.
-                let canonical = p
-                    .url
-                    .parse::<UrlPrefix>()
-                    .map_or_else(|_| p.url.clone(), |u| u.as_str().to_owned());
-                (canonical, p.queue.clone())
-            })
-            .collect();
         Live {
             state,
             control: control.to_owned(),
-            queues,
         }
     }
 
     /// The queue holding a registered prefix, and the processes attached to it.
     fn owner(&self, prefix: &str) -> Option<(&str, &[ProcessState])> {
-        let (_, queue) = self.queues.iter().find(|(p, _)| p == prefix)?;
+        // The table was built from these very strings, and a trace names a prefix as it
+        // was registered.
+        let queue = &self.state.prefixes.iter().find(|p| p.url == prefix)?.queue;
         let processes = self
             .state
             .queues
@@ -608,7 +592,7 @@ mod tests {
             pid: 99,
             prefixes: vec![
                 prefix("http://+:8080/app/", "a"),
-                // Spelled otherwise than the router does: still found.
+                // Named in the trace as registered, case and all.
                 prefix("http://+:8080/App/Deep/", "b"),
                 prefix("http://localhost:8080/", "idle"),
             ],
