@@ -225,6 +225,9 @@ pub(crate) struct Ticket {
     id: u64,
     timer: Duration,
     rx: oneshot::Receiver<Result<Slot, Closed>>,
+    /// The queue answered (a slot, or its closing), which it does only after taking the
+    /// request out of the FIFO.
+    answered: bool,
 }
 
 /// Why a waiting request did not get a slot.
@@ -243,6 +246,7 @@ impl Ticket {
             Some(timer) => tokio::time::timeout(timer, &mut self.rx).await,
             None => Ok((&mut self.rx).await),
         };
+        self.answered = got.is_ok();
         match got {
             Ok(Ok(Ok(slot))) => Ok(slot),
             Ok(Ok(Err(Closed)) | Err(_)) => Err(Missed::Closed),
@@ -256,6 +260,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         // Gone before its turn (timer, client left): leave the FIFO. A slot sent meanwhile
         // is dropped with the receiver and goes back to the queue.
         self.rx.close();
@@ -391,6 +398,7 @@ impl Queue {
             id,
             timer: inner.props.timer,
             rx,
+            answered: false,
         })
     }
 
