@@ -199,14 +199,26 @@ pub(crate) fn prepare<'a>(
     head: &RequestHead<'a>,
     opts: &UrlOptions,
 ) -> Result<Prepared<'a>, (Rejection, Option<Target<'a>>)> {
-    check_method(head.method).map_err(|r| (r, None))?;
+    match checks(head, opts) {
+        Ok((target, Ok(host))) => Ok(Prepared { target, host }),
+        Ok((target, Err(rejection))) => Err((rejection, Some(target))),
+        Err(rejection) => Err((rejection, None)),
+    }
+}
+
+/// [`prepare`]'s checks, for it and for dispatch alike: the method and the URL, then the
+/// canonical target with the host's verdict.
+#[inline(always)]
+fn checks<'a>(
+    head: &RequestHead<'a>,
+    opts: &UrlOptions,
+) -> Result<(Target<'a>, Result<Option<RequestHost<'a>>, Rejection>), Rejection> {
+    check_method(head.method)?;
     let target = opts
         .canonicalize(head.target)
-        .map_err(|e: UrlError| (e.rejection(), None))?;
-    match request_host(head, &target) {
-        Ok(host) => Ok(Prepared { target, host }),
-        Err(rejection) => Err((rejection, Some(target))),
-    }
+        .map_err(|e: UrlError| e.rejection())?;
+    let host = request_host(head, &target);
+    Ok((target, host))
 }
 
 /// The host a request is routed by: the absolute-form authority, else the Host header;
@@ -275,17 +287,9 @@ impl<T> RouteTable<T> {
         let Some(port) = self.port(endpoint.scheme, endpoint.local.port()) else {
             return Dispatch::Refused;
         };
-        // prepare()'s steps, without keeping the target for a rejection.
-        if let Err(rejection) = check_method(head.method) {
-            return Dispatch::Reject(rejection);
-        }
-        let target = match opts.canonicalize(head.target) {
-            Ok(target) => target,
-            Err(e) => return Dispatch::Reject(e.rejection()),
-        };
-        match request_host(head, &target) {
-            Ok(host) => self.route_on(port, endpoint, target, host),
-            Err(rejection) => Dispatch::Reject(rejection),
+        match checks(head, opts) {
+            Ok((target, Ok(host))) => self.route_on(port, endpoint, target, host),
+            Ok((_, Err(rejection))) | Err(rejection) => Dispatch::Reject(rejection),
         }
     }
 
