@@ -330,6 +330,7 @@ mod tests {
             limits: Default::default(),
             upstream: None,
             urls: vec![],
+            access: vec![],
         };
         assert_eq!(
             queue_text(&q),

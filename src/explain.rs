@@ -1,6 +1,7 @@
 //! `portshare explain`: one routing decision, evaluated offline and explained; with
 //! `--live`, over a running daemon's registrations and reservations, naming who owns each.
 
+use portshare_proto::text::printable;
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -237,7 +238,7 @@ impl Live {
             return None;
         }
         let (queue, processes) = self.owner(&c.prefix)?;
-        let mut line = format!("queue {queue}");
+        let mut line = format!("queue {}", printable(queue));
         if processes.is_empty() {
             line.push_str(", no process attached");
         }
@@ -248,7 +249,12 @@ impl Live {
                 p.user.clone()
             };
             line.push_str(if i == 0 { ", " } else { "; " });
-            line.push_str(&format!("PID {} ({user}): {}", p.pid, p.command));
+            line.push_str(&format!(
+                "PID {} ({}): {}",
+                p.pid,
+                printable(&user),
+                printable(&p.command)
+            ));
         }
         Some(line)
     }
@@ -559,6 +565,8 @@ mod tests {
             limits: Default::default(),
             connections: 0,
             lingering: false,
+            config: false,
+            access: vec![],
             upstream: None,
             depth: 0,
             oldest_wait_ms: 0,
@@ -575,6 +583,7 @@ mod tests {
                     busy: 0,
                 })
                 .collect(),
+            processes_hidden: false,
             counters: QueueCounters::default(),
         }
     }

@@ -7,6 +7,7 @@ use portshare_proto::control::{
     AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source, UrlAclList,
     Verbosity,
 };
+use portshare_proto::text::printable;
 use serde::de::DeserializeOwned;
 
 use crate::client::{Client, ControlArg};
@@ -159,7 +160,7 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
 }
 
 fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
-    let _ = writeln!(out, "    Request queue name: {}", q.name);
+    let _ = writeln!(out, "    Request queue name: {}", printable(&q.name));
     let mut state = if q.enabled { "Active" } else { "Disabled" }.to_owned();
     if q.lingering {
         let _ = write!(
@@ -174,7 +175,40 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     } else {
         q.owner_user.clone()
     };
-    let _ = writeln!(out, "        Owner: {owner} (uid {})", q.owner_uid);
+    if q.config {
+        let _ = writeln!(
+            out,
+            "        Owner: the daemon, {} (uid {}): declared in the configuration file",
+            printable(&owner),
+            q.owner_uid
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "        Owner: {} (uid {})",
+            printable(&owner),
+            q.owner_uid
+        );
+    }
+    if !q.access.is_empty() {
+        let _ = writeln!(out, "        Access:");
+    }
+    for a in &q.access {
+        let kind = match a.kind {
+            AccountKind::User => "user",
+            AccountKind::Group => "group",
+        };
+        let rights: Vec<&str> = [(a.attach, "attach"), (a.register, "register")]
+            .into_iter()
+            .filter_map(|(on, r)| on.then_some(r))
+            .collect();
+        let _ = writeln!(
+            out,
+            "            {kind} {}: {}",
+            printable(&a.name),
+            rights.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "        Request queue 503 verbosity level: {}",
@@ -248,11 +282,18 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
             }
         }
     }
-    let _ = writeln!(
-        out,
-        "        Number of active processes attached: {}",
-        q.processes.len()
-    );
+    if q.processes_hidden {
+        let _ = writeln!(
+            out,
+            "        Processes attached: shown to its owner, its grantees and administrators"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "        Number of active processes attached: {}",
+            q.processes.len()
+        );
+    }
     if !q.processes.is_empty() {
         let _ = writeln!(out, "        Processes:");
     }
@@ -264,10 +305,17 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         };
         let _ = writeln!(
             out,
-            "            ID: {}, user: {user}, slots: {}, busy: {}",
-            p.pid, p.slots, p.busy
+            "            ID: {}, user: {}, slots: {}, busy: {}",
+            p.pid,
+            printable(&user),
+            p.slots,
+            p.busy
         );
-        let _ = writeln!(out, "                Command line: {}", p.command);
+        let _ = writeln!(
+            out,
+            "                Command line: {}",
+            printable(&p.command)
+        );
     }
 }
 
@@ -492,6 +540,8 @@ mod tests {
                 limits: Default::default(),
                 connections: 0,
                 lingering: true,
+                config: false,
+                access: Vec::new(),
                 upstream: None,
                 depth: 3,
                 oldest_wait_ms: 250,
@@ -508,6 +558,7 @@ mod tests {
                     slots: 64,
                     busy: 1,
                 }],
+                processes_hidden: false,
                 counters: QueueCounters {
                     delivered: 10,
                     queue_full: 1,

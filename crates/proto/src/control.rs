@@ -8,6 +8,7 @@
 //! | `DELETE /v1/queues/{name}` | – | `204`: this connection lets go of the queue |
 //! | `POST /v1/queues/{name}/urls` | [`AddUrl`] | [`UrlAdded`] |
 //! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`] | `204` |
+//! | `POST /v1/queues/{name}/access` | [`GrantAccess`] | [`QueueInfo`]: the accounts' rights set |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
 //! | `GET /v1/state` | – | [`ServiceState`] |
 //! | `GET /v1/urlacl` | – | [`UrlAclList`] |
@@ -22,6 +23,13 @@
 //! would have returned. What a connection creates (queues, URLs) belongs to that connection
 //! and goes away when it closes, except that a queue with a linger time keeps its URLs and
 //! pending requests that long for the next connection that opens it by name.
+//!
+//! A named queue belongs to the account that created it, as an HTTP.sys queue carries its
+//! creator's security descriptor: only that account, and the accounts it granted rights in
+//! the queue's access list ([`AccessEntry`]), may open it. Administrators may inspect,
+//! disable and delete any queue, and change its access list, but do not join it unasked.
+//! Queues the configuration file declares belong to the daemon. An unnamed queue is its
+//! creating process's alone.
 
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +183,34 @@ pub struct QueueSpec {
     pub upstream: Option<String>,
 }
 
+/// One account's rights on a queue, besides its owner's (who holds them all).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessEntry {
+    /// A user or a group (every member, by primary or supplementary membership).
+    pub kind: AccountKind,
+    /// A name, or `uid:N` / `gid:N`.
+    pub name: String,
+    /// May open the queue and attach workers: receive its requests. Default yes.
+    #[serde(default = "yes")]
+    pub attach: bool,
+    /// May open the queue and add URLs to it, still only where its own URL ACL
+    /// reservations allow. Default no.
+    #[serde(default)]
+    pub register: bool,
+}
+
+/// `POST /v1/queues/{name}/access`: sets each named account's rights, replacing what it
+/// had; an entry with neither right takes the account off the list. Workers of an account
+/// that loses `attach` are detached, and URLs its connections added go when it loses
+/// `register`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantAccess {
+    /// The accounts and their new rights.
+    pub entries: Vec<AccessEntry>,
+}
+
 /// A queue as the daemon holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueInfo {
@@ -201,6 +237,9 @@ pub struct QueueInfo {
     /// URLs the queue already holds (those kept by linger, when opened).
     #[serde(default)]
     pub urls: Vec<String>,
+    /// The accounts granted rights on it besides its owner.
+    #[serde(default)]
+    pub access: Vec<AccessEntry>,
 }
 
 /// `POST /v1/queues/{name}/urls`.
@@ -342,6 +381,12 @@ pub struct QueueState {
     pub connections: u64,
     /// True while the queue outlives its owner, waiting to be opened.
     pub lingering: bool,
+    /// Declared by the configuration file: the daemon holds it.
+    #[serde(default)]
+    pub config: bool,
+    /// The accounts granted rights on it besides its owner.
+    #[serde(default)]
+    pub access: Vec<AccessEntry>,
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
@@ -354,8 +399,12 @@ pub struct QueueState {
     pub in_flight: u64,
     /// Its URLs.
     pub urls: Vec<String>,
-    /// Processes with workers attached.
+    /// Processes with workers attached. Shown to administrators, the queue's owner and the
+    /// accounts on its access list; to anyone else, empty, with `processes_hidden` set.
     pub processes: Vec<ProcessState>,
+    /// True when `processes` was withheld from the caller.
+    #[serde(default)]
+    pub processes_hidden: bool,
     /// Counters since the queue was created.
     pub counters: QueueCounters,
 }

@@ -13,6 +13,7 @@
 //! ```
 
 pub mod control;
+pub mod text;
 pub mod wire;
 
 use std::ffi::OsString;

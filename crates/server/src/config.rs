@@ -67,7 +67,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portshare_proto::control::Verbosity;
+use portshare_proto::control::{AccessEntry, AccountKind, Verbosity};
 use serde::{Deserialize, Serialize};
 
 /// Everything the daemon is told.
@@ -355,16 +355,78 @@ pub struct QueueConfig {
     /// process that opened it lets go; default 0.
     #[serde(default)]
     pub linger: Option<f64>,
-    /// The user (a name or `uid:N`) who may open the queue and attach workers to it, besides
-    /// root; default the daemon's own user.
+    /// A user (a name or `uid:N`) granted both rights on the queue, `attach` and
+    /// `register`: shorthand for an `access` entry. The queue itself belongs to the daemon.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Accounts granted rights on the queue (`[[queue.access]]`).
+    #[serde(default)]
+    pub access: Vec<QueueAccessConfig>,
     /// `unix:/path` or a loopback `IP:port` to forward requests to.
     #[serde(default)]
     pub upstream: Option<String>,
     /// Most connections to the upstream at once; default 256.
     #[serde(default)]
     pub connections: Option<u32>,
+}
+
+/// An entry of a queue's access list in the configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueAccessConfig {
+    /// Users granted: names or `uid:N`.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups granted, every member: names or `gid:N`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// May attach workers (receive the queue's requests); default yes.
+    #[serde(default = "yes")]
+    pub attach: bool,
+    /// May add URLs to the queue, under its own URL ACL reservations; default no.
+    #[serde(default)]
+    pub register: bool,
+}
+
+impl QueueConfig {
+    /// The queue's access list: `owner` with both rights, then each `access` entry.
+    pub(crate) fn access_entries(&self) -> Vec<AccessEntry> {
+        let entry = |kind, name: &String, attach, register| AccessEntry {
+            kind,
+            name: name.clone(),
+            attach,
+            register,
+        };
+        let owner = self
+            .owner
+            .iter()
+            .map(|o| entry(AccountKind::User, o, true, true));
+        let listed = self.access.iter().flat_map(|a| {
+            let users = a
+                .users
+                .iter()
+                .map(|u| entry(AccountKind::User, u, a.attach, a.register));
+            let groups = a
+                .groups
+                .iter()
+                .map(|g| entry(AccountKind::Group, g, a.attach, a.register));
+            users.chain(groups)
+        });
+        owner.chain(listed).collect()
+    }
+
+    /// Whether a reload must set the queue's properties again.
+    pub(crate) fn props_differ(&self, q: &QueueConfig) -> bool {
+        self.length != q.length
+            || self.verbosity != q.verbosity
+            || self.enabled != q.enabled
+            || self.linger != q.linger
+            || self.request_queue_timer != q.request_queue_timer
+            || self.entity_body != q.entity_body
+            || self.drain_entity_body != q.drain_entity_body
+            || self.min_send_rate != q.min_send_rate
+            || self.max_connections != q.max_connections
+    }
 }
 
 impl Config {
@@ -405,13 +467,21 @@ impl Config {
             out.push(format!("admin_group {g:?}: no such group on this machine"));
         }
         for q in &self.queues {
-            if let Some(o) = &q.owner
-                && crate::identity::resolve_user(o).is_none()
-            {
-                out.push(format!(
-                    "queue {:?}: owner {o:?}: no such user on this machine",
-                    q.name
-                ));
+            for e in q.access_entries() {
+                let known = match e.kind {
+                    AccountKind::User => crate::identity::resolve_user(&e.name).is_some(),
+                    AccountKind::Group => crate::identity::resolve_group(&e.name).is_some(),
+                };
+                if !known {
+                    let kind = match e.kind {
+                        AccountKind::User => "user",
+                        AccountKind::Group => "group",
+                    };
+                    out.push(format!(
+                        "queue {:?}: no {kind} {:?} on this machine, so it is granted nothing",
+                        q.name, e.name
+                    ));
+                }
             }
         }
         out
@@ -515,12 +585,8 @@ impl Config {
             let at = |key: &'static str, message: String| {
                 Bad::at(Some(("queue", Some(i))), key, message)
             };
-            if q.name.is_empty() || q.name.chars().count() > 260 {
-                return Err(at(
-                    "name",
-                    format!("queue {:?}: a name has 1 to 260 characters", q.name),
-                ));
-            }
+            crate::daemon::check_queue_name(&q.name, false)
+                .map_err(|e| at("name", format!("queue {:?}: {e}", q.name)))?;
             if self.queues[..i].iter().any(|p| p.name == q.name) {
                 return Err(at("name", format!("queue {:?}: defined twice", q.name)));
             }
@@ -590,6 +656,25 @@ impl Config {
                 && o.is_empty()
             {
                 return Err(at("owner", format!("queue {:?}: owner is empty", q.name)));
+            }
+            for a in &q.access {
+                if a.users.is_empty() && a.groups.is_empty() {
+                    return Err(at(
+                        "access",
+                        format!("queue {:?}: an access entry names no user or group", q.name),
+                    ));
+                }
+                if let Some(n) = a
+                    .users
+                    .iter()
+                    .chain(&a.groups)
+                    .find(|n| n.is_empty() || n.chars().any(char::is_whitespace))
+                {
+                    return Err(at(
+                        "access",
+                        format!("queue {:?}: {n:?} is not a user or group name", q.name),
+                    ));
+                }
             }
         }
         Ok(())

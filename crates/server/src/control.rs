@@ -11,8 +11,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portshare_proto::control::{
-    AddReservation, AddUrl, ApiError, IpListenChange, QueueProps, QueueSpec, RemoveReservation,
-    RemoveUrl,
+    AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
+    RemoveReservation, RemoveUrl,
 };
 use portshare_proto::wire::{SLOTS_HEADER, UPGRADE_PROTOCOL};
 use serde::Serialize;
@@ -195,7 +195,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
     match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "state"]) => json(StatusCode::OK, &daemon.state()),
+        (&Method::GET, ["v1", "state"]) => json(StatusCode::OK, &daemon.state(session)),
         (&Method::GET, ["v1", "urlacl"]) => json(StatusCode::OK, &daemon.urlacl_list()),
         (&Method::POST, ["v1", "urlacl"]) => {
             let add: AddReservation = match body(req).await {
@@ -287,6 +287,16 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
                     };
                     match daemon.remove_url(session, &name, &rm.url) {
                         Ok(()) => no_content(),
+                        Err(e) => error(&e),
+                    }
+                }
+                (&Method::POST, ["access"]) => {
+                    let grant: GrantAccess = match body(req).await {
+                        Ok(g) => g,
+                        Err(r) => return r,
+                    };
+                    match daemon.set_access(session, &name, &grant) {
+                        Ok(info) => json(StatusCode::OK, &info),
                         Err(e) => error(&e),
                     }
                 }

@@ -4,7 +4,7 @@
 //! takes it. Connections read the route table from an [`ArcSwap`] snapshot that each change
 //! replaces, so lookups never wait for registrations or for each other.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,18 +13,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use portshare_proto::control::{
-    AddUrl, ApiError, BindFailure, ListenerState, OpenMode, PrefixState, ProcessState, QueueInfo,
-    QueueLimits, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
+    AddUrl, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState, ProcessState,
+    QueueInfo, QueueLimits, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
 use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, Win32Error};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::access::{Access, Rights};
 use crate::bind::{self, BindError};
 use crate::config::{Config, StateFile, Timers};
 use crate::errlog;
 use crate::head::HeadLimits;
-use crate::identity;
+use crate::identity::{self, Identity};
 use crate::queue::{Props, Queue, Target};
 use crate::upstream::{Address, Upstream};
 use crate::worker::Peer;
@@ -210,13 +211,99 @@ const CONFIG_SESSION: u64 = 0;
 #[derive(Debug)]
 struct QueueEntry {
     queue: Arc<Queue>,
-    /// Sessions holding the queue open.
-    handles: HashSet<u64>,
+    /// Sessions holding the queue open, and who each is.
+    handles: HashMap<u64, Identity>,
     /// Its URLs (equal by HTTP.sys's rules, whatever the spelling), each with the session
     /// that added it; `None` once the queue lingers.
     urls: HashMap<UrlPrefix, Option<u64>>,
     /// Set while the queue outlives its last handle; the number tells lingerings apart.
     lingering: Option<u64>,
+    /// Declared by the configuration file: the daemon holds the name.
+    config: bool,
+    /// Accounts granted rights besides the owner.
+    access: Access,
+    /// For an unnamed queue, the process that created it: no other may use it.
+    creator: Option<u32>,
+}
+
+impl QueueEntry {
+    /// What the process `pid`, of identity `id`, may do with the queue: everything for the
+    /// owner (for an unnamed queue, only the process that created it), what the access
+    /// list grants for anyone else. Being an administrator grants nothing here.
+    fn rights(&self, pid: u32, id: &Identity) -> Rights {
+        let owner = id.uid == self.queue.owner_uid();
+        match self.creator {
+            Some(creator) if owner && pid == creator => Rights::ALL,
+            Some(_) => Rights::default(),
+            None if owner => Rights::ALL,
+            None => self.access.rights(id),
+        }
+    }
+
+    fn rights_of(&self, session: &Session) -> Rights {
+        self.rights(session.peer.pid, &session.peer.identity)
+    }
+
+    /// Who holds the queue, for messages: its owner's name and uid, or the configuration.
+    fn holder(&self) -> String {
+        if self.config {
+            return "the daemon (the configuration file declares it)".into();
+        }
+        let uid = self.queue.owner_uid();
+        format!("{} (uid {uid})", identity::display_user(uid))
+    }
+
+    /// ERROR_ACCESS_DENIED for queue `name`, naming its owner.
+    fn denied(&self, name: &str, what: &str) -> ApiError {
+        api(
+            Win32Error::AccessDenied,
+            format!(
+                "queue {:?} belongs to {}; {what}",
+                portshare_proto::text::printable(name),
+                self.holder()
+            ),
+        )
+    }
+}
+
+/// Checks a queue name the API or the configuration file gives: 1 to 260 characters, none
+/// of them control or format characters (which could rewrite an administrator's terminal),
+/// and not in the `~` namespace of unnamed queues (the API's names only).
+pub(crate) fn check_queue_name(name: &str, config: bool) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 260 {
+        return Err("a queue name has 1 to 260 characters".into());
+    }
+    if name.chars().any(portshare_proto::text::is_hidden) {
+        return Err(format!(
+            "queue name {:?} holds control or format characters",
+            portshare_proto::text::printable(name)
+        ));
+    }
+    if !config && name.starts_with('~') {
+        return Err(format!(
+            "queue name {name:?}: names starting with `~` are the daemon's, for unnamed queues"
+        ));
+    }
+    Ok(())
+}
+
+/// A name for an unnamed queue: `~` and 128 random bits, so nobody can take it first or
+/// guess it.
+fn unnamed_queue_name() -> Result<String, ApiError> {
+    let mut bits = [0u8; 16];
+    getrandom::fill(&mut bits).map_err(|e| {
+        api(
+            Win32Error::NotSupported,
+            format!("no randomness for an unnamed queue's name: {e}"),
+        )
+    })?;
+    let mut name = String::with_capacity(33);
+    name.push('~');
+    for b in bits {
+        use std::fmt::Write as _;
+        let _ = write!(name, "{b:02x}");
+    }
+    Ok(name)
 }
 
 #[derive(Debug)]
@@ -338,23 +425,26 @@ impl Daemon {
                 .is_some_and(|gid| peer.identity.in_group(gid))
     }
 
-    /// `POST /v1/queues`.
+    /// `POST /v1/queues`. `declared` is the access list of a queue the configuration file
+    /// declares (the configuration's session creates those); `None` for the API's.
+    ///
+    /// As HTTP.sys checks opening a named queue against its creator's security descriptor
+    /// (spec §6.5), an existing queue opens only for its owner and the accounts its access
+    /// list names; administrators are not let in unasked.
     pub(crate) fn open_queue(
         self: &Arc<Self>,
         session: &Session,
         spec: &QueueSpec,
         connections: Option<u32>,
-        owner: Option<u32>,
+        declared: Option<Access>,
     ) -> Result<QueueInfo, ApiError> {
+        let config = declared.is_some();
         let name = match &spec.name {
-            Some(n) if n.is_empty() || n.chars().count() > 260 => {
-                return Err(api(
-                    Win32Error::InvalidParameter,
-                    "a queue name has 1 to 260 characters",
-                ));
+            Some(n) => {
+                check_queue_name(n, config).map_err(|e| api(Win32Error::InvalidParameter, e))?;
+                n.clone()
             }
-            Some(n) => n.clone(),
-            None => format!("~{}.{}", session.id, self.next_id()),
+            None => unnamed_queue_name()?,
         };
         let mut st = self.lock();
         if let Some(entry) = st.queues.get_mut(&name) {
@@ -364,14 +454,10 @@ impl Daemon {
                     format!("a queue named {name:?} exists; open it instead of creating it"),
                 ));
             }
-            let q = &entry.queue;
-            if q.owner_uid() != session.peer.uid && session.peer.uid != 0 {
-                return Err(api(
-                    Win32Error::AccessDenied,
-                    format!(
-                        "queue {name:?} belongs to uid {}; only that user or root may open it",
-                        q.owner_uid()
-                    ),
+            if !entry.rights_of(session).any() {
+                return Err(entry.denied(
+                    &name,
+                    "only its owner and the accounts it granted access may open it",
                 ));
             }
             if spec.upstream.is_some() {
@@ -380,10 +466,18 @@ impl Daemon {
                     "upstream is set when a queue is created, not when it is opened",
                 ));
             }
-            let props = q
-                .set_props(&spec.props)
-                .map_err(|e| api(Win32Error::InvalidParameter, e))?;
-            entry.handles.insert(session.id);
+            let q = entry.queue.clone();
+            let props = if spec.props == QueueProps::default() {
+                q.props()
+            } else if session.peer.uid == q.owner_uid() {
+                q.set_props(&spec.props)
+                    .map_err(|e| api(Win32Error::InvalidParameter, e))?
+            } else {
+                return Err(entry.denied(&name, "only its owner sets its properties"));
+            };
+            entry
+                .handles
+                .insert(session.id, session.peer.identity.clone());
             if entry.lingering.take().is_some() {
                 // The new holder adopts what the queue kept while it lingered.
                 for owner in entry.urls.values_mut() {
@@ -391,8 +485,7 @@ impl Daemon {
                 }
                 tracing::info!(queue = %name, pid = session.peer.pid, "lingering queue reopened");
             }
-            let urls = entry.urls.keys().map(ToString::to_string).collect();
-            return Ok(info(q, props, false, urls));
+            return Ok(info(entry, props, false));
         }
         if spec.mode == OpenMode::Open {
             return Err(api(
@@ -400,9 +493,18 @@ impl Daemon {
                 format!("no queue named {name:?}"),
             ));
         }
+        if !config && st.config.queues.iter().any(|q| q.name == name) {
+            return Err(api(
+                Win32Error::AlreadyExists,
+                format!(
+                    "the configuration file declares queue {name:?}: the name belongs to the \
+                     daemon"
+                ),
+            ));
+        }
         let upstream = match &spec.upstream {
             None => None,
-            Some(_) if session.peer.uid != 0 && session.id != CONFIG_SESSION => {
+            Some(_) if session.peer.uid != 0 && !config => {
                 return Err(api(
                     Win32Error::AccessDenied,
                     "only root (or the configuration file) may create an upstream queue: \
@@ -417,50 +519,39 @@ impl Daemon {
         props
             .apply(&spec.props)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
-        let owner = owner.unwrap_or(session.peer.uid);
-        let queue = Queue::new(name.clone(), owner, props, upstream.clone());
+        let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
         if let Some(up) = upstream {
             let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
             queue.attach(self.next_id(), Target::Upstream(up), slots);
         }
-        st.queues.insert(
-            name.clone(),
-            QueueEntry {
-                queue: queue.clone(),
-                handles: HashSet::from([session.id]),
-                urls: HashMap::new(),
-                lingering: None,
-            },
-        );
-        Ok(info(&queue, props, true, Vec::new()))
+        let entry = QueueEntry {
+            queue,
+            handles: HashMap::from([(session.id, session.peer.identity.clone())]),
+            urls: HashMap::new(),
+            lingering: None,
+            config,
+            access: declared.unwrap_or_default(),
+            creator: spec.name.is_none().then_some(session.peer.pid),
+        };
+        let created = info(&entry, props, true);
+        st.queues.insert(name, entry);
+        Ok(created)
     }
 
-    /// Finds a queue the session may change.
-    fn owned<'s>(
-        st: &'s mut State,
-        session: &Session,
-        name: &str,
-    ) -> Result<&'s mut QueueEntry, ApiError> {
-        let entry = st.queues.get_mut(name).ok_or_else(|| {
+    /// The queue named `name`, or ERROR_INVALID_HANDLE.
+    fn entry<'s>(st: &'s mut State, name: &str) -> Result<&'s mut QueueEntry, ApiError> {
+        st.queues.get_mut(name).ok_or_else(|| {
             api(
                 Win32Error::InvalidHandle,
-                format!("no queue named {name:?}"),
-            )
-        })?;
-        let uid = session.peer.uid;
-        if entry.queue.owner_uid() != uid && uid != 0 && session.id != CONFIG_SESSION {
-            return Err(api(
-                Win32Error::AccessDenied,
                 format!(
-                    "queue {name:?} belongs to uid {}; only that user or root may change it",
-                    entry.queue.owner_uid()
+                    "no queue named {:?}",
+                    portshare_proto::text::printable(name)
                 ),
-            ));
-        }
-        Ok(entry)
+            )
+        })
     }
 
-    /// `PATCH /v1/queues/{name}`.
+    /// `PATCH /v1/queues/{name}`: its owner and administrators.
     pub(crate) fn set_props(
         &self,
         session: &Session,
@@ -469,33 +560,139 @@ impl Daemon {
     ) -> Result<QueueInfo, ApiError> {
         let mut st = self.lock();
         let admin = self.is_admin(&st, &session.peer);
-        let entry = st.queues.get_mut(name).ok_or_else(|| {
-            api(
-                Win32Error::InvalidHandle,
-                format!("no queue named {name:?}"),
-            )
-        })?;
-        if !admin && !entry.handles.contains(&session.id) {
-            return Err(api(
-                Win32Error::AccessDenied,
-                format!(
-                    "only a process that opened queue {name:?}, root or a member of the admin \
-                     group may change it"
-                ),
+        let entry = Daemon::entry(&mut st, name)?;
+        let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
+        if !admin && !owner {
+            return Err(entry.denied(
+                name,
+                "only its owner, root or a member of the admin group may change it",
             ));
         }
         let props = entry
             .queue
             .set_props(p)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
-        let urls = entry.urls.keys().map(ToString::to_string).collect();
-        Ok(info(&entry.queue, props, false, urls))
+        Ok(info(entry, props, false))
     }
 
-    /// The queue a worker may attach to.
+    /// `POST /v1/queues/{name}/access`: its owner and administrators set who else may use
+    /// it. Workers of accounts left without `attach` are detached, URLs added by
+    /// connections of accounts left without `register` removed, and connections left with
+    /// no right let go of the queue.
+    pub(crate) fn set_access(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+        grant: &GrantAccess,
+    ) -> Result<QueueInfo, ApiError> {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let admin = self.is_admin(st, &session.peer);
+        let entry = Daemon::entry(st, name)?;
+        if entry.config {
+            return Err(entry.denied(
+                name,
+                "its access list is in the configuration file: change it there and reload",
+            ));
+        }
+        if entry.creator.is_some() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "an unnamed queue is its creating process's alone: it has no access list",
+            ));
+        }
+        if !admin && session.peer.uid != entry.queue.owner_uid() {
+            return Err(entry.denied(
+                name,
+                "only its owner, root or a member of the admin group may grant access to it",
+            ));
+        }
+        entry
+            .access
+            .set(&grant.entries)
+            .map_err(|e| api(Win32Error::InvalidParameter, e))?;
+        tracing::info!(
+            queue = name,
+            pid = session.peer.pid,
+            user = %session.peer.user,
+            "queue access changed"
+        );
+        self.enforce_access(st, name);
+        self.publish(st);
+        let entry = Daemon::entry(st, name)?;
+        Ok(info(entry, entry.queue.props(), false))
+    }
+
+    /// Takes from queue `name` what its access list no longer grants: the workers of
+    /// accounts without `attach`, the URLs added by connections of accounts without
+    /// `register`, and the handles of connections with no right left.
+    fn enforce_access(self: &Arc<Self>, st: &mut State, name: &str) {
+        let Some(entry) = st.queues.get_mut(name) else {
+            return;
+        };
+        // A handle's process id is not kept: the rule for pids is only the unnamed queue's,
+        // and an unnamed queue has no access list to change.
+        let pid = 0;
+        let idle: Vec<u64> = entry
+            .handles
+            .iter()
+            .filter(|(_, id)| !entry.rights(pid, id).any())
+            .map(|(s, _)| *s)
+            .collect();
+        let unregistered: Vec<UrlPrefix> = entry
+            .urls
+            .iter()
+            .filter(|(_, added_by)| {
+                added_by
+                    .and_then(|s| entry.handles.get(&s))
+                    .is_some_and(|id| !entry.rights(pid, id).register)
+            })
+            .map(|(p, _)| p.clone())
+            .collect();
+        let detached: Vec<Arc<crate::worker::WorkerConn>> = entry
+            .queue
+            .seats()
+            .into_iter()
+            .filter_map(|(target, _, _)| match target {
+                Target::Worker(w) if !entry.rights(w.peer.pid, &w.peer.identity).attach => Some(w),
+                _ => None,
+            })
+            .collect();
+        for p in &unregistered {
+            entry.urls.remove(p);
+        }
+        for p in &unregistered {
+            tracing::info!(
+                queue = name,
+                "{p} removed: its account may no longer register"
+            );
+            self.unregister(st, p);
+        }
+        for session in idle {
+            self.let_go(st, session, name);
+        }
+        for w in detached {
+            tracing::info!(
+                queue = name,
+                pid = w.peer.pid,
+                user = %w.peer.user,
+                "worker {} detached: its account may no longer attach",
+                w.id
+            );
+            w.shutdown();
+        }
+    }
+
+    /// The queue a worker may attach to: its owner's and those granted `attach`.
     pub(crate) fn attachable(&self, session: &Session, name: &str) -> Result<Arc<Queue>, ApiError> {
         let mut st = self.lock();
-        let entry = Daemon::owned(&mut st, session, name)?;
+        let entry = Daemon::entry(&mut st, name)?;
+        if !entry.rights_of(session).attach {
+            return Err(entry.denied(
+                name,
+                "only its owner and the accounts it granted `attach` may attach workers",
+            ));
+        }
         if entry.queue.upstream().is_some() {
             return Err(api(
                 Win32Error::InvalidParameter,
@@ -520,7 +717,19 @@ impl Daemon {
         })?;
         let mut st = self.lock();
         let st = &mut *st;
-        let entry = Daemon::owned(st, session, name)?;
+        let entry = Daemon::entry(st, name)?;
+        if !entry.rights_of(session).register {
+            return Err(entry.denied(
+                name,
+                "only its owner and the accounts it granted `register` may add URLs to it",
+            ));
+        }
+        if session.peer.uid != entry.queue.owner_uid() && !entry.handles.contains_key(&session.id) {
+            return Err(api(
+                Win32Error::InvalidHandle,
+                format!("open queue {name:?} on this connection before adding URLs to it"),
+            ));
+        }
         let queue = entry.queue.clone();
         if let Some(owner) = entry.urls.get_mut(&prefix) {
             // Re-adding what a lingering queue kept for its next holder.
@@ -600,17 +809,23 @@ impl Daemon {
         let prefix = UrlPrefix::parse(url).map_err(|e| api(e.win32(), e.to_string()))?;
         let mut st = self.lock();
         let st = &mut *st;
-        let entry = Daemon::owned(st, session, name)?;
-        let Some(owner) = entry.urls.get(&prefix) else {
+        let admin = self.is_admin(st, &session.peer);
+        let entry = Daemon::entry(st, name)?;
+        let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
+        if !admin && !owner && !entry.rights_of(session).register {
+            return Err(entry.denied(name, "only its owner and its registrants may remove URLs"));
+        }
+        let Some(added_by) = entry.urls.get(&prefix) else {
             return Err(api(
                 Win32Error::FileNotFound,
                 format!("{prefix} is not registered on queue {name:?}"),
             ));
         };
-        if owner.is_some_and(|o| o != session.id) && session.peer.uid != 0 {
+        if added_by.is_some_and(|o| o != session.id) && !admin && !owner {
             return Err(api(
                 Win32Error::AccessDenied,
-                "only the connection that added a URL (or root) may remove it",
+                "only the connection that added a URL, the queue's owner, root or a member of \
+                 the admin group may remove it",
             ));
         }
         entry.urls.remove(&prefix);
@@ -619,24 +834,42 @@ impl Daemon {
         Ok(())
     }
 
-    /// `DELETE /v1/queues/{name}`: the session lets go of the queue.
+    /// `DELETE /v1/queues/{name}`: the session lets go of the queue; an administrator who
+    /// does not hold it deletes it, with its URLs, workers and waiting requests.
     pub(crate) fn close_queue(
         self: &Arc<Self>,
         session: &Session,
         name: &str,
     ) -> Result<(), ApiError> {
         let mut st = self.lock();
-        if !st
-            .queues
-            .get(name)
-            .is_some_and(|e| e.handles.contains(&session.id))
-        {
-            return Err(api(
-                Win32Error::InvalidHandle,
-                format!("this connection does not hold a queue named {name:?}"),
-            ));
+        let admin = self.is_admin(&st, &session.peer);
+        match st.queues.get(name) {
+            Some(e) if e.handles.contains_key(&session.id) => {
+                self.let_go(&mut st, session.id, name);
+            }
+            Some(e) if admin && e.config => {
+                return Err(e.denied(
+                    name,
+                    "remove it from the configuration file and reload to delete it",
+                ));
+            }
+            Some(e) if admin => {
+                tracing::info!(
+                    queue = name,
+                    owner = %e.holder(),
+                    pid = session.peer.pid,
+                    user = %session.peer.user,
+                    "queue deleted by an administrator"
+                );
+                self.destroy(&mut st, name);
+            }
+            _ => {
+                return Err(api(
+                    Win32Error::InvalidHandle,
+                    format!("this connection does not hold a queue named {name:?}"),
+                ));
+            }
         }
-        self.let_go(&mut st, session.id, name);
         self.publish(&mut st);
         Ok(())
     }
@@ -647,7 +880,7 @@ impl Daemon {
         let names: Vec<String> = st
             .queues
             .iter()
-            .filter(|(_, e)| e.handles.contains(&session.id))
+            .filter(|(_, e)| e.handles.contains_key(&session.id))
             .map(|(n, _)| n.clone())
             .collect();
         if names.is_empty() {
@@ -666,7 +899,7 @@ impl Daemon {
         entry.handles.remove(&session);
         let last = entry.handles.is_empty();
         let linger = entry.queue.props().linger;
-        if last && !linger.is_zero() && !name.starts_with('~') {
+        if last && !linger.is_zero() && entry.creator.is_none() {
             // Keep the queue, its URLs and its waiting requests for the next holder.
             let generation = self.next_id();
             entry.lingering = Some(generation);
@@ -865,9 +1098,12 @@ impl Daemon {
         self.publish(&mut st);
     }
 
-    /// `GET /v1/state`.
-    pub(crate) fn state(&self) -> ServiceState {
+    /// `GET /v1/state`, as `viewer` may see it: the processes attached to a queue (their
+    /// pids, users and command lines) only for administrators, the queue's owner and the
+    /// accounts on its access list.
+    pub(crate) fn state(&self, viewer: &Session) -> ServiceState {
         let st = self.lock();
+        let admin = self.is_admin(&st, &viewer.peer);
         let mut listeners: Vec<ListenerState> = st
             .listeners
             .iter()
@@ -899,8 +1135,9 @@ impl Daemon {
                 let q = &e.queue;
                 let props = q.props();
                 let (depth, in_flight, oldest) = q.depth();
+                let shown = admin || e.rights_of(viewer).any();
                 let mut processes: Vec<ProcessState> = Vec::new();
-                for (target, slots, busy) in q.seats() {
+                for (target, slots, busy) in q.seats().into_iter().filter(|_| shown) {
                     let Target::Worker(w) = target else { continue };
                     match processes.iter_mut().find(|p| p.pid == w.peer.pid) {
                         Some(p) => {
@@ -910,8 +1147,8 @@ impl Daemon {
                         None => processes.push(ProcessState {
                             pid: w.peer.pid,
                             uid: w.peer.uid,
-                            user: w.peer.user.clone(),
-                            command: w.peer.command.clone(),
+                            user: portshare_proto::text::printable(&w.peer.user).into_owned(),
+                            command: portshare_proto::text::printable(&w.peer.command).into_owned(),
                             slots,
                             busy,
                         }),
@@ -931,11 +1168,14 @@ impl Daemon {
                     limits: limits(&props),
                     connections: q.connections(),
                     lingering: e.lingering.is_some(),
+                    config: e.config,
+                    access: e.access.entries(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
                     depth,
                     oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
                     in_flight,
                     urls,
+                    processes_hidden: !shown,
                     processes,
                     counters: q.counters(),
                 }
@@ -979,7 +1219,9 @@ fn limits(props: &Props) -> QueueLimits {
     }
 }
 
-fn info(q: &Queue, props: Props, created: bool, mut urls: Vec<String>) -> QueueInfo {
+fn info(entry: &QueueEntry, props: Props, created: bool) -> QueueInfo {
+    let q = &entry.queue;
+    let mut urls: Vec<String> = entry.urls.keys().map(ToString::to_string).collect();
     urls.sort();
     QueueInfo {
         name: q.name().to_owned(),
@@ -992,6 +1234,7 @@ fn info(q: &Queue, props: Props, created: bool, mut urls: Vec<String>) -> QueueI
         limits: limits(&props),
         upstream: q.upstream().map(|u| u.address.to_string()),
         urls,
+        access: entry.access.entries(),
     }
 }
 

@@ -57,6 +57,7 @@
 //!   with neither are 411 `LengthRequired`. See [`Body`].
 //! - **Connection and Expect**: see [`Head::keep_alive`] and [`Head::expect_continue`].
 
+mod access;
 mod bind;
 mod body;
 mod config;
@@ -76,8 +77,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{
-    Bad, Config, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, QueueConfig, Timers,
-    UrlAclConfig, default_state_file,
+    Bad, Config, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, QueueAccessConfig,
+    QueueConfig, Timers, UrlAclConfig, default_state_file,
 };
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
 pub use upstream::Address;

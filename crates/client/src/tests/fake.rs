@@ -180,6 +180,7 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
                     limits: Default::default(),
                     upstream: None,
                     urls: Vec::new(),
+                    access: Vec::new(),
                 },
             )
         } else if req.path.ends_with("/urls") {

@@ -24,6 +24,7 @@ use portshare_router::{Account, Ace, Reservation, UrlAcl, UrlPrefix, Win32Error}
 use tokio::task::JoinHandle;
 
 use super::{CONFIG_SESSION, Daemon, Session, Settings, State, api, bind_error};
+use crate::access::Access;
 use crate::bind::{self, BindError};
 use crate::config::{Config, QueueConfig, StateFile, Timers, UrlAclConfig, unknown_names};
 use crate::errlog;
@@ -134,8 +135,10 @@ impl Daemon {
             st.iplisten = self.listen_list(&st);
             st.config.queues.clone()
         };
-        self.sync_queues(&[], &queues, true, &mut report)
-            .map_err(|e| e.to_string())?;
+        let failed = self.sync_queues(&[], &queues, true, &mut report);
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
         Ok(report.warnings)
     }
 
@@ -178,9 +181,7 @@ impl Daemon {
             report.warn("[control] changed: it applies when the daemon restarts".into());
         }
         self.apply_listen_list(&mut report).await;
-        if let Err(e) = self.sync_queues(&old.queues, &new.queues, false, &mut report) {
-            report.warn(e.to_string());
-        }
+        self.sync_queues(&old.queues, &new.queues, false, &mut report);
         tracing::info!(
             "reloaded {}: {} change(s)",
             path.display(),
@@ -391,19 +392,25 @@ impl Daemon {
     }
 
     /// Creates, changes and closes the configuration file's queues, from `old` to `new`
-    /// (`initial` at start). A queue that cannot be created is an error; a URL that cannot
-    /// be registered (its port held by another program...) is a warning.
+    /// (`initial` at start). Every change that can be made is made; what cannot (a name
+    /// another account holds, a URL whose port another program holds...) is reported as a
+    /// warning, and the queues that could not be created are returned.
     fn sync_queues(
         self: &Arc<Self>,
         old: &[QueueConfig],
         new: &[QueueConfig],
         initial: bool,
         report: &mut Report,
-    ) -> Result<(), ApiError> {
+    ) -> Vec<String> {
         let session = self.config_session();
+        let mut failed = Vec::new();
         for q in old.iter().filter(|q| !new.iter().any(|n| n.name == q.name)) {
-            self.close_queue(&session, &q.name)?;
-            report.changes.push(format!("queue {:?} closed", q.name));
+            let mut st = self.lock();
+            if st.queues.get(&q.name).is_some_and(|e| e.config) {
+                self.destroy(&mut st, &q.name);
+                self.publish(&mut st);
+                report.changes.push(format!("queue {:?} closed", q.name));
+            }
         }
         for q in new {
             let props = QueueProps {
@@ -418,59 +425,72 @@ impl Daemon {
                 min_send_rate: Some(q.min_send_rate.unwrap_or(0)),
                 max_connections: Some(q.max_connections.unwrap_or(0)),
             };
+            let (access, unknown) = Access::lenient(&q.access_entries());
+            for u in unknown {
+                report.warn(format!("queue {:?}: {u}, so it grants nothing", q.name));
+            }
+            let held = {
+                let st = self.lock();
+                st.queues.get(&q.name).map(|e| (e.config, e.holder()))
+            };
             let before = old.iter().find(|o| o.name == q.name);
-            match before {
+            match held {
+                // Never adopted: the configuration's URLs wait until that queue is gone.
+                Some((false, holder)) => {
+                    let w = format!(
+                        "queue {:?}: not applied: the name is held by {holder}, who created it \
+                         before the configuration declared it; its URLs are served once that \
+                         queue closes and the configuration is reloaded",
+                        q.name
+                    );
+                    report.warn(w.clone());
+                    failed.push(w);
+                    continue;
+                }
                 None => {
-                    let owner = match &q.owner {
-                        Some(o) => Some(identity::resolve_user(o).ok_or_else(|| {
-                            api(
-                                Win32Error::InvalidParameter,
-                                format!(
-                                    "queue {:?}: owner {o:?} is no user of this machine",
-                                    q.name
-                                ),
-                            )
-                        })?),
-                        None => None,
-                    };
                     let spec = QueueSpec {
                         name: Some(q.name.clone()),
                         mode: OpenMode::Create,
                         props,
                         upstream: q.upstream.clone(),
                     };
-                    self.open_queue(&session, &spec, q.connections, owner)
-                        .map_err(|e| with_queue(&q.name, e))?;
+                    if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
+                        let w = format!("queue {:?}: not created: {e}", q.name);
+                        report.warn(w.clone());
+                        failed.push(w);
+                        continue;
+                    }
                     if !initial {
                         report.changes.push(format!("queue {:?} created", q.name));
                     }
                 }
-                Some(b) => {
-                    if b.upstream != q.upstream
-                        || b.connections != q.connections
-                        || b.owner != q.owner
-                    {
+                Some((true, _)) => {
+                    let b = before.cloned().unwrap_or_else(|| q.clone());
+                    if b.upstream != q.upstream || b.connections != q.connections {
                         report.warn(format!(
-                            "queue {:?}: upstream, connections and owner apply when the daemon \
-                             restarts",
+                            "queue {:?}: upstream and connections apply when the daemon restarts",
                             q.name
                         ));
                     }
-                    if b.length != q.length
-                        || b.verbosity != q.verbosity
-                        || b.enabled != q.enabled
-                        || b.linger != q.linger
-                        || b.request_queue_timer != q.request_queue_timer
-                        || b.entity_body != q.entity_body
-                        || b.drain_entity_body != q.drain_entity_body
-                        || b.min_send_rate != q.min_send_rate
-                        || b.max_connections != q.max_connections
-                    {
-                        self.set_props(&session, &q.name, &props)
-                            .map_err(|e| with_queue(&q.name, e))?;
-                        report
-                            .changes
-                            .push(format!("queue {:?} properties", q.name));
+                    if before.is_none_or(|b| b.props_differ(q)) {
+                        match self.set_props(&session, &q.name, &props) {
+                            Ok(_) => report
+                                .changes
+                                .push(format!("queue {:?} properties", q.name)),
+                            Err(e) => report.warn(format!("queue {:?}: not applied: {e}", q.name)),
+                        }
+                    }
+                    let mut st = self.lock();
+                    let changed = st
+                        .queues
+                        .get_mut(&q.name)
+                        .filter(|e| e.access != access)
+                        .map(|e| e.access = access)
+                        .is_some();
+                    if changed {
+                        self.enforce_access(&mut st, &q.name);
+                        self.publish(&mut st);
+                        report.changes.push(format!("queue {:?} access", q.name));
                     }
                 }
             }
@@ -478,11 +498,12 @@ impl Daemon {
             let held = self.config_urls(&q.name);
             let listed = |p: &UrlPrefix| q.urls.iter().any(|u| same_url(u, p));
             for url in held.iter().filter(|p| !listed(p)).map(ToString::to_string) {
-                self.remove_url(&session, &q.name, &url)
-                    .map_err(|e| with_queue(&q.name, e))?;
-                report
-                    .changes
-                    .push(format!("queue {:?}: {url} removed", q.name));
+                match self.remove_url(&session, &q.name, &url) {
+                    Ok(()) => report
+                        .changes
+                        .push(format!("queue {:?}: {url} removed", q.name)),
+                    Err(e) => report.warn(format!("queue {:?}: {url}: not removed: {e}", q.name)),
+                }
             }
             for url in q
                 .urls
@@ -510,7 +531,7 @@ impl Daemon {
                 }
             }
         }
-        Ok(())
+        failed
     }
 
     /// The URLs the configuration's session holds on queue `name`.
@@ -770,12 +791,5 @@ impl Daemon {
             ));
         }
         self.reload().await
-    }
-}
-
-fn with_queue(name: &str, e: ApiError) -> ApiError {
-    ApiError {
-        message: format!("queue {name:?}: {}", e.message),
-        ..e
     }
 }
