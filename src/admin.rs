@@ -7,12 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use portshare_proto::control::{
-    AddReservation, IpListenChange, IpListenList, QueueInfo, QueueProps, ReloadReport,
-    RemoveReservation, ReservationInfo, Verbosity,
+    AccessEntry, AccountKind, AddReservation, GrantAccess, IpListenChange, IpListenList, QueueInfo,
+    QueueProps, ReloadReport, RemoveReservation, ReservationInfo, Verbosity,
 };
 
+use portshare_proto::text::printable;
+
 use crate::client::ControlArg;
-use crate::show::{iplisten_text, reservation_text};
+use crate::show::{access_line, iplisten_text, reservation_text};
 
 /// Arguments of `portshare urlacl`.
 #[derive(Debug, clap::Args)]
@@ -121,6 +123,58 @@ enum QueueVerb {
         #[arg(value_name = "NAME")]
         name: String,
     },
+    /// Let other users or groups use the queue (its owner or an administrator): `attach`
+    /// receives its requests, `register` adds URLs to it under the grantee's own URL ACLs.
+    /// Sets the named accounts' rights, replacing what they had.
+    Grant(QueueGrant),
+    /// Take every right on the queue from the named users and groups: their workers are
+    /// detached and the URLs their connections added go.
+    Revoke(QueueAccounts),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(
+    clap::ArgGroup::new("who").required(true).multiple(true).args(["users", "groups"])
+))]
+struct QueueAccounts {
+    /// The queue's name.
+    #[arg(value_name = "NAME")]
+    name: String,
+    /// A user: a name or uid:N (repeatable).
+    #[arg(long = "user", value_name = "NAME")]
+    users: Vec<String>,
+    /// A group, every member of it: a name or gid:N (repeatable).
+    #[arg(long = "group", value_name = "NAME")]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct QueueGrant {
+    #[command(flatten)]
+    accounts: QueueAccounts,
+    /// May attach workers: receive the queue's requests.
+    #[arg(long, value_enum, value_name = "yes|no", default_value_t = YesNo::Yes)]
+    attach: YesNo,
+    /// May add URLs to the queue.
+    #[arg(long, value_enum, value_name = "yes|no", default_value_t = YesNo::No)]
+    register: YesNo,
+}
+
+impl QueueAccounts {
+    /// One access entry per account, each with the same rights.
+    fn entries(&self, attach: bool, register: bool) -> Vec<AccessEntry> {
+        let entry = |kind, name: &String| AccessEntry {
+            kind,
+            name: name.clone(),
+            attach,
+            register,
+        };
+        self.users
+            .iter()
+            .map(|u| entry(AccountKind::User, u))
+            .chain(self.groups.iter().map(|g| entry(AccountKind::Group, g)))
+            .collect()
+    }
 }
 
 /// Arguments of `portshare reload`.
@@ -190,6 +244,14 @@ pub(crate) fn queue(args: QueueArgs) -> ExitCode {
     let (name, enabled, verb) = match args.verb {
         QueueVerb::Enable { name } => (name, true, "queue enable"),
         QueueVerb::Disable { name } => (name, false, "queue disable"),
+        QueueVerb::Grant(g) => {
+            let entries = g.accounts.entries(g.attach.get(), g.register.get());
+            return set_access(&client, &g.accounts.name, entries, "queue grant");
+        }
+        QueueVerb::Revoke(r) => {
+            let entries = r.entries(false, false);
+            return set_access(&client, &r.name, entries, "queue revoke");
+        }
     };
     let props = QueueProps {
         enabled: Some(enabled),
@@ -200,6 +262,32 @@ pub(crate) fn queue(args: QueueArgs) -> ExitCode {
         Ok(info) => done(&queue_text(&info)),
         Err(e) => e.report(verb),
     }
+}
+
+/// `queue grant` and `queue revoke`: prints the access list after the change.
+fn set_access(
+    client: &crate::client::Client,
+    name: &str,
+    entries: Vec<AccessEntry>,
+    verb: &str,
+) -> ExitCode {
+    let target = portshare_proto::control::queue_path(name, "/access");
+    match client.call::<QueueInfo>("POST", &target, Some(&GrantAccess { entries })) {
+        Ok(info) => done(&access_text(&info)),
+        Err(e) => e.report(verb),
+    }
+}
+
+/// A queue's access list, one account a line.
+fn access_text(q: &QueueInfo) -> String {
+    let mut out = format!("Request queue {}: access\n", printable(&q.name));
+    if q.access.is_empty() {
+        out.push_str("    (its owner alone)\n");
+    }
+    for a in &q.access {
+        let _ = writeln!(out, "    {}", access_line(a));
+    }
+    out
 }
 
 pub(crate) fn reload(args: ReloadArgs) -> ExitCode {
@@ -233,7 +321,7 @@ fn done(text: &str) -> ExitCode {
 /// What `queue enable|disable` prints: the queue's state after the change.
 fn queue_text(q: &QueueInfo) -> String {
     if q.enabled {
-        return format!("Request queue {}: Active\n", q.name);
+        return format!("Request queue {}: Active\n", printable(&q.name));
     }
     let how = match q.verbosity {
         Verbosity::Basic => "basic: the connection is reset",
@@ -242,7 +330,7 @@ fn queue_text(q: &QueueInfo) -> String {
     };
     format!(
         "Request queue {}: Disabled\n    New requests are refused by its 503 verbosity ({how}).\n",
-        q.name
+        printable(&q.name)
     )
 }
 

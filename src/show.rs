@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use portshare_proto::control::{
-    AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source, UrlAclList,
-    Verbosity,
+    AccessEntry, AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source,
+    UrlAclList, Verbosity,
 };
 use portshare_proto::text::printable;
 use serde::de::DeserializeOwned;
@@ -159,6 +159,19 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
     out
 }
 
+/// One entry of a queue's access list: `user alice: attach, register`.
+pub(crate) fn access_line(a: &AccessEntry) -> String {
+    let kind = match a.kind {
+        AccountKind::User => "user",
+        AccountKind::Group => "group",
+    };
+    let rights: Vec<&str> = [(a.attach, "attach"), (a.register, "register")]
+        .into_iter()
+        .filter_map(|(on, r)| on.then_some(r))
+        .collect();
+    format!("{kind} {}: {}", printable(&a.name), rights.join(", "))
+}
+
 fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     let _ = writeln!(out, "    Request queue name: {}", printable(&q.name));
     let mut state = if q.enabled { "Active" } else { "Disabled" }.to_owned();
@@ -194,20 +207,7 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         let _ = writeln!(out, "        Access:");
     }
     for a in &q.access {
-        let kind = match a.kind {
-            AccountKind::User => "user",
-            AccountKind::Group => "group",
-        };
-        let rights: Vec<&str> = [(a.attach, "attach"), (a.register, "register")]
-            .into_iter()
-            .filter_map(|(on, r)| on.then_some(r))
-            .collect();
-        let _ = writeln!(
-            out,
-            "            {kind} {}: {}",
-            printable(&a.name),
-            rights.join(", ")
-        );
+        let _ = writeln!(out, "            {}", access_line(a));
     }
     let _ = writeln!(
         out,

@@ -885,6 +885,46 @@ mod tests {
     }
 
     #[test]
+    fn a_queues_access_list_and_owner_become_grants() {
+        let c = Config::from_toml(
+            "[[queue]]\nname = \"q\"\nowner = \"uid:5\"\n[[queue.access]]\nusers = [\"uid:6\"]\ngroups = [\"gid:7\"]\n[[queue.access]]\ngroups = [\"gid:8\"]\nattach = false\nregister = true\n",
+        )
+        .unwrap();
+        let got: Vec<(String, bool, bool)> = c.queues[0]
+            .access_entries()
+            .into_iter()
+            .map(|e| (e.name, e.attach, e.register))
+            .collect();
+        let want = [
+            ("uid:5", true, true),
+            ("uid:6", true, false),
+            ("gid:7", true, false),
+            ("gid:8", false, true),
+        ];
+        assert_eq!(got, want.map(|(n, a, r)| (n.to_owned(), a, r)).to_vec());
+        for (text, what) in [
+            (
+                "[[queue]]\nname = \"q\"\n[[queue.access]]\nattach = true\n",
+                "names no user",
+            ),
+            (
+                "[[queue]]\nname = \"q\"\n[[queue.access]]\nusers = [\"a b\"]\n",
+                "not a user",
+            ),
+            (
+                "[[queue]]\nname = \"q\"\n[[queue.access]]\nusers = [\"a\"]\nread = true\n",
+                "read",
+            ),
+            ("[[queue]]\nname = \"~q\"\n", "unnamed"),
+            ("[[queue]]\nname = \"a\\u001b[2J\"\n", "control or format"),
+            ("[[queue]]\nname = \"a\\u202Eb\"\n", "control or format"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.contains(what), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
     fn limits_and_timers_keep_http_sys_ranges() {
         let c = Config::from_toml(
             "[limits]\nmax_connections = 1024\n[timers]\ndrain_entity_body = 5\nmin_send_rate = 4294967295\nshutdown = 2.5\n[[queue]]\nname = \"q\"\nentity_body = 3\nmin_send_rate = 1000\nmax_connections = 7\n",
