@@ -531,3 +531,31 @@ pub fn hello_on_free_port(d: &Daemon, name: &str, paths: &[&str], extra: &[&str]
     }
     panic!("no free port after 5 tries");
 }
+
+/// Starts a daemon from a configuration file holding `config(port)` for a free port of
+/// 127.0.0.1, with the listen list, state file and error-log folder in the daemon's own
+/// folder (so `config` must not have an `[errlog]` table). Tries another port when the
+/// first was taken before the daemon could bind it.
+pub fn daemon_with_config(tag: &str, config: impl Fn(u16) -> String) -> (Daemon, u16) {
+    for _ in 0..5 {
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let text = format!(
+            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[errlog]\nfolder = {:?}\n\n{}",
+            dir.0.join("state.toml").display().to_string(),
+            dir.0.join("httperr").display().to_string(),
+            config(port)
+        );
+        let path = dir.0.join("portshare.toml");
+        std::fs::write(&path, text).expect("write the configuration");
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        let daemon = Daemon::start_in(dir, &["--config", &path]);
+        if daemon.state()["bind_failures"]
+            .as_array()
+            .is_none_or(|f| f.is_empty())
+        {
+            return (daemon, port);
+        }
+    }
+    panic!("no free port the daemon could bind");
+}

@@ -16,7 +16,9 @@ use http_body_util::BodyExt;
 use portshare_proto::control::Verbosity;
 use portshare_proto::header;
 use portshare_proto::wire::{self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode};
-use portshare_router::{Dispatch, Endpoint, Reason, Rejection, Scheme, Version, encode_path};
+use portshare_router::{
+    Dispatch, Endpoint, Reason, Rejection, Scheme, TargetForm, Version, encode_path,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -425,11 +427,17 @@ impl Conn {
         // is in hand.
         let request_id = self.shared.request_ids.fetch_add(1, Ordering::Relaxed);
         let endpoint = Endpoint::new(Scheme::Http, self.local);
+        // The authority of an absolute-form target, when routing used it: the application
+        // gets it as its Host (spec §2.2, RFC 9112 §3.2.2).
+        let mut authority = None;
         let routed = {
             let table = self.shared.table.load();
             match table.dispatch(&endpoint, &head.request_head(), &self.settings.url_opts) {
                 Dispatch::Deliver(d) => {
                     let binding = d.registration().value().clone();
+                    if let TargetForm::Absolute { authority: a } = d.target().form() {
+                        authority = Some(a);
+                    }
                     self.scratch.clear();
                     self.scratch
                         .extend_from_slice(encode_path(d.target().path()).as_bytes());
@@ -472,9 +480,15 @@ impl Conn {
         }
 
         let request = if queue.upstream().is_some() {
-            Outbound::Upstream(self.upstream_request(&head, &binding, request_id))
+            Outbound::Upstream(self.upstream_request(&head, authority, &binding, request_id))
         } else {
-            Outbound::Worker(self.worker_frame(&head, &binding, request_id, body.is_done()))
+            Outbound::Worker(self.worker_frame(
+                &head,
+                authority,
+                &binding,
+                request_id,
+                body.is_done(),
+            ))
         };
 
         // A worker can leave between giving its slot and the request reaching it; then
@@ -621,9 +635,11 @@ impl Conn {
     }
 
     /// The request head as a worker-wire frame, with stream id 0 to be filled in.
+    /// `authority` is that of an absolute-form target routing used (see [`app_headers`]).
     fn worker_frame(
         &self,
         head: &Head<'_>,
+        authority: Option<&[u8]>,
         binding: &crate::daemon::Binding,
         id: u64,
         end: bool,
@@ -636,12 +652,10 @@ impl Conn {
         let mut w =
             RequestHeadWriter::new(&mut frame, 0, end, head.method(), &self.scratch, version);
         if may_repeat(head) {
-            write_joined(&mut w, head);
+            write_joined(&mut w, app_headers(head, authority));
         } else {
-            for (name, value) in head.headers() {
-                if passes(name) {
-                    w.header(name, value);
-                }
+            for (name, value) in app_headers(head, authority) {
+                w.header(name, value);
             }
         }
         let mut num = itoa_buf();
@@ -658,9 +672,12 @@ impl Conn {
         frame
     }
 
+    /// The request for an upstream, with the daemon's forwarding headers. `authority` is
+    /// that of an absolute-form target routing used (see [`app_headers`]).
     fn upstream_request(
         &self,
         head: &Head<'_>,
+        authority: Option<&[u8]>,
         binding: &crate::daemon::Binding,
         id: u64,
     ) -> http::request::Builder {
@@ -668,17 +685,11 @@ impl Conn {
             .method(head.method())
             .uri(&self.scratch[..])
             .version(http::Version::HTTP_11);
-        let mut host = None;
-        for (name, value) in head.headers() {
-            if name.eq_ignore_ascii_case(b"host") {
-                host = Some(value);
-            }
-            if passes(name) {
-                req = req.header(name, value);
-            }
+        for (name, value) in app_headers(head, authority) {
+            req = req.header(name, value);
         }
         let client = self.peer.ip();
-        let host = host.map(String::from_utf8_lossy);
+        let host = routed_host(head, authority).map(String::from_utf8_lossy);
         let mut forwarded = match client {
             std::net::IpAddr::V4(a) => format!("for={a};proto=http"),
             std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto=http"),
@@ -1035,11 +1046,43 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Writes the headers that pass, a repeated one once, its values joined with ", ", where
-/// it first stood (spec §3.4). Sorting groups the names, so a head of thousands of headers
-/// costs n log n, not n².
-fn write_joined(w: &mut RequestHeadWriter<'_>, head: &Head<'_>) {
-    let fields: Vec<(&[u8], &[u8])> = head.headers().filter(|(n, _)| passes(n)).collect();
+/// The request headers an application gets, in order: those that [`passes`], with the
+/// host routing used as the Host header. For an absolute-form target that is its
+/// `authority`, which replaces the client's Host value where it stood, or comes first when
+/// the client sent none (RFC 9112 §3.2.2: the Host header is ignored then; spec §2.2).
+/// Otherwise the client's headers go as they are.
+fn app_headers<'h>(
+    head: &Head<'h>,
+    authority: Option<&'h [u8]>,
+) -> impl Iterator<Item = (&'h [u8], &'h [u8])> + use<'h> {
+    let added = authority
+        .filter(|_| head.host().is_none())
+        .map(|a| (&b"Host"[..], a));
+    let replaced = head
+        .headers()
+        .filter(|(n, _)| passes(n))
+        .map(move |(n, v)| match authority {
+            Some(a) if n.eq_ignore_ascii_case(b"host") => (n, a),
+            _ => (n, v),
+        });
+    added.into_iter().chain(replaced)
+}
+
+/// The host routing used, as the client wrote it (with its port, if any), for
+/// `X-Forwarded-Host` and `Forwarded: host=`: the authority of an absolute-form target,
+/// else the Host header; `None` for HTTP/1.0 without a Host (or with an empty one).
+fn routed_host<'h>(head: &Head<'h>, authority: Option<&'h [u8]>) -> Option<&'h [u8]> {
+    authority.or(head.host().filter(|h| !h.is_empty()))
+}
+
+/// Writes `fields`, a repeated one once, its values joined with ", ", where it first
+/// stood (spec §3.4). Sorting groups the names, so a head of thousands of headers costs
+/// n log n, not n².
+fn write_joined<'h>(
+    w: &mut RequestHeadWriter<'_>,
+    fields: impl Iterator<Item = (&'h [u8], &'h [u8])>,
+) {
+    let fields: Vec<(&[u8], &[u8])> = fields.collect();
     let folded = |i: usize| fields[i].0.iter().map(u8::to_ascii_lowercase);
     let mut order: Vec<usize> = (0..fields.len()).collect();
     order.sort_by(|&a, &b| folded(a).cmp(folded(b)).then(a.cmp(&b)));
@@ -1553,6 +1596,56 @@ mod tests {
         }
     }
 
+    /// The headers [`app_headers`] gives for `fields` in an HTTP/1.x head, and the host
+    /// [`routed_host`] forwards, with the absolute-form `authority` routing used, if any.
+    fn for_app(
+        version: &str,
+        fields: &str,
+        authority: Option<&'static [u8]>,
+    ) -> (Vec<String>, Option<String>) {
+        let text = format!("GET http://a.example:81/x {version}\r\n{fields}\r\n");
+        let limits = crate::HeadLimits::default();
+        let Ok(Parsed::Complete { head, .. }) = parse_head(text.as_bytes(), &limits) else {
+            panic!("head: {text}");
+        };
+        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let headers = app_headers(&head, authority)
+            .map(|(n, v)| format!("{}: {}", lossy(n), lossy(v)))
+            .collect();
+        (headers, routed_host(&head, authority).map(lossy))
+    }
+
+    #[test]
+    fn the_app_gets_the_host_routing_used() {
+        let authority = Some(&b"a.example:81"[..]);
+        // Regression: the client's own Host went on beside an absolute-form target.
+        let (headers, host) = for_app(
+            "HTTP/1.1",
+            "X-A: 1\r\nHost: evil.example\r\nX-B: 2\r\n",
+            authority,
+        );
+        assert_eq!(headers, ["X-A: 1", "Host: a.example:81", "X-B: 2"]);
+        assert_eq!(host.as_deref(), Some("a.example:81"));
+        // The client's spelling of the name is kept.
+        let (headers, _) = for_app("HTTP/1.1", "hOST: evil.example\r\n", authority);
+        assert_eq!(headers, ["hOST: a.example:81"]);
+        // No Host at all: the authority comes first.
+        let (headers, host) = for_app("HTTP/1.0", "X-A: 1\r\n", authority);
+        assert_eq!(headers, ["Host: a.example:81", "X-A: 1"]);
+        assert_eq!(host.as_deref(), Some("a.example:81"));
+        // Routed by the Host header: it goes as sent.
+        let (headers, host) = for_app("HTTP/1.1", "Host: h:8080\r\nX-A: 1\r\n", None);
+        assert_eq!(headers, ["Host: h:8080", "X-A: 1"]);
+        assert_eq!(host.as_deref(), Some("h:8080"));
+        // HTTP/1.0 without a host: none is made up, and none forwarded.
+        let (headers, host) = for_app("HTTP/1.0", "X-A: 1\r\n", None);
+        assert_eq!(headers, ["X-A: 1"]);
+        assert_eq!(host, None);
+        let (headers, host) = for_app("HTTP/1.0", "Host:\r\n", None);
+        assert_eq!(headers, ["Host: "]);
+        assert_eq!(host, None);
+    }
+
     #[test]
     fn numbers() {
         for (n, hex) in [(0, "0"), (1, "1"), (15, "f"), (16, "10"), (0xabc, "abc")] {
@@ -1590,7 +1683,7 @@ mod joined {
         let mut frame = BytesMut::new();
         let mut w =
             RequestHeadWriter::new(&mut frame, 1, true, b"GET", b"/", wire::Version::Http11);
-        super::write_joined(&mut w, &head);
+        super::write_joined(&mut w, super::app_headers(&head, None));
         w.finish();
         let Ok(Some(Frame::Head { payload, .. })) = wire::decode(&mut frame) else {
             panic!("no head frame");
@@ -1619,6 +1712,33 @@ mod joined {
             got,
             want.map(|(n, v)| (n.to_owned(), v.to_owned())).to_vec()
         );
+    }
+
+    #[test]
+    fn a_repeated_header_beside_an_absolute_form_host() {
+        let raw = b"GET http://a.example/ HTTP/1.1\r\nX: 1\r\nHost: evil\r\nx: 2\r\n\r\n";
+        let Ok(Parsed::Complete { head, .. }) = parse_head(raw, &HeadLimits::default()) else {
+            panic!("head does not parse");
+        };
+        let mut frame = BytesMut::new();
+        let mut w =
+            RequestHeadWriter::new(&mut frame, 1, true, b"GET", b"/", wire::Version::Http11);
+        super::write_joined(&mut w, super::app_headers(&head, Some(b"a.example")));
+        w.finish();
+        let Ok(Some(Frame::Head { payload, .. })) = wire::decode(&mut frame) else {
+            panic!("no head frame");
+        };
+        let got: Vec<(Vec<u8>, Vec<u8>)> = RequestHead::decode(payload)
+            .expect("request head")
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [("X", "1, 2"), ("Host", "a.example")]
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -224,7 +224,9 @@ impl<'a> Head<'a> {
     }
 
     /// The client asks to keep the connection: HTTP/1.1 unless `Connection: close`,
-    /// HTTP/1.0 only with `Connection: keep-alive` (and no `close`).
+    /// HTTP/1.0 only with `Connection: keep-alive` (and no `close`) and no
+    /// `Transfer-Encoding`: an HTTP/1.0 request with a chunked body is served, then the
+    /// connection closes (RFC 9112 §6.1).
     pub fn keep_alive(&self) -> bool {
         self.keep_alive
     }

@@ -258,7 +258,9 @@ pub(super) fn interpret<'a>(
         host,
         body,
         expect_continue: expect_continue && http11,
-        keep_alive: !close && (http11 || keep),
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing for
+        // any HTTP/1.0 hop on the way; it is served, and the connection closed after it.
+        keep_alive: !close && (http11 || (keep && !chunked)),
     })
 }
 

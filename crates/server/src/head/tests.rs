@@ -210,6 +210,9 @@ const KEEP_ALIVE: &[(&str, &[u8], bool)] = &[
     ("http10_keep_alive", b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
     ("http10_keep_alive_in_list", b"GET / HTTP/1.0\r\nConnection: foo,keep-alive\r\n\r\n", true),
     ("http10_keep_alive_and_close", b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
+    // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding is served, then closed.
+    ("http10_chunked_closes", b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n", false),
+    ("http11_chunked_keeps", b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", true),
 ];
 
 #[test]
