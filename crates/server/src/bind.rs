@@ -533,13 +533,19 @@ mod procfs {
         line.split_ascii_whitespace().next()?.parse().ok()
     }
 
-    /// `/proc/[pid]/cmdline` as one line: NULs and other control characters become spaces,
-    /// the ends are trimmed, and it is cut at [`MAX_COMMAND`] bytes. `None` when empty.
+    /// `/proc/[pid]/cmdline` as one line: NULs and other control and format characters become
+    /// spaces, the ends are trimmed, and it is cut at [`MAX_COMMAND`] bytes. `None` when empty.
     pub(super) fn cmdline_text(raw: &[u8]) -> Option<String> {
         let text = String::from_utf8_lossy(raw);
         let text: String = text
             .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
+            .map(|c| {
+                if portshare_proto::text::is_hidden(c) {
+                    ' '
+                } else {
+                    c
+                }
+            })
             .collect();
         let text = text.trim();
         if text.is_empty() {
@@ -1054,6 +1060,10 @@ mod tests {
             assert_eq!(
                 cmdline_text(b"a\nb\x1b[31m\xff").as_deref(),
                 Some("a b [31m\u{fffd}")
+            );
+            assert_eq!(
+                cmdline_text("evil\u{202e}gpj.exe".as_bytes()).as_deref(),
+                Some("evil gpj.exe")
             );
             assert_eq!(cmdline_text(b""), None);
             assert_eq!(cmdline_text(b"\0\0 \0"), None);
