@@ -13,9 +13,8 @@
 
 use std::borrow::Cow;
 
+use crate::chars::{hex_digit, hex_pair, is_restricted};
 use crate::codepage::CodePage;
-use crate::prefix::hex_digit;
-use crate::prefix::hex_pair;
 use crate::reason::{Reason, Rejection};
 
 /// The URL-parsing knobs of HTTP.sys's registry, with its defaults.
@@ -491,12 +490,6 @@ fn normalize(decoded: &str) -> Result<String, UrlError> {
         out.push('/');
     }
     Ok(out)
-}
-
-/// True for the characters HTTP.sys refuses after decoding unless `AllowRestrictedChars`:
-/// U+0000–U+001F and U+007F–U+009F.
-pub(crate) fn is_restricted(c: char) -> bool {
-    matches!(c, '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}')
 }
 
 fn split_absolute(raw: &[u8]) -> Result<(TargetForm<'_>, &[u8]), UrlError> {

@@ -83,6 +83,7 @@
 
 mod acl;
 mod canon;
+mod chars;
 mod codepage;
 mod edges;
 mod error;

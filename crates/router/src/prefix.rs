@@ -5,6 +5,7 @@ use core::hash::{Hash, Hasher};
 use core::str::FromStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::chars::{hex_pair, is_restricted};
 use crate::error::PrefixError;
 use crate::fold::fold;
 
@@ -442,7 +443,7 @@ fn decode_prefix_path(path: &str) -> Result<String, PrefixError> {
     }
     if let Some(c) = decoded
         .chars()
-        .find(|&c| crate::canon::is_restricted(c) || matches!(c, '?' | '#' | '\\'))
+        .find(|&c| is_restricted(c) || matches!(c, '?' | '#' | '\\'))
     {
         return Err(match c {
             '?' | '#' => bad("has a '?' or '#': prefixes hold no query or fragment"),
@@ -461,19 +462,6 @@ fn decode_prefix_path(path: &str) -> Result<String, PrefixError> {
         }
     }
     Ok(decoded)
-}
-
-pub(crate) fn hex_pair(a: u8, b: u8) -> Option<u8> {
-    Some(hex_digit(a)? << 4 | hex_digit(b)?)
-}
-
-pub(crate) fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
