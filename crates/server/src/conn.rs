@@ -831,7 +831,7 @@ impl Conn {
         facts: Facts,
         queue: &Queue,
     ) -> Next {
-        let mut sender = match up.connection().await {
+        let mut sender = match up.connection(&self.shared.upstreams).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
@@ -962,7 +962,7 @@ impl Conn {
             return Next::Abort;
         }
         if body.is_done() {
-            up.put_back(sender);
+            up.put_back(sender, &self.shared.upstreams);
         }
         if out.close {
             Next::Close
