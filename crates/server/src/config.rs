@@ -10,7 +10,8 @@
 //! max_field_length = 16384    # MaxFieldLength: one header field, and the URL
 //! url_segment_max_length = 260
 //! url_segment_max_count = 255
-//! max_connections = 4294967295  # MaxConnections: open client connections; default unlimited
+//! max_connections = 4294967295  # MaxConnections: open client connections; default: the
+//!                               # client share of the descriptor budget
 //!
 //! [timers]                     # seconds; 65535 disables a timer
 //! header_wait = 120
@@ -242,7 +243,8 @@ pub struct Limits {
     pub url_segment_max_count: usize,
     /// `MaxConnections`: open client connections, all addresses together. At the limit the
     /// daemon accepts no more until one closes (they wait in the listen backlog). 1024 to
-    /// 2031616, or 4294967295 (the default) for no limit.
+    /// 2031616, or 4294967295 (the default) for no limit; the daemon never goes above the
+    /// client share of its descriptor budget either way.
     pub max_connections: u64,
 }
 
