@@ -105,6 +105,33 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
         s.iplisten.join(", ")
     };
     let _ = writeln!(out, "IP listen list: {list}");
+    if let Some(b) = &s.budget {
+        let _ = writeln!(
+            out,
+            "\nDescriptor budget (open-file limit {}):",
+            b.open_files
+        );
+        let _ = writeln!(
+            out,
+            "    Client connections: {} of {}",
+            b.clients.open, b.clients.max
+        );
+        let _ = writeln!(
+            out,
+            "    Control connections: {} of {} (the last {} for administrators)",
+            b.control.open, b.control.max, b.control_admin
+        );
+        let _ = writeln!(
+            out,
+            "    Upstream connections: {} of {}",
+            b.upstream.open, b.upstream.max
+        );
+        let _ = writeln!(
+            out,
+            "    Listening sockets: {} of {}",
+            b.listeners.open, b.listeners.max
+        );
+    }
 
     let _ = writeln!(out, "\nListeners:");
     if s.listeners.is_empty() {
@@ -488,8 +515,8 @@ fn secs(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use portshare_proto::control::{
-        AclEntry, ApiError, BindFailure, IpListenEntry, ListenerState, PrefixState, ProcessState,
-        QueueCounters,
+        AclEntry, ApiError, BindFailure, BudgetShare, DescriptorBudget, IpListenEntry,
+        ListenerState, PrefixState, ProcessState, QueueCounters,
     };
 
     use super::*;
@@ -568,6 +595,18 @@ mod tests {
                     conn_limit: 5,
                 },
             }],
+            budget: Some(DescriptorBudget {
+                open_files: 65536,
+                clients: BudgetShare {
+                    max: 44992,
+                    open: 2,
+                },
+                control: BudgetShare { max: 8192, open: 5 },
+                control_admin: 512,
+                upstream: BudgetShare { max: 8192, open: 0 },
+                listeners: BudgetShare { max: 2080, open: 1 },
+                reserve: 4160,
+            }),
         }
     }
 
@@ -581,6 +620,12 @@ Snapshot of Portshare service state
 Version: 0.1.0
 Process ID: 4242
 IP listen list: 127.0.0.1
+
+Descriptor budget (open-file limit 65536):
+    Client connections: 2 of 44992
+    Control connections: 5 of 8192 (the last 512 for administrators)
+    Upstream connections: 0 of 8192
+    Listening sockets: 1 of 2080
 
 Listeners:
     127.0.0.1:8080, open connections: 2

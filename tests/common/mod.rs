@@ -121,9 +121,22 @@ impl Daemon {
     }
 
     pub fn start_in(dir: TempDir, extra: &[&str]) -> Daemon {
+        Daemon::start_via(dir, &[], extra)
+    }
+
+    /// [`Daemon::start_in`], with the daemon started through `wrapper` (a command that
+    /// runs the rest of its command line, such as `prlimit --nofile=256:256 --`).
+    pub fn start_via(dir: TempDir, wrapper: &[&str], extra: &[&str]) -> Daemon {
         let control = dir.0.join("control.sock");
         let log = dir.0.join(format!("daemon-{}.log", free_port()));
-        let mut cmd = Command::new(portshare_bin());
+        let mut cmd = match wrapper {
+            [] => Command::new(portshare_bin()),
+            [program, args @ ..] => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(portshare_bin());
+                cmd
+            }
+        };
         cmd.arg("serve")
             .arg("--control")
             .arg(&control)
@@ -223,11 +236,34 @@ impl App {
         prefixes: &[&str],
         extra: &[&str],
     ) -> App {
+        App::spawn_via(&[], &example_bin(example), control, name, prefixes, extra)
+    }
+
+    /// Starts `program` (an example binary) through `wrapper` (such as `setpriv ...`).
+    pub fn spawn_via(
+        wrapper: &[String],
+        program: &Path,
+        control: &Path,
+        name: &str,
+        prefixes: &[&str],
+        extra: &[&str],
+    ) -> App {
+        let example = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let log = control
             .parent()
             .expect("control folder")
             .join(format!("{example}-{name}-{}.log", free_port()));
-        let mut cmd = Command::new(example_bin(example));
+        let mut cmd = match wrapper {
+            [] => Command::new(program),
+            [first, args @ ..] => {
+                let mut cmd = Command::new(first);
+                cmd.args(args).arg(program);
+                cmd
+            }
+        };
         cmd.arg("--control").arg(control);
         if !name.is_empty() {
             cmd.args(["--name", name]);
@@ -558,4 +594,138 @@ pub fn daemon_with_config(tag: &str, config: impl Fn(u16) -> String) -> (Daemon,
         }
     }
     panic!("no free port the daemon could bind");
+}
+
+/// The command prefix that runs a program as `uid` (and gid `uid`, no supplementary
+/// groups), with numeric ids so no user need exist.
+pub fn as_uid(uid: u32) -> Vec<String> {
+    [
+        "setpriv",
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &uid.to_string(),
+        "--clear-groups",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Whether this process may run programs as other uids through `setpriv`. Outside CI a
+/// machine that cannot skips the tests that need it (false, with a note); under `CI` it
+/// fails them.
+pub fn can_switch_uid() -> bool {
+    let ran = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "true",
+        ])
+        .output();
+    match ran {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "setpriv failed under CI: {err}"
+            );
+            eprintln!("skipped: cannot switch uid here ({err})");
+            false
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "setpriv missing under CI: {e}"
+            );
+            eprintln!("skipped: setpriv not available ({e})");
+            false
+        }
+    }
+}
+
+/// Whether `prlimit` (util-linux) runs here; as [`can_switch_uid`] for CI.
+pub fn have_prlimit() -> bool {
+    match Command::new("prlimit").arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "prlimit missing under CI: {other:?}"
+            );
+            eprintln!("skipped: prlimit not available ({other:?})");
+            false
+        }
+    }
+}
+
+/// Copies `from` to `to` for other uids to run, and waits until it can be executed: a
+/// test thread that forks while the copy is open for writing keeps it open in its child
+/// until that child execs, and running the copy meanwhile fails with ETXTBSY.
+pub fn copy_executable(from: &Path, to: &Path) {
+    std::fs::copy(from, to).expect("copy the executable");
+    for _ in 0..250 {
+        match Command::new(to)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Err(e) if e.raw_os_error() == Some(26) => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return,
+        }
+    }
+    panic!("{} stayed busy", to.display());
+}
+
+/// One control request that may fail: the status and JSON body, or why there is none
+/// (the daemon closed the connection, or did not answer within the stream's timeout).
+pub fn try_call(
+    stream: &mut UnixStream,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value), String> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: portshare\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let status: u16 = head
+                .get(9..12)
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("bad status line: {head}"))?;
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let raw = &buf[end + 4..end + 4 + length];
+                let json = if raw.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(raw).map_err(|e| format!("body: {e}"))?
+                };
+                return Ok((status, json));
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err("closed".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
 }

@@ -316,6 +316,37 @@ pub struct ServiceState {
     pub reservations: Vec<String>,
     /// Request queues.
     pub queues: Vec<QueueState>,
+    /// How the daemon's open-file limit is shared out, and what each share holds now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<DescriptorBudget>,
+}
+
+/// The descriptor budget: the daemon's open-file limit, cut into shares at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescriptorBudget {
+    /// The open-file limit (`RLIMIT_NOFILE`) the shares come from.
+    pub open_files: u64,
+    /// Client connections: `MaxConnections`, at most the share.
+    pub clients: BudgetShare,
+    /// Control connections, attached workers included.
+    pub control: BudgetShare,
+    /// The last control places, which only administrators may take.
+    pub control_admin: u64,
+    /// Connections to upstream servers.
+    pub upstream: BudgetShare,
+    /// Listening sockets.
+    pub listeners: BudgetShare,
+    /// Descriptors kept for the daemon itself, listening sockets included.
+    pub reserve: u64,
+}
+
+/// One share of the descriptor budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetShare {
+    /// The most open at once.
+    pub max: u64,
+    /// Open now.
+    pub open: u64,
 }
 
 /// An address the daemon cannot bind.

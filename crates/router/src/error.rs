@@ -8,6 +8,9 @@ use core::fmt;
 pub enum Win32Error {
     /// `ERROR_FILE_NOT_FOUND` (2): removing something that is not there.
     FileNotFound,
+    /// `ERROR_TOO_MANY_OPEN_FILES` (4): the daemon's descriptor budget for this kind of
+    /// object (control connections, listening sockets) is spent.
+    TooManyOpenFiles,
     /// `ERROR_ACCESS_DENIED` (5): the governing reservation does not grant the caller.
     AccessDenied,
     /// `ERROR_INVALID_HANDLE` (6): no such queue or session.
@@ -24,12 +27,16 @@ pub enum Win32Error {
     AlreadyExists,
     /// `ERROR_INVALID_NETNAME` (1214): an IP literal this machine does not own.
     InvalidNetname,
+    /// `ERROR_NOT_ENOUGH_QUOTA` (1816): the caller's user holds as many control connections,
+    /// queue-holding sessions or queues as one user may.
+    NotEnoughQuota,
 }
 
 impl Win32Error {
     /// Every code, in numeric order.
-    pub const ALL: [Win32Error; 9] = [
+    pub const ALL: [Win32Error; 11] = [
         Win32Error::FileNotFound,
+        Win32Error::TooManyOpenFiles,
         Win32Error::AccessDenied,
         Win32Error::InvalidHandle,
         Win32Error::InvalidData,
@@ -38,12 +45,14 @@ impl Win32Error {
         Win32Error::InvalidParameter,
         Win32Error::AlreadyExists,
         Win32Error::InvalidNetname,
+        Win32Error::NotEnoughQuota,
     ];
 
     /// The numeric code.
     pub const fn code(self) -> u32 {
         match self {
             Win32Error::FileNotFound => 2,
+            Win32Error::TooManyOpenFiles => 4,
             Win32Error::AccessDenied => 5,
             Win32Error::InvalidHandle => 6,
             Win32Error::InvalidData => 13,
@@ -52,6 +61,7 @@ impl Win32Error {
             Win32Error::InvalidParameter => 87,
             Win32Error::AlreadyExists => 183,
             Win32Error::InvalidNetname => 1214,
+            Win32Error::NotEnoughQuota => 1816,
         }
     }
 
@@ -59,6 +69,7 @@ impl Win32Error {
     pub const fn name(self) -> &'static str {
         match self {
             Win32Error::FileNotFound => "ERROR_FILE_NOT_FOUND",
+            Win32Error::TooManyOpenFiles => "ERROR_TOO_MANY_OPEN_FILES",
             Win32Error::AccessDenied => "ERROR_ACCESS_DENIED",
             Win32Error::InvalidHandle => "ERROR_INVALID_HANDLE",
             Win32Error::InvalidData => "ERROR_INVALID_DATA",
@@ -67,6 +78,7 @@ impl Win32Error {
             Win32Error::InvalidParameter => "ERROR_INVALID_PARAMETER",
             Win32Error::AlreadyExists => "ERROR_ALREADY_EXISTS",
             Win32Error::InvalidNetname => "ERROR_INVALID_NETNAME",
+            Win32Error::NotEnoughQuota => "ERROR_NOT_ENOUGH_QUOTA",
         }
     }
 

@@ -10,7 +10,8 @@
 //! max_field_length = 16384    # MaxFieldLength: one header field, and the URL
 //! url_segment_max_length = 260
 //! url_segment_max_count = 255
-//! max_connections = 4294967295  # MaxConnections: open client connections; default unlimited
+//! max_connections = 4294967295  # MaxConnections: open client connections; default: the
+//!                               # client share of the descriptor budget
 //!
 //! [timers]                     # seconds; 65535 disables a timer
 //! header_wait = 120
@@ -35,6 +36,10 @@
 //! [control]
 //! socket = "/run/portshare/control.sock"   # --control wins over this
 //! mode = "0666"                # every local user may connect; the URL ACLs are the gate
+//! request_wait = 10            # seconds a connection that opened no queue may stay silent
+//! max_connections_per_uid = 256   # control connections, workers included, of one user
+//! max_sessions_per_uid = 64    # of those, connections holding a queue open
+//! max_queues_per_uid = 128     # queues one user owns (administrators have no caps)
 //!
 //! [[urlacl]]                   # a reservation: netsh http add urlacl
 //! url = "http://+:80/app/"
@@ -103,19 +108,94 @@ pub struct Config {
     pub urlacls: Vec<UrlAclConfig>,
 }
 
-/// The control socket's place and permissions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The control socket's place and permissions, and what one user may hold through it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// Its path; `--control` wins over it. Default: see `portshare_proto::control_socket`.
-    #[serde(default)]
     pub socket: Option<PathBuf>,
     /// Its permission bits, in octal; default `0666`.
-    #[serde(default)]
     pub mode: Option<String>,
+    /// Seconds a connection that has not opened a queue may take to send a request, after
+    /// connecting and after each answer, before the daemon closes it. Default 10.
+    pub request_wait: f64,
+    /// Control connections (attached workers included) one user other than an
+    /// administrator may hold open at once. Default 256.
+    pub max_connections_per_uid: u32,
+    /// Of those, connections holding a queue open. Default 64.
+    pub max_sessions_per_uid: u32,
+    /// Queues one user other than an administrator may own at once. Default 128.
+    pub max_queues_per_uid: u32,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            socket: None,
+            mode: None,
+            request_wait: 10.0,
+            max_connections_per_uid: 256,
+            max_sessions_per_uid: 64,
+            max_queues_per_uid: 128,
+        }
+    }
 }
 
 impl ControlConfig {
+    /// The most a per-uid cap may be.
+    const MAX_CAP: u32 = 1_000_000;
+
+    /// The caps and the wait, without the socket's place and mode (which apply at start
+    /// only): what a reload changes.
+    pub(crate) fn limits(&self) -> (f64, u32, u32, u32) {
+        (
+            self.request_wait,
+            self.max_connections_per_uid,
+            self.max_sessions_per_uid,
+            self.max_queues_per_uid,
+        )
+    }
+
+    /// `request_wait`.
+    pub(crate) fn request_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.request_wait)
+    }
+
+    fn check(&self) -> Result<(), Bad> {
+        let at = |key, message: String| Bad::at(Some(("control", None)), key, message);
+        if let Some(mode) = &self.mode
+            && (mode.is_empty() || u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777))
+        {
+            return Err(at(
+                "mode",
+                format!(
+                    "control.mode = {mode:?}: expected octal permission bits, such as \"0666\""
+                ),
+            ));
+        }
+        if !(self.request_wait >= 0.1 && self.request_wait <= 3600.0) {
+            return Err(at(
+                "request_wait",
+                format!(
+                    "control.request_wait = {}: expected seconds from 0.1 to 3600",
+                    self.request_wait
+                ),
+            ));
+        }
+        for (key, v) in [
+            ("max_connections_per_uid", self.max_connections_per_uid),
+            ("max_sessions_per_uid", self.max_sessions_per_uid),
+            ("max_queues_per_uid", self.max_queues_per_uid),
+        ] {
+            if !(1..=Self::MAX_CAP).contains(&v) {
+                return Err(at(
+                    key,
+                    format!("control.{key} = {v}: expected 1 to {}", Self::MAX_CAP),
+                ));
+            }
+        }
+        Ok(())
+    }
     /// The permission bits.
     pub fn mode_bits(&self) -> u32 {
         self.mode
@@ -163,7 +243,8 @@ pub struct Limits {
     pub url_segment_max_count: usize,
     /// `MaxConnections`: open client connections, all addresses together. At the limit the
     /// daemon accepts no more until one closes (they wait in the listen backlog). 1024 to
-    /// 2031616, or 4294967295 (the default) for no limit.
+    /// 2031616, or 4294967295 (the default) for no limit; the daemon never goes above the
+    /// client share of its descriptor budget either way.
     pub max_connections: u64,
 }
 
@@ -527,17 +608,7 @@ impl Config {
         }
         self.timers.check()?;
         self.errlog.check()?;
-        if let Some(mode) = &self.control.mode
-            && (mode.is_empty() || u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777))
-        {
-            return Err(Bad::at(
-                Some(("control", None)),
-                "mode",
-                format!(
-                    "control.mode = {mode:?}: expected octal permission bits, such as \"0666\""
-                ),
-            ));
-        }
+        self.control.check()?;
         if let Some(g) = &self.admin_group
             && g.is_empty()
         {
@@ -1003,6 +1074,46 @@ mod tests {
         assert!(e.starts_with("line 2: control.mode"), "{e}");
         let e = Config::from_toml("[[urlacl]]\nurl = \"http://+:80/a/\"\n").unwrap_err();
         assert!(e.contains("grants nobody"), "{e}");
+    }
+
+    #[test]
+    fn control_caps_parse_and_are_checked() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c.control, ControlConfig::default());
+        assert_eq!(c.control.limits(), (10.0, 256, 64, 128));
+        assert_eq!(c.control.request_wait(), Duration::from_secs(10));
+        let c = Config::from_toml(
+            "[control]\nrequest_wait = 0.5\nmax_connections_per_uid = 8\nmax_sessions_per_uid = 2\nmax_queues_per_uid = 3\n",
+        )
+        .unwrap();
+        assert_eq!(c.control.limits(), (0.5, 8, 2, 3));
+        assert_eq!(c.control.mode_bits(), 0o666);
+        for (text, key) in [
+            (
+                "[control]\nrequest_wait = 0\n",
+                "line 2: control.request_wait = 0",
+            ),
+            (
+                "[control]\nrequest_wait = 3601\n",
+                "control.request_wait = 3601",
+            ),
+            (
+                "[control]\nmax_connections_per_uid = 0\n",
+                "line 2: control.max_connections_per_uid = 0: expected 1 to 1000000",
+            ),
+            (
+                "[control]\nmax_sessions_per_uid = 0\n",
+                "control.max_sessions_per_uid",
+            ),
+            (
+                "[control]\nmode = \"0600\"\nmax_queues_per_uid = 1000001\n",
+                "line 3: control.max_queues_per_uid",
+            ),
+            ("[control]\nmax_queues = 5\n", "max_queues"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -842,7 +842,7 @@ impl Conn {
         facts: Facts,
         queue: &Queue,
     ) -> Next {
-        let mut sender = match up.connection().await {
+        let mut sender = match up.connection(&self.shared.upstreams).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
@@ -973,7 +973,7 @@ impl Conn {
             return Next::Abort;
         }
         if body.is_done() {
-            up.put_back(sender);
+            up.put_back(sender, &self.shared.upstreams);
         }
         if out.close {
             Next::Close

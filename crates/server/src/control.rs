@@ -1,9 +1,18 @@
 //! The control socket: HTTP/1.1 and JSON over a Unix socket (see
 //! [`portshare_proto::control`] for the API), one session per connection.
+//!
+//! Each connection takes a place in the descriptor budget's control share as it is accepted
+//! (see [`crate::quota`]); one that finds none (the share spent, or its user at
+//! `control.max_connections_per_uid`) has its first request answered with the reason and is
+//! closed. A connection whose session has not opened a queue must send each request, and
+//! its body, within `control.request_wait` of connecting or of the last answer, else it is
+//! closed; one holding a queue lives as long as it stays open.
 
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -19,8 +28,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::accept::{self, Failure, Throttle};
 use crate::daemon::{Daemon, Session};
 use crate::identity::{self, Identity};
+use crate::quota::{Place, Refusal};
 use crate::worker::{Peer, WorkerConn};
 
 /// Largest control request body.
@@ -57,63 +68,257 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
 }
 
 /// Accepts control connections until the task is dropped.
+///
+/// Each connection takes its place in the control share as it is accepted (see
+/// [`crate::quota`]), before anything is read from it; one that finds no place is refused.
 pub(crate) async fn serve(daemon: Arc<Daemon>, listener: UnixListener) {
+    let accept_warn = Throttle::default();
+    let refusals = Refusals::default();
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("control socket: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                let failure = Failure::of(&error);
+                if failure == Failure::Peer {
+                    tracing::debug!(%error, "control socket: the connection failed");
+                    continue;
+                }
+                let mut shed = 0;
+                if failure == Failure::Descriptors {
+                    while shed < accept::SHED_BURST {
+                        let accepted = daemon
+                            .shared
+                            .spare
+                            .shed(async { listener.accept().await.map(drop) });
+                        if !matches!(accepted, Some(Ok(()))) {
+                            break;
+                        }
+                        shed += 1;
+                    }
+                }
+                if let Some(held_back) = accept_warn.pass() {
+                    tracing::warn!(
+                        %error,
+                        shed,
+                        held_back,
+                        "control socket: cannot accept connections; pausing"
+                    );
+                }
+                tokio::time::sleep(accept::PAUSE).await;
                 continue;
             }
         };
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            let Some(session) = session_of(&daemon, &stream) else {
-                return;
-            };
-            let session = Arc::new(session);
-            let service = {
-                let daemon = daemon.clone();
-                let session = session.clone();
-                hyper::service::service_fn(move |req| {
-                    let daemon = daemon.clone();
-                    let session = session.clone();
-                    async move { Ok::<_, Infallible>(handle(&daemon, &session, req).await) }
-                })
-            };
-            // No timer, so no header or idle timeout (hyper's header timeout would close an
-            // idle session after 30 s): a session lives as long as its connection.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(pid = session.peer.pid, "control connection: {e}");
+        let Some((id, pid, who)) = identify(&daemon, &stream) else {
+            continue;
+        };
+        match daemon.admit(id, &who) {
+            Ok(place) => {
+                tokio::spawn(connection(daemon.clone(), stream, id, pid, who, place));
             }
-            daemon.end_session(&session);
-        });
+            Err(refusal) => refusals.refuse(&daemon, stream, &who, refusal),
+        }
     }
 }
 
-fn session_of(daemon: &Daemon, stream: &UnixStream) -> Option<Session> {
+/// The session id, pid and identity of a new control connection.
+fn identify(daemon: &Daemon, stream: &UnixStream) -> Option<(u64, u32, Identity)> {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("control connection without peer credentials: {e}");
+        Err(error) => {
+            tracing::warn!(%error, "control connection without peer credentials");
             return None;
         }
     };
     let pid = cred.pid().map_or(0, |p| p.max(0) as u32);
-    Some(Session {
-        id: daemon.next_id(),
+    Some((
+        daemon.next_id(),
+        pid,
+        Identity::of_peer(pid, cred.uid(), cred.gid()),
+    ))
+}
+
+/// Serves one admitted control connection: its session lasts as long as the connection.
+/// Until the session opens a queue, each request must come within `control.request_wait`
+/// of connecting or of the last answer, and each request body within that time too.
+async fn connection(
+    daemon: Arc<Daemon>,
+    stream: UnixStream,
+    id: u64,
+    pid: u32,
+    who: Identity,
+    place: Place,
+) {
+    let uid = who.uid;
+    let session = Arc::new(Session {
+        id,
         peer: Peer {
             pid,
-            uid: cred.uid(),
-            identity: Identity::of_peer(pid, cred.uid(), cred.gid()),
-            user: identity::display_user(cred.uid()),
+            uid,
+            identity: who,
+            user: identity::display_user(uid),
             command: command_line(pid),
         },
-    })
+    });
+    let place = Arc::new(place);
+    let activity = Arc::new(Activity::new());
+    let service = {
+        let daemon = daemon.clone();
+        let session = session.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            let daemon = daemon.clone();
+            let session = session.clone();
+            let place = place.clone();
+            let busy = activity.begin();
+            async move {
+                let reply = handle(&daemon, &session, &place, &busy, req).await;
+                drop(busy);
+                Ok::<_, Infallible>(reply)
+            }
+        })
+    };
+    // No hyper timer, so no header or idle timeout of hyper's (which would close a session
+    // holding queues after 30 s idle): the wait below is the only one.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    loop {
+        let wait = daemon.request_wait();
+        let deadline = match activity.idle_since() {
+            Some(since) => since + wait,
+            None => tokio::time::Instant::now() + wait,
+        };
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(error) = ended {
+                    tracing::debug!(pid, %error, "control connection");
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(deadline), if !activity.holds() => {
+                if !activity.holds() && activity.idle_since().is_some_and(|t| t.elapsed() >= wait) {
+                    tracing::debug!(pid, uid, ?wait, "control connection silent: closed");
+                    break;
+                }
+            }
+        }
+    }
+    daemon.end_session(&session);
+}
+
+/// When a control connection last finished a request, and whether its session has opened a
+/// queue (after which it lives as long as the connection, however quiet).
+#[derive(Debug)]
+struct Activity {
+    /// Requests being handled.
+    busy: AtomicU32,
+    /// When the last request was answered, or the connection accepted.
+    since: Mutex<tokio::time::Instant>,
+    holds: AtomicBool,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            busy: AtomicU32::new(0),
+            since: Mutex::new(tokio::time::Instant::now()),
+            holds: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a request until the returned guard drops.
+    fn begin(self: &Arc<Activity>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// Since when the connection has been idle; `None` while a request is being handled.
+    fn idle_since(&self) -> Option<tokio::time::Instant> {
+        (self.busy.load(Ordering::Acquire) == 0)
+            .then(|| *self.since.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn holds(&self) -> bool {
+        self.holds.load(Ordering::Acquire)
+    }
+}
+
+/// One request being handled on a control connection.
+#[derive(Debug)]
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    /// The session has opened a queue.
+    fn holds_queue(&self) {
+        self.0.holds.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Most refused connections answered at once; beyond it, a refused connection is closed
+/// without an answer. Each holds a descriptor of the daemon's own share for at most
+/// `REFUSAL_WAIT`.
+const REFUSING: usize = 16;
+
+/// How long a refused connection may take to send the request its refusal answers.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Control connections refused for want of a place.
+#[derive(Debug)]
+struct Refusals {
+    answering: Arc<tokio::sync::Semaphore>,
+    warn: Throttle,
+}
+
+impl Default for Refusals {
+    fn default() -> Refusals {
+        Refusals {
+            answering: Arc::new(tokio::sync::Semaphore::new(REFUSING)),
+            warn: Throttle::default(),
+        }
+    }
+}
+
+impl Refusals {
+    /// Refuses `stream`: its first request is answered with the refusal (so the CLI and the
+    /// SDK can say why) when few others are being answered, else it is closed at once.
+    fn refuse(&self, daemon: &Daemon, stream: UnixStream, who: &Identity, refusal: Refusal) {
+        if let Some(held_back) = self.warn.pass() {
+            tracing::warn!(
+                uid = who.uid,
+                open = daemon.quota.open(),
+                held_back,
+                reason = %refusal.message,
+                "control connection refused"
+            );
+        }
+        let Ok(permit) = self.answering.clone().try_acquire_owned() else {
+            return;
+        };
+        let err = ApiError {
+            code: refusal.error.code(),
+            name: refusal.error.name().to_owned(),
+            message: refusal.message,
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |_req| {
+                let reply = error(&err);
+                async move { Ok::<_, Infallible>(reply) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(REFUSAL_WAIT, conn).await;
+            drop(permit);
+        });
+    }
 }
 
 /// A process's command line from /proc, or `unknown`.
@@ -150,6 +355,8 @@ fn error(e: &ApiError) -> Reply {
         13 => StatusCode::UNPROCESSABLE_ENTITY,
         5 => StatusCode::FORBIDDEN,
         32 | 183 => StatusCode::CONFLICT,
+        4 => StatusCode::SERVICE_UNAVAILABLE,
+        1816 => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::BAD_REQUEST,
     };
     json(status, e)
@@ -163,10 +370,12 @@ fn bad(message: impl Into<String>) -> Reply {
     })
 }
 
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Reply> {
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+/// Reads a JSON request body, which must come within `wait`.
+async fn body<T: DeserializeOwned>(req: Request<Incoming>, wait: Duration) -> Result<T, Reply> {
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let bytes = tokio::time::timeout(wait, collect)
         .await
+        .map_err(|_| bad(format!("the request body did not come within {wait:?}")))?
         .map_err(|e| bad(format!("cannot read the request body: {e}")))?
         .to_bytes();
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
@@ -190,7 +399,14 @@ fn decode_segment(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>) -> Reply {
+async fn handle(
+    daemon: &Arc<Daemon>,
+    session: &Session,
+    place: &Arc<Place>,
+    busy: &Busy,
+    req: Request<Incoming>,
+) -> Reply {
+    let wait = daemon.request_wait();
     let path = req.uri().path().to_owned();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = req.method().clone();
@@ -198,7 +414,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
         (&Method::GET, ["v1", "state"]) => json(StatusCode::OK, &daemon.state(session)),
         (&Method::GET, ["v1", "urlacl"]) => json(StatusCode::OK, &daemon.urlacl_list()),
         (&Method::POST, ["v1", "urlacl"]) => {
-            let add: AddReservation = match body(req).await {
+            let add: AddReservation = match body(req, wait).await {
                 Ok(a) => a,
                 Err(r) => return r,
             };
@@ -208,7 +424,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
             }
         }
         (&Method::DELETE, ["v1", "urlacl"]) => {
-            let rm: RemoveReservation = match body(req).await {
+            let rm: RemoveReservation = match body(req, wait).await {
                 Ok(r) => r,
                 Err(r) => return r,
             };
@@ -219,7 +435,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
         }
         (&Method::GET, ["v1", "iplisten"]) => json(StatusCode::OK, &daemon.iplisten_list()),
         (&Method::POST | &Method::DELETE, ["v1", "iplisten"]) => {
-            let change: IpListenChange = match body(req).await {
+            let change: IpListenChange = match body(req, wait).await {
                 Ok(c) => c,
                 Err(r) => return r,
             };
@@ -235,12 +451,13 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
             Err(e) => error(&e),
         },
         (&Method::POST, ["v1", "queues"]) => {
-            let spec: QueueSpec = match body(req).await {
+            let spec: QueueSpec = match body(req, wait).await {
                 Ok(s) => s,
                 Err(r) => return r,
             };
             match daemon.open_queue(session, &spec, None, None) {
                 Ok(info) => {
+                    busy.holds_queue();
                     let status = if info.created {
                         StatusCode::CREATED
                     } else {
@@ -257,7 +474,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
             };
             match (&method, rest) {
                 (&Method::PATCH, []) => {
-                    let props: QueueProps = match body(req).await {
+                    let props: QueueProps = match body(req, wait).await {
                         Ok(p) => p,
                         Err(r) => return r,
                     };
@@ -271,7 +488,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
                     Err(e) => error(&e),
                 },
                 (&Method::POST, ["urls"]) => {
-                    let add: AddUrl = match body(req).await {
+                    let add: AddUrl = match body(req, wait).await {
                         Ok(a) => a,
                         Err(r) => return r,
                     };
@@ -281,7 +498,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
                     }
                 }
                 (&Method::DELETE, ["urls"]) => {
-                    let rm: RemoveUrl = match body(req).await {
+                    let rm: RemoveUrl = match body(req, wait).await {
                         Ok(r) => r,
                         Err(r) => return r,
                     };
@@ -291,7 +508,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
                     }
                 }
                 (&Method::POST, ["access"]) => {
-                    let grant: GrantAccess = match body(req).await {
+                    let grant: GrantAccess = match body(req, wait).await {
                         Ok(g) => g,
                         Err(r) => return r,
                     };
@@ -300,7 +517,7 @@ async fn handle(daemon: &Arc<Daemon>, session: &Session, req: Request<Incoming>)
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, ["attach"]) => attach(daemon, session, &name, req),
+                (&Method::POST, ["attach"]) => attach(daemon, session, place, &name, req),
                 _ => not_found(&method, &path),
             }
         }
@@ -323,7 +540,13 @@ fn not_found(method: &Method, path: &str) -> Reply {
 }
 
 /// `POST /v1/queues/{name}/attach` with `Upgrade`: the connection becomes a worker.
-fn attach(daemon: &Arc<Daemon>, session: &Session, name: &str, req: Request<Incoming>) -> Reply {
+fn attach(
+    daemon: &Arc<Daemon>,
+    session: &Session,
+    place: &Arc<Place>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Reply {
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -360,7 +583,10 @@ fn attach(daemon: &Arc<Daemon>, session: &Session, name: &str, req: Request<Inco
         "worker {} attached",
         worker.id
     );
+    // The worker keeps the connection's place in the control share.
+    let place = place.clone();
     tokio::spawn(async move {
+        let _place = place;
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {

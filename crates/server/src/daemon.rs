@@ -20,16 +20,20 @@ use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, 
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::accept::{self, Failure, Spare, Throttle};
 use crate::access::{Access, Rights};
 use crate::bind::{self, BindError};
+use crate::budget::Budget;
 use crate::config::{Config, StateFile, Timers};
 use crate::errlog;
 use crate::head::HeadLimits;
 use crate::identity::{self, Identity};
 use crate::queue::{Props, Queue, Target};
-use crate::upstream::{Address, Upstream};
+use crate::quota::Quota;
+use crate::upstream::{self, Address, Upstream};
 use crate::worker::Peer;
 
+mod caps;
 mod operate;
 
 pub(crate) use operate::Start;
@@ -48,11 +52,17 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Woken when `stopping` is set.
     pub(crate) stop: Notify,
+    /// The descriptor budget.
+    pub(crate) budget: Budget,
+    /// Upstream connections open, against the budget's upstream share.
+    pub(crate) upstreams: Arc<upstream::Share>,
+    /// The accept loops' spare descriptor.
+    pub(crate) spare: Spare,
 }
 
 impl Shared {
     /// No routes yet, `settings` in force.
-    fn new(settings: Settings) -> Arc<Shared> {
+    fn new(settings: Settings, budget: Budget) -> Arc<Shared> {
         Arc::new(Shared {
             table: ArcSwap::from_pointee(RouteTable::new()),
             settings: ArcSwap::from_pointee(settings),
@@ -60,6 +70,9 @@ impl Shared {
             connections: Connections::default(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            budget,
+            upstreams: upstream::Share::new(budget.upstream),
+            spare: Spare::new(),
         })
     }
 
@@ -67,11 +80,17 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// `MaxConnections` in force: the configured value, at most the budget's client share.
+    pub(crate) fn max_connections(&self) -> u64 {
+        self.settings
+            .load()
+            .max_connections
+            .min(self.budget.clients)
+    }
+
     /// A place for one more client connection, once fewer than `max_connections` are open.
     async fn place(self: &Arc<Shared>) -> Place {
-        self.connections
-            .reserve(|| self.settings.load().max_connections)
-            .await;
+        self.connections.reserve(|| self.max_connections()).await;
         Place(self.clone())
     }
 }
@@ -365,6 +384,8 @@ pub(crate) struct Daemon {
     iplisten_flags: Vec<IpAddr>,
     state_file: PathBuf,
     ids: AtomicU64,
+    /// Open control connections, against the budget's control share and the per-uid caps.
+    pub(crate) quota: Arc<Quota>,
 }
 
 fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
@@ -380,7 +401,7 @@ impl Daemon {
     pub(crate) fn new(start: Start) -> Arc<Daemon> {
         let config = start.config;
         let errlog = Arc::new(errlog::Log::open(&config.errlog));
-        let shared = Shared::new(Settings::new(&config, errlog));
+        let shared = Shared::new(Settings::new(&config, errlog), start.budget);
         Arc::new(Daemon {
             shared,
             state: Mutex::new(State {
@@ -401,6 +422,7 @@ impl Daemon {
             iplisten_flags: start.iplisten_flags,
             state_file: start.state_file,
             ids: AtomicU64::new(1),
+            quota: Quota::new(&start.budget),
         })
     }
 
@@ -415,14 +437,18 @@ impl Daemon {
     /// Root, the daemon's own user, and members of the admin group hold the implicit root
     /// reservations.
     fn is_admin(&self, st: &State, peer: &Peer) -> bool {
-        peer.uid == 0
-            || peer.uid == self.own_uid
+        self.is_admin_identity(st, &peer.identity)
+    }
+
+    fn is_admin_identity(&self, st: &State, who: &identity::Identity) -> bool {
+        who.uid == 0
+            || who.uid == self.own_uid
             || st
                 .config
                 .admin_group
                 .as_deref()
                 .and_then(identity::resolve_group)
-                .is_some_and(|gid| peer.identity.in_group(gid))
+                .is_some_and(|gid| who.in_group(gid))
     }
 
     /// `POST /v1/queues`. `declared` is the access list of a queue the configuration file
@@ -447,6 +473,7 @@ impl Daemon {
             None => unnamed_queue_name()?,
         };
         let mut st = self.lock();
+        self.may_hold_queues(&st, session)?;
         if let Some(entry) = st.queues.get_mut(&name) {
             if spec.mode == OpenMode::Create {
                 return Err(api(
@@ -519,6 +546,7 @@ impl Daemon {
         props
             .apply(&spec.props)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
+        self.may_own_queue(&st, session)?;
         let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
         if let Some(up) = upstream {
             let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
@@ -982,8 +1010,10 @@ impl Daemon {
         if self.shared.stopping() {
             return Ok(()); // nothing new listens while the daemon stops
         }
+        let addresses = Daemon::addresses(&st.iplisten, port);
+        self.may_listen(st, addresses.len())?;
         let mut bound = Vec::new();
-        for addr in Daemon::addresses(&st.iplisten, port) {
+        for addr in addresses {
             match bind::listen(addr, 1024) {
                 Ok(l) => bound.push((addr, l)),
                 Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {
@@ -1200,6 +1230,7 @@ impl Daemon {
             prefixes,
             reservations,
             queues,
+            budget: Some(self.budget_state(&st)),
         }
     }
 }
@@ -1252,6 +1283,7 @@ async fn accept_loop(
     local: SocketAddr,
     connections: Arc<AtomicU64>,
 ) {
+    let warn = Throttle::default();
     loop {
         // At MaxConnections, wait for a connection to close before accepting the next:
         // clients wait in the listen backlog.
@@ -1270,15 +1302,66 @@ async fn accept_loop(
                     drop(place);
                 });
             }
-            Err(e) => {
+            Err(error) => {
                 drop(place);
-                // Out of descriptors and the like: pause rather than spin.
-                tracing::warn!("accept on {local}: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let failure = Failure::of(&error);
+                if failure == Failure::Peer {
+                    tracing::debug!(%local, %error, "accept: the connection failed");
+                    continue;
+                }
+                let shed = if failure == Failure::Descriptors {
+                    shed_clients(&shared, &listener, local).await
+                } else {
+                    0
+                };
+                if let Some(held_back) = warn.pass() {
+                    tracing::warn!(
+                        %local,
+                        %error,
+                        shed,
+                        held_back,
+                        "cannot accept client connections; pausing"
+                    );
+                }
+                tokio::time::sleep(accept::PAUSE).await;
             }
         }
     }
 }
+
+/// Out of descriptors: closes connections waiting on `listener`, through the spare
+/// descriptor, each with a `Connections_Refused` line. Returns how many.
+async fn shed_clients(
+    shared: &Shared,
+    listener: &tokio::net::TcpListener,
+    local: SocketAddr,
+) -> usize {
+    let mut shed = 0;
+    while shed < accept::SHED_BURST {
+        let peer = shared.spare.shed(async {
+            let (io, peer) = listener.accept().await?;
+            let local = io.local_addr().unwrap_or(local);
+            Ok((peer, local))
+        });
+        let Some(Ok((peer, local))) = peer else {
+            break;
+        };
+        errlog::Entry {
+            client: peer,
+            local,
+            version: None,
+            method: None,
+            uri: None,
+            status: None,
+            reason: portshare_router::Reason::ConnectionsRefused,
+            queue: None,
+        }
+        .emit(&shared.settings.load().errlog);
+        shed += 1;
+    }
+    shed
+}
+
 /// What connections share, for tests of the data path: no routes, default settings, no
 /// error-log files.
 #[cfg(test)]
@@ -1287,5 +1370,6 @@ pub(crate) fn test_shared() -> Arc<Shared> {
         enabled: false,
         ..Default::default()
     }));
-    Shared::new(Settings::new(&Config::default(), errlog))
+    let budget = Budget::of(1024).expect("1024 descriptors are enough");
+    Shared::new(Settings::new(&Config::default(), errlog), budget)
 }

@@ -12,11 +12,12 @@
 //! `ConnLimit`, `AppShutdown` for a request still waiting when the daemon stops), the
 //! timers' (`Timer_HeaderWait`, `Timer_ConnectionIdle`, `Timer_EntityBody` for both body
 //! timers, `Timer_ReqQueue`, `Timer_MinBytesPerSecond`) and the early ends (`Client_Reset`,
-//! `Connection_Dropped`, `Connection_Abandoned_By_ReqQueue`). The rest never occur: IIS 6
-//! application pools (`AppPoolTimer`, `Timer_AppPool`, `Connection_Abandoned_By_AppPool`),
-//! IIS rapid-fail (`AppOffline`), TLS (`Timer_SslRenegotiation`), a body-size limit
-//! HTTP.sys does not have (`EntityTooLarge`), the kernel's non-paged pool
-//! (`Connections_Refused`), and codes nothing in HTTP.sys's parser sends (`Forbidden`,
+//! `Connection_Dropped`, `Connection_Abandoned_By_ReqQueue`), and `Connections_Refused` for
+//! a connection the accept loop closed because the daemon was out of descriptors (HTTP.sys
+//! writes it when short of non-paged pool). The rest never occur: IIS 6 application pools
+//! (`AppPoolTimer`, `Timer_AppPool`, `Connection_Abandoned_By_AppPool`), IIS rapid-fail
+//! (`AppOffline`), TLS (`Timer_SslRenegotiation`), a body-size limit HTTP.sys does not have
+//! (`EntityTooLarge`), and codes nothing in HTTP.sys's parser sends (`Forbidden`,
 //! `Precondition`, `Internal`, `Timer_Response`, `Connection_Dropped_List_Full`).
 //!
 //! # Files

@@ -57,9 +57,11 @@
 //!   with neither are 411 `LengthRequired`. See [`Body`].
 //! - **Connection and Expect**: see [`Head::keep_alive`] and [`Head::expect_continue`].
 
+mod accept;
 mod access;
 mod bind;
 mod body;
+mod budget;
 mod config;
 mod conn;
 mod control;
@@ -69,6 +71,7 @@ mod head;
 mod identity;
 mod pages;
 mod queue;
+mod quota;
 mod upstream;
 mod worker;
 
@@ -155,7 +158,19 @@ pub async fn serve_until(
         .clone()
         .unwrap_or_else(|| config::default_state_file(own_uid == 0, |k| std::env::var_os(k)));
     let mode = opts.config.control.mode_bits();
+    let budget = budget::Budget::current()?;
+    tracing::info!(
+        open_files = budget.limit,
+        clients = budget.clients,
+        control = budget.control,
+        control_admin = budget.control_admin,
+        upstream = budget.upstream,
+        reserve = budget.reserve,
+        listeners = budget.listeners,
+        "descriptor budget"
+    );
     let daemon = daemon::Daemon::new(daemon::Start {
+        budget,
         config: opts.config,
         config_path: opts.config_path,
         iplisten_flags: opts.iplisten_override,
@@ -216,7 +231,7 @@ pub async fn serve_until(
 
 /// Raises the soft limit on open files to the hard one: each client connection is a
 /// descriptor, and the usual soft limit of 1024 is far below what a port shared by many
-/// applications holds.
+/// applications holds. The descriptor budget is then cut from the raised limit.
 fn raise_open_files() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)

@@ -1,9 +1,15 @@
 //! Upstream queues: requests forwarded to an unmodified HTTP/1.1 server on a Unix socket or
 //! a loopback TCP port, over a pool of keep-alive connections (one per queue slot).
+//!
+//! All upstream connections together stay within the descriptor budget's upstream
+//! [`Share`]: a request that needs a new connection when the share is spent is answered 503,
+//! and once the share is three quarters used, a connection that falls idle is closed
+//! instead of kept, so that idle pools do not hold descriptors other queues need.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -67,8 +73,11 @@ impl Upstream {
         }
     }
 
-    /// An idle connection, or a new one.
-    pub(crate) async fn connection(&self) -> std::io::Result<SendRequest<UpBody>> {
+    /// An idle connection, or a new one out of `share`.
+    pub(crate) async fn connection(
+        &self,
+        share: &Arc<Share>,
+    ) -> std::io::Result<SendRequest<UpBody>> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
@@ -81,26 +90,80 @@ impl Upstream {
                 None => break,
             }
         }
+        let Some(counted) = share.take() else {
+            return Err(std::io::Error::other(format!(
+                "all {} upstream connections of the descriptor budget are open",
+                share.max
+            )));
+        };
         match &self.address {
-            Address::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?).await,
+            Address::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?, counted).await,
             Address::Tcp(a) => {
                 let s = tokio::net::TcpStream::connect(a).await?;
                 s.set_nodelay(true)?;
-                handshake(s).await
+                handshake(s, counted).await
             }
         }
     }
 
-    /// Gives a connection back for the next request.
-    pub(crate) fn put_back(&self, c: SendRequest<UpBody>) {
-        if !c.is_closed() {
+    /// Gives a connection back for the next request; closes it instead when `share` runs
+    /// low.
+    pub(crate) fn put_back(&self, c: SendRequest<UpBody>, share: &Share) {
+        if !c.is_closed() && !share.low() {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         }
     }
 }
 
-/// An HTTP/1 client connection on `io`, driven by a task of its own.
-async fn handshake<I>(io: I) -> std::io::Result<SendRequest<UpBody>>
+/// Upstream connections open, all queues together, against the budget's upstream share.
+#[derive(Debug)]
+pub(crate) struct Share {
+    max: u64,
+    open: AtomicU64,
+}
+
+impl Share {
+    pub(crate) fn new(max: u64) -> Arc<Share> {
+        Arc::new(Share {
+            max,
+            open: AtomicU64::new(0),
+        })
+    }
+
+    /// Upstream connections open now.
+    pub(crate) fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Whether three quarters of the share are in use.
+    fn low(&self) -> bool {
+        self.open() * 4 >= self.max * 3
+    }
+
+    /// Counts one more connection, if the share has room.
+    fn take(self: &Arc<Share>) -> Option<Counted> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(Counted(self.clone()))
+    }
+}
+
+/// One upstream connection, counted in its [`Share`] until dropped.
+#[derive(Debug)]
+struct Counted(Arc<Share>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An HTTP/1 client connection on `io`, driven by a task of its own, which holds the
+/// connection's place in the share until the connection closes.
+async fn handshake<I>(io: I, counted: Counted) -> std::io::Result<SendRequest<UpBody>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -109,6 +172,7 @@ where
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
         let _ = conn.await;
+        drop(counted);
     });
     Ok(send)
 }
@@ -128,5 +192,30 @@ mod tests {
         assert!(Address::parse("10.0.0.1:80").is_err());
         assert!(Address::parse("unix:relative").is_err());
         assert!(Address::parse("localhost:80").is_err());
+    }
+
+    #[test]
+    fn the_share_counts_connections_and_runs_low() {
+        let share = Share::new(4);
+        let a = share.take().unwrap();
+        let b = share.take().unwrap();
+        assert!(!share.low());
+        let c = share.take().unwrap();
+        assert!(share.low());
+        let d = share.take().unwrap();
+        assert!(share.take().is_none());
+        assert_eq!(share.open(), 4);
+        drop((a, b, c, d));
+        assert_eq!(share.open(), 0);
+        assert!(share.take().is_some());
+    }
+
+    #[tokio::test]
+    async fn no_connection_beyond_the_share() {
+        let share = Share::new(1);
+        let _held = share.take().unwrap();
+        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap());
+        let e = up.connection(&share).await.unwrap_err();
+        assert!(e.to_string().contains("descriptor budget"), "{e}");
     }
 }

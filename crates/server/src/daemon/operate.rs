@@ -34,6 +34,8 @@ use crate::worker::Peer;
 /// What the daemon starts from.
 #[derive(Debug)]
 pub(crate) struct Start {
+    /// The descriptor budget, from the open-file limit at start.
+    pub(crate) budget: crate::budget::Budget,
     /// The configuration, with command-line flags applied.
     pub(crate) config: Config,
     /// The file it came from, read again on reload.
@@ -178,7 +180,13 @@ impl Daemon {
             report.warn("state_file changed: it applies when the daemon restarts".into());
         }
         if old.control.socket != new.control.socket || old.control.mode != new.control.mode {
-            report.warn("[control] changed: it applies when the daemon restarts".into());
+            report.warn(
+                "control.socket or control.mode changed: it applies when the daemon restarts"
+                    .into(),
+            );
+        }
+        if old.control.limits() != new.control.limits() {
+            report.changes.push("control limits".into());
         }
         self.apply_listen_list(&mut report).await;
         self.sync_queues(&old.queues, &new.queues, false, &mut report);
