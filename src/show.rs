@@ -125,6 +125,20 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
         let _ = writeln!(out, "    {}\n        {}", f.address, f.error);
     }
 
+    // What the daemon holds of workers' responses, not yet written to clients.
+    let b = &s.buffers;
+    let _ = writeln!(out, "\nWorker response buffers:");
+    let _ = writeln!(
+        out,
+        "    Held (bytes): {}, peak: {}, bound now: {}",
+        b.bytes, b.peak, b.bound
+    );
+    let _ = writeln!(
+        out,
+        "    Shared bound: {}; per worker connection: at most {}, always {}",
+        b.shared_bound, b.worker_bound, b.worker_floor
+    );
+
     let _ = writeln!(out, "\nRequest queues:");
     if s.queues.is_empty() {
         let _ = writeln!(out, "    (none)");
@@ -264,8 +278,8 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         };
         let _ = writeln!(
             out,
-            "            ID: {}, user: {user}, slots: {}, busy: {}",
-            p.pid, p.slots, p.busy
+            "            ID: {}, user: {user}, slots: {}, busy: {}, buffered bytes: {}",
+            p.pid, p.slots, p.busy, p.buffered
         );
         let _ = writeln!(out, "                Command line: {}", p.command);
     }
@@ -440,8 +454,8 @@ fn secs(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use portshare_proto::control::{
-        AclEntry, ApiError, BindFailure, IpListenEntry, ListenerState, PrefixState, ProcessState,
-        QueueCounters,
+        AclEntry, ApiError, BindFailure, BufferGauge, IpListenEntry, ListenerState, PrefixState,
+        ProcessState, QueueCounters,
     };
 
     use super::*;
@@ -507,6 +521,7 @@ mod tests {
                     command: "/usr/bin/hello --name app".into(),
                     slots: 64,
                     busy: 1,
+                    buffered: 4096,
                 }],
                 counters: QueueCounters {
                     delivered: 10,
@@ -517,6 +532,14 @@ mod tests {
                     conn_limit: 5,
                 },
             }],
+            buffers: BufferGauge {
+                bytes: 4096,
+                peak: 300000,
+                bound: 17104896,
+                shared_bound: 16777216,
+                worker_bound: 4194304,
+                worker_floor: 327680,
+            },
         }
     }
 
@@ -537,6 +560,10 @@ Listeners:
 Bind failures:
     127.0.0.1:80
         127.0.0.1:80 is held by PID 77 (nginx: master), user root (32 ERROR_SHARING_VIOLATION)
+
+Worker response buffers:
+    Held (bytes): 4096, peak: 300000, bound now: 17104896
+    Shared bound: 16777216; per worker connection: at most 4194304, always 327680
 
 Request queues:
     Request queue name: app
@@ -568,7 +595,7 @@ Request queues:
                 10.9.9.9 is not in the IP listen list
         Number of active processes attached: 1
         Processes:
-            ID: 2668, user: alice, slots: 64, busy: 1
+            ID: 2668, user: alice, slots: 64, busy: 1, buffered bytes: 4096
                 Command line: /usr/bin/hello --name app
 
 URL reservations (taking part in routing):

@@ -15,7 +15,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use portshare_proto::control::Verbosity;
 use portshare_proto::header;
-use portshare_proto::wire::{self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode};
+use portshare_proto::wire::{
+    self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode, ResponseHead,
+};
 use portshare_router::{Dispatch, Endpoint, Reason, Rejection, Scheme, Version, encode_path};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -30,7 +32,7 @@ use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::upstream::{UpBody, Upstream};
-use crate::worker::{Event, WorkerConn};
+use crate::worker::{Event, Events, WorkerConn};
 
 /// How a request left the connection.
 enum Next {
@@ -705,7 +707,7 @@ impl Conn {
         &mut self,
         mut frame: BytesMut,
         worker: &Arc<WorkerConn>,
-        (stream, mut rx): (u32, mpsc::UnboundedReceiver<Event>),
+        (stream, mut rx): (u32, Events),
         body: &mut BodyIn,
         facts: Facts,
         queue: &Queue,
@@ -750,22 +752,41 @@ impl Conn {
             tokio::select! {
                 biased;
                 ev = rx.recv() => {
-                    let mut ev = Some(ev.unwrap_or(Event::Gone));
-                    while let Some(e) = ev.take() {
+                    // What this batch writes stays charged to the worker until the client
+                    // has taken it.
+                    let mut held = worker.nothing();
+                    let mut next = ev;
+                    loop {
+                        let Some((e, charge)) = next.take() else {
+                            queue.count_abandoned();
+                            self.wr.clear();
+                            return self.abandoned(None, queue);
+                        };
+                        held.merge(charge);
                         match e {
                             Event::Window(n) => window += u64::from(n),
-                            Event::Head(h, end) => {
+                            Event::Head(payload, end) => {
+                                let h = match ResponseHead::decode(payload) {
+                                    Ok(h) => h,
+                                    Err(e) => {
+                                        tracing::warn!(
+                                            queue = queue.name(),
+                                            pid = worker.peer.pid,
+                                            error = %e,
+                                            "bad response head"
+                                        );
+                                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Protocol));
+                                        self.wr.clear();
+                                        return Next::Abort;
+                                    }
+                                };
                                 // A body that is already here whole becomes a Content-Length.
                                 let mut exact = None;
-                                if !end {
-                                    match rx.try_recv() {
-                                        Ok(Event::Data(d, true)) => {
-                                            exact = Some(d.len() as u64);
-                                            ev = Some(Event::Data(d, true));
-                                        }
-                                        Ok(other) => ev = Some(other),
-                                        Err(_) => {}
+                                if !end && let Ok(d) = rx.try_recv() {
+                                    if let (Event::Data(data, true), _) = &d {
+                                        exact = Some(data.len() as u64);
                                     }
+                                    next = Some(d);
                                 }
                                 if self.shared.stopping() {
                                     resp.close = true;
@@ -793,14 +814,18 @@ impl Conn {
                                 self.wr.clear();
                                 return Next::Abort;
                             }
-                            Event::Gone => {
-                                queue.count_abandoned();
-                                self.wr.clear();
-                                return self.abandoned(None, queue);
-                            }
                         }
-                        if ev.is_none() {
-                            ev = rx.try_recv().ok();
+                        // Once the response is finished, nothing after it is the client's
+                        // (the worker's reader drops stray frames; this is the backstop).
+                        if resp.finished {
+                            break;
+                        }
+                        if next.is_none() {
+                            match rx.try_recv() {
+                                Ok(d) => next = Some(d),
+                                // Gone: the next `recv` says so.
+                                Err(_) => break,
+                            }
                         }
                     }
                     let written = resp.take_granted();
@@ -808,8 +833,9 @@ impl Conn {
                         worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
                         return Next::Abort;
                     }
+                    drop(held);
                     if written > 0 && !resp.finished {
-                        worker.send(|out| wire::encode_window(out, stream, written));
+                        worker.grant(stream, written);
                     }
                 }
                 r = self.more_body(&mut body_until, queue), if want_body && self.rd.is_empty() => {

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::bind::{self, BindError};
 use crate::config::{Config, StateFile, Timers};
 use crate::errlog;
+use crate::flow::Budget;
 use crate::head::HeadLimits;
 use crate::identity;
 use crate::queue::{Props, Queue, Target};
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) stopping: AtomicBool,
     /// Woken when `stopping` is set.
     pub(crate) stop: Notify,
+    /// What the daemon holds of workers' responses, over all worker connections.
+    pub(crate) buffers: Arc<Budget>,
 }
 
 impl Shared {
@@ -59,6 +62,7 @@ impl Shared {
             connections: Connections::default(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
+            buffers: Arc::default(),
         })
     }
 
@@ -906,6 +910,7 @@ impl Daemon {
                         Some(p) => {
                             p.slots += slots;
                             p.busy += busy;
+                            p.buffered += w.buffered() as u64;
                         }
                         None => processes.push(ProcessState {
                             pid: w.peer.pid,
@@ -914,6 +919,7 @@ impl Daemon {
                             command: w.peer.command.clone(),
                             slots,
                             busy,
+                            buffered: w.buffered() as u64,
                         }),
                     }
                 }
@@ -960,6 +966,7 @@ impl Daemon {
             prefixes,
             reservations,
             queues,
+            buffers: self.shared.buffers.gauge(),
         }
     }
 }
