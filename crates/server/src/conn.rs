@@ -199,27 +199,58 @@ impl Conn {
         .emit(&self.settings.errlog);
     }
 
-    /// Writes out the write buffer, within the time `MinSendRate` allows for its size (at
-    /// least a second): a client taking it more slowly is logged
-    /// `Timer_MinBytesPerSecond`, and the write fails.
+    /// Writes out the write buffer, as fast as `MinSendRate` asks of the client: a client
+    /// taking it more slowly is logged `Timer_MinBytesPerSecond`, and the write fails.
+    ///
+    /// The allowance is judged on what the client drains, not on what is buffered: from
+    /// the moment the write has to wait, it is cut once the time spent exceeds
+    /// `max(1 s, (drained + min(pending, 16 KiB)) / rate)`, recomputed as bytes drain. A
+    /// client reading at the rate or faster is never cut; one reading nothing is cut after
+    /// `16 KiB / rate` (about 109 s at the default 150 B/s) however much is buffered; a slow
+    /// one after a bounded time.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if self.wr.is_empty() {
-            return Ok(());
-        }
+        /// What a waiting write is allowed beyond the bytes the client has taken.
+        const AHEAD: usize = 16 * 1024;
         let rate = self.timers.min_send_rate;
-        let allowed = Duration::from_secs_f64((self.wr.len() as f64 / f64::from(rate)).max(1.0));
-        let mut write = std::pin::pin!(self.io.write_all(&self.wr));
-        // Most writes fit the socket's buffer at once: the timer is armed only for one
-        // that has to wait for the client.
+        let mut at = 0;
+        // When the write began to wait, and how far it had got.
+        let mut waiting: Option<(Instant, usize)> = None;
         let mut slow = false;
-        let r = match poll_once(write.as_mut()).await {
-            Some(r) => r,
-            None if rate == u32::MAX => write.await,
-            None => timeout(allowed, write).await.unwrap_or_else(|_| {
-                slow = true;
-                Err(std::io::ErrorKind::TimedOut.into())
-            }),
-        };
+        let mut r = Ok(());
+        while at < self.wr.len() {
+            let mut write = std::pin::pin!(self.io.write(&self.wr[at..]));
+            // Most writes fit the socket's buffer at once: the timer is armed only for one
+            // that has to wait for the client.
+            let written = match poll_once(write.as_mut()).await {
+                Some(w) => w,
+                None if rate == u32::MAX => write.await,
+                None => {
+                    let (since, from) = *waiting.get_or_insert((Instant::now(), at));
+                    let drained = at - from;
+                    let pending = self.wr.len() - at;
+                    let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate);
+                    let deadline = since + Duration::from_secs_f64(owed.max(1.0));
+                    match timeout_at(deadline, write).await {
+                        Ok(w) => w,
+                        Err(_) => {
+                            slow = true;
+                            Err(std::io::ErrorKind::TimedOut.into())
+                        }
+                    }
+                }
+            };
+            match written {
+                Ok(0) => {
+                    r = Err(std::io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => at += n,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
         if slow {
             let queue = self.site.as_ref().map(|c| c.queue().clone());
             self.log(
