@@ -860,9 +860,26 @@ impl Conn {
                         }
                     }
                     let written = resp.take_granted();
-                    if !self.send(queue).await {
-                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
-                        return Next::Abort;
+                    // A worker gone will never finish this response: its client is let go
+                    // at once, and what it holds with it, so a worker that disconnects and
+                    // attaches again cannot pile up the charges (and floors) of connections
+                    // gone.
+                    let sent = tokio::select! {
+                        biased;
+                        sent = self.send(queue) => Some(sent),
+                        () = worker.gone() => None,
+                    };
+                    match sent {
+                        Some(true) => {}
+                        Some(false) => {
+                            worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                            return Next::Abort;
+                        }
+                        None => {
+                            queue.count_abandoned();
+                            self.wr.clear();
+                            return self.abandoned(None, queue);
+                        }
                     }
                     drop(held);
                     if written > 0 && !resp.finished {

@@ -79,6 +79,8 @@ pub(crate) struct WorkerConn {
     streams: Mutex<HashMap<u32, Stream>>,
     next_stream: AtomicU32,
     closed: AtomicBool,
+    /// Woken once `closed` is set.
+    gone: Notify,
     /// The worker asked for no new requests; it is closed once its last stream ends.
     draining: AtomicBool,
     stop: Notify,
@@ -130,6 +132,7 @@ impl WorkerConn {
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            gone: Notify::new(),
             draining: AtomicBool::new(false),
             stop: Notify::new(),
             account: budget.account(),
@@ -202,6 +205,21 @@ impl WorkerConn {
         self.wake.notify_one();
     }
 
+    /// Returns once the connection is gone: a client connection still writing a response
+    /// the worker can no longer finish gives up at once, and lets go of what it holds.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn gone(&self) {
+        let gone = self.gone.notified();
+        tokio::pin!(gone);
+        gone.as_mut().enable();
+        if !self.closed.load(Ordering::Acquire) {
+            gone.await;
+        }
+    }
+
     /// Asks the connection to close (its queue closed).
     pub(crate) fn shutdown(&self) {
         self.stop.notify_one();
@@ -256,6 +274,7 @@ impl WorkerConn {
             () = self.stop.notified() => Stopped::Closed,
         };
         self.closed.store(true, Ordering::Release);
+        self.gone.notify_waiters();
         queue.detach(self.id);
         // Dropping the senders tells each stream's client connection the worker is gone.
         let streams = std::mem::take(&mut *self.streams());
