@@ -272,6 +272,57 @@ fn min_send_rate_cuts_a_client_that_reads_nothing_whatever_is_buffered() {
     assert!(eventually(10, || num(&buffers(&d), "bytes") == 0));
 }
 
+/// A worker holding a response for a client that reads nothing goes away: the client's
+/// connection is let go at once, with the bytes the daemon held for it, rather than when
+/// `MinSendRate` (here the default 150 B/s: 109 s) would cut it.
+#[test]
+fn a_client_whose_worker_is_gone_is_let_go_with_what_it_held() {
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "gone", port);
+    let mut w = WireWorker::attach(&d.control, "gone", 1);
+    w.sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut c = connect_small(port);
+    c.write_all(b"GET /gone/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let stream = w.next_head();
+    w.send(|b| ResponseHead::encode_parts(b, stream, false, 200, []))
+        .expect("head");
+    // Within the window, until no grant comes: the sockets between daemon and client are
+    // full, and the daemon holds what it could not write.
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut window = INITIAL_WINDOW as usize;
+    let mut sent = 0;
+    while sent < 64 << 20 {
+        if window >= chunk.len() {
+            w.send(|b| wire::encode_data(b, stream, false, &chunk))
+                .expect("data");
+            window -= chunk.len();
+            sent += chunk.len();
+        } else {
+            match w.frame() {
+                Some(Frame::Window { credit, .. }) => window += credit as usize,
+                Some(other) => panic!("unexpected {other:?}"),
+                None => break,
+            }
+        }
+    }
+    let held = num(&buffers(&d), "bytes");
+    assert!(held > 0, "the daemon never held bytes for the client");
+    drop(w);
+    assert!(
+        eventually(10, || num(&buffers(&d), "bytes") == 0),
+        "still held after the worker left: {}",
+        buffers(&d)
+    );
+    let line = errlog_line(&d, &c, "Connection_Abandoned_By_ReqQueue gone", 10);
+    assert!(line.is_some(), "no httperr line:\n{}", errlog_text(&d));
+    println!("gone: {held} bytes held, released when the worker left");
+}
+
 /// What one attacking thread did.
 #[derive(Debug, Default)]
 struct Attack {
@@ -283,11 +334,12 @@ struct Attack {
 /// One attacking worker: attaches to queue `atkI` with `slots` slots, gets as many
 /// requests from clients that never read, and sends each stream 64 KiB data frames in
 /// turn, never waiting for a grant; when the daemon disconnects it, it attaches again with
-/// new clients. Until `until`, at most 200 rounds.
+/// new clients, keeping the old ones open (the last 40). Until `until`, at most 200 rounds.
 fn attack(control: PathBuf, port: u16, i: usize, slots: u32, until: Instant) -> Attack {
     let name = format!("atk{i}");
     let mut done = Attack::default();
     let payload = vec![b'x'; 64 * 1024];
+    let mut kept = std::collections::VecDeque::new();
     while Instant::now() < until && done.rounds < 200 {
         done.rounds += 1;
         let mut w = WireWorker::attach(&control, &name, slots);
@@ -339,7 +391,10 @@ fn attack(control: PathBuf, port: u16, i: usize, slots: u32, until: Instant) -> 
                 }
             }
         }
-        drop(clients);
+        kept.extend(clients);
+        while kept.len() > 40 {
+            kept.pop_front();
+        }
     }
     done
 }
