@@ -20,9 +20,11 @@
 //!   [`WORKER_FLOOR`]: however much other workers hold, each may always hold its floor, so
 //!   one application's flood never stalls another.
 //!
-//! Together: the daemon never holds more than `SHARED_BOUND + WORKER_FLOOR × accounts`
-//! (the accounts alive: worker connections, and those gone whose frames some client
-//! connection still holds), the `bound` that `/v1/state` shows beside the bytes held.
+//! Together: the daemon never holds more than `SHARED_BOUND + WORKER_FLOOR × accounts`,
+//! the `bound` that `/v1/state` shows beside the bytes held. The accounts alive are the
+//! worker connections, and for a moment those just gone: a client connection whose worker
+//! is gone gives up at once, releasing what it held, so a worker cannot multiply floors by
+//! disconnecting and attaching again.
 //! Since every frame fits a floor (data frames are at most one window, heads at most
 //! [`MAX_RESPONSE_HEAD`]), a worker holding nothing can always take its next frame.
 //!
