@@ -228,7 +228,7 @@ impl Conn {
                     let (since, from) = *waiting.get_or_insert((Instant::now(), at));
                     let drained = at - from;
                     let pending = self.wr.len() - at;
-                    let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate);
+                    let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate.max(1));
                     let deadline = since + Duration::from_secs_f64(owed.max(1.0));
                     match timeout_at(deadline, write).await {
                         Ok(w) => w,
