@@ -7,7 +7,9 @@
 //!   per request. The daemon still serves them one after another, as HTTP.sys does; this
 //!   is the per-request cost without the client's round trip between requests;
 //! - `dispatch/miss_404`: a new connection whose request no registration wins: accept,
-//!   parse, route, the 404 page, close.
+//!   parse, route, the 404 page, close;
+//! - `dispatch/body_4mib`: a 4 MiB response body, reported in bytes: the worker wire's
+//!   windows and the daemon's copy of each frame out of its read buffer.
 //!
 //! The daemon runs on its own single-threaded runtime, the app on another, the client on
 //! the bench thread, as `portshare serve --threads 1` and `hello` would.
@@ -24,6 +26,9 @@ use http::{Request, Response};
 use http_body_util::Full;
 use portshare_client::{Body, Queue, service_fn};
 use portshare_server::{Config, ErrLogConfig, ServeOptions};
+
+/// The size of the `/app/big` response.
+const BIG: usize = 4 << 20;
 
 struct Setup {
     port: u16,
@@ -97,10 +102,14 @@ fn setup() -> Setup {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let service = service_fn(|_req: Request<Body>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                    b"hello, world\n",
-                ))))
+            let big = Bytes::from(vec![b'x'; BIG]);
+            let service = service_fn(move |req: Request<Body>| {
+                let body = if req.uri().path() == "/app/big" {
+                    big.clone()
+                } else {
+                    Bytes::from_static(b"hello, world\n")
+                };
+                async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
             });
             let running = Queue::builder("bench")
                 .url(format!("http://+:{port}/app/"))
@@ -191,6 +200,14 @@ fn bench(c: &mut Criterion) {
             let mut out = Vec::new();
             m.read_to_end(&mut out).expect("read");
             assert!(out.starts_with(b"HTTP/1.1 404"));
+        })
+    });
+    let big = b"GET /app/big HTTP/1.1\r\nHost: bench\r\n\r\n";
+    group.throughput(Throughput::Bytes(BIG as u64));
+    group.bench_function("body_4mib", |b| {
+        b.iter(|| {
+            s.write_all(big).expect("write");
+            read_responses(&mut s, &mut buf, 1);
         })
     });
     group.finish();

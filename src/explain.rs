@@ -581,6 +581,7 @@ mod tests {
                     command: format!("/bin/app{pid}"),
                     slots: 1,
                     busy: 0,
+                    buffered: 0,
                 })
                 .collect(),
             processes_hidden: false,

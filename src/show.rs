@@ -153,6 +153,20 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
         let _ = writeln!(out, "    {}\n        {}", f.address, f.error);
     }
 
+    // What the daemon holds of workers' responses, not yet written to clients.
+    let b = &s.buffers;
+    let _ = writeln!(out, "\nWorker response buffers:");
+    let _ = writeln!(
+        out,
+        "    Held (bytes): {}, peak: {}, bound now: {}",
+        b.bytes, b.peak, b.bound
+    );
+    let _ = writeln!(
+        out,
+        "    Shared bound: {}; per worker connection: at most {}, always {}",
+        b.shared_bound, b.worker_bound, b.worker_floor
+    );
+
     let _ = writeln!(out, "\nRequest queues:");
     if s.queues.is_empty() {
         let _ = writeln!(out, "    (none)");
@@ -332,11 +346,12 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         };
         let _ = writeln!(
             out,
-            "            ID: {}, user: {}, slots: {}, busy: {}",
+            "            ID: {}, user: {}, slots: {}, busy: {}, buffered bytes: {}",
             p.pid,
             printable(&user),
             p.slots,
-            p.busy
+            p.busy,
+            p.buffered
         );
         let _ = writeln!(
             out,
@@ -515,7 +530,7 @@ fn secs(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use portshare_proto::control::{
-        AclEntry, ApiError, BindFailure, BudgetShare, DescriptorBudget, IpListenEntry,
+        AclEntry, ApiError, BindFailure, BudgetShare, BufferGauge, DescriptorBudget, IpListenEntry,
         ListenerState, PrefixState, ProcessState, QueueCounters,
     };
 
@@ -584,6 +599,7 @@ mod tests {
                     command: "/usr/bin/hello --name app".into(),
                     slots: 64,
                     busy: 1,
+                    buffered: 4096,
                 }],
                 processes_hidden: false,
                 counters: QueueCounters {
@@ -607,6 +623,14 @@ mod tests {
                 listeners: BudgetShare { max: 2080, open: 1 },
                 reserve: 4160,
             }),
+            buffers: BufferGauge {
+                bytes: 4096,
+                peak: 300000,
+                bound: 17104896,
+                shared_bound: 16777216,
+                worker_bound: 4194304,
+                worker_floor: 327680,
+            },
         }
     }
 
@@ -633,6 +657,10 @@ Listeners:
 Bind failures:
     127.0.0.1:80
         127.0.0.1:80 is held by PID 77 (nginx: master), user root (32 ERROR_SHARING_VIOLATION)
+
+Worker response buffers:
+    Held (bytes): 4096, peak: 300000, bound now: 17104896
+    Shared bound: 16777216; per worker connection: at most 4194304, always 327680
 
 Request queues:
     Request queue name: app
@@ -664,7 +692,7 @@ Request queues:
                 10.9.9.9 is not in the IP listen list
         Number of active processes attached: 1
         Processes:
-            ID: 2668, user: alice, slots: 64, busy: 1
+            ID: 2668, user: alice, slots: 64, busy: 1, buffered bytes: 4096
                 Command line: /usr/bin/hello --name app
 
 URL reservations (taking part in routing):

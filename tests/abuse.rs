@@ -104,16 +104,6 @@ fn conn_fields(client: &TcpStream, port: u16) -> String {
     format!(" 127.0.0.1 {cport} 127.0.0.1 {port} ")
 }
 
-/// The resident memory of a process, in KiB.
-fn vm_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
-
 /// A queue of the daemon's state view, by name (`null` when absent).
 fn queue_state(d: &Daemon, name: &str) -> Value {
     d.state()["queues"]
@@ -479,26 +469,6 @@ fn slow_attack(
         summary,
         daemon: d,
     }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn print_attack(name: &str, r: &AttackReport) {

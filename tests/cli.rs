@@ -122,7 +122,8 @@ fn show_servicestate_text_and_json() {
         "        Number of active processes attached: 1\n".to_owned(),
         format!("            ID: {}, user: ", a.proc.child.id()),
         format!("            ID: {}, user: ", b.proc.child.id()),
-        ", slots: 3, busy: 0\n                Command line: ".to_owned(),
+        ", slots: 3, busy: 0, buffered bytes: 0\n                Command line: ".to_owned(),
+        "Worker response buffers:\n    Held (bytes): 0, peak: ".to_owned(),
         "URL reservations (taking part in routing):\n    (none)\n".to_owned(),
     ] {
         assert!(text.contains(&want), "{want:?} in\n{text}");
@@ -154,6 +155,14 @@ fn show_servicestate_text_and_json() {
     assert!(far["warning"].is_string(), "{far}");
     assert_eq!(far["listening"], json!([]));
     assert_eq!(state["bind_failures"], json!([]));
+    // Two apps attached: the shared bound and a floor for each.
+    let b = &state["buffers"];
+    assert_eq!(
+        b["bound"].as_u64(),
+        Some(b["shared_bound"].as_u64().unwrap_or(0) + 2 * b["worker_floor"].as_u64().unwrap_or(0)),
+        "{b}"
+    );
+    assert_eq!(b["bytes"], 0, "{b}");
     // The JSON is pretty-printed.
     assert!(ok(&d.control, &["show", "servicestate", "--json"]).starts_with("{\n  \""));
 }

@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+use portshare_proto::wire::{self, Frame};
+
 /// A fresh folder under the system's temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -728,4 +731,114 @@ pub fn try_call(
             Err(e) => return Err(format!("read: {e}")),
         }
     }
+}
+
+/// The resident memory of a process, in KiB.
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
+/// A client connection to 127.0.0.1:port whose receive buffer is as small as the kernel
+/// allows, so what it does not read stays with the daemon rather than in its socket.
+pub fn connect_small(port: u16) -> TcpStream {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s
+}
+
+/// A worker speaking the worker wire by hand: attached to a queue over the control socket,
+/// frames written and read as the test says.
+pub struct WireWorker {
+    pub sock: UnixStream,
+    buf: BytesMut,
+}
+
+impl WireWorker {
+    /// Attaches to queue `queue` with `slots` slots (the queue must exist and be this
+    /// process's to attach to).
+    pub fn attach(control: &Path, queue: &str, slots: u32) -> WireWorker {
+        let mut sock = UnixStream::connect(control).expect("connect to the control socket");
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        write!(
+            sock,
+            "POST /v1/queues/{queue}/attach HTTP/1.1\r\nHost: portshare\r\n\
+             Connection: upgrade\r\nUpgrade: {}\r\n{}: {slots}\r\nContent-Length: 0\r\n\r\n",
+            wire::UPGRADE_PROTOCOL,
+            wire::SLOTS_HEADER
+        )
+        .expect("attach");
+        let mut pre = Vec::new();
+        let (status, head, _) = read_response(&mut sock, &mut pre, false);
+        assert_eq!(status, 101, "{head}");
+        WireWorker {
+            sock,
+            buf: BytesMut::from(&pre[..]),
+        }
+    }
+
+    /// The next frame from the daemon; `None` once it has closed the connection (or the
+    /// read timed out).
+    pub fn frame(&mut self) -> Option<Frame> {
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some(frame) = wire::decode(&mut self.buf).expect("the daemon's frames") {
+                return Some(frame);
+            }
+            match self.sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// The next request head's stream, skipping other frames.
+    pub fn next_head(&mut self) -> u32 {
+        loop {
+            match self.frame() {
+                Some(Frame::Head { stream, .. }) => return stream,
+                Some(_) => {}
+                None => panic!("the daemon closed the worker connection before a request"),
+            }
+        }
+    }
+
+    /// Writes what `encode` appends, in one write.
+    pub fn send(&mut self, encode: impl FnOnce(&mut BytesMut)) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        encode(&mut out);
+        self.sock.write_all(&out)
+    }
+}
+
+/// `text` without its ANSI colour sequences (the daemon's log, a tool's output).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

@@ -319,6 +319,9 @@ pub struct ServiceState {
     /// How the daemon's open-file limit is shared out, and what each share holds now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<DescriptorBudget>,
+    /// Response bytes workers have sent that the daemon has not yet written to clients.
+    #[serde(default)]
+    pub buffers: BufferGauge,
 }
 
 /// The descriptor budget: the daemon's open-file limit, cut into shares at start.
@@ -347,6 +350,26 @@ pub struct BudgetShare {
     pub max: u64,
     /// Open now.
     pub open: u64,
+}
+
+/// What the daemon holds of workers' responses: frames taken off worker sockets and not yet
+/// written to their clients, each counted as its payload plus a fixed overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferGauge {
+    /// Bytes held now, over all worker connections.
+    pub bytes: u64,
+    /// The most held at once since the daemon started.
+    pub peak: u64,
+    /// The most the daemon may hold now: `shared_bound`, plus `worker_floor` for each
+    /// worker connection (or one gone whose frames a client connection still holds).
+    pub bound: u64,
+    /// Past this total, a worker holding more than `worker_floor` is not read until some of
+    /// what it holds is released.
+    pub shared_bound: u64,
+    /// The most one worker connection may have held at once.
+    pub worker_bound: u64,
+    /// What any worker connection may always hold, whatever the others hold.
+    pub worker_floor: u64,
 }
 
 /// An address the daemon cannot bind.
@@ -456,6 +479,9 @@ pub struct ProcessState {
     pub slots: u32,
     /// Requests it holds now.
     pub busy: u32,
+    /// Bytes of its responses the daemon holds now, not yet written to clients.
+    #[serde(default)]
+    pub buffered: u64,
 }
 
 /// Counters of a queue.

@@ -40,6 +40,30 @@
 //!
 //! A stream's slot is free again once the worker's response has ended (or either side reset
 //! it) and the daemon has sent the request's last body byte or reset it.
+//!
+//! # Limits
+//!
+//! A receiver judges each frame by its header ([`peek`]), before the payload is in, so a
+//! peer cannot make it set room aside for bytes it would refuse. Every frame's payload is
+//! at most [`MAX_PAYLOAD`], and a window or reset payload is exactly 4 bytes, a drain
+//! payload empty; anything else is a [`WireError`] and the connection closes. The daemon
+//! holds a worker to more:
+//!
+//! - a **data** frame on an open stream carries at most the stream's remaining window
+//!   (so never more than [`INITIAL_WINDOW`]); a longer one resets the stream (`Protocol`)
+//!   and disconnects the worker as soon as its header arrives;
+//! - a **data** frame on a stream the daemon has already forgotten (it reset it, or the
+//!   client left) carries at most [`INITIAL_WINDOW`], and is discarded;
+//! - a **head** carries at most [`MAX_RESPONSE_HEAD`]; a longer one disconnects the worker;
+//! - a head or data frame after the response's `END` is dropped with a warning: the client
+//!   gets the finished response intact.
+//!
+//! A worker disconnected this way ends its requests as if its process had died: their
+//! clients' connections are reset. The daemon grants a stream's window back only once the
+//! bytes are written to the client, so what a worker has sent and its client has not taken
+//! is at most one window per stream. The daemon also bounds what it holds for each worker
+//! connection and in all: a worker at its bound is not read until its clients take some of
+//! what it holds, which stalls that worker's streams and no one else's.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::fmt;
@@ -58,6 +82,10 @@ pub const MAX_PAYLOAD: usize = 1 << 24;
 
 /// Body bytes each direction of a stream may send before the peer grants more.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
+
+/// Largest payload of a response head frame (status and headers, encoded). The daemon
+/// disconnects a worker that sends a larger one; the SDK refuses to send one.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// The flag bit marking the end of a stream's body in one direction.
 pub const END: u8 = 1;
@@ -186,50 +214,115 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Takes the next whole frame off the front of `buf`, or `None` when more bytes are needed.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
-    if buf.len() < HEADER_LEN {
-        return Ok(None);
+/// A frame's header, read before its payload has arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Payload bytes that follow the header.
+    pub len: usize,
+    /// The stream.
+    pub stream: u32,
+    /// What the frame is.
+    pub kind: Kind,
+    /// The `END` flag.
+    pub end: bool,
+}
+
+impl FrameHeader {
+    /// Bytes of the whole frame, header and payload.
+    pub fn frame_len(&self) -> usize {
+        HEADER_LEN + self.len
     }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+
+    /// The frame this header starts, with its payload.
+    ///
+    /// # Errors
+    ///
+    /// When `payload` is not [`FrameHeader::len`] bytes long.
+    pub fn with_payload(self, payload: Bytes) -> Result<Frame, WireError> {
+        if payload.len() != self.len {
+            return Err(WireError("payload length differs from the header's"));
+        }
+        let stream = self.stream;
+        let end = self.end;
+        let word = |p: &Bytes| -> Result<u32, WireError> {
+            <[u8; 4]>::try_from(&p[..])
+                .map(u32::from_le_bytes)
+                .map_err(|_| WireError("window or reset payload is not 4 bytes"))
+        };
+        Ok(match self.kind {
+            Kind::Head => Frame::Head {
+                stream,
+                end,
+                payload,
+            },
+            Kind::Data => Frame::Data {
+                stream,
+                end,
+                data: payload,
+            },
+            Kind::Window => Frame::Window {
+                stream,
+                credit: word(&payload)?,
+            },
+            Kind::Reset => Frame::Reset {
+                stream,
+                code: ResetCode::from_u32(word(&payload)?),
+            },
+            Kind::Drain => Frame::Drain,
+        })
+    }
+}
+
+/// Reads the header at the front of `buf` without taking anything: `None` while fewer than
+/// [`HEADER_LEN`] bytes are there.
+///
+/// # Errors
+///
+/// An unknown kind, a payload longer than [`MAX_PAYLOAD`], a window or reset payload other
+/// than 4 bytes, or a drain with a payload: the peer does not speak this protocol.
+pub fn peek(buf: &[u8]) -> Result<Option<FrameHeader>, WireError> {
+    let Some(h) = buf.first_chunk::<HEADER_LEN>() else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
     if len > MAX_PAYLOAD {
         return Err(WireError("frame longer than the largest payload"));
     }
-    if buf.len() < HEADER_LEN + len {
-        buf.reserve(HEADER_LEN + len - buf.len());
+    let kind = Kind::from_u8(h[8]).ok_or(WireError("unknown frame kind"))?;
+    match kind {
+        Kind::Window | Kind::Reset if len != 4 => {
+            return Err(WireError("window or reset payload is not 4 bytes"));
+        }
+        Kind::Drain if len != 0 => return Err(WireError("drain frame with a payload")),
+        _ => {}
+    }
+    Ok(Some(FrameHeader {
+        len,
+        stream: u32::from_le_bytes([h[4], h[5], h[6], h[7]]),
+        kind,
+        end: h[9] & END != 0,
+    }))
+}
+
+/// Takes the next whole frame off the front of `buf`, or `None` when more bytes are needed.
+///
+/// Room for a frame's payload is not set aside here: a caller that wants its buffer to
+/// grow to a frame announced by [`peek`] reserves it once it accepts the header.
+///
+/// # Errors
+///
+/// As [`peek`]: the peer does not speak this protocol.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+    let Some(header) = peek(buf)? else {
+        return Ok(None);
+    };
+    if buf.len() < header.frame_len() {
         return Ok(None);
     }
-    let stream = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    let kind = Kind::from_u8(buf[8]).ok_or(WireError("unknown frame kind"))?;
-    let end = buf[9] & END != 0;
     buf.advance(HEADER_LEN);
-    let payload = buf.split_to(len).freeze();
-    let word = |p: &Bytes| -> Result<u32, WireError> {
-        <[u8; 4]>::try_from(&p[..])
-            .map(u32::from_le_bytes)
-            .map_err(|_| WireError("window or reset payload is not 4 bytes"))
-    };
-    Ok(Some(match kind {
-        Kind::Head => Frame::Head {
-            stream,
-            end,
-            payload,
-        },
-        Kind::Data => Frame::Data {
-            stream,
-            end,
-            data: payload,
-        },
-        Kind::Window => Frame::Window {
-            stream,
-            credit: word(&payload)?,
-        },
-        Kind::Reset => Frame::Reset {
-            stream,
-            code: ResetCode::from_u32(word(&payload)?),
-        },
-        Kind::Drain => Frame::Drain,
-    }))
+    header
+        .with_payload(buf.split_to(header.len).freeze())
+        .map(Some)
 }
 
 fn put_header(buf: &mut BytesMut, len: usize, stream: u32, kind: Kind, end: bool) {
@@ -461,6 +554,14 @@ impl ResponseHead {
         Ok(ResponseHead { status, headers })
     }
 
+    /// The payload length a response head with these headers encodes to, whatever its
+    /// status: what to check against [`MAX_RESPONSE_HEAD`] before sending it.
+    pub fn payload_len<'h>(headers: impl IntoIterator<Item = (&'h [u8], &'h [u8])>) -> usize {
+        headers
+            .into_iter()
+            .fold(2 + 4, |n, (name, value)| n + 8 + name.len() + value.len())
+    }
+
     /// Appends a response head frame from borrowed parts.
     pub fn encode_parts<'h>(
         buf: &mut BytesMut,
@@ -584,6 +685,91 @@ mod tests {
             assert_eq!(decode(&mut part), Ok(None), "cut at {cut}");
             assert_eq!(part.len(), cut);
         }
+    }
+
+    #[test]
+    fn peek_reads_the_header_alone() {
+        let mut buf = BytesMut::new();
+        encode_data(&mut buf, 7, true, &[0; 100]);
+        let want = FrameHeader {
+            len: 100,
+            stream: 7,
+            kind: Kind::Data,
+            end: true,
+        };
+        for cut in 0..buf.len() {
+            let got = peek(&buf[..cut]).expect("a valid header");
+            assert_eq!(got, (cut >= HEADER_LEN).then_some(want), "cut at {cut}");
+        }
+        assert_eq!(want.frame_len(), buf.len());
+        let mut empty = BytesMut::new();
+        encode_drain(&mut empty);
+        assert_eq!(peek(&empty).unwrap().map(|h| h.kind), Some(Kind::Drain));
+    }
+
+    /// A header announcing a large payload costs its receiver nothing until it accepts it.
+    #[test]
+    fn a_partial_frame_reserves_nothing() {
+        let mut buf = BytesMut::with_capacity(64);
+        put_header(&mut buf, MAX_PAYLOAD, 1, Kind::Data, false);
+        buf.put_slice(b"first bytes");
+        let before = buf.capacity();
+        assert_eq!(decode(&mut buf), Ok(None));
+        assert_eq!(buf.capacity(), before);
+        assert_eq!(peek(&buf).unwrap().map(|h| h.len), Some(MAX_PAYLOAD));
+    }
+
+    #[test]
+    fn fixed_size_payloads_are_checked_at_the_header() {
+        // (kind, payload length, valid)
+        let cases = [
+            (Kind::Window, 4, true),
+            (Kind::Window, 0, false),
+            (Kind::Window, 5, false),
+            (Kind::Window, MAX_PAYLOAD, false),
+            (Kind::Reset, 4, true),
+            (Kind::Reset, 3, false),
+            (Kind::Drain, 0, true),
+            (Kind::Drain, 1, false),
+            (Kind::Head, MAX_PAYLOAD, true),
+            (Kind::Data, MAX_PAYLOAD + 1, false),
+            (Kind::Head, MAX_PAYLOAD + 1, false),
+        ];
+        for (kind, len, valid) in cases {
+            let mut buf = BytesMut::new();
+            put_header(&mut buf, len.min(MAX_PAYLOAD), 1, kind, false);
+            buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            assert_eq!(peek(&buf).is_ok(), valid, "{kind:?} of {len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_payload_must_match_its_header() {
+        let header = FrameHeader {
+            len: 3,
+            stream: 1,
+            kind: Kind::Data,
+            end: false,
+        };
+        assert!(header.with_payload(Bytes::from_static(b"ab")).is_err());
+        assert_eq!(
+            header.with_payload(Bytes::from_static(b"abc")),
+            Ok(Frame::Data {
+                stream: 1,
+                end: false,
+                data: Bytes::from_static(b"abc")
+            })
+        );
+    }
+
+    #[test]
+    fn a_response_heads_length_is_known_before_encoding() {
+        let headers: [(&[u8], &[u8]); 3] =
+            [(b"a", b"1"), (b"content-type", b"text/plain"), (b"x", b"")];
+        let mut buf = BytesMut::new();
+        ResponseHead::encode_parts(&mut buf, 1, true, 200, headers);
+        assert_eq!(ResponseHead::payload_len(headers), buf.len() - HEADER_LEN);
+        assert_eq!(ResponseHead::payload_len([]), 6);
     }
 
     #[test]

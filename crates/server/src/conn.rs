@@ -15,7 +15,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use portshare_proto::control::Verbosity;
 use portshare_proto::header;
-use portshare_proto::wire::{self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode};
+use portshare_proto::wire::{
+    self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode, ResponseHead,
+};
 use portshare_router::{
     Dispatch, Endpoint, Reason, Rejection, Scheme, TargetForm, Version, encode_path,
 };
@@ -32,7 +34,7 @@ use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::upstream::{UpBody, Upstream};
-use crate::worker::{Event, WorkerConn};
+use crate::worker::{Event, Events, WorkerConn};
 
 /// How a request left the connection.
 enum Next {
@@ -199,27 +201,58 @@ impl Conn {
         .emit(&self.settings.errlog);
     }
 
-    /// Writes out the write buffer, within the time `MinSendRate` allows for its size (at
-    /// least a second): a client taking it more slowly is logged
-    /// `Timer_MinBytesPerSecond`, and the write fails.
+    /// Writes out the write buffer, as fast as `MinSendRate` asks of the client: a client
+    /// taking it more slowly is logged `Timer_MinBytesPerSecond`, and the write fails.
+    ///
+    /// The allowance is judged on what the client drains, not on what is buffered: from
+    /// the moment the write has to wait, it is cut once the time spent exceeds
+    /// `max(1 s, (drained + min(pending, 16 KiB)) / rate)`, recomputed as bytes drain. A
+    /// client reading at the rate or faster is never cut; one reading nothing is cut after
+    /// `16 KiB / rate` (about 109 s at the default 150 B/s) however much is buffered; a slow
+    /// one after a bounded time.
     async fn flush(&mut self) -> std::io::Result<()> {
-        if self.wr.is_empty() {
-            return Ok(());
-        }
+        /// What a waiting write is allowed beyond the bytes the client has taken.
+        const AHEAD: usize = 16 * 1024;
         let rate = self.timers.min_send_rate;
-        let allowed = Duration::from_secs_f64((self.wr.len() as f64 / f64::from(rate)).max(1.0));
-        let mut write = std::pin::pin!(self.io.write_all(&self.wr));
-        // Most writes fit the socket's buffer at once: the timer is armed only for one
-        // that has to wait for the client.
+        let mut at = 0;
+        // When the write began to wait, and how far it had got.
+        let mut waiting: Option<(Instant, usize)> = None;
         let mut slow = false;
-        let r = match poll_once(write.as_mut()).await {
-            Some(r) => r,
-            None if rate == u32::MAX => write.await,
-            None => timeout(allowed, write).await.unwrap_or_else(|_| {
-                slow = true;
-                Err(std::io::ErrorKind::TimedOut.into())
-            }),
-        };
+        let mut r = Ok(());
+        while at < self.wr.len() {
+            let mut write = std::pin::pin!(self.io.write(&self.wr[at..]));
+            // Most writes fit the socket's buffer at once: the timer is armed only for one
+            // that has to wait for the client.
+            let written = match poll_once(write.as_mut()).await {
+                Some(w) => w,
+                None if rate == u32::MAX => write.await,
+                None => {
+                    let (since, from) = *waiting.get_or_insert((Instant::now(), at));
+                    let drained = at - from;
+                    let pending = self.wr.len() - at;
+                    let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate.max(1));
+                    let deadline = since + Duration::from_secs_f64(owed.max(1.0));
+                    match timeout_at(deadline, write).await {
+                        Ok(w) => w,
+                        Err(_) => {
+                            slow = true;
+                            Err(std::io::ErrorKind::TimedOut.into())
+                        }
+                    }
+                }
+            };
+            match written {
+                Ok(0) => {
+                    r = Err(std::io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => at += n,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
         if slow {
             let queue = self.site.as_ref().map(|c| c.queue().clone());
             self.log(
@@ -716,7 +749,7 @@ impl Conn {
         &mut self,
         mut frame: BytesMut,
         worker: &Arc<WorkerConn>,
-        (stream, mut rx): (u32, mpsc::UnboundedReceiver<Event>),
+        (stream, mut rx): (u32, Events),
         body: &mut BodyIn,
         facts: Facts,
         queue: &Queue,
@@ -761,22 +794,41 @@ impl Conn {
             tokio::select! {
                 biased;
                 ev = rx.recv() => {
-                    let mut ev = Some(ev.unwrap_or(Event::Gone));
-                    while let Some(e) = ev.take() {
+                    // What this batch writes stays charged to the worker until the client
+                    // has taken it.
+                    let mut held = worker.nothing();
+                    let mut next = ev;
+                    loop {
+                        let Some((e, charge)) = next.take() else {
+                            queue.count_abandoned();
+                            self.wr.clear();
+                            return self.abandoned(None, queue);
+                        };
+                        held.merge(charge);
                         match e {
                             Event::Window(n) => window += u64::from(n),
-                            Event::Head(h, end) => {
+                            Event::Head(payload, end) => {
+                                let h = match ResponseHead::decode(payload) {
+                                    Ok(h) => h,
+                                    Err(e) => {
+                                        tracing::warn!(
+                                            queue = queue.name(),
+                                            pid = worker.peer.pid,
+                                            error = %e,
+                                            "bad response head"
+                                        );
+                                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Protocol));
+                                        self.wr.clear();
+                                        return Next::Abort;
+                                    }
+                                };
                                 // A body that is already here whole becomes a Content-Length.
                                 let mut exact = None;
-                                if !end {
-                                    match rx.try_recv() {
-                                        Ok(Event::Data(d, true)) => {
-                                            exact = Some(d.len() as u64);
-                                            ev = Some(Event::Data(d, true));
-                                        }
-                                        Ok(other) => ev = Some(other),
-                                        Err(_) => {}
+                                if !end && let Ok(d) = rx.try_recv() {
+                                    if let (Event::Data(data, true), _) = &d {
+                                        exact = Some(data.len() as u64);
                                     }
+                                    next = Some(d);
                                 }
                                 if self.shared.stopping() {
                                     resp.close = true;
@@ -804,23 +856,45 @@ impl Conn {
                                 self.wr.clear();
                                 return Next::Abort;
                             }
-                            Event::Gone => {
-                                queue.count_abandoned();
-                                self.wr.clear();
-                                return self.abandoned(None, queue);
-                            }
                         }
-                        if ev.is_none() {
-                            ev = rx.try_recv().ok();
+                        // Once the response is finished, nothing after it is the client's
+                        // (the worker's reader drops stray frames; this is the backstop).
+                        if resp.finished {
+                            break;
+                        }
+                        if next.is_none() {
+                            match rx.try_recv() {
+                                Ok(d) => next = Some(d),
+                                // Gone: the next `recv` says so.
+                                Err(_) => break,
+                            }
                         }
                     }
                     let written = resp.take_granted();
-                    if !self.send(queue).await {
-                        worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
-                        return Next::Abort;
+                    // A worker gone will never finish this response: its client is let go
+                    // at once, and what it holds with it, so a worker that disconnects and
+                    // attaches again cannot pile up the charges (and floors) of connections
+                    // gone.
+                    let sent = tokio::select! {
+                        biased;
+                        sent = self.send(queue) => Some(sent),
+                        () = worker.gone() => None,
+                    };
+                    match sent {
+                        Some(true) => {}
+                        Some(false) => {
+                            worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
+                            return Next::Abort;
+                        }
+                        None => {
+                            queue.count_abandoned();
+                            self.wr.clear();
+                            return self.abandoned(None, queue);
+                        }
                     }
+                    drop(held);
                     if written > 0 && !resp.finished {
-                        worker.send(|out| wire::encode_window(out, stream, written));
+                        worker.grant(stream, written);
                     }
                 }
                 r = self.more_body(&mut body_until, queue), if want_body && self.rd.is_empty() => {

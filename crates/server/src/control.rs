@@ -575,7 +575,11 @@ fn attach(
         Ok(q) => q,
         Err(e) => return error(&e),
     };
-    let worker = WorkerConn::new(daemon.next_id(), session.peer.clone());
+    let worker = WorkerConn::new(
+        daemon.next_id(),
+        session.peer.clone(),
+        &daemon.shared.buffers,
+    );
     tracing::info!(
         queue = name,
         pid = session.peer.pid,

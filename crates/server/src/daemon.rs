@@ -26,6 +26,7 @@ use crate::bind::{self, BindError};
 use crate::budget::Budget;
 use crate::config::{Config, StateFile, Timers};
 use crate::errlog;
+use crate::flow::Buffers;
 use crate::head::HeadLimits;
 use crate::identity::{self, Identity};
 use crate::queue::{Props, Queue, Target};
@@ -58,6 +59,8 @@ pub(crate) struct Shared {
     pub(crate) upstreams: Arc<upstream::Share>,
     /// The accept loops' spare descriptor.
     pub(crate) spare: Spare,
+    /// What the daemon holds of workers' responses, over all worker connections.
+    pub(crate) buffers: Arc<Buffers>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl Shared {
             budget,
             upstreams: upstream::Share::new(budget.upstream),
             spare: Spare::new(),
+            buffers: Arc::default(),
         })
     }
 
@@ -1173,6 +1177,7 @@ impl Daemon {
                         Some(p) => {
                             p.slots += slots;
                             p.busy += busy;
+                            p.buffered += w.buffered() as u64;
                         }
                         None => processes.push(ProcessState {
                             pid: w.peer.pid,
@@ -1181,6 +1186,7 @@ impl Daemon {
                             command: portshare_proto::text::printable(&w.peer.command).into_owned(),
                             slots,
                             busy,
+                            buffered: w.buffered() as u64,
                         }),
                     }
                 }
@@ -1231,6 +1237,7 @@ impl Daemon {
             reservations,
             queues,
             budget: Some(self.budget_state(&st)),
+            buffers: self.shared.buffers.gauge(),
         }
     }
 }

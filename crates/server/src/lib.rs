@@ -67,6 +67,7 @@ mod conn;
 mod control;
 mod daemon;
 mod errlog;
+mod flow;
 mod head;
 mod identity;
 mod pages;

@@ -3,34 +3,57 @@
 //! Each worker connection has one reader task and one writer task. Client connections
 //! append their frames to the connection's output buffer and wake the writer, which writes
 //! everything that has gathered in one call: under load, one `write` carries many requests.
-//! The reader decodes every frame a read brought in and hands each to its stream's channel.
+//!
+//! The reader judges each frame by its header as soon as that is in: a data frame longer
+//! than its stream's remaining window, or a response head over the wire's cap, disconnects
+//! the worker before its payload is read. A whole frame is then copied out of the read
+//! buffer and handed to its stream's channel with a [`Charge`] for its bytes, released once
+//! the client connection has written them (see [`flow`](crate::flow)); when the charge does
+//! not fit, the reader stops reading this socket until it does. After a response's `END`,
+//! the reader drops the stream's stray head and data frames, so the client gets the finished
+//! response intact.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use portshare_proto::wire::{self, Frame, ResetCode, ResponseHead};
+use bytes::{Buf, Bytes, BytesMut};
+use portshare_proto::wire::{
+    self, FrameHeader, HEADER_LEN, INITIAL_WINDOW, Kind, MAX_RESPONSE_HEAD, ResetCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::{Notify, mpsc};
 
+use crate::flow::{Account, Buffers, Charge};
 use crate::queue::{Queue, Target};
+
+/// The read buffer's usual size; a read never offers less than [`MIN_READ`] bytes of room.
+const READ_BUF: usize = 64 * 1024;
+const MIN_READ: usize = 16 * 1024;
+
+/// How long a worker disconnected for breaking the protocol is given to take the frames
+/// still addressed to it (the reset of the stream it broke).
+const PARTING: Duration = Duration::from_secs(1);
 
 /// What a stream hears from its worker.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// The response head; `true` when no body follows.
-    Head(ResponseHead, bool),
+    /// The response head, encoded ([`wire::ResponseHead::decode`]); `true` when no body
+    /// follows.
+    Head(Bytes, bool),
     /// Response body bytes; `true` on the last.
     Data(Bytes, bool),
     /// More credit for the request body.
     Window(u32),
     /// The worker reset the stream (with any code: the client's connection is aborted).
     Reset,
-    /// The worker connection is gone.
-    Gone,
 }
+
+/// A stream's events, each with the charge for what it holds. The channel closes when the
+/// worker connection is gone.
+pub(crate) type Events = mpsc::UnboundedReceiver<(Event, Charge)>;
 
 /// Who is on the other end.
 #[derive(Debug, Clone)]
@@ -51,35 +74,87 @@ pub(crate) struct WorkerConn {
     pub(crate) peer: Peer,
     out: Mutex<BytesMut>,
     wake: Notify,
-    streams: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
+    /// Set when the connection is closing: the writer returns once the output is written.
+    closing: AtomicBool,
+    streams: Mutex<HashMap<u32, Stream>>,
     next_stream: AtomicU32,
     closed: AtomicBool,
+    /// Woken once `closed` is set.
+    gone: Notify,
     /// The worker asked for no new requests; it is closed once its last stream ends.
     draining: AtomicBool,
     stop: Notify,
+    /// What the daemon holds of this worker's responses.
+    account: Arc<Account>,
+}
+
+/// The reader's view of an open stream.
+#[derive(Debug)]
+struct Stream {
+    tx: mpsc::UnboundedSender<(Event, Charge)>,
+    /// Response body bytes the worker may still send: [`INITIAL_WINDOW`], plus what the
+    /// daemon granted, less what arrived.
+    window: u32,
+    /// Nothing more goes to the client: the response ended, or the worker reset it.
+    done: bool,
+    /// A stray frame after the end was already reported.
+    warned: bool,
+}
+
+/// Why the reader stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    /// The socket closed or failed.
+    Closed,
+    /// The worker broke the protocol; it has been told (a reset frame, when a stream was
+    /// at fault) and is disconnected.
+    Broke,
+}
+
+/// What the reader did with the front of its buffer.
+enum Step {
+    /// Took a frame (handed on, or dropped).
+    Took,
+    /// The buffer must hold this many bytes before the next frame can be taken.
+    Need(usize),
+    /// The next frame's charge of this many payload bytes does not fit yet.
+    Full(usize),
 }
 
 impl WorkerConn {
-    pub(crate) fn new(id: u64, peer: Peer) -> Arc<WorkerConn> {
+    pub(crate) fn new(id: u64, peer: Peer, budget: &Arc<Buffers>) -> Arc<WorkerConn> {
         Arc::new(WorkerConn {
             id,
             peer,
             out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
             wake: Notify::new(),
+            closing: AtomicBool::new(false),
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
             closed: AtomicBool::new(false),
+            gone: Notify::new(),
             draining: AtomicBool::new(false),
             stop: Notify::new(),
+            account: budget.account(),
         })
     }
 
-    fn streams(&self) -> MutexGuard<'_, HashMap<u32, mpsc::UnboundedSender<Event>>> {
+    fn streams(&self) -> MutexGuard<'_, HashMap<u32, Stream>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A charge of nothing to this worker, to gather a batch's charges in.
+    pub(crate) fn nothing(&self) -> Charge {
+        self.account.nothing()
+    }
+
+    /// Bytes of this worker's responses the daemon holds now.
+    pub(crate) fn buffered(&self) -> usize {
+        self.account.held()
+    }
+
     /// Opens a stream; its events arrive on the receiver. `None` when the worker is gone.
-    pub(crate) fn open(&self) -> Option<(u32, mpsc::UnboundedReceiver<Event>)> {
+    pub(crate) fn open(&self) -> Option<(u32, Events)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut streams = self.streams();
         if self.closed.load(Ordering::Acquire) {
@@ -91,7 +166,15 @@ impl WorkerConn {
         while id == 0 || streams.contains_key(&id) {
             id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         }
-        streams.insert(id, tx);
+        streams.insert(
+            id,
+            Stream {
+                tx,
+                window: INITIAL_WINDOW,
+                done: false,
+                warned: false,
+            },
+        );
         Some((id, rx))
     }
 
@@ -104,12 +187,37 @@ impl WorkerConn {
         }
     }
 
+    /// Grants the worker `credit` more response bytes on `stream`.
+    pub(crate) fn grant(&self, stream: u32, credit: u32) {
+        // Counted before the frame leaves, so the reader never sees bytes sent against
+        // a grant it does not know of.
+        if let Some(s) = self.streams().get_mut(&stream) {
+            s.window = s.window.saturating_add(credit);
+        }
+        self.send(|b| wire::encode_window(b, stream, credit));
+    }
+
     /// Appends frames to the output and wakes the writer.
     pub(crate) fn send(&self, encode: impl FnOnce(&mut BytesMut)) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         encode(&mut out);
         drop(out);
         self.wake.notify_one();
+    }
+
+    /// Returns once the connection is gone: a client connection still writing a response
+    /// the worker can no longer finish gives up at once, and lets go of what it holds.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn gone(&self) {
+        let gone = self.gone.notified();
+        tokio::pin!(gone);
+        gone.as_mut().enable();
+        if !self.closed.load(Ordering::Acquire) {
+            gone.await;
+        }
     }
 
     /// Asks the connection to close (its queue closed).
@@ -140,53 +248,41 @@ impl WorkerConn {
                         let mut out = conn.out.lock().unwrap_or_else(|e| e.into_inner());
                         std::mem::swap(&mut *out, &mut spare);
                     }
-                    if spare.is_empty() {
-                        continue;
+                    if !spare.is_empty() {
+                        if wr.write_all(&spare).await.is_err() {
+                            return;
+                        }
+                        spare.clear();
                     }
-                    if wr.write_all(&spare).await.is_err() {
+                    if conn.closing.load(Ordering::Acquire)
+                        && conn
+                            .out
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .is_empty()
+                    {
                         return;
                     }
-                    spare.clear();
                 }
             }
         };
-        let reader = {
-            let conn = self.clone();
-            let queue = queue.clone();
-            async move {
-                let mut buf = BytesMut::with_capacity(64 * 1024);
-                buf.extend_from_slice(&pre);
-                loop {
-                    loop {
-                        match wire::decode(&mut buf) {
-                            Ok(Some(frame)) => conn.deliver(frame, &queue),
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(pid = conn.peer.pid, "worker {}: {e}", conn.id);
-                                return;
-                            }
-                        }
-                    }
-                    if buf.capacity() - buf.len() < 16 * 1024 {
-                        buf.reserve(64 * 1024);
-                    }
-                    match rd.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-            }
+        tokio::pin!(writer);
+        let reader = self.read(&mut rd, pre, &queue);
+        let stopped = tokio::select! {
+            () = &mut writer => Stopped::Closed,
+            s = reader => s,
+            () = self.stop.notified() => Stopped::Closed,
         };
-        tokio::select! {
-            () = writer => {}
-            () = reader => {}
-            () = self.stop.notified() => {}
-        }
         self.closed.store(true, Ordering::Release);
+        self.gone.notify_waiters();
         queue.detach(self.id);
+        // Dropping the senders tells each stream's client connection the worker is gone.
         let streams = std::mem::take(&mut *self.streams());
-        for tx in streams.into_values() {
-            let _ = tx.send(Event::Gone);
+        drop(streams);
+        if stopped == Stopped::Broke {
+            self.closing.store(true, Ordering::Release);
+            self.wake.notify_one();
+            let _ = tokio::time::timeout(PARTING, writer).await;
         }
         tracing::debug!(
             queue = queue.name(),
@@ -196,39 +292,175 @@ impl WorkerConn {
         );
     }
 
-    fn deliver(&self, frame: Frame, queue: &Queue) {
-        let (stream, event) = match frame {
-            Frame::Head {
-                stream,
-                end,
-                payload,
-            } => match ResponseHead::decode(payload) {
-                Ok(head) => (stream, Event::Head(head, end)),
-                Err(e) => {
-                    tracing::warn!(
-                        queue = queue.name(),
-                        pid = self.peer.pid,
-                        "bad response head: {e}"
-                    );
-                    self.send(|b| wire::encode_reset(b, stream, ResetCode::Protocol));
-                    (stream, Event::Reset)
+    /// Reads frames and hands them on until the socket closes or the worker breaks the
+    /// protocol.
+    async fn read(
+        &self,
+        rd: &mut tokio::net::unix::OwnedReadHalf,
+        pre: Bytes,
+        queue: &Queue,
+    ) -> Stopped {
+        let mut buf = BytesMut::with_capacity(READ_BUF.max(pre.len()));
+        buf.extend_from_slice(&pre);
+        loop {
+            let need = loop {
+                match self.step(&mut buf, queue) {
+                    Ok(Step::Took) => {}
+                    Ok(Step::Need(n)) => break n,
+                    Ok(Step::Full(payload)) => {
+                        self.account.room(payload).await;
+                    }
+                    Err(stopped) => return stopped,
                 }
-            },
-            Frame::Data { stream, end, data } => (stream, Event::Data(data, end)),
-            Frame::Window { stream, credit } => (stream, Event::Window(credit)),
-            Frame::Reset { stream, .. } => (stream, Event::Reset),
-            Frame::Drain => {
-                queue.detach(self.id);
-                let streams = self.streams();
-                self.draining.store(true, Ordering::Release);
-                if streams.is_empty() {
-                    self.stop.notify_one();
-                }
-                return;
+            };
+            // `need` is at most a frame the reader accepted: a window's data or a head.
+            if buf.capacity() < need {
+                buf.reserve(need - buf.len());
+            }
+            if buf.capacity() - buf.len() < MIN_READ {
+                buf.reserve(READ_BUF);
+            }
+            match rd.read_buf(&mut buf).await {
+                Ok(0) | Err(_) => return Stopped::Closed,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Judges the frame at the front of `buf` by its header and, once it is whole, takes it.
+    fn step(&self, buf: &mut BytesMut, queue: &Queue) -> Result<Step, Stopped> {
+        let header = match wire::peek(buf) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(Step::Need(HEADER_LEN)),
+            Err(e) => {
+                tracing::warn!(
+                    queue = queue.name(),
+                    pid = self.peer.pid,
+                    error = %e,
+                    "worker {} disconnected",
+                    self.id
+                );
+                return Err(Stopped::Broke);
             }
         };
-        if let Some(tx) = self.streams().get(&stream) {
-            let _ = tx.send(event);
+        self.judge(&header, queue)?;
+        if buf.len() < header.frame_len() {
+            return Ok(Step::Need(header.frame_len()));
+        }
+        Ok(self.take(header, buf, queue))
+    }
+
+    /// Refuses a frame whose header alone breaks the wire's limits: a head over
+    /// [`MAX_RESPONSE_HEAD`], data beyond the stream's window.
+    fn judge(&self, header: &FrameHeader, queue: &Queue) -> Result<(), Stopped> {
+        let (limit, what) = match header.kind {
+            Kind::Head => (
+                MAX_RESPONSE_HEAD,
+                "a response head larger than the wire allows",
+            ),
+            Kind::Data => {
+                // A stream already forgotten may still see data the worker sent before it
+                // heard of the reset: at most a window, then discarded.
+                let window = self
+                    .streams()
+                    .get(&header.stream)
+                    .map_or(INITIAL_WINDOW, |s| s.window);
+                (window as usize, "data beyond the stream's window")
+            }
+            _ => return Ok(()),
+        };
+        if header.len <= limit {
+            return Ok(());
+        }
+        tracing::warn!(
+            queue = queue.name(),
+            pid = self.peer.pid,
+            stream = header.stream,
+            len = header.len,
+            limit,
+            excess = header.len - limit,
+            "worker {} sent {what}: disconnected",
+            self.id
+        );
+        if self.streams().contains_key(&header.stream) {
+            self.send(|b| wire::encode_reset(b, header.stream, ResetCode::Protocol));
+        }
+        Err(Stopped::Broke)
+    }
+
+    /// Takes the whole frame at the front of `buf`: hands it to its stream with its charge,
+    /// or drops it. Leaves it there when its charge does not fit.
+    fn take(&self, header: FrameHeader, buf: &mut BytesMut, queue: &Queue) -> Step {
+        let payload = &buf[HEADER_LEN..header.frame_len()];
+        if header.kind == Kind::Drain {
+            buf.advance(header.frame_len());
+            self.drain(queue);
+            return Step::Took;
+        }
+        let mut streams = self.streams();
+        let Some(stream) = streams.get_mut(&header.stream) else {
+            // Forgotten: the client is gone or the daemon reset the stream.
+            buf.advance(header.frame_len());
+            return Step::Took;
+        };
+        let stray = matches!(header.kind, Kind::Head | Kind::Data) && stream.done;
+        let silent = matches!(header.kind, Kind::Reset) && stream.done;
+        if stray || silent {
+            if header.kind == Kind::Data {
+                stream.window = stream.window.saturating_sub(header.len as u32);
+            }
+            if stray && !stream.warned {
+                stream.warned = true;
+                tracing::warn!(
+                    queue = queue.name(),
+                    pid = self.peer.pid,
+                    stream = header.stream,
+                    "worker {} sent frames after the end of a response: dropped",
+                    self.id
+                );
+            }
+            buf.advance(header.frame_len());
+            return Step::Took;
+        }
+        let Some(charge) = self.account.try_charge(header.len) else {
+            return Step::Full(header.len);
+        };
+        // A copy of its own: a payload held for a slow client must not keep the rest of
+        // the read buffer's allocation alive.
+        let payload = Bytes::copy_from_slice(payload);
+        buf.advance(header.frame_len());
+        let event = match header.with_payload(payload) {
+            Ok(wire::Frame::Head { end, payload, .. }) => {
+                stream.done = end;
+                Event::Head(payload, end)
+            }
+            Ok(wire::Frame::Data { end, data, .. }) => {
+                // Within the window: `judge` saw this header, and the window has only
+                // grown since.
+                stream.window = stream.window.saturating_sub(data.len() as u32);
+                stream.done = end;
+                Event::Data(data, end)
+            }
+            Ok(wire::Frame::Window { credit, .. }) => Event::Window(credit),
+            Ok(wire::Frame::Reset { .. }) => {
+                stream.done = true;
+                stream.warned = true;
+                Event::Reset
+            }
+            // Drain was taken above, and `peek` checked the payload's length.
+            Ok(wire::Frame::Drain) | Err(_) => return Step::Took,
+        };
+        let _ = stream.tx.send((event, charge));
+        Step::Took
+    }
+
+    /// The worker asked for no new requests.
+    fn drain(&self, queue: &Queue) {
+        queue.detach(self.id);
+        let streams = self.streams();
+        self.draining.store(true, Ordering::Release);
+        if streams.is_empty() {
+            self.stop.notify_one();
         }
     }
 }

@@ -82,6 +82,12 @@ impl App {
                 Ok(r)
             }
             "/app/fail" => Err("failing on purpose".into()),
+            "/app/huge-head" => {
+                let mut r = text("never sent");
+                let value = "v".repeat(wire::MAX_RESPONSE_HEAD);
+                r.headers_mut().insert("x-huge", value.parse()?);
+                Ok(r)
+            }
             "/app/panic" => panic!("panicking on purpose"),
             "/app/hang" => {
                 let _signal = DropSignal(self.dropped.clone(), path.clone());
@@ -229,6 +235,8 @@ async fn registers_attaches_and_answers_a_get() {
 struct Echo {
     /// Request body bytes the worker will still take.
     credit: usize,
+    /// Response body bytes the worker may still send.
+    window: usize,
     /// Window frames received.
     grants: usize,
     head: Option<wire::ResponseHead>,
@@ -258,9 +266,19 @@ impl Echo {
                 data,
                 end,
             } => {
+                assert!(
+                    data.len() <= self.window,
+                    "a data frame of {} bytes with {} of window left",
+                    data.len(),
+                    self.window
+                );
+                self.window -= data.len();
                 self.echoed.extend_from_slice(&data);
                 self.ended = end;
-                (!data.is_empty()).then_some(data.len() as u32)
+                (!data.is_empty()).then(|| {
+                    self.window += data.len();
+                    data.len() as u32
+                })
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -281,6 +299,7 @@ async fn streams_a_large_body_both_ways_within_the_windows() {
         .await;
     let mut echo = Echo {
         credit: INITIAL_WINDOW as usize,
+        window: INITIAL_WINDOW as usize,
         ..Echo::default()
     };
     let mut offset = 0;
@@ -423,6 +442,27 @@ async fn errors_and_panics_reset_the_stream_and_the_worker_goes_on() {
     );
     wire.request(5, true, "GET", "/app/still-here", &[]).await;
     assert_eq!(wire.answer(5).await.head.status, 200);
+    running.shutdown().await.unwrap();
+}
+
+/// A head the daemon would refuse is never sent: the request fails as a service error does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_head_over_the_wires_cap_is_not_sent() {
+    let mut fake = Fake::start(Behaviour::default());
+    let (app, _probes) = app(1);
+    let running = within(builder(&fake).serve(app)).await.unwrap();
+    let mut wire = fake.worker().await;
+
+    wire.request(1, true, "GET", "/app/huge-head", &[]).await;
+    assert_eq!(
+        wire.frame().await,
+        Frame::Reset {
+            stream: 1,
+            code: ResetCode::Abort
+        }
+    );
+    wire.request(3, true, "GET", "/app/still-here", &[]).await;
+    assert_eq!(wire.answer(3).await.head.status, 200);
     running.shutdown().await.unwrap();
 }
 

@@ -306,6 +306,13 @@ impl<S> Reader<S> {
                 }
                 grace_armed = idle;
             }
+            // Room for the whole of a frame whose header is in (the daemon's frames are
+            // trusted up to the wire's largest), so a large one is read in one buffer.
+            if let Ok(Some(next)) = wire::peek(&buf)
+                && buf.capacity() < next.frame_len()
+            {
+                buf.reserve(next.frame_len() - buf.len());
+            }
             if buf.capacity() - buf.len() < MIN_READ {
                 buf.reserve(READ_BUF);
             }

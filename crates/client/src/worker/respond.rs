@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::Request;
 use http::response::Parts;
 use http_body::Body as _;
-use portshare_proto::wire::{self, MAX_PAYLOAD, ResetCode, ResponseHead};
+use portshare_proto::wire::{self, MAX_PAYLOAD, MAX_RESPONSE_HEAD, ResetCode, ResponseHead};
 
 use super::{Conn, Stream};
 use crate::Body;
@@ -75,13 +75,21 @@ impl Drop for Guard<'_> {
 
 /// Sends a response: the head, then the body within the stream's credit. A body that is
 /// complete at once leaves with its head in one batch; a body known to be empty leaves as a
-/// head marked `END`.
+/// head marked `END`. A head larger than the wire allows is an error, sent as nothing.
 async fn send<B: AppBody>(
     stream: &Stream,
     conn: &Conn,
     response: http::Response<B>,
 ) -> Result<(), BoxError> {
     let (parts, body) = response.into_parts();
+    let head_len = ResponseHead::payload_len(header_fields(&parts));
+    if head_len > MAX_RESPONSE_HEAD {
+        return Err(format!(
+            "the response head takes {head_len} bytes, more than the {MAX_RESPONSE_HEAD} \
+             the worker wire allows"
+        )
+        .into());
+    }
     let mut body = pin!(body);
     let mut out = Out {
         stream,
@@ -189,9 +197,13 @@ fn encode_head(buf: &mut BytesMut, stream: u32, parts: &Parts, end: bool) {
         stream,
         end,
         parts.status.as_u16(),
-        parts
-            .headers
-            .iter()
-            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+        header_fields(parts),
     );
+}
+
+fn header_fields(parts: &Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
+    parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
 }
