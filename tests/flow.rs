@@ -498,3 +498,90 @@ fn twenty_workers_flooding_clients_that_never_read_leave_the_daemon_bounded() {
         buffers(&d)
     );
 }
+
+/// The other direction: a worker that grants its clients' request bodies a gigabyte of
+/// window each and then never reads its socket. The daemon stops forwarding bodies to it once a
+/// few MiB wait for it, so the uploads stay in the clients' sockets, not in the daemon; its
+/// memory grows by less than 64 MiB while 32 clients push 8 MiB each, and another
+/// application on the same port answers every request meanwhile.
+#[test]
+fn a_worker_that_never_reads_holds_its_uploads_back_not_the_daemon() {
+    const CLIENTS: u32 = 32;
+    const BODY: usize = 8 << 20;
+    let d = Daemon::start(&[]);
+    let pid = d.proc.child.id();
+    let (_hello, port) = hello_on_free_port(&d, "ok", &["/ok/"], &[]);
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "sink", port);
+    let mut w = WireWorker::attach(&d.control, "sink", CLIENTS);
+    let rss_before = vm_rss_kib(pid);
+    let until = Instant::now() + Duration::from_secs(8);
+    let uploads: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let mut c = connect(port);
+                c.set_write_timeout(Some(Duration::from_millis(200)))
+                    .expect("timeout");
+                let head =
+                    format!("POST /sink/{k} HTTP/1.1\r\nHost: x\r\nContent-Length: {BODY}\r\n\r\n");
+                c.write_all(head.as_bytes()).expect("head");
+                let chunk = vec![b'u'; 64 << 10];
+                let mut sent = 0;
+                while sent < BODY && Instant::now() < until {
+                    match c.write(&chunk[..chunk.len().min(BODY - sent)]) {
+                        Ok(n) => sent += n,
+                        Err(e)
+                            if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                        Err(_) => break,
+                    }
+                }
+                (c, sent)
+            })
+        })
+        .collect();
+    // The worker reads until every request has reached it, grants each a gigabyte more,
+    // and reads nothing again.
+    let mut streams = Vec::new();
+    while streams.len() < CLIENTS as usize {
+        streams.push(w.next_head());
+    }
+    w.send(|out| {
+        for &stream in &streams {
+            wire::encode_window(out, stream, 1 << 30);
+        }
+    })
+    .expect("grants");
+    let (mut answered, mut failed, mut rss_peak) = (0, Vec::new(), rss_before);
+    while Instant::now() < until {
+        match try_get(port, "x", "/ok/during") {
+            Some((200, body)) if body.starts_with("name=ok ") => answered += 1,
+            other => failed.push(format!("{other:?}")),
+        }
+        rss_peak = rss_peak.max(vm_rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sent: usize = uploads
+        .into_iter()
+        .map(|t| t.join().expect("upload thread").1)
+        .sum();
+    rss_peak = rss_peak.max(vm_rss_kib(pid));
+    println!(
+        "uploads to a worker that never reads: {} MiB sent by the clients; daemon VmRSS \
+         {rss_before} KiB before, peak {rss_peak} KiB (+{} KiB); the other app answered \
+         {answered}",
+        sent >> 20,
+        rss_peak - rss_before
+    );
+    assert!(
+        failed.is_empty(),
+        "the other app failed {} of {} requests: {failed:?}",
+        failed.len(),
+        answered + failed.len()
+    );
+    assert!(
+        rss_peak - rss_before < 64 * 1024,
+        "the daemon grew by {} KiB holding uploads for a worker that never reads",
+        rss_peak - rss_before
+    );
+    drop(w);
+}

@@ -64,6 +64,12 @@
 //! is at most one window per stream. The daemon also bounds what it holds for each worker
 //! connection and in all: a worker at its bound is not read until its clients take some of
 //! what it holds, which stalls that worker's streams and no one else's.
+//!
+//! In the other direction, the daemon sends request body data frames of at most
+//! [`INITIAL_WINDOW`] bytes within the windows the worker granted, and stops sending body
+//! to a worker connection while 4 MiB of what it was sent wait unread: a worker that grants
+//! windows and does not read holds its clients' uploads back in their own sockets, not in
+//! the daemon.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::fmt;

@@ -15,9 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use portshare_proto::control::Verbosity;
 use portshare_proto::header;
-use portshare_proto::wire::{
-    self, INITIAL_WINDOW, MAX_PAYLOAD, RequestHeadWriter, ResetCode, ResponseHead,
-};
+use portshare_proto::wire::{self, INITIAL_WINDOW, RequestHeadWriter, ResetCode, ResponseHead};
 use portshare_router::{
     Dispatch, Endpoint, Reason, Rejection, Scheme, TargetForm, Version, encode_path,
 };
@@ -34,7 +32,7 @@ use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::upstream::{UpBody, Upstream};
-use crate::worker::{Event, Events, WorkerConn};
+use crate::worker::{BODY_FRAME, Event, Events, WorkerConn};
 
 /// How a request left the connection.
 enum Next {
@@ -761,9 +759,15 @@ impl Conn {
         let mut resp = Response::new(facts);
         let mut body_until = armed_until(self.timers.entity_body);
         loop {
-            // Forward whatever body the buffer holds, within the window.
-            while !body.is_done() && window > 0 && !self.rd.is_empty() && !resp.finished {
-                let max = window.min(MAX_PAYLOAD as u64) as usize;
+            // Forward whatever body the buffer holds, within the window, while the worker
+            // reads what it is sent.
+            while !body.is_done()
+                && window > 0
+                && !self.rd.is_empty()
+                && !resp.finished
+                && !worker.congested()
+            {
+                let max = window.min(BODY_FRAME as u64) as usize;
                 match body.take(&mut self.rd, max) {
                     Ok((data, done)) => {
                         if data.is_empty() && !done {
@@ -791,6 +795,7 @@ impl Conn {
                 };
             }
             let want_body = !body.is_done() && window > 0;
+            let held_back = want_body && !self.rd.is_empty() && worker.congested();
             tokio::select! {
                 biased;
                 ev = rx.recv() => {
@@ -897,6 +902,8 @@ impl Conn {
                         worker.grant(stream, written);
                     }
                 }
+                // The worker has read enough of what waits for it: forward more body.
+                () = worker.room(), if held_back => {}
                 r = self.more_body(&mut body_until, queue), if want_body && self.rd.is_empty() => {
                     if let Err(next) = r {
                         worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));

@@ -14,7 +14,7 @@
 //! response intact.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,6 +31,15 @@ use crate::queue::{Queue, Target};
 
 /// The read buffer's usual size; a read never offers less than [`MIN_READ`] bytes of room.
 const READ_BUF: usize = 64 * 1024;
+
+/// Request bytes (heads, bodies, window and reset frames) that may wait to be written to one
+/// worker connection before client connections stop forwarding request bodies to it: a
+/// worker that grants windows and never reads holds its clients back, not the daemon's
+/// memory. Each client connection adds at most one data frame of [`BODY_FRAME`] past it.
+pub(crate) const MAX_QUEUED: usize = 4 << 20;
+
+/// The largest data frame of a request body sent to a worker.
+pub(crate) const BODY_FRAME: usize = 256 << 10;
 const MIN_READ: usize = 16 * 1024;
 
 /// How long a worker disconnected for breaking the protocol is given to take the frames
@@ -74,6 +83,10 @@ pub(crate) struct WorkerConn {
     pub(crate) peer: Peer,
     out: Mutex<BytesMut>,
     wake: Notify,
+    /// Bytes appended to `out` and not yet written to the worker's socket.
+    queued: AtomicUsize,
+    /// Woken each time the writer has written what it took.
+    drained: Notify,
     /// Set when the connection is closing: the writer returns once the output is written.
     closing: AtomicBool,
     streams: Mutex<HashMap<u32, Stream>>,
@@ -128,6 +141,8 @@ impl WorkerConn {
             peer,
             out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
             wake: Notify::new(),
+            queued: AtomicUsize::new(0),
+            drained: Notify::new(),
             closing: AtomicBool::new(false),
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU32::new(1),
@@ -200,9 +215,35 @@ impl WorkerConn {
     /// Appends frames to the output and wakes the writer.
     pub(crate) fn send(&self, encode: impl FnOnce(&mut BytesMut)) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let before = out.len();
         encode(&mut out);
+        self.queued
+            .fetch_add(out.len().saturating_sub(before), Ordering::AcqRel);
         drop(out);
         self.wake.notify_one();
+    }
+
+    /// True while the worker has [`MAX_QUEUED`] bytes or more waiting to be written to it:
+    /// client connections then stop forwarding request bodies until it reads.
+    pub(crate) fn congested(&self) -> bool {
+        self.queued.load(Ordering::Acquire) >= MAX_QUEUED
+    }
+
+    /// Returns once the worker is no longer [congested](WorkerConn::congested), or gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if !self.congested() || self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Returns once the connection is gone: a client connection still writing a response
@@ -252,6 +293,8 @@ impl WorkerConn {
                         if wr.write_all(&spare).await.is_err() {
                             return;
                         }
+                        conn.queued.fetch_sub(spare.len(), Ordering::AcqRel);
+                        conn.drained.notify_waiters();
                         spare.clear();
                     }
                     if conn.closing.load(Ordering::Acquire)
@@ -275,6 +318,7 @@ impl WorkerConn {
         };
         self.closed.store(true, Ordering::Release);
         self.gone.notify_waiters();
+        self.drained.notify_waiters();
         queue.detach(self.id);
         // Dropping the senders tells each stream's client connection the worker is gone.
         let streams = std::mem::take(&mut *self.streams());
