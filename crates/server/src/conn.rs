@@ -26,11 +26,11 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::body::{BodyIn, Chunked};
 use crate::config::Timers;
-use crate::daemon::{Settings, Shared};
 use crate::errlog::Entry;
 use crate::head::{Body, Head, Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
+use crate::shared::{Settings, Shared};
 use crate::upstream::{UpBody, Upstream};
 use crate::worker::{BODY_FRAME, Event, Events, WorkerConn};
 
@@ -671,7 +671,7 @@ impl Conn {
         &self,
         head: &Head<'_>,
         authority: Option<&[u8]>,
-        binding: &crate::daemon::Binding,
+        binding: &crate::shared::Destination,
         id: u64,
         end: bool,
     ) -> BytesMut {
@@ -709,7 +709,7 @@ impl Conn {
         &self,
         head: &Head<'_>,
         authority: Option<&[u8]>,
-        binding: &crate::daemon::Binding,
+        binding: &crate::shared::Destination,
         id: u64,
     ) -> http::request::Builder {
         let mut req = http::Request::builder()
@@ -1846,7 +1846,7 @@ mod footprint {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = l.local_addr().unwrap();
         let c = tokio::net::TcpStream::connect(a).await.unwrap();
-        let fut = super::serve(crate::daemon::test_shared(), c, a, a);
+        let fut = super::serve(crate::shared::test_shared(), c, a, a);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 2048, "the connection future takes {size} bytes");
     }

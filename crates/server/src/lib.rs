@@ -73,6 +73,7 @@ mod identity;
 mod pages;
 mod queue;
 mod quota;
+mod shared;
 mod upstream;
 mod worker;
 

@@ -1,235 +1,63 @@
-//! The daemon's state: queues, registrations, listeners and the sessions that own them.
+//! The control plane: the daemon's state, and every change to it.
 //!
 //! Everything that changes goes through one lock, [`Daemon::state`]; the data path never
-//! takes it. Connections read the route table from an [`ArcSwap`] snapshot that each change
-//! replaces, so lookups never wait for registrations or for each other.
-
+//! takes it. A change that affects routing publishes a new route table to
+//! [`Shared`], which connections read without a lock, so lookups
+//! never wait for registrations or for each other. Nothing here runs on the data path
+//! except the accept loops, which only hand connections to `conn`.
+//!
+//! The rooms:
+//!
+//! - this file: the state itself, and queue and URL operations (`POST /v1/queues` and
+//!   below), with each queue's ownership and access list (see [`crate::access`]);
+//! - [`session`]: control connections as the owners of what they create, and linger;
+//! - [`listener`]: listening sockets per port, the accept loops, the IP listen list;
+//! - [`reservations`]: URL ACLs from the configuration and the state file;
+//! - [`reload`]: applying the configuration at start and on reload;
+//! - [`view`]: the state view;
+//! - [`caps`]: per-uid caps and the descriptor budget's shares.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use portshare_proto::control::{
     AddUrl, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState, ProcessState,
     QueueInfo, QueueLimits, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
-use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlOptions, UrlPrefix, Win32Error};
-use tokio::sync::Notify;
+use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;
 
-use crate::accept::{self, Failure, Spare, Throttle};
+use crate::accept::{self, Failure, Throttle};
 use crate::access::{Access, Rights};
 use crate::bind::{self, BindError};
-use crate::budget::Budget;
 use crate::config::{Config, StateFile, Timers};
 use crate::errlog;
-use crate::flow::Buffers;
-use crate::head::HeadLimits;
 use crate::identity::{self, Identity};
 use crate::queue::{Props, Queue, Target};
 use crate::quota::Quota;
-use crate::upstream::{self, Address, Upstream};
+use crate::shared::{Destination, Settings, Shared};
+use crate::upstream::{Address, Upstream};
 use crate::worker::Peer;
 
 mod caps;
-mod operate;
+mod listener;
+mod reload;
+mod reservations;
+mod session;
+mod view;
 
-pub(crate) use operate::Start;
-
-/// What every client connection reads.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) table: ArcSwap<RouteTable<Arc<Binding>>>,
-    /// Limits, timers and the error log; a reload swaps in new ones, which apply from each
-    /// connection's next request.
-    pub(crate) settings: ArcSwap<Settings>,
-    pub(crate) request_ids: AtomicU64,
-    /// Open client connections, against `limits.max_connections`.
-    pub(crate) connections: Connections,
-    /// Set when the daemon begins to stop: connections finish the request in hand and close.
-    pub(crate) stopping: AtomicBool,
-    /// Woken when `stopping` is set.
-    pub(crate) stop: Notify,
-    /// The descriptor budget.
-    pub(crate) budget: Budget,
-    /// Upstream connections open, against the budget's upstream share.
-    pub(crate) upstreams: Arc<upstream::Share>,
-    /// The accept loops' spare descriptor.
-    pub(crate) spare: Spare,
-    /// What the daemon holds of workers' responses, over all worker connections.
-    pub(crate) buffers: Arc<Buffers>,
-}
-
-impl Shared {
-    /// No routes yet, `settings` in force.
-    fn new(settings: Settings, budget: Budget) -> Arc<Shared> {
-        Arc::new(Shared {
-            table: ArcSwap::from_pointee(RouteTable::new()),
-            settings: ArcSwap::from_pointee(settings),
-            request_ids: AtomicU64::new(1),
-            connections: Connections::default(),
-            stopping: AtomicBool::new(false),
-            stop: Notify::new(),
-            budget,
-            upstreams: upstream::Share::new(budget.upstream),
-            spare: Spare::new(),
-            buffers: Arc::default(),
-        })
-    }
-
-    pub(crate) fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// `MaxConnections` in force: the configured value, at most the budget's client share.
-    pub(crate) fn max_connections(&self) -> u64 {
-        self.settings
-            .load()
-            .max_connections
-            .min(self.budget.clients)
-    }
-
-    /// A place for one more client connection, once fewer than `max_connections` are open.
-    async fn place(self: &Arc<Shared>) -> Place {
-        self.connections.reserve(|| self.max_connections()).await;
-        Place(self.clone())
-    }
-}
-
-/// One open client connection, counted until dropped.
-struct Place(Arc<Shared>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.connections.release();
-    }
-}
-
-/// The count of open client connections, and the wake-up of accept loops waiting at the
-/// service-wide limit (`MaxConnections`: at the limit, no connection is accepted until one
-/// closes).
-#[derive(Debug, Default)]
-pub(crate) struct Connections {
-    open: AtomicU64,
-    freed: Notify,
-}
-
-impl Connections {
-    /// Takes a place for one more connection, waiting while `max` are open.
-    pub(crate) async fn reserve(&self, max: impl Fn() -> u64) {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            let open = self.open.load(Ordering::Acquire);
-            if open < max() {
-                if self
-                    .open
-                    .compare_exchange(open, open + 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return;
-                }
-                continue;
-            }
-            freed.await;
-        }
-    }
-
-    /// Gives back a place taken by [`Connections::reserve`].
-    fn release(&self) {
-        self.open.fetch_sub(1, Ordering::AcqRel);
-        self.freed.notify_waiters();
-    }
-
-    /// Wakes the accept loops, to look at the limit again after a reload.
-    pub(crate) fn recheck(&self) {
-        self.freed.notify_waiters();
-    }
-
-    pub(crate) fn open(&self) -> u64 {
-        self.open.load(Ordering::Acquire)
-    }
-}
-
-/// The configuration the data path reads.
-#[derive(Debug)]
-pub(crate) struct Settings {
-    pub(crate) url_opts: UrlOptions,
-    pub(crate) head_limits: HeadLimits,
-    pub(crate) timers: ConnTimers,
-    /// `MaxConnections`.
-    pub(crate) max_connections: u64,
-    /// The httperr files, written out when the last connection using them lets go.
-    pub(crate) errlog: Arc<errlog::Log>,
-}
-
-impl Settings {
-    fn new(config: &Config, errlog: Arc<errlog::Log>) -> Settings {
-        let l = config.limits;
-        let mut head_limits = HeadLimits::default();
-        head_limits
-            .max_request_bytes(l.max_request_bytes)
-            .max_field_length(l.max_field_length);
-        let mut url_opts = UrlOptions::default();
-        url_opts
-            .segment_max_length(l.url_segment_max_length)
-            .segment_max_count(l.url_segment_max_count)
-            .max_url_length(head_limits.field_length());
-        let t = config.timers;
-        Settings {
-            url_opts,
-            head_limits,
-            timers: ConnTimers {
-                header_wait: Timers::duration(t.header_wait),
-                idle_connection: Timers::duration(t.idle_connection),
-                entity_body: Timers::duration(t.entity_body),
-                drain_entity_body: Timers::duration(t.drain_entity_body),
-                min_send_rate: t.min_send_rate,
-            },
-            max_connections: l.max_connections,
-            errlog,
-        }
-    }
-}
-
-/// The service's timers, as a connection reads them; a duration of 65535 s or more never
-/// fires.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConnTimers {
-    pub(crate) header_wait: Duration,
-    pub(crate) idle_connection: Duration,
-    pub(crate) entity_body: Duration,
-    pub(crate) drain_entity_body: Duration,
-    /// Bytes per second; `u32::MAX` turns the check off.
-    pub(crate) min_send_rate: u32,
-}
-
-/// What a registration delivers to.
-#[derive(Debug)]
-pub(crate) struct Binding {
-    pub(crate) queue: Arc<Queue>,
-    /// The prefix as registered, for `portshare-url-prefix`.
-    pub(crate) prefix: String,
-    pub(crate) context: u64,
-}
-
-/// A control connection: the owner of what it creates.
-#[derive(Debug, Clone)]
-pub(crate) struct Session {
-    pub(crate) id: u64,
-    pub(crate) peer: Peer,
-}
+use listener::{Listener, bind_error};
+pub(crate) use reload::Start;
+use session::CONFIG_SESSION;
+pub(crate) use session::Session;
+use view::info;
 
 /// Upstream connections of a queue that sets none: enough that a few hundred concurrent
 /// clients do not wait in the queue for a connection the upstream could have served.
 const DEFAULT_UPSTREAM_CONNECTIONS: u32 = 256;
-
-/// The session that holds the configuration file's queues.
-const CONFIG_SESSION: u64 = 0;
 
 #[derive(Debug)]
 struct QueueEntry {
@@ -330,33 +158,8 @@ fn unnamed_queue_name() -> Result<String, ApiError> {
 }
 
 #[derive(Debug)]
-struct Listener {
-    task: Option<JoinHandle<()>>,
-    connections: Arc<AtomicU64>,
-}
-
-impl Listener {
-    /// Stops accepting; the socket is closed once the returned task has ended.
-    fn close(mut self) -> Option<JoinHandle<()>> {
-        let task = self.task.take();
-        if let Some(t) = &task {
-            t.abort();
-        }
-        task
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        if let Some(t) = &self.task {
-            t.abort();
-        }
-    }
-}
-
-#[derive(Debug)]
 struct State {
-    table: RouteTable<Arc<Binding>>,
+    table: RouteTable<Arc<Destination>>,
     queues: HashMap<String, QueueEntry>,
     listeners: HashMap<SocketAddr, Listener>,
     acl: UrlAcl,
@@ -803,7 +606,7 @@ impl Daemon {
         if needs_bind {
             self.bind_port(st, prefix.port())?;
         }
-        let binding = Arc::new(Binding {
+        let binding = Arc::new(Destination {
             queue,
             prefix: add.url.clone(),
             context: add.context,
@@ -906,74 +709,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// A control connection closed: everything it created goes, as handles close on Windows.
-    pub(crate) fn end_session(self: &Arc<Self>, session: &Session) {
-        let mut st = self.lock();
-        let names: Vec<String> = st
-            .queues
-            .iter()
-            .filter(|(_, e)| e.handles.contains_key(&session.id))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if names.is_empty() {
-            return;
-        }
-        for name in names {
-            self.let_go(&mut st, session.id, &name);
-        }
-        self.publish(&mut st);
-    }
-
-    fn let_go(self: &Arc<Self>, st: &mut State, session: u64, name: &str) {
-        let Some(entry) = st.queues.get_mut(name) else {
-            return;
-        };
-        entry.handles.remove(&session);
-        let last = entry.handles.is_empty();
-        let linger = entry.queue.props().linger;
-        if last && !linger.is_zero() && entry.creator.is_none() {
-            // Keep the queue, its URLs and its waiting requests for the next holder.
-            let generation = self.next_id();
-            entry.lingering = Some(generation);
-            for owner in entry.urls.values_mut() {
-                *owner = None;
-            }
-            tracing::info!(queue = name, "queue lingers for {linger:?}");
-            let daemon = self.clone();
-            let name = name.to_owned();
-            tokio::spawn(async move {
-                tokio::time::sleep(linger).await;
-                let mut st = daemon.lock();
-                if st
-                    .queues
-                    .get(&name)
-                    .is_some_and(|e| e.lingering == Some(generation))
-                {
-                    tracing::info!(queue = %name, "linger time over; queue closed");
-                    daemon.destroy(&mut st, &name);
-                    daemon.publish(&mut st);
-                }
-            });
-            return;
-        }
-        // The session's URLs go with it.
-        let mine: Vec<UrlPrefix> = entry
-            .urls
-            .iter()
-            .filter(|(_, owner)| **owner == Some(session) || last)
-            .map(|(p, _)| p.clone())
-            .collect();
-        for p in &mine {
-            entry.urls.remove(p);
-        }
-        for p in &mine {
-            self.unregister(st, p);
-        }
-        if last {
-            self.destroy(st, name);
-        }
-    }
-
     fn destroy(&self, st: &mut State, name: &str) {
         let Some(entry) = st.queues.remove(name) else {
             return;
@@ -992,110 +727,6 @@ impl Daemon {
 
     fn publish(&self, st: &mut State) {
         self.shared.table.store(Arc::new(st.table.clone()));
-    }
-
-    /// The addresses to bind for a port: the listen list, else both wildcards.
-    fn addresses(iplisten: &[IpAddr], port: u16) -> Vec<SocketAddr> {
-        if iplisten.is_empty() {
-            vec![
-                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
-                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            ]
-        } else {
-            iplisten
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
-                .collect()
-        }
-    }
-
-    /// Binds every address of a port, or none: a half-done bind is rolled back.
-    fn bind_port(&self, st: &mut State, port: u16) -> Result<(), ApiError> {
-        if self.shared.stopping() {
-            return Ok(()); // nothing new listens while the daemon stops
-        }
-        let addresses = Daemon::addresses(&st.iplisten, port);
-        self.may_listen(st, addresses.len())?;
-        let mut bound = Vec::new();
-        for addr in addresses {
-            match bind::listen(addr, 1024) {
-                Ok(l) => bound.push((addr, l)),
-                Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {
-                    tracing::warn!(
-                        "{addr}: this host has no IPv6; serving port {port} on IPv4 only"
-                    );
-                }
-                Err(e) => {
-                    drop(bound);
-                    tracing::warn!("cannot listen on {addr}: {e}");
-                    // Kept for the state view until the address binds or the port is let go.
-                    st.bind_failures.insert(addr, bind_error(&e));
-                    return Err(bind_error(&e));
-                }
-            }
-        }
-        for (addr, l) in bound {
-            self.start_listener(st, addr, l);
-        }
-        Ok(())
-    }
-
-    fn start_listener(&self, st: &mut State, addr: SocketAddr, l: tokio::net::TcpListener) {
-        let connections = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(accept_loop(
-            self.shared.clone(),
-            l,
-            addr,
-            connections.clone(),
-        ));
-        tracing::info!("listening on {addr}");
-        st.bind_failures.remove(&addr);
-        st.listeners.insert(
-            addr,
-            Listener {
-                task: Some(task),
-                connections,
-            },
-        );
-    }
-
-    fn release_port(st: &mut State, port: u16) {
-        st.bind_failures.retain(|addr, _| addr.port() != port);
-        st.listeners.retain(|addr, _| {
-            let keep = addr.port() != port;
-            if !keep {
-                tracing::info!("closed {addr}: nothing is registered on port {port}");
-            }
-            keep
-        });
-    }
-
-    fn listening_for(&self, st: &State, prefix: &UrlPrefix) -> Vec<String> {
-        let mut out: Vec<String> = st
-            .listeners
-            .keys()
-            .filter(|a| a.port() == prefix.port())
-            .filter(|a| match prefix.host() {
-                Host::Ip(ip) => serves(a.ip(), *ip),
-                _ => true,
-            })
-            .map(|a| a.to_string())
-            .collect();
-        out.sort();
-        out
-    }
-
-    fn warnings(st: &State, prefix: &UrlPrefix, listening: &[String]) -> Vec<String> {
-        if listening.is_empty() {
-            let list: Vec<String> = st.iplisten.iter().map(|i| i.to_string()).collect();
-            vec![format!(
-                "nothing listens for {prefix}: its address is not in the IP listen list ({}); \
-                 the registration stands, but clients cannot reach it",
-                list.join(", ")
-            )]
-        } else {
-            Vec::new()
-        }
     }
 
     /// Begins a graceful stop: the listeners close, connections close as soon as they hold
@@ -1131,252 +762,4 @@ impl Daemon {
         st.listeners.clear();
         self.publish(&mut st);
     }
-
-    /// `GET /v1/state`, as `viewer` may see it: the processes attached to a queue (their
-    /// pids, users and command lines) only for administrators, the queue's owner and the
-    /// accounts on its access list.
-    pub(crate) fn state(&self, viewer: &Session) -> ServiceState {
-        let st = self.lock();
-        let admin = self.is_admin(&st, &viewer.peer);
-        let mut listeners: Vec<ListenerState> = st
-            .listeners
-            .iter()
-            .map(|(a, l)| ListenerState {
-                address: a.to_string(),
-                connections: l.connections.load(Ordering::Relaxed),
-            })
-            .collect();
-        listeners.sort_by(|a, b| a.address.cmp(&b.address));
-        let mut prefixes: Vec<PrefixState> = st
-            .table
-            .iter()
-            .map(|r| {
-                let listening = self.listening_for(&st, r.prefix());
-                PrefixState {
-                    url: r.prefix().to_string(),
-                    queue: r.value().queue.name().to_owned(),
-                    context: r.value().context,
-                    warning: Daemon::warnings(&st, r.prefix(), &listening).pop(),
-                    listening,
-                }
-            })
-            .collect();
-        prefixes.sort_by(|a, b| a.url.cmp(&b.url));
-        let mut queues: Vec<QueueState> = st
-            .queues
-            .iter()
-            .map(|(name, e)| {
-                let q = &e.queue;
-                let props = q.props();
-                let (depth, in_flight, oldest) = q.depth();
-                let shown = admin || e.rights_of(viewer).any();
-                let mut processes: Vec<ProcessState> = Vec::new();
-                for (target, slots, busy) in q.seats().into_iter().filter(|_| shown) {
-                    let Target::Worker(w) = target else { continue };
-                    match processes.iter_mut().find(|p| p.pid == w.peer.pid) {
-                        Some(p) => {
-                            p.slots += slots;
-                            p.busy += busy;
-                            p.buffered += w.buffered() as u64;
-                        }
-                        None => processes.push(ProcessState {
-                            pid: w.peer.pid,
-                            uid: w.peer.uid,
-                            user: portshare_proto::text::printable(&w.peer.user).into_owned(),
-                            command: portshare_proto::text::printable(&w.peer.command).into_owned(),
-                            slots,
-                            busy,
-                            buffered: w.buffered() as u64,
-                        }),
-                    }
-                }
-                let mut urls: Vec<String> = e.urls.keys().map(ToString::to_string).collect();
-                urls.sort();
-                QueueState {
-                    name: name.clone(),
-                    owner_uid: q.owner_uid(),
-                    owner_user: identity::display_user(q.owner_uid()),
-                    length: props.length,
-                    verbosity: props.verbosity,
-                    enabled: props.enabled,
-                    linger_ms: props.linger.as_millis() as u64,
-                    queue_timer_ms: props.timer.as_millis() as u64,
-                    limits: limits(&props),
-                    connections: q.connections(),
-                    lingering: e.lingering.is_some(),
-                    config: e.config,
-                    access: e.access.entries(),
-                    upstream: q.upstream().map(|u| u.address.to_string()),
-                    depth,
-                    oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
-                    in_flight,
-                    urls,
-                    processes_hidden: !shown,
-                    processes,
-                    counters: q.counters(),
-                }
-            })
-            .collect();
-        queues.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut reservations: Vec<String> = st.acl.iter().map(|r| r.prefix().to_string()).collect();
-        reservations.sort();
-        ServiceState {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            iplisten: st.iplisten.iter().map(|i| i.to_string()).collect(),
-            listeners,
-            bind_failures: st
-                .bind_failures
-                .iter()
-                .map(|(a, e)| BindFailure {
-                    address: a.to_string(),
-                    error: e.clone(),
-                })
-                .collect(),
-            prefixes,
-            reservations,
-            queues,
-            budget: Some(self.budget_state(&st)),
-            buffers: self.shared.buffers.gauge(),
-        }
-    }
-}
-
-/// Whether a socket bound to `bound` receives connections for `ip`.
-fn serves(bound: IpAddr, ip: IpAddr) -> bool {
-    bound == ip || (bound.is_unspecified() && bound.is_ipv4() == ip.to_canonical().is_ipv4())
-}
-
-fn limits(props: &Props) -> QueueLimits {
-    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
-    QueueLimits {
-        entity_body_ms: ms(props.timers.entity_body),
-        drain_entity_body_ms: ms(props.timers.drain_entity_body),
-        min_send_rate: props.timers.min_send_rate.unwrap_or(0),
-        max_connections: props.max_connections,
-    }
-}
-
-fn info(entry: &QueueEntry, props: Props, created: bool) -> QueueInfo {
-    let q = &entry.queue;
-    let mut urls: Vec<String> = entry.urls.keys().map(ToString::to_string).collect();
-    urls.sort();
-    QueueInfo {
-        name: q.name().to_owned(),
-        created,
-        length: props.length,
-        verbosity: props.verbosity,
-        enabled: props.enabled,
-        linger_ms: props.linger.as_millis() as u64,
-        queue_timer_ms: props.timer.as_millis() as u64,
-        limits: limits(&props),
-        upstream: q.upstream().map(|u| u.address.to_string()),
-        urls,
-        access: entry.access.entries(),
-    }
-}
-
-fn bind_error(e: &BindError) -> ApiError {
-    ApiError {
-        code: e.code(),
-        name: e.name().to_owned(),
-        message: e.to_string(),
-    }
-}
-
-async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: tokio::net::TcpListener,
-    local: SocketAddr,
-    connections: Arc<AtomicU64>,
-) {
-    let warn = Throttle::default();
-    loop {
-        // At MaxConnections, wait for a connection to close before accepting the next:
-        // clients wait in the listen backlog.
-        let place = shared.place().await;
-        match listener.accept().await {
-            Ok((io, peer)) => {
-                let shared = shared.clone();
-                let connections = connections.clone();
-                // The socket's own address: with a wildcard listener, the address the
-                // client reached.
-                let local = io.local_addr().unwrap_or(local);
-                connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    crate::conn::serve(shared, io, peer, local).await;
-                    connections.fetch_sub(1, Ordering::Relaxed);
-                    drop(place);
-                });
-            }
-            Err(error) => {
-                drop(place);
-                let failure = Failure::of(&error);
-                if failure == Failure::Peer {
-                    tracing::debug!(%local, %error, "accept: the connection failed");
-                    continue;
-                }
-                let shed = if failure == Failure::Descriptors {
-                    shed_clients(&shared, &listener, local).await
-                } else {
-                    0
-                };
-                if let Some(held_back) = warn.pass() {
-                    tracing::warn!(
-                        %local,
-                        %error,
-                        shed,
-                        held_back,
-                        "cannot accept client connections; pausing"
-                    );
-                }
-                tokio::time::sleep(accept::PAUSE).await;
-            }
-        }
-    }
-}
-
-/// Out of descriptors: closes connections waiting on `listener`, through the spare
-/// descriptor, each with a `Connections_Refused` line. Returns how many.
-async fn shed_clients(
-    shared: &Shared,
-    listener: &tokio::net::TcpListener,
-    local: SocketAddr,
-) -> usize {
-    let mut shed = 0;
-    while shed < accept::SHED_BURST {
-        let peer = shared.spare.shed(async {
-            let (io, peer) = listener.accept().await?;
-            let local = io.local_addr().unwrap_or(local);
-            Ok((peer, local))
-        });
-        let Some(Ok((peer, local))) = peer else {
-            break;
-        };
-        errlog::Entry {
-            client: peer,
-            local,
-            version: None,
-            method: None,
-            uri: None,
-            status: None,
-            reason: portshare_router::Reason::ConnectionsRefused,
-            queue: None,
-        }
-        .emit(&shared.settings.load().errlog);
-        shed += 1;
-    }
-    shed
-}
-
-/// What connections share, for tests of the data path: no routes, default settings, no
-/// error-log files.
-#[cfg(test)]
-pub(crate) fn test_shared() -> Arc<Shared> {
-    let errlog = Arc::new(errlog::Log::open(&crate::config::ErrLogConfig {
-        enabled: false,
-        ..Default::default()
-    }));
-    let budget = Budget::of(1024).expect("1024 descriptors are enough");
-    Shared::new(Settings::new(&Config::default(), errlog), budget)
 }

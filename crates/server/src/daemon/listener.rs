@@ -1,0 +1,426 @@
+//! Listeners: one socket per (address, port) in the listen list, bound when the first
+//! registration needs the port and closed with the last; the accept loop that hands each
+//! client connection to the data path; and the listen list itself (`--iplisten`, the
+//! configuration, the state file).
+//!
+//! A listener belongs to the daemon's state and changes under its lock; its accept loop is
+//! a task of its own that reads only [`Shared`].
+
+use std::collections::BTreeSet;
+
+use portshare_proto::control::{IpListenChange, IpListenEntry, IpListenList};
+
+use super::reload::Report;
+use super::*;
+
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub(super) task: Option<JoinHandle<()>>,
+    pub(super) connections: Arc<AtomicU64>,
+}
+
+impl Listener {
+    /// Stops accepting; the socket is closed once the returned task has ended.
+    pub(super) fn close(mut self) -> Option<JoinHandle<()>> {
+        let task = self.task.take();
+        if let Some(t) = &task {
+            t.abort();
+        }
+        task
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Whether a socket bound to `bound` receives connections for `ip`.
+pub(super) fn serves(bound: IpAddr, ip: IpAddr) -> bool {
+    bound == ip || (bound.is_unspecified() && bound.is_ipv4() == ip.to_canonical().is_ipv4())
+}
+
+pub(super) fn bind_error(e: &BindError) -> ApiError {
+    ApiError {
+        code: e.code(),
+        name: e.name().to_owned(),
+        message: e.to_string(),
+    }
+}
+
+pub(super) async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    local: SocketAddr,
+    connections: Arc<AtomicU64>,
+) {
+    let warn = Throttle::default();
+    loop {
+        // At MaxConnections, wait for a connection to close before accepting the next:
+        // clients wait in the listen backlog.
+        let place = shared.place().await;
+        match listener.accept().await {
+            Ok((io, peer)) => {
+                let shared = shared.clone();
+                let connections = connections.clone();
+                // The socket's own address: with a wildcard listener, the address the
+                // client reached.
+                let local = io.local_addr().unwrap_or(local);
+                connections.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    crate::conn::serve(shared, io, peer, local).await;
+                    connections.fetch_sub(1, Ordering::Relaxed);
+                    drop(place);
+                });
+            }
+            Err(error) => {
+                drop(place);
+                let failure = Failure::of(&error);
+                if failure == Failure::Peer {
+                    tracing::debug!(%local, %error, "accept: the connection failed");
+                    continue;
+                }
+                let shed = if failure == Failure::Descriptors {
+                    shed_clients(&shared, &listener, local).await
+                } else {
+                    0
+                };
+                if let Some(held_back) = warn.pass() {
+                    tracing::warn!(
+                        %local,
+                        %error,
+                        shed,
+                        held_back,
+                        "cannot accept client connections; pausing"
+                    );
+                }
+                tokio::time::sleep(accept::PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Out of descriptors: closes connections waiting on `listener`, through the spare
+/// descriptor, each with a `Connections_Refused` line. Returns how many.
+pub(super) async fn shed_clients(
+    shared: &Shared,
+    listener: &tokio::net::TcpListener,
+    local: SocketAddr,
+) -> usize {
+    let mut shed = 0;
+    while shed < accept::SHED_BURST {
+        let peer = shared.spare.shed(async {
+            let (io, peer) = listener.accept().await?;
+            let local = io.local_addr().unwrap_or(local);
+            Ok((peer, local))
+        });
+        let Some(Ok((peer, local))) = peer else {
+            break;
+        };
+        errlog::Entry {
+            client: peer,
+            local,
+            version: None,
+            method: None,
+            uri: None,
+            status: None,
+            reason: portshare_router::Reason::ConnectionsRefused,
+            queue: None,
+        }
+        .emit(&shared.settings.load().errlog);
+        shed += 1;
+    }
+    shed
+}
+
+impl Daemon {
+    /// The addresses to bind for a port: the listen list, else both wildcards.
+    pub(super) fn addresses(iplisten: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+        if iplisten.is_empty() {
+            vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+            ]
+        } else {
+            iplisten
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()
+        }
+    }
+
+    /// Binds every address of a port, or none: a half-done bind is rolled back.
+    pub(super) fn bind_port(&self, st: &mut State, port: u16) -> Result<(), ApiError> {
+        if self.shared.stopping() {
+            return Ok(()); // nothing new listens while the daemon stops
+        }
+        let addresses = Daemon::addresses(&st.iplisten, port);
+        self.may_listen(st, addresses.len())?;
+        let mut bound = Vec::new();
+        for addr in addresses {
+            match bind::listen(addr, 1024) {
+                Ok(l) => bound.push((addr, l)),
+                Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {
+                    tracing::warn!(
+                        "{addr}: this host has no IPv6; serving port {port} on IPv4 only"
+                    );
+                }
+                Err(e) => {
+                    drop(bound);
+                    tracing::warn!("cannot listen on {addr}: {e}");
+                    // Kept for the state view until the address binds or the port is let go.
+                    st.bind_failures.insert(addr, bind_error(&e));
+                    return Err(bind_error(&e));
+                }
+            }
+        }
+        for (addr, l) in bound {
+            self.start_listener(st, addr, l);
+        }
+        Ok(())
+    }
+
+    pub(super) fn start_listener(
+        &self,
+        st: &mut State,
+        addr: SocketAddr,
+        l: tokio::net::TcpListener,
+    ) {
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(accept_loop(
+            self.shared.clone(),
+            l,
+            addr,
+            connections.clone(),
+        ));
+        tracing::info!("listening on {addr}");
+        st.bind_failures.remove(&addr);
+        st.listeners.insert(
+            addr,
+            Listener {
+                task: Some(task),
+                connections,
+            },
+        );
+    }
+
+    pub(super) fn release_port(st: &mut State, port: u16) {
+        st.bind_failures.retain(|addr, _| addr.port() != port);
+        st.listeners.retain(|addr, _| {
+            let keep = addr.port() != port;
+            if !keep {
+                tracing::info!("closed {addr}: nothing is registered on port {port}");
+            }
+            keep
+        });
+    }
+
+    pub(super) fn listening_for(&self, st: &State, prefix: &UrlPrefix) -> Vec<String> {
+        let mut out: Vec<String> = st
+            .listeners
+            .keys()
+            .filter(|a| a.port() == prefix.port())
+            .filter(|a| match prefix.host() {
+                Host::Ip(ip) => serves(a.ip(), *ip),
+                _ => true,
+            })
+            .map(|a| a.to_string())
+            .collect();
+        out.sort();
+        out
+    }
+
+    pub(super) fn warnings(st: &State, prefix: &UrlPrefix, listening: &[String]) -> Vec<String> {
+        if listening.is_empty() {
+            let list: Vec<String> = st.iplisten.iter().map(|i| i.to_string()).collect();
+            vec![format!(
+                "nothing listens for {prefix}: its address is not in the IP listen list ({}); \
+                 the registration stands, but clients cannot reach it",
+                list.join(", ")
+            )]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The listen list in force: the `--iplisten` flags, else the configuration's list and
+    /// the state file's.
+    pub(super) fn listen_list(&self, st: &State) -> Vec<IpAddr> {
+        if !self.iplisten_flags.is_empty() {
+            return self.iplisten_flags.clone();
+        }
+        let mut list = st.config.iplisten.clone();
+        for ip in &st.saved.iplisten {
+            if !list.contains(ip) {
+                list.push(*ip);
+            }
+        }
+        list
+    }
+
+    /// Opens and closes listeners where the listen list changed. A socket that goes is
+    /// closed (its accept task gone) before anything is bound on its port.
+    pub(super) async fn apply_listen_list(self: &Arc<Self>, report: &mut Report) {
+        let closing: Vec<JoinHandle<()>> = {
+            let mut st = self.lock();
+            let new = self.listen_list(&st);
+            let same =
+                new.len() == st.iplisten.len() && new.iter().all(|a| st.iplisten.contains(a));
+            if same && st.bind_failures.is_empty() {
+                return;
+            }
+            if !same {
+                let show = |l: &[IpAddr]| match l {
+                    [] => "every address".to_owned(),
+                    l => l
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                report.changes.push(format!(
+                    "listen list: {} -> {}",
+                    show(&st.iplisten),
+                    show(&new)
+                ));
+                st.iplisten = new;
+            }
+            let iplisten = st.iplisten.clone();
+            let gone: Vec<_> = st
+                .listeners
+                .keys()
+                .filter(|a| !Daemon::addresses(&iplisten, a.port()).contains(a))
+                .copied()
+                .collect();
+            gone.into_iter()
+                .filter_map(|a| {
+                    tracing::info!("closing {a}: not in the listen list any more");
+                    st.listeners.remove(&a).and_then(Listener::close)
+                })
+                .collect()
+        };
+        for task in closing {
+            let _ = task.await;
+        }
+        let mut st = self.lock();
+        let ports: BTreeSet<u16> = st
+            .table
+            .ports()
+            .filter(|&(scheme, port)| st.table.listens(scheme, port))
+            .map(|(_, port)| port)
+            .collect();
+        st.bind_failures.retain(|a, _| ports.contains(&a.port()));
+        for port in ports {
+            for addr in Daemon::addresses(&st.iplisten, port) {
+                if st.listeners.contains_key(&addr) {
+                    continue;
+                }
+                match bind::listen(addr, 1024) {
+                    Ok(l) => self.start_listener(&mut st, addr, l),
+                    Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {}
+                    Err(e) => {
+                        report.warn(format!("cannot listen on {addr}: {e}"));
+                        st.bind_failures.insert(addr, bind_error(&e));
+                    }
+                }
+            }
+        }
+        self.publish(&mut st);
+    }
+
+    /// `GET /v1/iplisten`.
+    pub(crate) fn iplisten_list(&self) -> IpListenList {
+        let st = self.lock();
+        let config = st.config.iplisten.iter().map(|a| (a, Source::Config));
+        let saved = st
+            .saved
+            .iplisten
+            .iter()
+            .filter(|a| !st.config.iplisten.contains(a))
+            .map(|a| (a, Source::State));
+        IpListenList {
+            addresses: config
+                .chain(saved)
+                .map(|(a, source)| IpListenEntry {
+                    address: a.to_string(),
+                    source,
+                })
+                .collect(),
+            overridden_by: self
+                .iplisten_flags
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// `POST /v1/iplisten` (`add`) and `DELETE /v1/iplisten`: administrators only.
+    pub(crate) async fn iplisten_change(
+        self: &Arc<Self>,
+        session: &Session,
+        change: &IpListenChange,
+        add: bool,
+    ) -> Result<IpListenList, ApiError> {
+        let ip: IpAddr = change.address.trim().parse().map_err(|_| {
+            api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "{:?} is not an IP address (no port, no brackets: 10.0.0.1 or ::1)",
+                    change.address
+                ),
+            )
+        })?;
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            if !self.is_admin(st, &session.peer) {
+                return Err(api(
+                    Win32Error::AccessDenied,
+                    "only root, the daemon's user or a member of the admin group may change the \
+                     IP listen list",
+                ));
+            }
+            if st.config.iplisten.contains(&ip) {
+                return Err(api(
+                    if add {
+                        Win32Error::AlreadyExists
+                    } else {
+                        Win32Error::AccessDenied
+                    },
+                    format!(
+                        "{ip} is in the configuration file's listen list: change it there and reload"
+                    ),
+                ));
+            }
+            let mut saved = st.saved.clone();
+            match (add, saved.iplisten.contains(&ip)) {
+                (true, true) => {
+                    return Err(api(
+                        Win32Error::AlreadyExists,
+                        format!("{ip} is in the listen list already"),
+                    ));
+                }
+                (false, false) => {
+                    return Err(api(
+                        Win32Error::FileNotFound,
+                        format!("{ip} is not in the listen list"),
+                    ));
+                }
+                (true, false) => saved.iplisten.push(ip),
+                (false, true) => saved.iplisten.retain(|a| *a != ip),
+            }
+            saved
+                .save(&self.state_file)
+                .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))?;
+            st.saved = saved;
+        }
+        let mut report = Report::default();
+        self.apply_listen_list(&mut report).await;
+        tracing::info!(pid = session.peer.pid, user = %session.peer.user,
+            "listen list: {} {ip}", if add { "added" } else { "deleted" });
+        Ok(self.iplisten_list())
+    }
+}

@@ -1,0 +1,333 @@
+//! Operating the daemon: the configuration at start and on reload, URL ACLs, the IP listen
+//! list, and the state file the CLI's changes persist in.
+//!
+//! A reload applies a new configuration file without closing a client connection or
+//! dropping a request: limits and timers apply from each connection's next request,
+//! reservations and the admin group from the next registration (registrations already made
+//! stand, as on Windows), and listeners open and close only where the listen list changed.
+//! A listening socket must close before a narrower or wider address on its port can be
+//! bound (`0.0.0.0:80` and `127.0.0.1:80` exclude each other), so a change of the listen
+//! list refuses connections to that port for that instant; connections already accepted
+//! carry on.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use portshare_proto::control::{AddUrl, ApiError, OpenMode, QueueProps, QueueSpec, ReloadReport};
+use portshare_router::{UrlPrefix, Win32Error};
+
+use super::reservations::same_url;
+use super::{CONFIG_SESSION, Daemon, Session, State, api};
+use crate::access::Access;
+use crate::config::{Config, QueueConfig, StateFile, Timers};
+use crate::errlog;
+use crate::shared::Settings;
+
+/// What the daemon starts from.
+#[derive(Debug)]
+pub(crate) struct Start {
+    /// The descriptor budget, from the open-file limit at start.
+    pub(crate) budget: crate::budget::Budget,
+    /// The configuration, with command-line flags applied.
+    pub(crate) config: Config,
+    /// The file it came from, read again on reload.
+    pub(crate) config_path: Option<PathBuf>,
+    /// `--iplisten` addresses: they replace the listen list while the daemon runs.
+    pub(crate) iplisten_flags: Vec<IpAddr>,
+    pub(crate) own_uid: u32,
+    pub(crate) own_gid: u32,
+    /// Where the CLI's changes persist.
+    pub(crate) state_file: PathBuf,
+}
+
+/// What a load or reload changed, and what did not work.
+#[derive(Debug, Default)]
+pub(super) struct Report {
+    pub(super) changes: Vec<String>,
+    pub(super) warnings: Vec<String>,
+}
+
+impl Report {
+    pub(super) fn warn(&mut self, w: String) {
+        tracing::warn!("{w}");
+        self.warnings.push(w);
+    }
+}
+
+impl Daemon {
+    /// Applies the configuration and the state file at start; returns the warnings.
+    pub(crate) fn load(self: &Arc<Self>) -> Result<Vec<String>, String> {
+        let saved = StateFile::load(&self.state_file)?;
+        let mut report = Report::default();
+        let queues = {
+            let mut st = self.lock();
+            st.saved = saved;
+            self.apply_acl(&mut st, &mut report);
+            st.iplisten = self.listen_list(&st);
+            st.config.queues.clone()
+        };
+        let failed = self.sync_queues(&[], &queues, true, &mut report);
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        Ok(report.warnings)
+    }
+
+    /// `POST /v1/reload` and SIGHUP: reads the configuration file again and applies it. A
+    /// file that does not parse or check changes nothing.
+    pub(crate) async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ApiError> {
+        let Some(path) = self.config_path.clone() else {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "the daemon was started without a configuration file: there is nothing to \
+                 reload (start it with --config FILE)",
+            ));
+        };
+        let new = Config::from_file(&path).map_err(|e| {
+            api(
+                Win32Error::InvalidData,
+                format!("{e}; the daemon keeps its current configuration"),
+            )
+        })?;
+        let mut report = Report::default();
+        let old = {
+            let mut st = self.lock();
+            let old = std::mem::replace(&mut st.config, new.clone());
+            self.apply_settings(&mut st, &old, &mut report);
+            if old.admin_group != new.admin_group {
+                report.changes.push(format!(
+                    "admin group: {} -> {}",
+                    old.admin_group.as_deref().unwrap_or("(none)"),
+                    new.admin_group.as_deref().unwrap_or("(none)")
+                ));
+            }
+            self.apply_acl(&mut st, &mut report);
+            self.publish(&mut st);
+            old
+        };
+        if old.state_file != new.state_file {
+            report.warn("state_file changed: it applies when the daemon restarts".into());
+        }
+        if old.control.socket != new.control.socket || old.control.mode != new.control.mode {
+            report.warn(
+                "control.socket or control.mode changed: it applies when the daemon restarts"
+                    .into(),
+            );
+        }
+        if old.control.limits() != new.control.limits() {
+            report.changes.push("control limits".into());
+        }
+        self.apply_listen_list(&mut report).await;
+        self.sync_queues(&old.queues, &new.queues, false, &mut report);
+        tracing::info!(
+            "reloaded {}: {} change(s)",
+            path.display(),
+            report.changes.len()
+        );
+        Ok(ReloadReport {
+            config: path.display().to_string(),
+            changes: report.changes,
+            warnings: report.warnings,
+        })
+    }
+
+    /// Swaps in new limits, timers and error log if they changed.
+    fn apply_settings(&self, st: &mut State, old: &Config, report: &mut Report) {
+        let new = &st.config;
+        if old.limits == new.limits && old.timers == new.timers && old.errlog == new.errlog {
+            return;
+        }
+        let current = self.shared.settings.load_full();
+        let errlog = if old.errlog == new.errlog {
+            current.errlog.clone()
+        } else {
+            report.changes.push("error log settings".into());
+            Arc::new(errlog::Log::open(&new.errlog))
+        };
+        if old.limits != new.limits {
+            report.changes.push("limits".into());
+        }
+        if old.timers != new.timers {
+            report.changes.push("timers".into());
+        }
+        self.shared
+            .settings
+            .store(Arc::new(Settings::new(new, errlog)));
+        self.shared.connections.recheck();
+        st.request_queue_timer = Timers::duration(new.timers.request_queue);
+    }
+
+    /// Creates, changes and closes the configuration file's queues, from `old` to `new`
+    /// (`initial` at start). Every change that can be made is made; what cannot (a name
+    /// another account holds, a URL whose port another program holds...) is reported as a
+    /// warning, and the queues that could not be created are returned.
+    fn sync_queues(
+        self: &Arc<Self>,
+        old: &[QueueConfig],
+        new: &[QueueConfig],
+        initial: bool,
+        report: &mut Report,
+    ) -> Vec<String> {
+        let session = self.config_session();
+        let mut failed = Vec::new();
+        for q in old.iter().filter(|q| !new.iter().any(|n| n.name == q.name)) {
+            let mut st = self.lock();
+            if st.queues.get(&q.name).is_some_and(|e| e.config) {
+                self.destroy(&mut st, &q.name);
+                self.publish(&mut st);
+                report.changes.push(format!("queue {:?} closed", q.name));
+            }
+        }
+        for q in new {
+            let props = QueueProps {
+                length: q.length,
+                verbosity: q.verbosity,
+                enabled: q.enabled,
+                linger_ms: q.linger.map(|s| (s * 1000.0) as u64),
+                queue_timer_ms: q.request_queue_timer.map(|s| (s * 1000.0) as u64),
+                // Absent from the file: the service's value (0), also after a reload.
+                entity_body_ms: Some(q.entity_body.map_or(0, |s| (s * 1000.0) as u64)),
+                drain_entity_body_ms: Some(q.drain_entity_body.map_or(0, |s| (s * 1000.0) as u64)),
+                min_send_rate: Some(q.min_send_rate.unwrap_or(0)),
+                max_connections: Some(q.max_connections.unwrap_or(0)),
+            };
+            let (access, unknown) = Access::lenient(&q.access_entries());
+            for u in unknown {
+                report.warn(format!("queue {:?}: {u}, so it grants nothing", q.name));
+            }
+            let held = {
+                let st = self.lock();
+                st.queues.get(&q.name).map(|e| (e.config, e.holder()))
+            };
+            let before = old.iter().find(|o| o.name == q.name);
+            match held {
+                // Never adopted: the configuration's URLs wait until that queue is gone.
+                Some((false, holder)) => {
+                    let w = format!(
+                        "queue {:?}: not applied: the name is held by {holder}, who created it \
+                         before the configuration declared it; its URLs are served once that \
+                         queue closes and the configuration is reloaded",
+                        q.name
+                    );
+                    report.warn(w.clone());
+                    failed.push(w);
+                    continue;
+                }
+                None => {
+                    let spec = QueueSpec {
+                        name: Some(q.name.clone()),
+                        mode: OpenMode::Create,
+                        props,
+                        upstream: q.upstream.clone(),
+                    };
+                    if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
+                        let w = format!("queue {:?}: not created: {e}", q.name);
+                        report.warn(w.clone());
+                        failed.push(w);
+                        continue;
+                    }
+                    if !initial {
+                        report.changes.push(format!("queue {:?} created", q.name));
+                    }
+                }
+                Some((true, _)) => {
+                    let b = before.cloned().unwrap_or_else(|| q.clone());
+                    if b.upstream != q.upstream || b.connections != q.connections {
+                        report.warn(format!(
+                            "queue {:?}: upstream and connections apply when the daemon restarts",
+                            q.name
+                        ));
+                    }
+                    if before.is_none_or(|b| b.props_differ(q)) {
+                        match self.set_props(&session, &q.name, &props) {
+                            Ok(_) => report
+                                .changes
+                                .push(format!("queue {:?} properties", q.name)),
+                            Err(e) => report.warn(format!("queue {:?}: not applied: {e}", q.name)),
+                        }
+                    }
+                    let mut st = self.lock();
+                    let changed = st
+                        .queues
+                        .get_mut(&q.name)
+                        .filter(|e| e.access != access)
+                        .map(|e| e.access = access)
+                        .is_some();
+                    if changed {
+                        self.enforce_access(&mut st, &q.name);
+                        self.publish(&mut st);
+                        report.changes.push(format!("queue {:?} access", q.name));
+                    }
+                }
+            }
+            // What the queue holds now, so a URL that failed before is tried again.
+            let held = self.config_urls(&q.name);
+            let listed = |p: &UrlPrefix| q.urls.iter().any(|u| same_url(u, p));
+            for url in held.iter().filter(|p| !listed(p)).map(ToString::to_string) {
+                match self.remove_url(&session, &q.name, &url) {
+                    Ok(()) => report
+                        .changes
+                        .push(format!("queue {:?}: {url} removed", q.name)),
+                    Err(e) => report.warn(format!("queue {:?}: {url}: not removed: {e}", q.name)),
+                }
+            }
+            for url in q
+                .urls
+                .iter()
+                .filter(|u| !held.iter().any(|p| same_url(u, p)))
+            {
+                let add = AddUrl {
+                    url: url.clone(),
+                    context: 0,
+                };
+                match self.add_url(&session, &q.name, &add) {
+                    Ok(added) => {
+                        for w in added.warnings {
+                            report.warn(format!("queue {:?}: {w}", q.name));
+                        }
+                        if before.is_some() {
+                            report
+                                .changes
+                                .push(format!("queue {:?}: {url} added", q.name));
+                        }
+                    }
+                    // Like an IIS site that fails to start, the URL waits for the next
+                    // reload; the daemon serves the rest.
+                    Err(e) => report.warn(format!("queue {:?}: {url}: {e}", q.name)),
+                }
+            }
+        }
+        failed
+    }
+
+    /// The URLs the configuration's session holds on queue `name`.
+    fn config_urls(&self, name: &str) -> Vec<UrlPrefix> {
+        let st = self.lock();
+        st.queues.get(name).map_or_else(Vec::new, |e| {
+            e.urls
+                .iter()
+                .filter(|(_, owner)| **owner == Some(CONFIG_SESSION))
+                .map(|(p, _)| p.clone())
+                .collect()
+        })
+    }
+
+    /// `POST /v1/reload` from a control connection: administrators only.
+    pub(crate) async fn reload_for(
+        self: &Arc<Self>,
+        session: &Session,
+    ) -> Result<ReloadReport, ApiError> {
+        let admin = {
+            let st = self.lock();
+            self.is_admin(&st, &session.peer)
+        };
+        if !admin {
+            return Err(api(
+                Win32Error::AccessDenied,
+                "only root, the daemon's user or a member of the admin group may reload",
+            ));
+        }
+        self.reload().await
+    }
+}

@@ -1,0 +1,144 @@
+//! The state view (`GET /v1/state`): what the daemon holds, as a caller may see it. Reads
+//! the state under its lock and copies it out; changes nothing.
+
+use super::*;
+
+pub(super) fn limits(props: &Props) -> QueueLimits {
+    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+    QueueLimits {
+        entity_body_ms: ms(props.timers.entity_body),
+        drain_entity_body_ms: ms(props.timers.drain_entity_body),
+        min_send_rate: props.timers.min_send_rate.unwrap_or(0),
+        max_connections: props.max_connections,
+    }
+}
+
+pub(super) fn info(entry: &QueueEntry, props: Props, created: bool) -> QueueInfo {
+    let q = &entry.queue;
+    let mut urls: Vec<String> = entry.urls.keys().map(ToString::to_string).collect();
+    urls.sort();
+    QueueInfo {
+        name: q.name().to_owned(),
+        created,
+        length: props.length,
+        verbosity: props.verbosity,
+        enabled: props.enabled,
+        linger_ms: props.linger.as_millis() as u64,
+        queue_timer_ms: props.timer.as_millis() as u64,
+        limits: limits(&props),
+        upstream: q.upstream().map(|u| u.address.to_string()),
+        urls,
+        access: entry.access.entries(),
+    }
+}
+
+impl Daemon {
+    /// `GET /v1/state`, as `viewer` may see it: the processes attached to a queue (their
+    /// pids, users and command lines) only for administrators, the queue's owner and the
+    /// accounts on its access list.
+    pub(crate) fn state(&self, viewer: &Session) -> ServiceState {
+        let st = self.lock();
+        let admin = self.is_admin(&st, &viewer.peer);
+        let mut listeners: Vec<ListenerState> = st
+            .listeners
+            .iter()
+            .map(|(a, l)| ListenerState {
+                address: a.to_string(),
+                connections: l.connections.load(Ordering::Relaxed),
+            })
+            .collect();
+        listeners.sort_by(|a, b| a.address.cmp(&b.address));
+        let mut prefixes: Vec<PrefixState> = st
+            .table
+            .iter()
+            .map(|r| {
+                let listening = self.listening_for(&st, r.prefix());
+                PrefixState {
+                    url: r.prefix().to_string(),
+                    queue: r.value().queue.name().to_owned(),
+                    context: r.value().context,
+                    warning: Daemon::warnings(&st, r.prefix(), &listening).pop(),
+                    listening,
+                }
+            })
+            .collect();
+        prefixes.sort_by(|a, b| a.url.cmp(&b.url));
+        let mut queues: Vec<QueueState> = st
+            .queues
+            .iter()
+            .map(|(name, e)| {
+                let q = &e.queue;
+                let props = q.props();
+                let (depth, in_flight, oldest) = q.depth();
+                let shown = admin || e.rights_of(viewer).any();
+                let mut processes: Vec<ProcessState> = Vec::new();
+                for (target, slots, busy) in q.seats().into_iter().filter(|_| shown) {
+                    let Target::Worker(w) = target else { continue };
+                    match processes.iter_mut().find(|p| p.pid == w.peer.pid) {
+                        Some(p) => {
+                            p.slots += slots;
+                            p.busy += busy;
+                            p.buffered += w.buffered() as u64;
+                        }
+                        None => processes.push(ProcessState {
+                            pid: w.peer.pid,
+                            uid: w.peer.uid,
+                            user: portshare_proto::text::printable(&w.peer.user).into_owned(),
+                            command: portshare_proto::text::printable(&w.peer.command).into_owned(),
+                            slots,
+                            busy,
+                            buffered: w.buffered() as u64,
+                        }),
+                    }
+                }
+                let mut urls: Vec<String> = e.urls.keys().map(ToString::to_string).collect();
+                urls.sort();
+                QueueState {
+                    name: name.clone(),
+                    owner_uid: q.owner_uid(),
+                    owner_user: identity::display_user(q.owner_uid()),
+                    length: props.length,
+                    verbosity: props.verbosity,
+                    enabled: props.enabled,
+                    linger_ms: props.linger.as_millis() as u64,
+                    queue_timer_ms: props.timer.as_millis() as u64,
+                    limits: limits(&props),
+                    connections: q.connections(),
+                    lingering: e.lingering.is_some(),
+                    config: e.config,
+                    access: e.access.entries(),
+                    upstream: q.upstream().map(|u| u.address.to_string()),
+                    depth,
+                    oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
+                    in_flight,
+                    urls,
+                    processes_hidden: !shown,
+                    processes,
+                    counters: q.counters(),
+                }
+            })
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut reservations: Vec<String> = st.acl.iter().map(|r| r.prefix().to_string()).collect();
+        reservations.sort();
+        ServiceState {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            iplisten: st.iplisten.iter().map(|i| i.to_string()).collect(),
+            listeners,
+            bind_failures: st
+                .bind_failures
+                .iter()
+                .map(|(a, e)| BindFailure {
+                    address: a.to_string(),
+                    error: e.clone(),
+                })
+                .collect(),
+            prefixes,
+            reservations,
+            queues,
+            budget: Some(self.budget_state(&st)),
+            buffers: self.shared.buffers.gauge(),
+        }
+    }
+}
