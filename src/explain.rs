@@ -121,7 +121,13 @@ fn evaluate(args: &Args, target: &[u8], live: Option<&Live>) -> String {
     };
     let host = args.host.as_ref().map(|h| os_bytes(h));
     let method = os_bytes(&args.method);
-    let opts = UrlOptions::default();
+    // A live daemon's own limits, else HTTP.sys's defaults.
+    let mut opts = UrlOptions::default();
+    if let Some(l) = live.and_then(|l| l.state.url_limits) {
+        opts.segment_max_length(l.segment_max_length as usize)
+            .segment_max_count(l.segment_max_count as usize)
+            .max_url_length(l.max_url_length as usize);
+    }
 
     let report = match Version::parse(version.as_bytes()) {
         Ok(version) => {
@@ -611,6 +617,36 @@ mod tests {
             ..ServiceState::default()
         };
         Live::new(state, std::path::Path::new("/run/test.sock"))
+    }
+
+    #[test]
+    fn live_judges_with_the_daemons_url_limits() {
+        let mut live = live();
+        let target = "/app/a/b/c/d";
+        let a = args(&[
+            "--live",
+            "--json",
+            "--local",
+            "127.0.0.1:8080",
+            "--host",
+            "h",
+            target,
+        ]);
+        let status = |live: &Live| -> Value {
+            let out = evaluate(&a, target.as_bytes(), Some(live));
+            serde_json::from_str::<Value>(&out).expect("JSON")["status"].clone()
+        };
+        assert_eq!(
+            status(&live),
+            Value::Null,
+            "HTTP.sys's defaults let it through"
+        );
+        live.state.url_limits = Some(portshare_proto::control::UrlLimits {
+            segment_max_length: 260,
+            segment_max_count: 3,
+            max_url_length: 16384,
+        });
+        assert_eq!(status(&live), 400);
     }
 
     #[test]

@@ -50,9 +50,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         },
         None => Config::default(),
     };
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-        .unwrap_or(false);
+    let is_root = nix::unistd::geteuid().is_root();
     let explicit = args.control.as_deref().or(config.control.socket.as_deref());
     let control =
         portshare_proto::control_socket_for_daemon(explicit, is_root, |k| std::env::var_os(k));

@@ -631,6 +631,7 @@ mod tests {
                 worker_bound: 4194304,
                 worker_floor: 327680,
             },
+            url_limits: None,
         }
     }
 

@@ -825,3 +825,29 @@ fn a_squatter_after_a_restart_never_receives_the_apps_traffic() {
     );
     drop((app, squatter));
 }
+
+#[test]
+fn a_url_belongs_to_the_connection_that_added_it() {
+    let (d, _site) = open_daemon("");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mine/");
+    let mut holder = d.ctl();
+    holder.create_queue(json!({ "name": "q" }));
+    // The same prefix twice on one connection: 183, as HttpAddUrl answers.
+    assert_eq!(holder.add_url("q", &url).0, 201);
+    let (status, body) = holder.add_url("q", &url);
+    assert_eq!((status, body["code"].as_u64()), (409, Some(183)), "{body}");
+    // The queue's owner may add a URL on a connection that never opened the queue; the URL
+    // goes when that connection does, and the queue keeps the rest.
+    let other = format!("http://127.0.0.1:{port}/other/");
+    let mut passer_by = d.ctl();
+    assert_eq!(passer_by.add_url("q", &other).0, 201);
+    assert_eq!(urls_of(&d.state(), "q").len(), 2);
+    drop(passer_by);
+    assert!(
+        eventually(10, || urls_of(&d.state(), "q") == vec![url.clone()]),
+        "{}",
+        d.state()
+    );
+    assert_eq!(answer(port, "x", "/other/x"), "404");
+}

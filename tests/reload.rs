@@ -259,3 +259,55 @@ fn a_held_port_is_named_and_taken_on_reload_once_free() {
     );
     assert_eq!(state["bind_failures"], json!([]), "{state}");
 }
+
+/// Reloads from the API and from SIGHUP at once, while the file flips between two listen
+/// lists: each reload runs whole before the next begins, so the daemon ends listening on
+/// exactly the last file's addresses, with no address left failed.
+#[test]
+fn reloads_from_signals_and_the_api_take_turns() {
+    let (d, path) = start("127.0.0.1", "");
+    let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
+    let dir = path.parent().expect("dir").to_owned();
+    let d = Arc::new(d);
+    let two = "iplisten = [\"127.0.0.1\", \"127.0.0.3\"]\n";
+    let one = config_text(&dir, "127.0.0.1", "");
+    let both = one.replacen("iplisten = [\"127.0.0.1\"]\n", two, 1);
+    let api: Vec<_> = (0..4)
+        .map(|_| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                for _ in 0..6 {
+                    assert_eq!(reload(&d).0, 200);
+                }
+            })
+        })
+        .collect();
+    for i in 0..12 {
+        std::fs::write(&path, if i % 2 == 0 { &both } else { &one }).expect("config");
+        sighup(&d);
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    for t in api {
+        t.join().expect("reload thread");
+    }
+    std::fs::write(&path, &both).expect("config");
+    assert_eq!(reload(&d).0, 200);
+    let mut state = serde_json::Value::Null;
+    assert!(
+        eventually(10, || {
+            state = d.state();
+            let mut listening: Vec<String> = state["listeners"]
+                .as_array()
+                .expect("listeners")
+                .iter()
+                .map(|l| l["address"].as_str().expect("address").to_owned())
+                .collect();
+            listening.sort();
+            listening == [format!("127.0.0.1:{port}"), format!("127.0.0.3:{port}")]
+                && state["bind_failures"].as_array().is_some_and(Vec::is_empty)
+        }),
+        "{state}"
+    );
+    assert_eq!(get_at([127, 0, 0, 3], port), Some(200));
+    assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
+}

@@ -616,3 +616,37 @@ fn malformed_requests_get_http_sys_answers() {
         );
     }
 }
+
+/// A listen-list entry this machine does not own (192.0.2.1, a documentation address) is
+/// skipped with a warning instead of failing every registration on a new port (spec §8).
+#[test]
+fn a_foreign_listen_list_entry_is_skipped_not_fatal() {
+    let dir = TempDir::new("foreign");
+    let config = dir.0.join("portshare.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "iplisten = [\"127.0.0.1\", \"192.0.2.1\"]\nstate_file = {:?}\n[errlog]\nfolder = {:?}\n",
+            dir.0.join("state.toml").display().to_string(),
+            dir.0.join("httperr").display().to_string()
+        ),
+    )
+    .expect("config");
+    let config = format!("--config={}", config.display());
+    let d = Daemon::start_in(dir, &[&config]);
+    let (_app, port) = hello_on_free_port(&d, "one", &["/a/"], &[]);
+    let (status, _, body) = get(port, "x", "/a/x");
+    assert_eq!(status, 200, "{body}");
+    let state = d.state();
+    assert_eq!(
+        state["listeners"][0]["address"],
+        format!("127.0.0.1:{port}"),
+        "{state}"
+    );
+    assert!(
+        d.log()
+            .contains("192.0.2.1 is in the IP listen list but is no address of this machine"),
+        "{}",
+        d.log()
+    );
+}

@@ -322,6 +322,20 @@ pub struct ServiceState {
     /// Response bytes workers have sent that the daemon has not yet written to clients.
     #[serde(default)]
     pub buffers: BufferGauge,
+    /// The URL limits requests are judged by, for `portshare explain --live`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_limits: Option<UrlLimits>,
+}
+
+/// The limits a request's URL is judged by (`[limits]` in the configuration file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlLimits {
+    /// `UrlSegmentMaxLength`: characters in one path segment; 0 for no limit.
+    pub segment_max_length: u64,
+    /// `UrlSegmentMaxCount`: path segments; 0 for no limit.
+    pub segment_max_count: u64,
+    /// `MaxFieldLength`, which bounds the URL too.
+    pub max_url_length: u64,
 }
 
 /// The descriptor budget: the daemon's open-file limit, cut into shares at start.

@@ -148,12 +148,9 @@ pub async fn serve_until(
     opts: ServeOptions,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), String> {
-    let (own_uid, own_gid) = std::fs::metadata("/proc/self")
-        .map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            (m.uid(), m.gid())
-        })
-        .unwrap_or((u32::MAX, u32::MAX));
+    // The effective ids decide what the daemon may do, on every Unix.
+    let own_uid = nix::unistd::geteuid().as_raw();
+    let own_gid = nix::unistd::getegid().as_raw();
     let state_file = opts
         .config
         .state_file

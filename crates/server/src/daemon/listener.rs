@@ -51,6 +51,22 @@ pub(super) fn bind_error(e: &BindError) -> ApiError {
     }
 }
 
+/// One connection counted against its listener until dropped.
+struct Counted(Arc<AtomicU64>);
+
+impl Counted {
+    fn new(count: &Arc<AtomicU64>) -> Counted {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub(super) async fn accept_loop(
     shared: Arc<Shared>,
     listener: tokio::net::TcpListener,
@@ -69,11 +85,11 @@ pub(super) async fn accept_loop(
                 // The socket's own address: with a wildcard listener, the address the
                 // client reached.
                 let local = io.local_addr().unwrap_or(local);
-                connections.fetch_add(1, Ordering::Relaxed);
+                // Counted for the listener as long as the task lives, however it ends.
+                let counted = Counted::new(&connections);
                 tokio::spawn(async move {
                     crate::conn::serve(shared, io, peer, local).await;
-                    connections.fetch_sub(1, Ordering::Relaxed);
-                    drop(place);
+                    drop((counted, place));
                 });
             }
             Err(error) => {
@@ -137,19 +153,44 @@ pub(super) async fn shed_clients(
 }
 
 impl Daemon {
-    /// The addresses to bind for a port: the listen list, else both wildcards.
-    pub(super) fn addresses(iplisten: &[IpAddr], port: u16) -> Vec<SocketAddr> {
+    /// The addresses to bind for a port: the listen list, else both wildcards. An entry the
+    /// machine does not own (`foreign`) is skipped, and so is one a wildcard of its family in
+    /// the list already covers: on Linux `0.0.0.0:P` and `127.0.0.1:P` cannot both listen,
+    /// and the wildcard's connections carry the address the client reached all the same.
+    pub(super) fn addresses(iplisten: &[IpAddr], foreign: &[IpAddr], port: u16) -> Vec<SocketAddr> {
         if iplisten.is_empty() {
-            vec![
+            return vec![
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
                 SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
-            ]
-        } else {
-            iplisten
-                .iter()
-                .map(|ip| SocketAddr::new(*ip, port))
-                .collect()
+            ];
         }
+        let any_v4 = iplisten.contains(&IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let any_v6 = iplisten.contains(&IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let covered =
+            |ip: &IpAddr| !ip.is_unspecified() && if ip.is_ipv4() { any_v4 } else { any_v6 };
+        iplisten
+            .iter()
+            .filter(|ip| !foreign.contains(ip) && !covered(ip))
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect()
+    }
+
+    /// The entries of `list` this machine does not own, each reported: binding them would
+    /// fail every registration on a new port.
+    pub(super) fn foreign(list: &[IpAddr], report: &mut Report) -> Vec<IpAddr> {
+        let foreign: Vec<IpAddr> = list
+            .iter()
+            .filter(|ip| !ip.is_unspecified())
+            .filter(|ip| matches!(bind::check_local(**ip), Err(BindError::NotLocal { .. })))
+            .copied()
+            .collect();
+        for ip in &foreign {
+            report.warn(format!(
+                "{ip} is in the IP listen list but is no address of this machine: it is \
+                 skipped until a reload finds it here"
+            ));
+        }
+        foreign
     }
 
     /// Binds every address of a port, or none: a half-done bind is rolled back.
@@ -157,7 +198,7 @@ impl Daemon {
         if self.shared.stopping() {
             return Ok(()); // nothing new listens while the daemon stops
         }
-        let addresses = Daemon::addresses(&st.iplisten, port);
+        let addresses = Daemon::addresses(&st.iplisten, &st.foreign, port);
         self.may_listen(st, addresses.len())?;
         let mut bound = Vec::new();
         for addr in addresses {
@@ -269,7 +310,8 @@ impl Daemon {
             let new = self.listen_list(&st);
             let same =
                 new.len() == st.iplisten.len() && new.iter().all(|a| st.iplisten.contains(a));
-            if same && st.bind_failures.is_empty() {
+            let foreign = Daemon::foreign(&new, report);
+            if same && foreign == st.foreign && st.bind_failures.is_empty() {
                 return;
             }
             if !same {
@@ -288,11 +330,12 @@ impl Daemon {
                 ));
                 st.iplisten = new;
             }
-            let iplisten = st.iplisten.clone();
+            st.foreign = foreign;
+            let (iplisten, foreign) = (st.iplisten.clone(), st.foreign.clone());
             let gone: Vec<_> = st
                 .listeners
                 .keys()
-                .filter(|a| !Daemon::addresses(&iplisten, a.port()).contains(a))
+                .filter(|a| !Daemon::addresses(&iplisten, &foreign, a.port()).contains(a))
                 .copied()
                 .collect();
             gone.into_iter()
@@ -314,7 +357,7 @@ impl Daemon {
             .collect();
         st.bind_failures.retain(|a, _| ports.contains(&a.port()));
         for port in ports {
-            for addr in Daemon::addresses(&st.iplisten, port) {
+            for addr in Daemon::addresses(&st.iplisten, &st.foreign, port) {
                 if st.listeners.contains_key(&addr) {
                     continue;
                 }
@@ -373,6 +416,7 @@ impl Daemon {
                 ),
             )
         })?;
+        let _one_at_a_time = self.reloading.lock().await;
         {
             let mut st = self.lock();
             let st = &mut *st;
@@ -422,5 +466,52 @@ impl Daemon {
         tracing::info!(pid = session.peer.pid, user = %session.peer.user,
             "listen list: {} {ip}", if add { "added" } else { "deleted" });
         Ok(self.iplisten_list())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter()
+            .map(|s| s.parse().expect("an address"))
+            .collect()
+    }
+
+    #[test]
+    fn a_wildcard_covers_the_addresses_of_its_family_and_foreign_ones_are_skipped() {
+        let bound = |list: &[&str], foreign: &[&str]| -> Vec<String> {
+            Daemon::addresses(&ips(list), &ips(foreign), 80)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(bound(&[], &[]), ["0.0.0.0:80", "[::]:80"]);
+        assert_eq!(
+            bound(&["0.0.0.0", "127.0.0.1", "::1"], &[]),
+            ["0.0.0.0:80", "[::1]:80"]
+        );
+        assert_eq!(
+            bound(&["::", "::1", "127.0.0.1"], &[]),
+            ["[::]:80", "127.0.0.1:80"]
+        );
+        assert_eq!(
+            bound(&["127.0.0.1", "192.0.2.1"], &["192.0.2.1"]),
+            ["127.0.0.1:80"]
+        );
+    }
+
+    #[test]
+    fn addresses_this_machine_lacks_are_found_and_reported() {
+        let mut report = Report::default();
+        let foreign = Daemon::foreign(&ips(&["127.0.0.1", "0.0.0.0", "192.0.2.1"]), &mut report);
+        assert_eq!(foreign, ips(&["192.0.2.1"]));
+        assert_eq!(report.warnings.len(), 1);
+        assert!(
+            report.warnings[0].contains("192.0.2.1"),
+            "{:?}",
+            report.warnings
+        );
     }
 }

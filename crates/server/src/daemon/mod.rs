@@ -171,6 +171,9 @@ struct State {
     saved: StateFile,
     /// The listen list in force.
     iplisten: Vec<IpAddr>,
+    /// Entries of the listen list this machine does not own: skipped, with a warning, when
+    /// ports are bound (spec §8).
+    foreign: Vec<IpAddr>,
     /// Addresses that should listen and cannot.
     bind_failures: BTreeMap<SocketAddr, ApiError>,
     request_queue_timer: Duration,
@@ -191,6 +194,9 @@ pub(crate) struct Daemon {
     iplisten_flags: Vec<IpAddr>,
     state_file: PathBuf,
     ids: AtomicU64,
+    /// Held by a reload (SIGHUP or `POST /v1/reload`) and a listen-list change from start
+    /// to end, so two never interleave their steps.
+    reloading: tokio::sync::Mutex<()>,
     /// Open control connections, against the budget's control share and the per-uid caps.
     pub(crate) quota: Arc<Quota>,
 }
@@ -221,6 +227,7 @@ impl Daemon {
                 config,
                 saved: StateFile::default(),
                 iplisten: Vec::new(),
+                foreign: Vec::new(),
                 bind_failures: BTreeMap::new(),
             }),
             own_uid: start.own_uid,
@@ -229,6 +236,7 @@ impl Daemon {
             iplisten_flags: start.iplisten_flags,
             state_file: start.state_file,
             ids: AtomicU64::new(1),
+            reloading: tokio::sync::Mutex::new(()),
             quota: Quota::new(&start.budget),
         })
     }
@@ -313,10 +321,8 @@ impl Daemon {
                 .handles
                 .insert(session.id, session.peer.identity.clone());
             if entry.lingering.take().is_some() {
-                // The new holder adopts what the queue kept while it lingered.
-                for owner in entry.urls.values_mut() {
-                    owner.get_or_insert(session.id);
-                }
+                // What the queue kept stays the queue's, until a connection adds a URL of it
+                // again and so takes it over.
                 tracing::info!(queue = %name, pid = session.peer.pid, "lingering queue reopened");
             }
             return Ok(info(entry, props, false));
@@ -566,10 +572,11 @@ impl Daemon {
             ));
         }
         let queue = entry.queue.clone();
-        if let Some(owner) = entry.urls.get_mut(&prefix) {
-            // Re-adding what a lingering queue kept for its next holder.
-            if owner.is_none_or(|o| o == session.id) {
-                *owner = Some(session.id);
+        match entry.urls.get_mut(&prefix) {
+            // Re-adding what a lingering queue kept for its next holder: the connection
+            // takes it over.
+            Some(added_by @ None) => {
+                *added_by = Some(session.id);
                 let listening = self.listening_for(st, &prefix);
                 let warnings = Daemon::warnings(st, &prefix, &listening);
                 return Ok(UrlAdded {
@@ -578,6 +585,14 @@ impl Daemon {
                     warnings,
                 });
             }
+            // HTTP.sys answers a second HttpAddUrl of the same prefix with 183 (spec §1.3).
+            Some(Some(added_by)) if *added_by == session.id => {
+                return Err(api(
+                    Win32Error::AlreadyExists,
+                    format!("this connection registered {prefix} already"),
+                ));
+            }
+            _ => {}
         }
         let caller = session
             .peer

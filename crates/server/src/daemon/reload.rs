@@ -65,6 +65,7 @@ impl Daemon {
             st.saved = saved;
             self.apply_acl(&mut st, &mut report);
             st.iplisten = self.listen_list(&st);
+            st.foreign = Daemon::foreign(&st.iplisten, &mut report);
             st.config.queues.clone()
         };
         let failed = self.sync_queues(&[], &queues, true, &mut report);
@@ -77,6 +78,7 @@ impl Daemon {
     /// `POST /v1/reload` and SIGHUP: reads the configuration file again and applies it. A
     /// file that does not parse or check changes nothing.
     pub(crate) async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ApiError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let Some(path) = self.config_path.clone() else {
             return Err(api(
                 Win32Error::InvalidParameter,

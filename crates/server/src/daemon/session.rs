@@ -18,19 +18,38 @@ impl Daemon {
     /// A control connection closed: everything it created goes, as handles close on Windows.
     pub(crate) fn end_session(self: &Arc<Self>, session: &Session) {
         let mut st = self.lock();
+        let st = &mut *st;
         let names: Vec<String> = st
             .queues
             .iter()
             .filter(|(_, e)| e.handles.contains_key(&session.id))
             .map(|(n, _)| n.clone())
             .collect();
-        if names.is_empty() {
+        // URLs the connection added to queues it never opened (their owner may add URLs
+        // without a handle) go with it too.
+        let mut added: Vec<UrlPrefix> = Vec::new();
+        for e in st.queues.values_mut() {
+            if e.handles.contains_key(&session.id) {
+                continue;
+            }
+            e.urls.retain(|p, by| {
+                let mine = *by == Some(session.id);
+                if mine {
+                    added.push(p.clone());
+                }
+                !mine
+            });
+        }
+        if names.is_empty() && added.is_empty() {
             return;
         }
-        for name in names {
-            self.let_go(&mut st, session.id, &name);
+        for p in &added {
+            self.unregister(st, p);
         }
-        self.publish(&mut st);
+        for name in names {
+            self.let_go(st, session.id, &name);
+        }
+        self.publish(st);
     }
 
     pub(super) fn let_go(self: &Arc<Self>, st: &mut State, session: u64, name: &str) {

@@ -1,6 +1,8 @@
 //! The state view (`GET /v1/state`): what the daemon holds, as a caller may see it. Reads
 //! the state under its lock and copies it out; changes nothing.
 
+use portshare_proto::control::UrlLimits;
+
 use super::*;
 
 pub(super) fn limits(props: &Props) -> QueueLimits {
@@ -139,6 +141,11 @@ impl Daemon {
             queues,
             budget: Some(self.budget_state(&st)),
             buffers: self.shared.buffers.gauge(),
+            url_limits: Some(UrlLimits {
+                segment_max_length: st.config.limits.url_segment_max_length as u64,
+                segment_max_count: st.config.limits.url_segment_max_count as u64,
+                max_url_length: st.config.limits.max_field_length as u64,
+            }),
         }
     }
 }
