@@ -82,19 +82,24 @@ impl Error {
         let Error::Api(error) = self else {
             return None;
         };
-        match error.code {
-            5 if root => None,
-            5 if verb.starts_with("urlacl") => Some(
+        if error.is_access_denied() {
+            if root {
+                return None;
+            }
+            return Some(if verb.starts_with("urlacl") {
                 "run as root or a member of the admin group, or ask for a reservation: \
-                 portshare urlacl add URL --user NAME --delegate yes",
-            ),
-            5 => Some("run as root or a member of the admin group"),
-            2 if error.message.starts_with("no control endpoint") => Some(
+                 portshare urlacl add URL --user NAME --delegate yes"
+            } else {
+                "run as root or a member of the admin group"
+            });
+        }
+        if error.is_file_not_found() && error.message.starts_with("no control endpoint") {
+            return Some(
                 "the daemon does not know this request: it is older than this command; \
                  restart it from the same build",
-            ),
-            _ => None,
+            );
         }
+        None
     }
 
     /// Prints `portshare <verb>: <error>` and the hint on stderr; exit code 1.

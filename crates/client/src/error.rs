@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use portshare_proto::Win32Error;
 use portshare_proto::control::ApiError;
 
 /// A boxed error, as services and bodies report them.
@@ -56,20 +57,25 @@ impl Error {
         self.api().map(|e| e.code)
     }
 
+    /// The daemon's refusal as a named code, when it is one this SDK knows.
+    pub fn win32(&self) -> Option<Win32Error> {
+        self.api().and_then(ApiError::win32)
+    }
+
     /// True for 183 `ERROR_ALREADY_EXISTS`: another queue holds the prefix.
     pub fn is_already_exists(&self) -> bool {
-        self.code() == Some(183)
+        self.api().is_some_and(ApiError::is_already_exists)
     }
 
     /// True for 5 `ERROR_ACCESS_DENIED`: no reservation lets this user register the
     /// prefix, or the queue belongs to another user.
     pub fn is_access_denied(&self) -> bool {
-        self.code() == Some(5)
+        self.api().is_some_and(ApiError::is_access_denied)
     }
 
     /// True for 32 `ERROR_SHARING_VIOLATION`: another program holds the port.
     pub fn is_sharing_violation(&self) -> bool {
-        self.code() == Some(32)
+        self.api().is_some_and(ApiError::is_sharing_violation)
     }
 
     /// True when the daemon could not be reached at all.

@@ -19,6 +19,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use portshare_proto::Win32Error;
 use portshare_proto::control::{
     AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
     RemoveReservation, RemoveUrl,
@@ -302,11 +303,7 @@ impl Refusals {
         let Ok(permit) = self.answering.clone().try_acquire_owned() else {
             return;
         };
-        let err = ApiError {
-            code: refusal.error.code(),
-            name: refusal.error.name().to_owned(),
-            message: refusal.message,
-        };
+        let err = ApiError::new(refusal.error, refusal.message);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |_req| {
                 let reply = error(&err);
@@ -349,25 +346,14 @@ fn json(status: StatusCode, value: &impl Serialize) -> Reply {
     r
 }
 
+/// A refusal, with the status its Win32 code maps to.
 fn error(e: &ApiError) -> Reply {
-    let status = match e.code {
-        2 | 6 => StatusCode::NOT_FOUND,
-        13 => StatusCode::UNPROCESSABLE_ENTITY,
-        5 => StatusCode::FORBIDDEN,
-        32 | 183 => StatusCode::CONFLICT,
-        4 => StatusCode::SERVICE_UNAVAILABLE,
-        1816 => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::BAD_REQUEST,
-    };
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     json(status, e)
 }
 
 fn bad(message: impl Into<String>) -> Reply {
-    error(&ApiError {
-        code: 87,
-        name: "ERROR_INVALID_PARAMETER".into(),
-        message: message.into(),
-    })
+    error(&ApiError::new(Win32Error::InvalidParameter, message))
 }
 
 /// Reads a JSON request body, which must come within `wait`.
@@ -532,11 +518,10 @@ fn no_content() -> Reply {
 }
 
 fn not_found(method: &Method, path: &str) -> Reply {
-    error(&ApiError {
-        code: 2,
-        name: "ERROR_FILE_NOT_FOUND".into(),
-        message: format!("no control endpoint {method} {path}"),
-    })
+    error(&ApiError::new(
+        Win32Error::FileNotFound,
+        format!("no control endpoint {method} {path}"),
+    ))
 }
 
 /// `POST /v1/queues/{name}/attach` with `Upgrade`: the connection becomes a worker.

@@ -389,11 +389,7 @@ pub(crate) struct Daemon {
 }
 
 fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
-    ApiError {
-        code: err.code(),
-        name: err.name().to_owned(),
-        message: message.into(),
-    }
+    ApiError::new(err, message)
 }
 
 impl Daemon {
@@ -1270,11 +1266,7 @@ fn info(entry: &QueueEntry, props: Props, created: bool) -> QueueInfo {
 }
 
 fn bind_error(e: &BindError) -> ApiError {
-    ApiError {
-        code: e.code(),
-        name: e.name().to_owned(),
-        message: e.to_string(),
-    }
+    ApiError::new(e.win32(), e.to_string())
 }
 
 async fn accept_loop(
