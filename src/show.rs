@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use portshare_proto::control::{
     AccessEntry, AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source,
-    UrlAclList, Verbosity,
+    UrlAclList, Verbosity, path,
 };
 use portshare_proto::text::printable;
 use serde::de::DeserializeOwned;
@@ -50,15 +50,15 @@ pub(crate) fn run(args: Args) -> ExitCode {
         What::Servicestate { json } => show(
             &client,
             "show servicestate",
-            "/v1/state",
+            path::STATE,
             json,
             servicestate_text,
         ),
-        What::Urlacl { json } => show(&client, "show urlacl", "/v1/urlacl", json, urlacl_text),
+        What::Urlacl { json } => show(&client, "show urlacl", path::URLACL, json, urlacl_text),
         What::Iplisten { json } => show(
             &client,
             "show iplisten",
-            "/v1/iplisten",
+            path::IPLISTEN,
             json,
             iplisten_text,
         ),

@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
-use portshare_proto::control::{AddUrl, ApiError, QueueInfo, QueueSpec, UrlAdded, queue_path};
+use portshare_proto::control::{AddUrl, ApiError, QueueInfo, QueueSpec, UrlAdded, path};
 use portshare_proto::wire;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -45,13 +45,13 @@ impl Control {
 
     /// `POST /v1/queues`.
     pub(crate) async fn create_queue(&mut self, spec: &QueueSpec) -> Result<QueueInfo, Error> {
-        self.call(Method::POST, "/v1/queues".into(), json(spec))
+        self.call(Method::POST, path::QUEUES.into(), json(spec))
             .await
     }
 
     /// `POST /v1/queues/{name}/urls`.
     pub(crate) async fn add_url(&mut self, queue: &str, url: &AddUrl) -> Result<UrlAdded, Error> {
-        self.call(Method::POST, queue_path(queue, "/urls"), json(url))
+        self.call(Method::POST, path::queue(queue, path::URLS), json(url))
             .await
     }
 
@@ -105,7 +105,7 @@ pub(crate) async fn attach(
     let mut conn = pin!(conn.with_upgrades());
     let req = Request::builder()
         .method(Method::POST)
-        .uri(queue_path(queue, "/attach"))
+        .uri(path::queue(queue, path::ATTACH))
         .header(HOST, "portshare")
         .header(CONNECTION, "Upgrade")
         .header(UPGRADE, wire::UPGRADE_PROTOCOL)

@@ -19,10 +19,15 @@
 //! | `DELETE /v1/iplisten` | [`IpListenChange`] | `200`, [`IpListenList`] |
 //! | `POST /v1/reload` | – | [`ReloadReport`]: the configuration file read again and applied |
 //!
+//! The paths are constants in [`path`], with the encoding of a queue's name in its path
+//! (`%XX` for every byte but unreserved ASCII) and its decoding.
+//!
 //! Failures answer 4xx or 5xx with an [`ApiError`], which carries the Win32 code HTTP.sys
-//! would have returned; the status follows from the code ([`Win32Error::http_status`]). What a connection creates (queues, URLs) belongs to that connection
-//! and goes away when it closes, except that a queue with a linger time keeps its URLs and
-//! pending requests that long for the next connection that opens it by name.
+//! would have returned; the status follows from the code ([`Win32Error::http_status`]).
+//!
+//! What a connection creates (queues, URLs) belongs to that connection and goes away when
+//! it closes, except that a queue with a linger time keeps its URLs and pending requests
+//! that long for the next connection that opens it by name.
 //!
 //! A named queue belongs to the account that created it, as an HTTP.sys queue carries its
 //! creator's security descriptor: only that account, and the accounts it granted rights in
@@ -31,28 +36,11 @@
 //! Queues the configuration file declares belong to the daemon. An unnamed queue is its
 //! creating process's alone.
 
+pub mod path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::Win32Error;
-
-/// `/v1/queues/{name}{rest}`, the name as one path segment: every byte but unreserved ASCII
-/// (`A-Z a-z 0-9 - . _ ~`) `%XX`-encoded, so any queue name makes a path.
-pub fn queue_path(name: &str, rest: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut path = String::with_capacity(11 + name.len() * 3 + rest.len());
-    path.push_str("/v1/queues/");
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.push('%');
-            path.push(char::from(HEX[usize::from(b >> 4)]));
-            path.push(char::from(HEX[usize::from(b & 15)]));
-        }
-    }
-    path.push_str(rest);
-    path
-}
 
 /// How a full or disabled queue answers (`HttpServer503VerbosityProperty`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -687,7 +675,7 @@ pub struct ReloadReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{ApiError, queue_path};
+    use super::ApiError;
     use crate::Win32Error;
 
     #[test]
@@ -713,15 +701,5 @@ mod tests {
             message: "?".into(),
         };
         assert_eq!((unknown.win32(), unknown.http_status()), (None, 400));
-    }
-
-    #[test]
-    fn queue_names_are_percent_encoded() {
-        assert_eq!(queue_path("myapp", "/urls"), "/v1/queues/myapp/urls");
-        assert_eq!(queue_path("app-1_x.y~", ""), "/v1/queues/app-1_x.y~");
-        assert_eq!(
-            queue_path("a b/c?d%é~_.-", "/attach"),
-            "/v1/queues/a%20b%2Fc%3Fd%25%C3%A9~_.-/attach"
-        );
     }
 }

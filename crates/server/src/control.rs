@@ -20,6 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portshare_proto::Win32Error;
+use portshare_proto::control::path as paths;
 use portshare_proto::control::{
     AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
     RemoveReservation, RemoveUrl,
@@ -367,24 +368,6 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>, wait: Duration) -> Re
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
 }
 
-/// Decodes a `%XX`-encoded path segment.
-fn decode_segment(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 async fn handle(
     daemon: &Arc<Daemon>,
     session: &Session,
@@ -394,12 +377,14 @@ async fn handle(
 ) -> Reply {
     let wait = daemon.request_wait();
     let path = req.uri().path().to_owned();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Leading slashes beyond the first are ignored, as they always were.
+    let slashes = path.len() - path.trim_start_matches('/').len();
+    let route = &path[slashes.saturating_sub(1)..];
     let method = req.method().clone();
-    match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "state"]) => json(StatusCode::OK, &daemon.state(session)),
-        (&Method::GET, ["v1", "urlacl"]) => json(StatusCode::OK, &daemon.urlacl_list()),
-        (&Method::POST, ["v1", "urlacl"]) => {
+    match (&method, route) {
+        (&Method::GET, paths::STATE) => json(StatusCode::OK, &daemon.state(session)),
+        (&Method::GET, paths::URLACL) => json(StatusCode::OK, &daemon.urlacl_list()),
+        (&Method::POST, paths::URLACL) => {
             let add: AddReservation = match body(req, wait).await {
                 Ok(a) => a,
                 Err(r) => return r,
@@ -409,7 +394,7 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (&Method::DELETE, ["v1", "urlacl"]) => {
+        (&Method::DELETE, paths::URLACL) => {
             let rm: RemoveReservation = match body(req, wait).await {
                 Ok(r) => r,
                 Err(r) => return r,
@@ -419,8 +404,8 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (&Method::GET, ["v1", "iplisten"]) => json(StatusCode::OK, &daemon.iplisten_list()),
-        (&Method::POST | &Method::DELETE, ["v1", "iplisten"]) => {
+        (&Method::GET, paths::IPLISTEN) => json(StatusCode::OK, &daemon.iplisten_list()),
+        (&Method::POST | &Method::DELETE, paths::IPLISTEN) => {
             let change: IpListenChange = match body(req, wait).await {
                 Ok(c) => c,
                 Err(r) => return r,
@@ -432,11 +417,11 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (&Method::POST, ["v1", "reload"]) => match daemon.reload_for(session).await {
+        (&Method::POST, paths::RELOAD) => match daemon.reload_for(session).await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => error(&e),
         },
-        (&Method::POST, ["v1", "queues"]) => {
+        (&Method::POST, paths::QUEUES) => {
             let spec: QueueSpec = match body(req, wait).await {
                 Ok(s) => s,
                 Err(r) => return r,
@@ -454,12 +439,15 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (_, ["v1", "queues", name, rest @ ..]) => {
-            let Some(name) = decode_segment(name) else {
+        (_, route) => {
+            let Some((segment, rest)) = paths::split_queue(route) else {
+                return not_found(&method, &path);
+            };
+            let Some(name) = paths::decode_name(segment) else {
                 return bad("the queue name in the path is not valid percent-encoded UTF-8");
             };
             match (&method, rest) {
-                (&Method::PATCH, []) => {
+                (&Method::PATCH, "") => {
                     let props: QueueProps = match body(req, wait).await {
                         Ok(p) => p,
                         Err(r) => return r,
@@ -469,11 +457,11 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::DELETE, []) => match daemon.close_queue(session, &name) {
+                (&Method::DELETE, "") => match daemon.close_queue(session, &name) {
                     Ok(()) => no_content(),
                     Err(e) => error(&e),
                 },
-                (&Method::POST, ["urls"]) => {
+                (&Method::POST, paths::URLS) => {
                     let add: AddUrl = match body(req, wait).await {
                         Ok(a) => a,
                         Err(r) => return r,
@@ -483,7 +471,7 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::DELETE, ["urls"]) => {
+                (&Method::DELETE, paths::URLS) => {
                     let rm: RemoveUrl = match body(req, wait).await {
                         Ok(r) => r,
                         Err(r) => return r,
@@ -493,7 +481,7 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, ["access"]) => {
+                (&Method::POST, paths::ACCESS) => {
                     let grant: GrantAccess = match body(req, wait).await {
                         Ok(g) => g,
                         Err(r) => return r,
@@ -503,11 +491,10 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, ["attach"]) => attach(daemon, session, place, &name, req),
+                (&Method::POST, paths::ATTACH) => attach(daemon, session, place, &name, req),
                 _ => not_found(&method, &path),
             }
         }
-        _ => not_found(&method, &path),
     }
 }
 
