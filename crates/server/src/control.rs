@@ -30,6 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::Error;
 use crate::accept::{self, Failure, Throttle};
 use crate::daemon::{Daemon, Session};
 use crate::identity::{self, Identity};
@@ -44,28 +45,30 @@ const MAX_SLOTS: u32 = 65536;
 
 /// Binds the control socket: its folder is created, a stale socket file replaced, and the
 /// socket made connectable by every local user (the URL ACLs and queue owners are the gate).
-pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| Error::bind(format!("cannot create {}", dir.display())).with(e))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
+            return Err(Error::bind(format!(
                 "another daemon is already listening on {}; give this one its own --control",
                 path.display()
-            ));
+            )));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|e| {
+            Error::bind(format!("cannot remove the stale socket {}", path.display())).with(e)
+        })?;
     }
     let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        .map_err(|e| Error::bind(format!("cannot listen on {}", path.display())).with(e))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot open {} to local users: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        Error::bind(format!("cannot open {} to local users", path.display())).with(e)
+    })?;
     Ok(listener)
 }
 
