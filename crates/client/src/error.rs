@@ -1,4 +1,4 @@
-//! What can go wrong while serving a queue.
+//! What can go wrong talking to the daemon or serving a queue.
 
 use std::io;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use portshare_proto::control::ApiError;
 /// A boxed error, as services and bodies report them.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a queue could not be served.
+/// Why a control request failed, or a queue could not be served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -31,10 +31,23 @@ pub enum Error {
         /// Why connecting failed.
         source: io::Error,
     },
-    /// The daemon answered something this SDK does not understand, or closed a connection
-    /// in the middle of an exchange.
+    /// The daemon answered something this SDK does not understand, failed without the
+    /// API's error body, or closed a connection in the middle of an exchange.
     #[error("portshare daemon: {0}")]
     Protocol(String),
+    /// A control or worker connection failed in HTTP terms: the daemon's answer is not
+    /// HTTP/1.1, or the connection broke. The [`hyper::Error`] is the source.
+    #[error("portshare daemon: {context}: {source}")]
+    Http {
+        /// What was going on: `control request`, `attach`...
+        context: &'static str,
+        /// What hyper said.
+        source: hyper::Error,
+    },
+    /// A control request could not be made: its body does not encode as JSON, or its path
+    /// is not a path. The encoder's or the `http` crate's error is the source.
+    #[error("cannot make the control request: {0}")]
+    Request(#[source] BoxError),
     /// Reading or writing a socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
