@@ -8,7 +8,7 @@ use std::task::Poll;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use portshare_proto::control::{
@@ -22,6 +22,9 @@ use tokio::net::UnixStream;
 use crate::error::Error;
 
 type Io = TokioIo<UnixStream>;
+
+/// The largest answer read: the state of a busy daemon is large, but not this large.
+const MAX_ANSWER: usize = 64 << 20;
 
 /// hyper's half of a control connection that does the I/O.
 type Conn = Pin<Box<Connection<Io, Full<Bytes>>>>;
@@ -105,7 +108,7 @@ impl Control {
     ///
     /// [`Error::Request`] when `body` does not encode or `path` is not a path,
     /// [`Error::Http`] when the connection fails, [`Error::Protocol`] when the daemon
-    /// closes it before it answers.
+    /// closes it before it answers or answers more than 64 MiB.
     ///
     /// # Cancel safety
     ///
@@ -136,16 +139,27 @@ impl Control {
         };
         let sender = &mut self.sender;
         let exchange = async move {
-            sender.ready().await?;
-            let (parts, body) = sender.send_request(req).await?.into_parts();
-            let body = body.collect().await?.to_bytes();
-            Ok::<_, hyper::Error>(Response::from_parts(parts, body))
+            let failed = |e| http_error("control request", e);
+            sender.ready().await.map_err(failed)?;
+            let (parts, body) = sender.send_request(req).await.map_err(failed)?.into_parts();
+            let body = Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| match e.downcast::<hyper::Error>() {
+                    Ok(e) => failed(*e),
+                    Err(_) => Error::Protocol(format!(
+                        "control request: an answer over {} MiB",
+                        MAX_ANSWER >> 20
+                    )),
+                })?
+                .to_bytes();
+            Ok(Response::from_parts(parts, body))
         };
         let mut exchange = pin!(exchange);
         // The connection makes progress only while polled; it ends when the daemon closes it.
         let ended = tokio::select! {
             biased;
-            r = &mut exchange => return r.map_err(|e| http_error("control request", e)),
+            r = &mut exchange => return r,
             ended = conn => ended,
         };
         self.conn = None;
@@ -155,7 +169,7 @@ impl Control {
         // A failure hyper saw in the answer is handed to the request, not the connection.
         match (answered, ended) {
             (Poll::Ready(Ok(answer)), _) => Ok(answer),
-            (Poll::Ready(Err(e)), Ok(())) => Err(http_error("control request", e)),
+            (Poll::Ready(Err(e)), Ok(())) => Err(e),
             (_, ended) => Err(closed_early("control request", ended)),
         }
     }
