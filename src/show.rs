@@ -514,6 +514,7 @@ fn secs(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use portshare_proto::Win32Error;
     use portshare_proto::control::{
         AclEntry, ApiError, BindFailure, BudgetShare, DescriptorBudget, IpListenEntry,
         ListenerState, PrefixState, ProcessState, QueueCounters,
@@ -532,11 +533,10 @@ mod tests {
             }],
             bind_failures: vec![BindFailure {
                 address: "127.0.0.1:80".into(),
-                error: ApiError {
-                    code: 32,
-                    name: "ERROR_SHARING_VIOLATION".into(),
-                    message: "127.0.0.1:80 is held by PID 77 (nginx: master), user root".into(),
-                },
+                error: ApiError::new(
+                    Win32Error::SharingViolation,
+                    "127.0.0.1:80 is held by PID 77 (nginx: master), user root",
+                ),
             }],
             prefixes: vec![
                 PrefixState {
