@@ -220,6 +220,7 @@ impl Error {
             }
             Sdk::Io(e) => Error::Protocol(format!("the control connection broke: {e}")),
             Sdk::Request(e) => Error::Protocol(format!("cannot encode the request: {e}")),
+            Sdk::Protocol(m) => Error::Protocol(format!("the control connection broke: {m}")),
             other => Error::Protocol(format!("the control connection broke: {other}")),
         }
     }
