@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use portshare_proto::control::{
     AccessEntry, AccountKind, AddReservation, GrantAccess, IpListenChange, IpListenList, QueueInfo,
-    QueueProps, ReloadReport, RemoveReservation, ReservationInfo, Verbosity,
+    QueueProps, ReloadReport, RemoveReservation, ReservationInfo, Verbosity, path,
 };
 
 use portshare_proto::text::printable;
@@ -203,7 +203,7 @@ pub(crate) fn urlacl(args: UrlaclArgs) -> ExitCode {
                 listen: add.listen.get(),
                 delegate: add.delegate.get(),
             };
-            match client.call::<ReservationInfo>("POST", "/v1/urlacl", Some(&body)) {
+            match client.call::<ReservationInfo>("POST", path::URLACL, Some(&body)) {
                 Ok(info) => done(&format!(
                     "URL reservation successfully added\n\n{}",
                     reservation_text(&info)
@@ -213,7 +213,7 @@ pub(crate) fn urlacl(args: UrlaclArgs) -> ExitCode {
         }
         UrlaclVerb::Delete { url } => {
             let body = RemoveReservation { url };
-            match client.call::<()>("DELETE", "/v1/urlacl", Some(&body)) {
+            match client.call::<()>("DELETE", path::URLACL, Some(&body)) {
                 Ok(()) => done("URL reservation successfully deleted\n"),
                 Err(e) => e.report("urlacl delete"),
             }
@@ -230,7 +230,7 @@ pub(crate) fn iplisten(args: IplistenArgs) -> ExitCode {
     let body = IpListenChange {
         address: address.to_string(),
     };
-    match client.call::<IpListenList>(method, "/v1/iplisten", Some(&body)) {
+    match client.call::<IpListenList>(method, path::IPLISTEN, Some(&body)) {
         Ok(list) => done(&format!(
             "IP address successfully {what}\n\n{}",
             iplisten_text(&list)
@@ -257,7 +257,7 @@ pub(crate) fn queue(args: QueueArgs) -> ExitCode {
         enabled: Some(enabled),
         ..QueueProps::default()
     };
-    let target = portshare_proto::control::queue_path(&name, "");
+    let target = path::queue(&name, "");
     match client.call::<QueueInfo>("PATCH", &target, Some(&props)) {
         Ok(info) => done(&queue_text(&info)),
         Err(e) => e.report(verb),
@@ -271,7 +271,7 @@ fn set_access(
     entries: Vec<AccessEntry>,
     verb: &str,
 ) -> ExitCode {
-    let target = portshare_proto::control::queue_path(name, "/access");
+    let target = path::queue(name, path::ACCESS);
     match client.call::<QueueInfo>("POST", &target, Some(&GrantAccess { entries })) {
         Ok(info) => done(&access_text(&info)),
         Err(e) => e.report(verb),
@@ -292,7 +292,7 @@ fn access_text(q: &QueueInfo) -> String {
 
 pub(crate) fn reload(args: ReloadArgs) -> ExitCode {
     let client = args.control.client();
-    match client.call::<ReloadReport>("POST", "/v1/reload", None::<&()>) {
+    match client.call::<ReloadReport>("POST", path::RELOAD, None::<&()>) {
         Ok(report) => done(&reload_text(&report)),
         Err(e) => e.report("reload"),
     }

@@ -1,16 +1,15 @@
-//! The control-socket client every operator command shares: one HTTP/1.1 request with an
-//! optional JSON body on the daemon's Unix socket, one answer read back.
-//!
-//! Each request opens its own connection and sends `Connection: close`; the answer is read
-//! by `Content-Length`, by chunks, or to the end of the stream, whichever the daemon uses.
+//! The control-socket client every operator command shares: the SDK's [`Control`] on a
+//! current-thread runtime, one request with an optional JSON body per connection, and the
+//! command's own error messages and hints.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Method;
+use portshare_client::Control;
 use portshare_proto::control::ApiError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -82,19 +81,24 @@ impl Error {
         let Error::Api(error) = self else {
             return None;
         };
-        match error.code {
-            5 if root => None,
-            5 if verb.starts_with("urlacl") => Some(
+        if error.is_access_denied() {
+            if root {
+                return None;
+            }
+            return Some(if verb.starts_with("urlacl") {
                 "run as root or a member of the admin group, or ask for a reservation: \
-                 portshare urlacl add URL --user NAME --delegate yes",
-            ),
-            5 => Some("run as root or a member of the admin group"),
-            2 if error.message.starts_with("no control endpoint") => Some(
+                 portshare urlacl add URL --user NAME --delegate yes"
+            } else {
+                "run as root or a member of the admin group"
+            });
+        }
+        if error.is_file_not_found() && error.message.starts_with("no control endpoint") {
+            return Some(
                 "the daemon does not know this request: it is older than this command; \
                  restart it from the same build",
-            ),
-            _ => None,
+            );
         }
+        None
     }
 
     /// Prints `portshare <verb>: <error>` and the hint on stderr; exit code 1.
@@ -109,12 +113,9 @@ impl Error {
     }
 }
 
-/// One answer: the status and the body's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) body: Vec<u8>,
-}
+/// The longest a request may take, connecting included: a reload may rebind ports, and a
+/// minute is generous for that while it still ends the wait on a hung daemon.
+const WAIT: Duration = Duration::from_secs(60);
 
 impl Client {
     pub(crate) fn new(path: PathBuf) -> Client {
@@ -133,8 +134,8 @@ impl Client {
 
     /// `GET target`, the 2xx answer's JSON text as it came, once checked to be JSON.
     pub(crate) fn get_json_text(&self, target: &str) -> Result<String, Error> {
-        let answer = self.raw("GET", target, None::<&()>)?;
-        let text = String::from_utf8(answer.body)
+        let body = self.raw("GET", target, None::<&()>)?;
+        let text = String::from_utf8(body.to_vec())
             .map_err(|e| Error::Protocol(format!("the daemon's answer is not UTF-8: {e}")))?;
         serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| {
             Error::Protocol(format!(
@@ -153,300 +154,83 @@ impl Client {
         body: Option<&impl Serialize>,
     ) -> Result<T, Error> {
         let answer = self.raw(method, target, body)?;
-        let text: &[u8] = if answer.body.is_empty() {
-            b"null"
-        } else {
-            &answer.body
-        };
+        let text: &[u8] = if answer.is_empty() { b"null" } else { &answer };
         serde_json::from_slice(text).map_err(|e| {
             Error::Protocol(format!(
                 "the daemon's answer to {method} {target} is not what this command expects \
                  ({e}): {}",
-                String::from_utf8_lossy(&answer.body)
+                String::from_utf8_lossy(&answer)
             ))
         })
     }
 
-    /// `method target` with `body` as JSON; the answer when it is 2xx, else the daemon's
-    /// error.
+    /// `method target` with `body` as JSON, on a connection of its own that closes after
+    /// the answer; the answer's body when it is 2xx, else the daemon's error.
     pub(crate) fn raw(
         &self,
         method: &str,
         target: &str,
         body: Option<&impl Serialize>,
-    ) -> Result<Answer, Error> {
-        let body = match body {
-            Some(b) => serde_json::to_vec(b)
-                .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?,
-            None => Vec::new(),
+    ) -> Result<Bytes, Error> {
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| Error::Protocol(format!("cannot encode the request: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Protocol(format!("cannot start the runtime: {e}")))?;
+        let exchange = async {
+            let mut control = Control::connect(&self.path).await?;
+            control.send(method, target, body).await
         };
-        let mut stream = UnixStream::connect(&self.path).map_err(|source| Error::Unreachable {
-            path: self.path.clone(),
-            source,
-        })?;
-        // A reload may rebind ports; a minute is generous and still ends a hung daemon.
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
-        let broken =
-            |e: std::io::Error| Error::Protocol(format!("the control connection broke: {e}"));
-        stream
-            .write_all(&request(method, target, &body))
-            .map_err(broken)?;
-        let answer = read_answer(&mut BufReader::new(stream)).map_err(|e| match e {
-            ReadError::Io(e) => broken(e),
-            ReadError::Malformed(m) => {
-                Error::Protocol(format!("the daemon's answer is not HTTP/1.1: {m}"))
-            }
-        })?;
-        if (200..300).contains(&answer.status) {
-            return Ok(answer);
+        let answer = runtime
+            .block_on(async { tokio::time::timeout(WAIT, exchange).await })
+            .map_err(|_| {
+                Error::Protocol(format!(
+                    "the control connection broke: no answer within {} s",
+                    WAIT.as_secs()
+                ))
+            })?
+            .map_err(Error::from_sdk)?;
+        let (parts, body) = answer.into_parts();
+        if parts.status.is_success() {
+            return Ok(body);
         }
-        Err(match serde_json::from_slice::<ApiError>(&answer.body) {
+        Err(match serde_json::from_slice::<ApiError>(&body) {
             Ok(error) => Error::Api(error),
             Err(_) => Error::Status {
-                status: answer.status,
-                body: String::from_utf8_lossy(&answer.body).trim().to_owned(),
+                status: parts.status.as_u16(),
+                body: String::from_utf8_lossy(&body).trim().to_owned(),
             },
         })
     }
 }
 
-/// The request's bytes.
-fn request(method: &str, target: &str, body: &[u8]) -> Vec<u8> {
-    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: portshare\r\nConnection: close\r\n");
-    if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH" | "DELETE") {
-        out.push_str("Content-Type: application/json\r\n");
-        out.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    out.push_str("\r\n");
-    let mut out = out.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-#[derive(Debug)]
-enum ReadError {
-    Io(std::io::Error),
-    Malformed(String),
-}
-
-impl From<std::io::Error> for ReadError {
-    fn from(e: std::io::Error) -> ReadError {
-        ReadError::Io(e)
-    }
-}
-
-/// Most bytes accepted in the head and in the body: the state of a busy daemon is large,
-/// but not this large.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_BODY: usize = 64 * 1024 * 1024;
-
-/// Reads one final answer (interim 1xx answers are skipped).
-fn read_answer(r: &mut impl BufRead) -> Result<Answer, ReadError> {
-    loop {
-        let (status, headers) = read_head(r)?;
-        if (100..200).contains(&status) {
-            continue;
-        }
-        let header = |name: &str| {
-            headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_str())
-                .collect::<Vec<_>>()
-        };
-        let chunked = header("transfer-encoding")
-            .iter()
-            .any(|v| v.to_ascii_lowercase().contains("chunked"));
-        let body = if status == 204 || status == 304 {
-            Vec::new()
-        } else if chunked {
-            read_chunked(r)?
-        } else if let Some(len) = header("content-length").first() {
-            let len: usize = len
-                .trim()
-                .parse()
-                .map_err(|_| ReadError::Malformed(format!("Content-Length {len:?}")))?;
-            if len > MAX_BODY {
-                return Err(ReadError::Malformed(format!("a body of {len} bytes")));
+impl Error {
+    /// The SDK's failure to exchange a request, told as this command tells it.
+    fn from_sdk(e: portshare_client::Error) -> Error {
+        use portshare_client::Error as Sdk;
+        match e {
+            Sdk::Connect { path, source } => Error::Unreachable { path, source },
+            Sdk::Api(error) => Error::Api(error),
+            Sdk::Http { source, .. } if source.is_parse() => {
+                Error::Protocol(format!("the daemon's answer is not HTTP/1.1: {source}"))
             }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body)?;
-            body
-        } else {
-            let mut body = Vec::new();
-            r.take(MAX_BODY as u64 + 1).read_to_end(&mut body)?;
-            body
-        };
-        return Ok(Answer { status, body });
-    }
-}
-
-/// The status line and the headers, up to the blank line.
-fn read_head(r: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>), ReadError> {
-    let mut total = 0;
-    let mut status_line = line(r, &mut total)?;
-    // Tolerate blank lines before the status line.
-    while status_line.is_empty() {
-        status_line = line(r, &mut total)?;
-    }
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or_else(|| ReadError::Malformed(format!("status line {status_line:?}")))?;
-    let mut headers = Vec::new();
-    loop {
-        let l = line(r, &mut total)?;
-        if l.is_empty() {
-            return Ok((status, headers));
-        }
-        let (name, value) = l
-            .split_once(':')
-            .ok_or_else(|| ReadError::Malformed(format!("header line {l:?}")))?;
-        headers.push((name.trim().to_owned(), value.trim().to_owned()));
-    }
-}
-
-/// One line without its CRLF (or LF); an error at the end of the stream.
-fn line(r: &mut impl BufRead, total: &mut usize) -> Result<String, ReadError> {
-    let mut buf = Vec::new();
-    let n = r
-        .take((MAX_HEAD - *total) as u64)
-        .read_until(b'\n', &mut buf)?;
-    *total += n;
-    if n == 0 || !buf.ends_with(b"\n") {
-        return Err(if *total >= MAX_HEAD {
-            ReadError::Malformed("a head over 64 KiB".into())
-        } else {
-            ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())
-        });
-    }
-    buf.pop();
-    if buf.ends_with(b"\r") {
-        buf.pop();
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// A chunked body, trailers skipped.
-fn read_chunked(r: &mut impl BufRead) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
-    let mut total = 0;
-    loop {
-        let size_line = line(r, &mut total)?;
-        total = 0;
-        let digits = size_line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(digits, 16)
-            .map_err(|_| ReadError::Malformed(format!("chunk size {size_line:?}")))?;
-        if size == 0 {
-            // Trailers, then the blank line.
-            while !line(r, &mut total)?.is_empty() {}
-            return Ok(body);
-        }
-        if body.len() + size > MAX_BODY {
-            return Err(ReadError::Malformed("a body over 64 MiB".into()));
-        }
-        let start = body.len();
-        body.resize(start + size, 0);
-        r.read_exact(&mut body[start..])?;
-        if !line(r, &mut total)?.is_empty() {
-            return Err(ReadError::Malformed("no CRLF after a chunk".into()));
+            Sdk::Http { source, .. } => {
+                Error::Protocol(format!("the control connection broke: {source}"))
+            }
+            Sdk::Io(e) => Error::Protocol(format!("the control connection broke: {e}")),
+            Sdk::Request(e) => Error::Protocol(format!("cannot encode the request: {e}")),
+            Sdk::Protocol(m) => Error::Protocol(format!("the control connection broke: {m}")),
+            other => Error::Protocol(format!("the control connection broke: {other}")),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+
     use super::*;
-
-    fn answer(raw: &[u8]) -> Result<Answer, ReadError> {
-        read_answer(&mut &raw[..])
-    }
-
-    fn ok(raw: &[u8]) -> (u16, String) {
-        let a = answer(raw).expect("an answer");
-        (a.status, String::from_utf8(a.body).expect("UTF-8"))
-    }
-
-    #[test]
-    fn content_length() {
-        assert_eq!(
-            ok(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}trailing"),
-            (200, "{}".into())
-        );
-    }
-
-    #[test]
-    fn chunked_with_extensions_and_trailers() {
-        let raw = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n\
-                    3;x=y\r\n{\"a\r\n5\r\n\":1}\n\r\n0\r\nX-T: 1\r\n\r\n";
-        assert_eq!(ok(raw), (201, "{\"a\":1}\n".into()));
-    }
-
-    #[test]
-    fn close_delimited() {
-        assert_eq!(ok(b"HTTP/1.1 200 OK\r\n\r\n[1,2]"), (200, "[1,2]".into()));
-    }
-
-    #[test]
-    fn no_content_has_no_body() {
-        assert_eq!(
-            ok(b"HTTP/1.1 204 No Content\r\n\r\nignored"),
-            (204, String::new())
-        );
-    }
-
-    #[test]
-    fn interim_answers_are_skipped() {
-        let raw =
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Length: 1\r\n\r\nx";
-        assert_eq!(ok(raw), (403, "x".into()));
-    }
-
-    #[test]
-    fn bare_lf_lines() {
-        assert_eq!(
-            ok(b"HTTP/1.1 200 OK\ncontent-length: 1\n\nz"),
-            (200, "z".into())
-        );
-    }
-
-    #[test]
-    fn malformed_and_short_answers() {
-        assert!(matches!(
-            answer(b"SSH-2.0\r\n\r\n"),
-            Err(ReadError::Malformed(_))
-        ));
-        assert!(matches!(
-            answer(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
-            Err(ReadError::Malformed(_))
-        ));
-        assert!(matches!(
-            answer(b"HTTP/1.1 200 OK\r\n"),
-            Err(ReadError::Io(_))
-        ));
-        assert!(matches!(
-            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab"),
-            Err(ReadError::Io(_))
-        ));
-        assert!(matches!(
-            answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
-            Err(ReadError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn requests_carry_a_length_when_they_may_have_a_body() {
-        assert_eq!(
-            request("GET", "/v1/state", b""),
-            b"GET /v1/state HTTP/1.1\r\nHost: portshare\r\nConnection: close\r\n\r\n"
-        );
-        let post = String::from_utf8(request("POST", "/v1/reload", b"")).expect("text");
-        assert!(post.contains("Content-Length: 0\r\n"), "{post}");
-        let patch = String::from_utf8(request("PATCH", "/v1/queues/a", b"{}")).expect("text");
-        assert!(patch.ends_with("Content-Length: 2\r\n\r\n{}"), "{patch}");
-    }
 
     #[test]
     fn hints() {
@@ -493,7 +277,8 @@ mod tests {
         );
     }
 
-    /// A one-shot daemon on a temporary socket: reads one request, answers `answer`.
+    /// A one-shot daemon on a temporary socket: reads one request, answers `answer` and
+    /// closes the connection.
     fn one_shot(answer: &'static [u8]) -> (Client, std::thread::JoinHandle<String>) {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
@@ -511,7 +296,7 @@ mod tests {
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
             // The tests' requests all carry a body ending in `}` or none at all.
-            while !(req.ends_with(b"}") || req.ends_with(b"Content-Length: 0\r\n\r\n")) {
+            while !(req.ends_with(b"}") || req.ends_with(b"\r\n\r\n")) {
                 let n = s.read(&mut buf).expect("read");
                 assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&req));
                 req.extend_from_slice(&buf[..n]);
@@ -540,7 +325,7 @@ mod tests {
         );
         match err {
             Error::Api(error) => {
-                assert_eq!(error.code, 183);
+                assert!(error.is_already_exists());
                 assert_eq!(error.to_string(), "m (183 ERROR_ALREADY_EXISTS)");
             }
             other => panic!("{other:?}"),
@@ -561,5 +346,62 @@ mod tests {
             .expect_err("502");
         server.join().expect("server");
         assert_eq!(err.to_string(), "the daemon answered 502: oops");
+    }
+
+    #[test]
+    fn chunked_and_close_delimited_answers() {
+        let (client, server) = one_shot(
+            b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3;x=y\r\n{\"a\r\n5\r\n\":1}\n\r\n0\r\nX-T: 1\r\n\r\n",
+        );
+        assert_eq!(
+            client.get_json_text("/v1/state").expect("chunked"),
+            "{\"a\":1}\n"
+        );
+        server.join().expect("server");
+        let (client, server) = one_shot(b"HTTP/1.1 200 OK\r\n\r\n[1,2]");
+        assert_eq!(
+            client.get::<Vec<u32>>("/v1/state").expect("to the end"),
+            [1, 2]
+        );
+        server.join().expect("server");
+    }
+
+    #[test]
+    fn interim_answers_are_skipped() {
+        let (client, server) = one_shot(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 403 Forbidden\r\nContent-Length: 1\r\n\r\nx",
+        );
+        let err = client.get::<()>("/v1/state").expect_err("403");
+        server.join().expect("server");
+        assert_eq!(err.to_string(), "the daemon answered 403: x");
+    }
+
+    #[test]
+    fn malformed_and_short_answers() {
+        let (client, server) = one_shot(b"SSH-2.0\r\n\r\n");
+        let err = client.get::<()>("/v1/state").expect_err("not HTTP");
+        server.join().expect("server");
+        assert!(
+            err.to_string()
+                .starts_with("the daemon's answer is not HTTP/1.1: "),
+            "{err}"
+        );
+        let (client, server) = one_shot(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab");
+        let err = client.get::<()>("/v1/state").expect_err("cut short");
+        server.join().expect("server");
+        assert!(
+            err.to_string()
+                .starts_with("the control connection broke: "),
+            "{err}"
+        );
+        let (client, server) = one_shot(b"HTTP/1.1 200 OK\r\n");
+        let err = client.get::<()>("/v1/state").expect_err("no head");
+        server.join().expect("server");
+        assert!(
+            err.to_string()
+                .starts_with("the control connection broke: "),
+            "{err}"
+        );
     }
 }

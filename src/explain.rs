@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use portshare_proto::control::{ProcessState, ServiceState};
+use portshare_proto::control::{ProcessState, ServiceState, path};
 use portshare_router::{
     Endpoint, Explanation, RequestHead, RouteTable, Scheme, UrlOptions, UrlPrefix, Verdict,
     Version, Win32Error,
@@ -78,7 +78,7 @@ pub(crate) fn run(args: &Args) -> ExitCode {
             control: args.control.clone(),
         };
         let client = control.client();
-        match client.get::<ServiceState>("/v1/state") {
+        match client.get::<ServiceState>(path::STATE) {
             Ok(state) => Some(Live::new(state, client.path())),
             Err(e) => return e.report("explain"),
         }

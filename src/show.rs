@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use portshare_proto::control::{
     AccessEntry, AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source,
-    UrlAclList, Verbosity,
+    UrlAclList, Verbosity, path,
 };
 use portshare_proto::text::printable;
 use serde::de::DeserializeOwned;
@@ -50,15 +50,15 @@ pub(crate) fn run(args: Args) -> ExitCode {
         What::Servicestate { json } => show(
             &client,
             "show servicestate",
-            "/v1/state",
+            path::STATE,
             json,
             servicestate_text,
         ),
-        What::Urlacl { json } => show(&client, "show urlacl", "/v1/urlacl", json, urlacl_text),
+        What::Urlacl { json } => show(&client, "show urlacl", path::URLACL, json, urlacl_text),
         What::Iplisten { json } => show(
             &client,
             "show iplisten",
-            "/v1/iplisten",
+            path::IPLISTEN,
             json,
             iplisten_text,
         ),
@@ -529,6 +529,7 @@ fn secs(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use portshare_proto::Win32Error;
     use portshare_proto::control::{
         AclEntry, ApiError, BindFailure, BudgetShare, BufferGauge, DescriptorBudget, IpListenEntry,
         ListenerState, PrefixState, ProcessState, QueueCounters,
@@ -547,11 +548,10 @@ mod tests {
             }],
             bind_failures: vec![BindFailure {
                 address: "127.0.0.1:80".into(),
-                error: ApiError {
-                    code: 32,
-                    name: "ERROR_SHARING_VIOLATION".into(),
-                    message: "127.0.0.1:80 is held by PID 77 (nginx: master), user root".into(),
-                },
+                error: ApiError::new(
+                    Win32Error::SharingViolation,
+                    "127.0.0.1:80 is held by PID 77 (nginx: master), user root",
+                ),
             }],
             prefixes: vec![
                 PrefixState {

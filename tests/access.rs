@@ -109,7 +109,7 @@ fn attach(control: &Path, queue: &str) -> Result<(UnixStream, Vec<u8>), (u16, Va
         sock,
         "POST {} HTTP/1.1\r\nHost: portshare\r\nConnection: upgrade\r\nUpgrade: {}\r\n\
          {}: 4\r\nContent-Length: 0\r\n\r\n",
-        portshare_proto::control::queue_path(queue, "/attach"),
+        portshare_proto::control::path::queue(queue, "/attach"),
         wire::UPGRADE_PROTOCOL,
         wire::SLOTS_HEADER
     )
@@ -431,7 +431,7 @@ fn unnamed_queues_are_their_creators_alone() {
             json!([
                 call("POST", "/v1/queues", json!({ "name": name, "mode": "open_or_create" })),
                 { "attach": name, "answer": "intruder" },
-                call("POST", &portshare_proto::control::queue_path(&name, "/urls"),
+                call("POST", &portshare_proto::control::path::queue(&name, "/urls"),
                      json!({ "url": format!("http://127.0.0.1:{port}/anon/more/") })),
             ]),
             &[],

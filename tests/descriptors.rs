@@ -1,7 +1,7 @@
 //! The descriptor budget and the control-connection caps against a running daemon: many
 //! uids holding control connections open cannot starve another user's application, nor
-//! keep root out; a silent control connection is closed; an accept loop out of
-//! descriptors sheds connections and recovers.
+//! keep root out; a command refused at its user's cap says why; a silent control
+//! connection is closed; an accept loop out of descriptors sheds connections and recovers.
 //!
 //! The daemons run under a small open-file limit (`prlimit`), the other uids through
 //! `setpriv` with numeric ids; the connections are held by this test binary again, running
@@ -271,6 +271,36 @@ fn per_uid_caps_hold_and_another_users_app_answers_every_request() {
     }));
     let mut again = Hog::start(&d, HOGS[0], 3, false);
     assert_eq!(again.report()["held"], 3);
+}
+
+/// The daemon answers a connection over its user's cap with the reason and closes it at
+/// once; `portshare` (on the SDK's client) must still print that reason, not a closed
+/// connection.
+#[test]
+fn a_command_refused_at_its_users_cap_says_why() {
+    if !can_switch_uid() {
+        return;
+    }
+    let d = daemon(None, "max_connections_per_uid = 2");
+    let mut hog = Hog::start(&d, HOGS[0], 2, false);
+    assert_eq!(hog.report()["held"], 2);
+    let exe = d.dir.0.join("portshare");
+    copy_executable(&common::portshare_bin(), &exe);
+    let wrapper = as_uid(HOGS[0]);
+    for _ in 0..5 {
+        let out = Command::new(&wrapper[0])
+            .args(&wrapper[1..])
+            .arg(&exe)
+            .args(["show", "urlacl", "--control"])
+            .arg(&d.control)
+            .output()
+            .expect("run portshare show");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.starts_with("portshare show urlacl: uid "), "{err}");
+        assert!(err.contains("(control.max_connections_per_uid)"), "{err}");
+        assert!(err.contains("(1816 ERROR_NOT_ENOUGH_QUOTA)"), "{err}");
+    }
 }
 
 #[test]

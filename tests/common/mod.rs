@@ -1,5 +1,6 @@
 //! What the end-to-end tests share: a daemon on its own control socket and loopback
-//! address, apps started from the example binaries, a control client, raw HTTP.
+//! address, apps started from the example binaries, a control client (the SDK's, made
+//! blocking), raw HTTP.
 //!
 //! Every process a test starts is killed when its handle drops, so a failing assertion
 //! leaves nothing behind.
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use portshare_proto::control::path;
 use portshare_proto::wire::{self, Frame};
 
 /// A fresh folder under the system's temp dir, removed on drop.
@@ -310,22 +312,24 @@ impl App {
     }
 }
 
-/// A control connection: HTTP/1.1 + JSON on the daemon's Unix socket.
+/// A control connection (a session of its own): the SDK's [`portshare_client::Control`],
+/// blocking on a runtime of its own, answering each request with its status and JSON body.
 pub struct Ctl {
-    stream: UnixStream,
-    buf: Vec<u8>,
+    control: portshare_client::Control,
+    /// Declared after `control`, so the connection drops before the runtime that drives it.
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Ctl {
     pub fn connect(path: &Path) -> Ctl {
-        let stream = UnixStream::connect(path).expect("connect to the control socket");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        Ctl {
-            stream,
-            buf: Vec::new(),
-        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the control connection");
+        let control = runtime
+            .block_on(portshare_client::Control::connect(path))
+            .expect("connect to the control socket");
+        Ctl { control, runtime }
     }
 
     /// One request; the status and the JSON body (`null` when empty).
@@ -335,24 +339,23 @@ impl Ctl {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            self.stream,
-            "{method} {path} HTTP/1.1\r\nHost: portshare\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write control request");
-        let (status, _, body) = read_response(&mut self.stream, &mut self.buf, false);
-        let json = if body.is_empty() {
+        let Ctl { control, runtime } = self;
+        let method = http::Method::from_bytes(method.as_bytes()).expect("a method");
+        let exchange = control.send(method, path, body.as_ref());
+        let answer = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), exchange).await })
+            .expect("an answer within 30 s")
+            .expect("control request");
+        let json = if answer.body().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_slice(&body).expect("JSON body")
+            serde_json::from_slice(answer.body()).expect("JSON body")
         };
-        (status, json)
+        (answer.status().as_u16(), json)
     }
 
     pub fn create_queue(&mut self, spec: serde_json::Value) -> serde_json::Value {
-        let (status, body) = self.call("POST", "/v1/queues", Some(spec));
+        let (status, body) = self.call("POST", path::QUEUES, Some(spec));
         assert!(status == 201 || status == 200, "{status} {body}");
         body
     }
@@ -360,7 +363,7 @@ impl Ctl {
     pub fn add_url(&mut self, queue: &str, url: &str) -> (u16, serde_json::Value) {
         self.call(
             "POST",
-            &format!("/v1/queues/{queue}/urls"),
+            &path::queue(queue, path::URLS),
             Some(serde_json::json!({ "url": url })),
         )
     }

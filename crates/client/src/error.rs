@@ -1,14 +1,15 @@
-//! What can go wrong while serving a queue.
+//! What can go wrong talking to the daemon or serving a queue.
 
 use std::io;
 use std::path::PathBuf;
 
+use portshare_proto::Win32Error;
 use portshare_proto::control::ApiError;
 
 /// A boxed error, as services and bodies report them.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why a queue could not be served.
+/// Why a control request failed, or a queue could not be served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -30,10 +31,23 @@ pub enum Error {
         /// Why connecting failed.
         source: io::Error,
     },
-    /// The daemon answered something this SDK does not understand, or closed a connection
-    /// in the middle of an exchange.
+    /// The daemon answered something this SDK does not understand, failed without the
+    /// API's error body, or closed a connection in the middle of an exchange.
     #[error("portshare daemon: {0}")]
     Protocol(String),
+    /// A control or worker connection failed in HTTP terms: the daemon's answer is not
+    /// HTTP/1.1, or the connection broke. The [`hyper::Error`] is the source.
+    #[error("portshare daemon: {context}: {source}")]
+    Http {
+        /// What was going on: `control request`, `attach`...
+        context: &'static str,
+        /// What hyper said.
+        source: hyper::Error,
+    },
+    /// A control request could not be made: its body does not encode as JSON, or its path
+    /// is not a path. The encoder's or the `http` crate's error is the source.
+    #[error("cannot make the control request: {0}")]
+    Request(#[source] BoxError),
     /// Reading or writing a socket failed.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -56,20 +70,25 @@ impl Error {
         self.api().map(|e| e.code)
     }
 
+    /// The daemon's refusal as a named code, when it is one this SDK knows.
+    pub fn win32(&self) -> Option<Win32Error> {
+        self.api().and_then(ApiError::win32)
+    }
+
     /// True for 183 `ERROR_ALREADY_EXISTS`: another queue holds the prefix.
     pub fn is_already_exists(&self) -> bool {
-        self.code() == Some(183)
+        self.api().is_some_and(ApiError::is_already_exists)
     }
 
     /// True for 5 `ERROR_ACCESS_DENIED`: no reservation lets this user register the
     /// prefix, or the queue belongs to another user.
     pub fn is_access_denied(&self) -> bool {
-        self.code() == Some(5)
+        self.api().is_some_and(ApiError::is_access_denied)
     }
 
     /// True for 32 `ERROR_SHARING_VIOLATION`: another program holds the port.
     pub fn is_sharing_violation(&self) -> bool {
-        self.code() == Some(32)
+        self.api().is_some_and(ApiError::is_sharing_violation)
     }
 
     /// True when the daemon could not be reached at all.

@@ -52,6 +52,14 @@
 //!
 //! A service error, a response body error or a panic resets the request's stream: the
 //! daemon aborts the client's connection, and the worker goes on with its other requests.
+//!
+//! # The control API
+//!
+//! [`Control`] is a connection to the daemon's control socket, for anything else the
+//! [control API](portshare_proto::control) does: reading the state, reservations, the
+//! listen list, queue properties. It is the client `portshare` itself uses. A refusal comes
+//! back as [`Error::Api`], whose [`ApiError`] says what it is with predicates
+//! ([`ApiError::is_access_denied`] and the like) over the named [`Win32Error`] codes.
 
 mod body;
 mod control;
@@ -62,7 +70,9 @@ mod service;
 mod worker;
 
 pub use body::Body;
+pub use control::Control;
 pub use error::{BodyError, Error};
+pub use portshare_proto::Win32Error;
 pub use portshare_proto::control::{ApiError, Verbosity};
 pub use queue::{Queue, QueueBuilder};
 pub use running::Running;

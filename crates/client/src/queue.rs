@@ -137,8 +137,8 @@ impl QueueBuilder {
     ///
     /// [`Error::Connect`] when the daemon is not there, [`Error::Api`] when it refuses the
     /// queue, a URL or a worker (such as 183 for a prefix another queue holds), and
-    /// [`Error::Protocol`] or [`Error::Io`] when a connection fails. Nothing stays
-    /// registered after an error.
+    /// [`Error::Http`], [`Error::Protocol`] or [`Error::Io`] when a connection fails.
+    /// Nothing stays registered after an error.
     ///
     /// # Cancel safety
     ///
@@ -151,9 +151,7 @@ impl QueueBuilder {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let path = self.control.unwrap_or_else(|| {
-            portshare_proto::control_socket_for_client(|k| std::env::var_os(k), |p| p.exists())
-        });
+        let path = self.control.unwrap_or_else(crate::control::default_socket);
         let setup = Setup {
             path,
             spec: QueueSpec {

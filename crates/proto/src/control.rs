@@ -19,10 +19,15 @@
 //! | `DELETE /v1/iplisten` | [`IpListenChange`] | `200`, [`IpListenList`] |
 //! | `POST /v1/reload` | – | [`ReloadReport`]: the configuration file read again and applied |
 //!
+//! The paths are constants in [`path`], with the encoding of a queue's name in its path
+//! (`%XX` for every byte but unreserved ASCII) and its decoding.
+//!
 //! Failures answer 4xx or 5xx with an [`ApiError`], which carries the Win32 code HTTP.sys
-//! would have returned. What a connection creates (queues, URLs) belongs to that connection
-//! and goes away when it closes, except that a queue with a linger time keeps its URLs and
-//! pending requests that long for the next connection that opens it by name.
+//! would have returned; the status follows from the code ([`Win32Error::http_status`]).
+//!
+//! What a connection creates (queues, URLs) belongs to that connection and goes away when
+//! it closes, except that a queue with a linger time keeps its URLs and pending requests
+//! that long for the next connection that opens it by name.
 //!
 //! A named queue belongs to the account that created it, as an HTTP.sys queue carries its
 //! creator's security descriptor: only that account, and the accounts it granted rights in
@@ -31,26 +36,11 @@
 //! Queues the configuration file declares belong to the daemon. An unnamed queue is its
 //! creating process's alone.
 
+pub mod path;
+
 use serde::{Deserialize, Serialize};
 
-/// `/v1/queues/{name}{rest}`, the name as one path segment: every byte but unreserved ASCII
-/// (`A-Z a-z 0-9 - . _ ~`) `%XX`-encoded, so any queue name makes a path.
-pub fn queue_path(name: &str, rest: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut path = String::with_capacity(11 + name.len() * 3 + rest.len());
-    path.push_str("/v1/queues/");
-    for &b in name.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            path.push(char::from(b));
-        } else {
-            path.push('%');
-            path.push(char::from(HEX[usize::from(b >> 4)]));
-            path.push(char::from(HEX[usize::from(b & 15)]));
-        }
-    }
-    path.push_str(rest);
-    path
-}
+use crate::Win32Error;
 
 /// How a full or disabled queue answers (`HttpServer503VerbosityProperty`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -274,7 +264,9 @@ pub struct RemoveUrl {
     pub url: String,
 }
 
-/// Every failure of the control API.
+/// Every failure of the control API: the Win32 code HTTP.sys would have returned, its name
+/// and a message. Ask what it is with the predicates ([`is_access_denied`](Self::is_access_denied)
+/// and the like) rather than by number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {
     /// The Win32 error code, such as 183.
@@ -283,6 +275,83 @@ pub struct ApiError {
     pub name: String,
     /// What went wrong and, where it helps, what to do.
     pub message: String,
+}
+
+impl ApiError {
+    /// The refusal `error`, saying `message`.
+    pub fn new(error: Win32Error, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code: error.code(),
+            name: error.name().to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// The named code, when this crate knows the number (a newer daemon may send others).
+    pub fn win32(&self) -> Option<Win32Error> {
+        Win32Error::from_code(self.code)
+    }
+
+    /// True when the code is `error`'s.
+    pub fn is(&self, error: Win32Error) -> bool {
+        self.code == error.code()
+    }
+
+    /// The HTTP status the control API answers this refusal with (see
+    /// [`Win32Error::http_status`]); 400 for a code this crate does not know.
+    pub fn http_status(&self) -> u16 {
+        self.win32().map_or(400, Win32Error::http_status)
+    }
+
+    /// True for 2 `ERROR_FILE_NOT_FOUND`: no such queue to open, reservation or listen-list
+    /// entry to remove, or control endpoint.
+    pub fn is_file_not_found(&self) -> bool {
+        self.is(Win32Error::FileNotFound)
+    }
+
+    /// True for 4 `ERROR_TOO_MANY_OPEN_FILES`: the daemon's descriptor budget for control
+    /// connections or listening sockets is spent.
+    pub fn is_too_many_open_files(&self) -> bool {
+        self.is(Win32Error::TooManyOpenFiles)
+    }
+
+    /// True for 5 `ERROR_ACCESS_DENIED`: no reservation lets this user register the
+    /// prefix, the queue belongs to another account, or the request needs an administrator.
+    pub fn is_access_denied(&self) -> bool {
+        self.is(Win32Error::AccessDenied)
+    }
+
+    /// True for 6 `ERROR_INVALID_HANDLE`: the queue named is not one this connection holds.
+    pub fn is_invalid_handle(&self) -> bool {
+        self.is(Win32Error::InvalidHandle)
+    }
+
+    /// True for 13 `ERROR_INVALID_DATA`: the configuration file does not parse or check.
+    pub fn is_invalid_data(&self) -> bool {
+        self.is(Win32Error::InvalidData)
+    }
+
+    /// True for 32 `ERROR_SHARING_VIOLATION`: another program holds the port.
+    pub fn is_sharing_violation(&self) -> bool {
+        self.is(Win32Error::SharingViolation)
+    }
+
+    /// True for 87 `ERROR_INVALID_PARAMETER`: a malformed URL prefix, name or body.
+    pub fn is_invalid_parameter(&self) -> bool {
+        self.is(Win32Error::InvalidParameter)
+    }
+
+    /// True for 183 `ERROR_ALREADY_EXISTS`: another queue holds the prefix, or the queue or
+    /// reservation exists.
+    pub fn is_already_exists(&self) -> bool {
+        self.is(Win32Error::AlreadyExists)
+    }
+
+    /// True for 1816 `ERROR_NOT_ENOUGH_QUOTA`: the caller's user is at one of the daemon's
+    /// per-user caps.
+    pub fn is_not_enough_quota(&self) -> bool {
+        self.is(Win32Error::NotEnoughQuota)
+    }
 }
 
 impl core::fmt::Display for ApiError {
@@ -646,15 +715,31 @@ pub struct ReloadReport {
 
 #[cfg(test)]
 mod tests {
-    use super::queue_path;
+    use super::ApiError;
+    use crate::Win32Error;
 
     #[test]
-    fn queue_names_are_percent_encoded() {
-        assert_eq!(queue_path("myapp", "/urls"), "/v1/queues/myapp/urls");
-        assert_eq!(queue_path("app-1_x.y~", ""), "/v1/queues/app-1_x.y~");
+    fn api_errors_answer_by_name() {
+        let e = ApiError::new(Win32Error::AlreadyExists, "taken");
+        assert_eq!((e.code, e.name.as_str()), (183, "ERROR_ALREADY_EXISTS"));
+        assert_eq!(e.to_string(), "taken (183 ERROR_ALREADY_EXISTS)");
+        assert!(e.is_already_exists() && e.is(Win32Error::AlreadyExists));
+        assert!(!e.is_access_denied() && !e.is_sharing_violation());
         assert_eq!(
-            queue_path("a b/c?d%é~_.-", "/attach"),
-            "/v1/queues/a%20b%2Fc%3Fd%25%C3%A9~_.-/attach"
+            (e.win32(), e.http_status()),
+            (Some(Win32Error::AlreadyExists), 409)
         );
+        let wire: ApiError =
+            serde_json::from_str(r#"{"code":5,"name":"ERROR_ACCESS_DENIED","message":"no"}"#)
+                .expect("an ApiError");
+        assert!(wire.is_access_denied());
+        assert_eq!(wire.http_status(), 403);
+        // A code from a newer daemon: no name, and the catch-all status.
+        let unknown = ApiError {
+            code: 9999,
+            name: "ERROR_SOMETHING".into(),
+            message: "?".into(),
+        };
+        assert_eq!((unknown.win32(), unknown.http_status()), (None, 400));
     }
 }

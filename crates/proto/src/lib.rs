@@ -1,6 +1,7 @@
 //! What the Portshare daemon, its application SDK and its CLI agree on: where the control
-//! socket lives, the control API's types ([`control`]), the worker wire ([`wire`]) and the
-//! names of the metadata headers applications receive ([`header`]).
+//! socket lives, the control API's types and paths ([`control`]), the Win32 codes its
+//! refusals carry ([`Win32Error`]), the worker wire ([`wire`]) and the names of the metadata
+//! headers applications receive ([`header`]).
 //!
 //! ```
 //! use std::path::Path;
@@ -14,7 +15,10 @@
 
 pub mod control;
 pub mod text;
+mod win32;
 pub mod wire;
+
+pub use win32::Win32Error;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

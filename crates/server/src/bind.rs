@@ -2,14 +2,15 @@
 //!
 //! [`listen`] opens one listening TCP socket per address. Its failures come back as a
 //! [`BindError`] carrying the Win32 code HTTP.sys would return for the same situation
-//! ([`BindError::code`], [`BindError::name`]) and a one-line message for the operator. When the
-//! address is taken, [`find_holder`] names the program holding it, found through `/proc`.
+//! ([`BindError::win32`]) and a one-line message for the operator. When the address is
+//! taken, [`find_holder`] names the program holding it, found through `/proc`.
 //! [`check_local`] tells whether an IP address belongs to this machine at all.
 
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
+use portshare_proto::Win32Error;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// The listen backlog [`listen`] uses when given zero or less.
@@ -54,23 +55,13 @@ pub(crate) enum BindError {
 }
 
 impl BindError {
-    /// The Win32 error code HTTP.sys returns for this failure.
-    pub(crate) fn code(&self) -> u32 {
+    /// The Win32 error HTTP.sys returns for this failure.
+    pub(crate) fn win32(&self) -> Win32Error {
         match self {
-            Self::InUse { .. } => 32,
-            Self::NotLocal { .. } | Self::NoIpv6 { .. } => 1214,
-            Self::Denied { .. } => 5,
-            Self::Other { .. } => 31,
-        }
-    }
-
-    /// The symbolic name of [`code`](Self::code), as in `winerror.h`.
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::InUse { .. } => "ERROR_SHARING_VIOLATION",
-            Self::NotLocal { .. } | Self::NoIpv6 { .. } => "ERROR_INVALID_NETNAME",
-            Self::Denied { .. } => "ERROR_ACCESS_DENIED",
-            Self::Other { .. } => "ERROR_GEN_FAILURE",
+            Self::InUse { .. } => Win32Error::SharingViolation,
+            Self::NotLocal { .. } | Self::NoIpv6 { .. } => Win32Error::InvalidNetname,
+            Self::Denied { .. } => Win32Error::AccessDenied,
+            Self::Other { .. } => Win32Error::GenFailure,
         }
     }
 }
@@ -611,7 +602,10 @@ mod tests {
             panic!("expected InUse, got {err:?}");
         };
         assert_eq!(*err_addr, addr);
-        assert_eq!((err.code(), err.name()), (32, "ERROR_SHARING_VIOLATION"));
+        assert_eq!(
+            (err.win32().code(), err.win32().name()),
+            (32, "ERROR_SHARING_VIOLATION")
+        );
         if cfg!(target_os = "linux") {
             assert_eq!(holder.pid, Some(std::process::id()), "{err}");
             let exe = std::env::current_exe().unwrap();
@@ -678,7 +672,11 @@ mod tests {
             ),
         ];
         for (err, code, name) in cases {
-            assert_eq!((err.code(), err.name()), (code, name), "{err:?}");
+            assert_eq!(
+                (err.win32().code(), err.win32().name()),
+                (code, name),
+                "{err:?}"
+            );
             assert!(err.to_string().contains("127.0.0.1"), "{err}");
         }
     }
@@ -780,7 +778,10 @@ mod tests {
         // TEST-NET-1: never assigned to a real host. Binding sends nothing.
         let err = check_local(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))).unwrap_err();
         assert!(matches!(err, BindError::NotLocal { .. }), "{err:?}");
-        assert_eq!((err.code(), err.name()), (1214, "ERROR_INVALID_NETNAME"));
+        assert_eq!(
+            (err.win32().code(), err.win32().name()),
+            (1214, "ERROR_INVALID_NETNAME")
+        );
     }
 
     #[tokio::test]
@@ -868,7 +869,10 @@ mod tests {
             matches!(err, BindError::Denied { unprivileged_port_start: Some(s), .. } if s == start),
             "{err:?}"
         );
-        assert_eq!((err.code(), err.name()), (5, "ERROR_ACCESS_DENIED"));
+        assert_eq!(
+            (err.win32().code(), err.win32().name()),
+            (5, "ERROR_ACCESS_DENIED")
+        );
         assert!(err.to_string().contains("CAP_NET_BIND_SERVICE"), "{err}");
     }
 

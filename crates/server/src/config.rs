@@ -66,7 +66,7 @@
 //! ```
 //!
 //! A file that does not parse, or holds a value out of range, is refused with the line and
-//! the key at fault; a running daemon then keeps the configuration it has.
+//! the key at fault ([`ConfigError`]); a running daemon then keeps the configuration it has.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -74,6 +74,13 @@ use std::time::Duration;
 
 use portshare_proto::control::{AccessEntry, AccountKind, Verbosity};
 use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+mod error;
+
+pub use error::ConfigError;
+pub(crate) use error::Fault;
 
 /// Everything the daemon is told.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -161,8 +168,8 @@ impl ControlConfig {
         Duration::from_secs_f64(self.request_wait)
     }
 
-    fn check(&self) -> Result<(), Bad> {
-        let at = |key, message: String| Bad::at(Some(("control", None)), key, message);
+    fn check(&self) -> Result<(), Fault> {
+        let at = |key, message: String| Fault::at(Some(("control", None)), key, message);
         if let Some(mode) = &self.mode
             && (mode.is_empty() || u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777))
         {
@@ -307,7 +314,7 @@ impl Timers {
     /// A timer of this many seconds or more never fires.
     pub const DISABLED: f64 = 65535.0;
 
-    fn check(&self) -> Result<(), Bad> {
+    fn check(&self) -> Result<(), Fault> {
         for (name, v) in [
             ("header_wait", self.header_wait),
             ("idle_connection", self.idle_connection),
@@ -317,7 +324,7 @@ impl Timers {
             ("shutdown", self.shutdown),
         ] {
             if !(v > 0.0 && v <= 4_294_967.0) {
-                return Err(Bad::at(
+                return Err(Fault::at(
                     Some(("timers", None)),
                     name,
                     format!("timers.{name} = {v}: expected seconds above 0 and at most 4294967"),
@@ -325,7 +332,7 @@ impl Timers {
             }
         }
         if self.min_send_rate == 0 {
-            return Err(Bad::at(
+            return Err(Fault::at(
                 Some(("timers", None)),
                 "min_send_rate",
                 "timers.min_send_rate = 0: expected bytes per second from 1 to 4294967295",
@@ -364,9 +371,9 @@ impl ErrLogConfig {
     /// HTTP.sys's default and least `ErrorLogFileTruncateSize`.
     const MIN_TRUNCATE_SIZE: u64 = 1_048_576;
 
-    fn check(&self) -> Result<(), Bad> {
+    fn check(&self) -> Result<(), Fault> {
         if self.truncate_size < Self::MIN_TRUNCATE_SIZE {
-            return Err(Bad::at(
+            return Err(Fault::at(
                 Some(("errlog", None)),
                 "truncate_size",
                 format!(
@@ -376,7 +383,7 @@ impl ErrLogConfig {
             ));
         }
         if self.folder.as_os_str().is_empty() {
-            return Err(Bad::at(
+            return Err(Fault::at(
                 Some(("errlog", None)),
                 "folder",
                 "errlog.folder is empty: expected a folder path",
@@ -512,19 +519,29 @@ impl QueueConfig {
 
 impl Config {
     /// Reads and checks a configuration file.
-    pub fn from_file(path: &Path) -> Result<Config, String> {
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] for which [`is_config`](Error::is_config) holds: the file cannot be read
+    /// (its source is the [`io::Error`](std::io::Error)), or its text is refused (its
+    /// source is the [`ConfigError`]). It reads `PATH: line N: what is wrong`.
+    pub fn from_file(path: &Path) -> Result<Config, Error> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        Config::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| Error::config(format!("cannot read {}", path.display())).with(e))?;
+        Config::from_toml(&text).map_err(|e| Error::config(path.display().to_string()).with(e))
     }
 
     /// Parses and checks configuration text.
-    pub fn from_toml(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.check().map_err(|e| match line_of(text, &e.key) {
-            Some(line) => format!("line {line}: {}", e.message),
-            None => e.message,
-        })?;
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the line and the key at fault, when the text does not parse
+    /// as TOML, has a key this version does not know, or holds a value out of range.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::parse(text, e))?;
+        config
+            .check_values()
+            .map_err(|fault| fault.locate(Some(text)))?;
         Ok(config)
     }
 
@@ -568,14 +585,23 @@ impl Config {
         out
     }
 
-    /// Checks values that parse but make no sense.
-    pub fn check(&self) -> Result<(), Bad> {
+    /// Checks values that parse but make no sense, as [`from_toml`](Config::from_toml) does
+    /// for a file. The error has no line: the configuration has no text here.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the key at fault and what it should hold.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        self.check_values().map_err(|fault| fault.locate(None))
+    }
+
+    fn check_values(&self) -> Result<(), Fault> {
         let l = &self.limits;
         let limit = |key: &'static str, v: usize, range: core::ops::RangeInclusive<usize>| {
             if range.contains(&v) {
                 Ok(())
             } else {
-                Err(Bad::at(
+                Err(Fault::at(
                     Some(("limits", None)),
                     key,
                     format!(
@@ -597,7 +623,7 @@ impl Config {
         if l.max_connections != Limits::UNLIMITED
             && !(1024..=2_031_616).contains(&l.max_connections)
         {
-            return Err(Bad::at(
+            return Err(Fault::at(
                 Some(("limits", None)),
                 "max_connections",
                 format!(
@@ -612,7 +638,7 @@ impl Config {
         if let Some(g) = &self.admin_group
             && g.is_empty()
         {
-            return Err(Bad::at(
+            return Err(Fault::at(
                 None,
                 "admin_group",
                 "admin_group is empty: expected a group name or gid:N",
@@ -620,7 +646,7 @@ impl Config {
         }
         for (i, a) in self.urlacls.iter().enumerate() {
             let at = |key: &'static str, message: String| {
-                Bad::at(Some(("urlacl", Some(i))), key, message)
+                Fault::at(Some(("urlacl", Some(i))), key, message)
             };
             let prefix = portshare_router::UrlPrefix::parse(&a.url)
                 .map_err(|e| at("url", format!("urlacl url = {:?}: {e}", a.url)))?;
@@ -654,7 +680,7 @@ impl Config {
         }
         for (i, q) in self.queues.iter().enumerate() {
             let at = |key: &'static str, message: String| {
-                Bad::at(Some(("queue", Some(i))), key, message)
+                Fault::at(Some(("queue", Some(i))), key, message)
             };
             crate::daemon::check_queue_name(&q.name, false)
                 .map_err(|e| at("name", format!("queue {:?}: {e}", q.name)))?;
@@ -783,16 +809,14 @@ pub(crate) struct StateFile {
 
 impl StateFile {
     /// Reads the state file; a missing file is an empty state.
-    pub(crate) fn load(path: &Path) -> Result<StateFile, String> {
+    pub(crate) fn load(path: &Path) -> Result<StateFile, Error> {
         match std::fs::read_to_string(path) {
-            Ok(text) => {
-                toml::from_str(&text).map_err(|e| format!("state file {}: {e}", path.display()))
-            }
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Error::config(format!("state file {}", path.display())).with(e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-            Err(e) => Err(format!(
-                "cannot read the state file {}: {e}",
-                path.display()
-            )),
+            Err(e) => {
+                Err(Error::config(format!("cannot read the state file {}", path.display())).with(e))
+            }
         }
     }
 
@@ -835,78 +859,6 @@ pub fn default_state_file(
 /// The configuration file `portshare serve` reads when given none, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/portshare/portshare.toml";
 
-/// A value the configuration may not hold: the message, and where it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bad {
-    /// The table (`limits`, or the `n`th `[[queue]]`) and the key.
-    pub key: (Option<(&'static str, Option<usize>)>, &'static str),
-    /// What is wrong and what is expected, naming the key.
-    pub message: String,
-}
-
-impl Bad {
-    pub(crate) fn at(
-        table: Option<(&'static str, Option<usize>)>,
-        key: &'static str,
-        message: impl Into<String>,
-    ) -> Bad {
-        Bad {
-            key: (table, key),
-            message: message.into(),
-        }
-    }
-}
-
-impl core::fmt::Display for Bad {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-/// The 1-based line of `key` in TOML `text`: the line that sets it inside its table (the
-/// `n`th `[[array]]` for an array of tables), else the table's header line.
-fn line_of(
-    text: &str,
-    key: &(Option<(&'static str, Option<usize>)>, &'static str),
-) -> Option<usize> {
-    let (table, name) = *key;
-    let mut current: Option<(String, Option<usize>)> = None;
-    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    let mut header = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(rest) = line.strip_prefix("[[") {
-            let t = rest.split("]]").next().unwrap_or("").trim().to_owned();
-            let n = counts.entry(t.clone()).or_insert(0);
-            current = Some((t, Some(*n)));
-            *n += 1;
-        } else if let Some(rest) = line.strip_prefix('[') {
-            current = Some((rest.split(']').next().unwrap_or("").trim().to_owned(), None));
-        } else {
-            let here = match (&current, table) {
-                (None, None) => true,
-                (Some((t, n)), Some((want, wn))) => t == want && *n == wn,
-                _ => false,
-            };
-            if here
-                && line.split('=').next().is_some_and(|k| k.trim() == name)
-                && line.contains('=')
-            {
-                return Some(i + 1);
-            }
-            continue;
-        }
-        let is_table = match (&current, table) {
-            (Some((t, n)), Some((want, wn))) => t == want && *n == wn,
-            _ => false,
-        };
-        if is_table && header.is_none() {
-            header = Some(i + 1);
-        }
-    }
-    header
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -931,27 +883,38 @@ mod tests {
         assert!(!c.errlog.enabled);
         assert_eq!(c.errlog.folder, Path::new("/tmp/e"));
         assert_eq!(c.errlog.truncate_size, 2_097_152);
-        let e = Config::from_toml("[errlog]\ntruncate_size = 1048575\n").unwrap_err();
+        let e = Config::from_toml("[errlog]\ntruncate_size = 1048575\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("errlog.truncate_size") && e.contains("1048576"),
             "{e}"
         );
-        let e = Config::from_toml("[errlog]\nfolder = \"\"\n").unwrap_err();
+        let e = Config::from_toml("[errlog]\nfolder = \"\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("errlog.folder"), "{e}");
-        let e = Config::from_toml("[errlog]\nsize = 1\n").unwrap_err();
+        let e = Config::from_toml("[errlog]\nsize = 1\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("size"), "{e}");
     }
 
     #[test]
     fn bad_values_name_the_key() {
-        let e = Config::from_toml("[limits]\nmax_field_length = 10\n").unwrap_err();
+        let e = Config::from_toml("[limits]\nmax_field_length = 10\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_field_length"), "{e}");
-        let e = Config::from_toml("iplisten = [\"not-an-ip\"]\n").unwrap_err();
+        let e = Config::from_toml("iplisten = [\"not-an-ip\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("iplisten"), "{e}");
-        let e =
-            Config::from_toml("[[queue]]\nname = \"q\"\nupstream = \"10.1.2.3:80\"\n").unwrap_err();
+        let e = Config::from_toml("[[queue]]\nname = \"q\"\nupstream = \"10.1.2.3:80\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("loopback"), "{e}");
-        let e = Config::from_toml("bogus = 1\n").unwrap_err();
+        let e = Config::from_toml("bogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }
 
@@ -990,7 +953,7 @@ mod tests {
             ("[[queue]]\nname = \"a\\u001b[2J\"\n", "control or format"),
             ("[[queue]]\nname = \"a\\u202Eb\"\n", "control or format"),
         ] {
-            let e = Config::from_toml(text).unwrap_err();
+            let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(what), "{text:?}: {e}");
         }
     }
@@ -1031,7 +994,7 @@ mod tests {
                 "drain_entity_body",
             ),
         ] {
-            let e = Config::from_toml(text).unwrap_err();
+            let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
         // 65535 s and more never fire.
@@ -1045,20 +1008,98 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let text = "iplisten = []\n\n[limits]\nmax_request_bytes = 16384\nmax_field_length = 10\n";
-        let e = Config::from_toml(text).unwrap_err();
+        let e = Config::from_toml(text).unwrap_err().to_string();
         assert!(e.starts_with("line 5: limits.max_field_length = 10"), "{e}");
         let text = "[[queue]]\nname = \"a\"\n\n[[queue]]\nname = \"b\"\nlength = 0\n";
-        let e = Config::from_toml(text).unwrap_err();
+        let e = Config::from_toml(text).unwrap_err().to_string();
         assert!(e.starts_with("line 6: queue \"b\": length = 0"), "{e}");
         let text = "[[urlacl]]\nurl = \"http://+:80/a/\"\nusers = [\"alice\"]\n[[urlacl]]\nurl = \"http://+:80/b\"\nusers = [\"bob\"]\n";
-        let e = Config::from_toml(text).unwrap_err();
+        let e = Config::from_toml(text).unwrap_err().to_string();
         assert!(
             e.starts_with("line 5: urlacl url = \"http://+:80/b\""),
             "{e}"
         );
         // Parse errors come with their line from the TOML parser.
-        let e = Config::from_toml("[timers]\nheader_wait = \"x\"\n").unwrap_err();
+        let e = Config::from_toml("[timers]\nheader_wait = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn errors_carry_the_line_and_the_key() {
+        let e =
+            Config::from_toml("iplisten = []\n\n[limits]\nmax_field_length = 10\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str(), e.message.as_str()),
+            (
+                Some(4),
+                "limits.max_field_length",
+                "limits.max_field_length = 10: expected 64 to 65534"
+            )
+        );
+        assert!(std::error::Error::source(&e).is_none());
+        let text = "[[queue]]\nname = \"a\"\n\n[[queue]]\nname = \"b\"\nlength = 0\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(6), "queue[1].length"));
+        let e = Config::from_toml("admin_group = \"\"\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(1), "admin_group"));
+        // Without text, no line; the same key and message.
+        let mut c = Config::default();
+        c.limits.max_field_length = 10;
+        let e = c.check().unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (None, "limits.max_field_length"));
+        assert_eq!(e.to_string(), e.message);
+        // Text that does not parse: the parser's report, its error as the source.
+        let text = "iplisten = []\n[limits]\nmax_request_bytes = \"lots\"\n";
+        let e = Config::from_toml(text).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(3), "limits.max_request_bytes")
+        );
+        assert!(
+            e.to_string().starts_with("TOML parse error at line 3"),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&e.message), "{e}");
+        let source = std::error::Error::source(&e).expect("the parser's error");
+        assert!(source.downcast_ref::<toml::de::Error>().is_some());
+        let e = Config::from_toml("[limits]\nmax_requests_bytes = 1\n").unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (Some(2), "limits.max_requests_bytes")
+        );
+        let e = Config::from_toml("[limits\n").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(1), ""));
+    }
+
+    #[test]
+    fn files_that_cannot_be_read_or_checked() {
+        let dir = std::env::temp_dir().join(format!("portshare-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        let e = Config::from_file(&missing).unwrap_err();
+        assert!(e.is_config() && !e.is_bind());
+        assert!(
+            e.to_string()
+                .starts_with(&format!("cannot read {}: ", missing.display())),
+            "{e}"
+        );
+        let io = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[timers]\nrequest_queue = -1\n").unwrap();
+        let e = Config::from_file(&bad).unwrap_err();
+        assert!(e.is_config());
+        let inner = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<ConfigError>())
+            .expect("a ConfigError");
+        assert_eq!(e.to_string(), format!("{}: {inner}", bad.display()));
+        assert_eq!(inner.line, Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1070,9 +1111,13 @@ mod tests {
         assert_eq!(c.admin_group.as_deref(), Some("web-admins"));
         assert_eq!(c.control.mode_bits(), 0o660);
         assert!(c.urlacls[0].listen && c.urlacls[0].delegate);
-        let e = Config::from_toml("[control]\nmode = \"999\"\n").unwrap_err();
+        let e = Config::from_toml("[control]\nmode = \"999\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("line 2: control.mode"), "{e}");
-        let e = Config::from_toml("[[urlacl]]\nurl = \"http://+:80/a/\"\n").unwrap_err();
+        let e = Config::from_toml("[[urlacl]]\nurl = \"http://+:80/a/\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("grants nobody"), "{e}");
     }
 
@@ -1111,7 +1156,7 @@ mod tests {
             ),
             ("[control]\nmax_queues = 5\n", "max_queues"),
         ] {
-            let e = Config::from_toml(text).unwrap_err();
+            let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
     }

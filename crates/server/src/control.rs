@@ -19,6 +19,8 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use portshare_proto::Win32Error;
+use portshare_proto::control::path as paths;
 use portshare_proto::control::{
     AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
     RemoveReservation, RemoveUrl,
@@ -28,6 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::Error;
 use crate::accept::{self, Failure, Throttle};
 use crate::daemon::{Daemon, Session};
 use crate::identity::{self, Identity};
@@ -42,28 +45,30 @@ const MAX_SLOTS: u32 = 65536;
 
 /// Binds the control socket: its folder is created, a stale socket file replaced, and the
 /// socket made connectable by every local user (the URL ACLs and queue owners are the gate).
-pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, String> {
+pub(crate) fn bind(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            .map_err(|e| Error::bind(format!("cannot create {}", dir.display())).with(e))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
+            return Err(Error::bind(format!(
                 "another daemon is already listening on {}; give this one its own --control",
                 path.display()
-            ));
+            )));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+        std::fs::remove_file(path).map_err(|e| {
+            Error::bind(format!("cannot remove the stale socket {}", path.display())).with(e)
+        })?;
     }
     let listener = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        .map_err(|e| Error::bind(format!("cannot listen on {}", path.display())).with(e))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("cannot open {} to local users: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        Error::bind(format!("cannot open {} to local users", path.display())).with(e)
+    })?;
     Ok(listener)
 }
 
@@ -302,11 +307,7 @@ impl Refusals {
         let Ok(permit) = self.answering.clone().try_acquire_owned() else {
             return;
         };
-        let err = ApiError {
-            code: refusal.error.code(),
-            name: refusal.error.name().to_owned(),
-            message: refusal.message,
-        };
+        let err = ApiError::new(refusal.error, refusal.message);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |_req| {
                 let reply = error(&err);
@@ -349,25 +350,14 @@ fn json(status: StatusCode, value: &impl Serialize) -> Reply {
     r
 }
 
+/// A refusal, with the status its Win32 code maps to.
 fn error(e: &ApiError) -> Reply {
-    let status = match e.code {
-        2 | 6 => StatusCode::NOT_FOUND,
-        13 => StatusCode::UNPROCESSABLE_ENTITY,
-        5 => StatusCode::FORBIDDEN,
-        32 | 183 => StatusCode::CONFLICT,
-        4 => StatusCode::SERVICE_UNAVAILABLE,
-        1816 => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::BAD_REQUEST,
-    };
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     json(status, e)
 }
 
 fn bad(message: impl Into<String>) -> Reply {
-    error(&ApiError {
-        code: 87,
-        name: "ERROR_INVALID_PARAMETER".into(),
-        message: message.into(),
-    })
+    error(&ApiError::new(Win32Error::InvalidParameter, message))
 }
 
 /// Reads a JSON request body, which must come within `wait`.
@@ -381,24 +371,6 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>, wait: Duration) -> Re
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
 }
 
-/// Decodes a `%XX`-encoded path segment.
-fn decode_segment(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
 async fn handle(
     daemon: &Arc<Daemon>,
     session: &Session,
@@ -408,12 +380,14 @@ async fn handle(
 ) -> Reply {
     let wait = daemon.request_wait();
     let path = req.uri().path().to_owned();
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Leading slashes beyond the first are ignored, as they always were.
+    let slashes = path.len() - path.trim_start_matches('/').len();
+    let route = &path[slashes.saturating_sub(1)..];
     let method = req.method().clone();
-    match (&method, parts.as_slice()) {
-        (&Method::GET, ["v1", "state"]) => json(StatusCode::OK, &daemon.state(session)),
-        (&Method::GET, ["v1", "urlacl"]) => json(StatusCode::OK, &daemon.urlacl_list()),
-        (&Method::POST, ["v1", "urlacl"]) => {
+    match (&method, route) {
+        (&Method::GET, paths::STATE) => json(StatusCode::OK, &daemon.state(session)),
+        (&Method::GET, paths::URLACL) => json(StatusCode::OK, &daemon.urlacl_list()),
+        (&Method::POST, paths::URLACL) => {
             let add: AddReservation = match body(req, wait).await {
                 Ok(a) => a,
                 Err(r) => return r,
@@ -423,7 +397,7 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (&Method::DELETE, ["v1", "urlacl"]) => {
+        (&Method::DELETE, paths::URLACL) => {
             let rm: RemoveReservation = match body(req, wait).await {
                 Ok(r) => r,
                 Err(r) => return r,
@@ -433,8 +407,8 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (&Method::GET, ["v1", "iplisten"]) => json(StatusCode::OK, &daemon.iplisten_list()),
-        (&Method::POST | &Method::DELETE, ["v1", "iplisten"]) => {
+        (&Method::GET, paths::IPLISTEN) => json(StatusCode::OK, &daemon.iplisten_list()),
+        (&Method::POST | &Method::DELETE, paths::IPLISTEN) => {
             let change: IpListenChange = match body(req, wait).await {
                 Ok(c) => c,
                 Err(r) => return r,
@@ -446,11 +420,11 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (&Method::POST, ["v1", "reload"]) => match daemon.reload_for(session).await {
+        (&Method::POST, paths::RELOAD) => match daemon.reload_for(session).await {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => error(&e),
         },
-        (&Method::POST, ["v1", "queues"]) => {
+        (&Method::POST, paths::QUEUES) => {
             let spec: QueueSpec = match body(req, wait).await {
                 Ok(s) => s,
                 Err(r) => return r,
@@ -468,12 +442,15 @@ async fn handle(
                 Err(e) => error(&e),
             }
         }
-        (_, ["v1", "queues", name, rest @ ..]) => {
-            let Some(name) = decode_segment(name) else {
+        (_, route) => {
+            let Some((segment, rest)) = paths::split_queue(route) else {
+                return not_found(&method, &path);
+            };
+            let Some(name) = paths::decode_name(segment) else {
                 return bad("the queue name in the path is not valid percent-encoded UTF-8");
             };
             match (&method, rest) {
-                (&Method::PATCH, []) => {
+                (&Method::PATCH, "") => {
                     let props: QueueProps = match body(req, wait).await {
                         Ok(p) => p,
                         Err(r) => return r,
@@ -483,11 +460,11 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::DELETE, []) => match daemon.close_queue(session, &name) {
+                (&Method::DELETE, "") => match daemon.close_queue(session, &name) {
                     Ok(()) => no_content(),
                     Err(e) => error(&e),
                 },
-                (&Method::POST, ["urls"]) => {
+                (&Method::POST, paths::URLS) => {
                     let add: AddUrl = match body(req, wait).await {
                         Ok(a) => a,
                         Err(r) => return r,
@@ -497,7 +474,7 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::DELETE, ["urls"]) => {
+                (&Method::DELETE, paths::URLS) => {
                     let rm: RemoveUrl = match body(req, wait).await {
                         Ok(r) => r,
                         Err(r) => return r,
@@ -507,7 +484,7 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, ["access"]) => {
+                (&Method::POST, paths::ACCESS) => {
                     let grant: GrantAccess = match body(req, wait).await {
                         Ok(g) => g,
                         Err(r) => return r,
@@ -517,11 +494,10 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, ["attach"]) => attach(daemon, session, place, &name, req),
+                (&Method::POST, paths::ATTACH) => attach(daemon, session, place, &name, req),
                 _ => not_found(&method, &path),
             }
         }
-        _ => not_found(&method, &path),
     }
 }
 
@@ -532,11 +508,10 @@ fn no_content() -> Reply {
 }
 
 fn not_found(method: &Method, path: &str) -> Reply {
-    error(&ApiError {
-        code: 2,
-        name: "ERROR_FILE_NOT_FOUND".into(),
-        message: format!("no control endpoint {method} {path}"),
-    })
+    error(&ApiError::new(
+        Win32Error::FileNotFound,
+        format!("no control endpoint {method} {path}"),
+    ))
 }
 
 /// `POST /v1/queues/{name}/attach` with `Upgrade`: the connection becomes a worker.

@@ -1,7 +1,10 @@
 //! The Portshare daemon: listeners per bound address, HTTP.sys's HTTP/1 loop on each client
 //! connection, request queues, workers attached over Unix sockets, upstream queues, and the
 //! control socket that applications register through. [`run`] starts it; the `portshare
-//! serve` command is a thin wrapper around it.
+//! serve` command is a thin wrapper around it. What keeps it from starting comes back as an
+//! [`Error`], which says whether the configuration ([`Error::is_config`]) or the control
+//! socket ([`Error::is_bind`]) is at fault; a configuration file's text that is refused
+//! comes back as a [`ConfigError`] naming the line and the key.
 //!
 //! The request-head parser is public for its own sake: it answers malformed requests
 //! exactly as HTTP.sys does.
@@ -67,6 +70,7 @@ mod conn;
 mod control;
 mod daemon;
 mod errlog;
+mod error;
 mod flow;
 mod head;
 mod identity;
@@ -82,9 +86,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{
-    Bad, Config, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, QueueAccessConfig,
-    QueueConfig, Timers, UrlAclConfig, default_state_file,
+    Config, ConfigError, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits,
+    QueueAccessConfig, QueueConfig, Timers, UrlAclConfig, default_state_file,
 };
+pub use error::Error;
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
 pub use upstream::Address;
 
@@ -117,9 +122,15 @@ impl ServeOptions {
     }
 }
 
-/// Runs the daemon until SIGINT or SIGTERM. Errors are for the operator: the daemon could
-/// not start, and why.
-pub fn run(opts: ServeOptions) -> Result<(), String> {
+/// Runs the daemon until SIGINT or SIGTERM.
+///
+/// # Errors
+///
+/// The daemon could not start, and why, for the operator: [`Error::is_config`] when the
+/// state file cannot be read or the configuration's queues cannot be created,
+/// [`Error::is_bind`] when the control socket cannot be bound, neither when the process
+/// cannot run at all (no runtime, too low an open-file limit).
+pub fn run(opts: ServeOptions) -> Result<(), Error> {
     raise_open_files();
     let runtime = if opts.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -131,7 +142,7 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
             .enable_all()
             .build()
     }
-    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    .map_err(|e| Error::start("cannot start the runtime").with(e))?;
     runtime.block_on(async {
         serve_until(opts, async {
             let stop = shutdown_signal().await;
@@ -144,10 +155,14 @@ pub fn run(opts: ServeOptions) -> Result<(), String> {
 /// Runs the daemon on the current tokio runtime until `stop` completes, for embedding it
 /// (benchmarks, tests of other crates). `opts.threads` is not used: the runtime is the
 /// caller's.
+///
+/// # Errors
+///
+/// As [`run`].
 pub async fn serve_until(
     opts: ServeOptions,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     // The effective ids decide what the daemon may do, on every Unix.
     let own_uid = nix::unistd::geteuid().as_raw();
     let own_gid = nix::unistd::getegid().as_raw();
@@ -157,7 +172,7 @@ pub async fn serve_until(
         .clone()
         .unwrap_or_else(|| config::default_state_file(own_uid == 0, |k| std::env::var_os(k)));
     let mode = opts.config.control.mode_bits();
-    let budget = budget::Budget::current()?;
+    let budget = budget::Budget::current().map_err(Error::start)?;
     tracing::info!(
         open_files = budget.limit,
         clients = budget.clients,

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use portshare_proto::Win32Error;
 use portshare_proto::control::{AddUrl, ApiError, QueueInfo, UrlAdded, Verbosity};
 use portshare_proto::wire::{self, Frame, RequestHead, ResponseHead, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,7 +164,7 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
         let answer = if req.method != "POST" {
             json(
                 404,
-                &api_error(2, "ERROR_FILE_NOT_FOUND", "no such endpoint"),
+                &ApiError::new(Win32Error::FileNotFound, "no such endpoint"),
             )
         } else if req.path == "/v1/queues" {
             let spec = req.json();
@@ -188,10 +189,9 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
             match &state.behaviour.taken {
                 Some(taken) if add.url.contains(taken.as_str()) => json(
                     409,
-                    &api_error(
-                        183,
-                        "ERROR_ALREADY_EXISTS",
-                        &format!("{} is registered by another queue", add.url),
+                    &ApiError::new(
+                        Win32Error::AlreadyExists,
+                        format!("{} is registered by another queue", add.url),
                     ),
                 ),
                 _ => json(
@@ -212,20 +212,12 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
         } else {
             json(
                 404,
-                &api_error(2, "ERROR_FILE_NOT_FOUND", "no such endpoint"),
+                &ApiError::new(Win32Error::FileNotFound, "no such endpoint"),
             )
         };
         if io.write_all(&answer).await.is_err() {
             return;
         }
-    }
-}
-
-fn api_error(code: u32, name: &str, message: &str) -> ApiError {
-    ApiError {
-        code,
-        name: name.into(),
-        message: message.into(),
     }
 }
 

@@ -44,11 +44,7 @@ pub(super) fn serves(bound: IpAddr, ip: IpAddr) -> bool {
 }
 
 pub(super) fn bind_error(e: &BindError) -> ApiError {
-    ApiError {
-        code: e.code(),
-        name: e.name().to_owned(),
-        message: e.to_string(),
-    }
+    ApiError::new(e.win32(), e.to_string())
 }
 
 /// One connection counted against its listener until dropped.

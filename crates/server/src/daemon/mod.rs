@@ -202,11 +202,7 @@ pub(crate) struct Daemon {
 }
 
 fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
-    ApiError {
-        code: err.code(),
-        name: err.name().to_owned(),
-        message: message.into(),
-    }
+    ApiError::new(err, message)
 }
 
 impl Daemon {

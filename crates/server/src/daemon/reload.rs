@@ -57,7 +57,7 @@ impl Report {
 
 impl Daemon {
     /// Applies the configuration and the state file at start; returns the warnings.
-    pub(crate) fn load(self: &Arc<Self>) -> Result<Vec<String>, String> {
+    pub(crate) fn load(self: &Arc<Self>) -> Result<Vec<String>, crate::Error> {
         let saved = StateFile::load(&self.state_file)?;
         let mut report = Report::default();
         let queues = {
@@ -70,7 +70,7 @@ impl Daemon {
         };
         let failed = self.sync_queues(&[], &queues, true, &mut report);
         if !failed.is_empty() {
-            return Err(failed.join("; "));
+            return Err(crate::Error::config(failed.join("; ")));
         }
         Ok(report.warnings)
     }
