@@ -154,14 +154,19 @@ async fn connection(
     place: Place,
 ) {
     let uid = who.uid;
+    // The user database and /proc are read on the blocking pool, not a runtime thread.
+    let (user, command) =
+        tokio::task::spawn_blocking(move || (identity::display_user(uid), command_line(pid)))
+            .await
+            .unwrap_or_else(|_| (format!("uid:{uid}"), "unknown".to_owned()));
     let session = Arc::new(Session {
         id,
         peer: Peer {
             pid,
             uid,
             identity: who,
-            user: identity::display_user(uid),
-            command: command_line(pid),
+            user,
+            command,
         },
     });
     let place = Arc::new(place);
@@ -371,6 +376,23 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>, wait: Duration) -> Re
     serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
 }
 
+/// Runs a control-plane operation on the blocking pool, never on a runtime thread: it may
+/// wait on the user and group databases (NSS), on `/proc` or on the state file, and a client
+/// connection must never wait behind it, also with `--threads 1`.
+async fn blocking<T: Send + 'static>(
+    daemon: &Arc<Daemon>,
+    session: &Session,
+    op: impl FnOnce(&Arc<Daemon>, &Session) -> T + Send + 'static,
+) -> T {
+    let (daemon, session) = (daemon.clone(), session.clone());
+    let task = tokio::task::spawn_blocking(move || op(&daemon, &session));
+    match task.await {
+        Ok(out) => out,
+        // The operation panicked: that is a bug, and the connection answers nothing more.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 async fn handle(
     daemon: &Arc<Daemon>,
     session: &Session,
@@ -385,14 +407,20 @@ async fn handle(
     let route = &path[slashes.saturating_sub(1)..];
     let method = req.method().clone();
     match (&method, route) {
-        (&Method::GET, paths::STATE) => json(StatusCode::OK, &daemon.state(session)),
-        (&Method::GET, paths::URLACL) => json(StatusCode::OK, &daemon.urlacl_list()),
+        (&Method::GET, paths::STATE) => json(
+            StatusCode::OK,
+            &blocking(daemon, session, |d, s| d.state(s)).await,
+        ),
+        (&Method::GET, paths::URLACL) => json(
+            StatusCode::OK,
+            &blocking(daemon, session, |d, _| d.urlacl_list()).await,
+        ),
         (&Method::POST, paths::URLACL) => {
             let add: AddReservation = match body(req, wait).await {
                 Ok(a) => a,
                 Err(r) => return r,
             };
-            match daemon.urlacl_add(session, &add) {
+            match blocking(daemon, session, move |d, s| d.urlacl_add(s, &add)).await {
                 Ok(info) => json(StatusCode::CREATED, &info),
                 Err(e) => error(&e),
             }
@@ -402,12 +430,15 @@ async fn handle(
                 Ok(r) => r,
                 Err(r) => return r,
             };
-            match daemon.urlacl_remove(session, &rm) {
+            match blocking(daemon, session, move |d, s| d.urlacl_remove(s, &rm)).await {
                 Ok(()) => no_content(),
                 Err(e) => error(&e),
             }
         }
-        (&Method::GET, paths::IPLISTEN) => json(StatusCode::OK, &daemon.iplisten_list()),
+        (&Method::GET, paths::IPLISTEN) => json(
+            StatusCode::OK,
+            &blocking(daemon, session, |d, _| d.iplisten_list()).await,
+        ),
         (&Method::POST | &Method::DELETE, paths::IPLISTEN) => {
             let change: IpListenChange = match body(req, wait).await {
                 Ok(c) => c,
@@ -429,7 +460,11 @@ async fn handle(
                 Ok(s) => s,
                 Err(r) => return r,
             };
-            match daemon.open_queue(session, &spec, None, None) {
+            match blocking(daemon, session, move |d, s| {
+                d.open_queue(s, &spec, None, None)
+            })
+            .await
+            {
                 Ok(info) => {
                     busy.holds_queue();
                     let status = if info.created {
@@ -455,21 +490,24 @@ async fn handle(
                         Ok(p) => p,
                         Err(r) => return r,
                     };
-                    match daemon.set_props(session, &name, &props) {
+                    match blocking(daemon, session, move |d, s| d.set_props(s, &name, &props)).await
+                    {
                         Ok(info) => json(StatusCode::OK, &info),
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::DELETE, "") => match daemon.close_queue(session, &name) {
-                    Ok(()) => no_content(),
-                    Err(e) => error(&e),
-                },
+                (&Method::DELETE, "") => {
+                    match blocking(daemon, session, move |d, s| d.close_queue(s, &name)).await {
+                        Ok(()) => no_content(),
+                        Err(e) => error(&e),
+                    }
+                }
                 (&Method::POST, paths::URLS) => {
                     let add: AddUrl = match body(req, wait).await {
                         Ok(a) => a,
                         Err(r) => return r,
                     };
-                    match daemon.add_url(session, &name, &add) {
+                    match blocking(daemon, session, move |d, s| d.add_url(s, &name, &add)).await {
                         Ok(added) => json(StatusCode::CREATED, &added),
                         Err(e) => error(&e),
                     }
@@ -479,7 +517,9 @@ async fn handle(
                         Ok(r) => r,
                         Err(r) => return r,
                     };
-                    match daemon.remove_url(session, &name, &rm.url) {
+                    match blocking(daemon, session, move |d, s| d.remove_url(s, &name, &rm.url))
+                        .await
+                    {
                         Ok(()) => no_content(),
                         Err(e) => error(&e),
                     }
@@ -489,7 +529,9 @@ async fn handle(
                         Ok(g) => g,
                         Err(r) => return r,
                     };
-                    match daemon.set_access(session, &name, &grant) {
+                    match blocking(daemon, session, move |d, s| d.set_access(s, &name, &grant))
+                        .await
+                    {
                         Ok(info) => json(StatusCode::OK, &info),
                         Err(e) => error(&e),
                     }

@@ -7,7 +7,10 @@
 //! process's effective uid and gid are still the ones `SO_PEERCRED` gave: a peer that
 //! exited, and whose PID went to someone else, gets no supplementary groups (a group check
 //! then fails closed). Names come from the system's user and group databases (through
-//! NSS), looked up when needed, so a rename or a new member takes effect without a reload.
+//! NSS), looked up when needed, so a rename or a new member takes effect without a reload;
+//! the one exception is `admin_group`, whose gid is looked up at start and on each reload.
+//! Every lookup runs on the blocking pool, never on a runtime thread, and before the
+//! daemon's lock is taken where it can be.
 
 use nix::unistd::{Gid, Group, Uid, User};
 use portshare_router::Caller;

@@ -171,6 +171,9 @@ struct State {
     saved: StateFile,
     /// The listen list in force.
     iplisten: Vec<IpAddr>,
+    /// The gid of `admin_group`, looked up at start and on reload, so that no check of who
+    /// is an administrator waits on the group database.
+    admin_gid: Option<u32>,
     /// Entries of the listen list this machine does not own: skipped, with a warning, when
     /// ports are bound (spec §8).
     foreign: Vec<IpAddr>,
@@ -208,6 +211,11 @@ fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
 impl Daemon {
     /// A daemon with no listeners yet; [`Daemon::load`] applies the configuration.
     pub(crate) fn new(start: Start) -> Arc<Daemon> {
+        let admin_gid = start
+            .config
+            .admin_group
+            .as_deref()
+            .and_then(identity::resolve_group);
         let config = start.config;
         let errlog = Arc::new(errlog::Log::open(&config.errlog));
         let shared = Shared::new(Settings::new(&config, errlog), start.budget);
@@ -223,6 +231,7 @@ impl Daemon {
                 config,
                 saved: StateFile::default(),
                 iplisten: Vec::new(),
+                admin_gid,
                 foreign: Vec::new(),
                 bind_failures: BTreeMap::new(),
             }),
@@ -252,14 +261,7 @@ impl Daemon {
     }
 
     fn is_admin_identity(&self, st: &State, who: &identity::Identity) -> bool {
-        who.uid == 0
-            || who.uid == self.own_uid
-            || st
-                .config
-                .admin_group
-                .as_deref()
-                .and_then(identity::resolve_group)
-                .is_some_and(|gid| who.in_group(gid))
+        who.uid == 0 || who.uid == self.own_uid || st.admin_gid.is_some_and(|gid| who.in_group(gid))
     }
 
     /// `POST /v1/queues`. `declared` is the access list of a queue the configuration file
@@ -552,6 +554,8 @@ impl Daemon {
                 format!("{:?} is not a valid URL prefix: {e}", add.url),
             )
         })?;
+        // The user and group databases are asked before the lock is taken.
+        let known_as = session.peer.identity.caller(false);
         let mut st = self.lock();
         let st = &mut *st;
         let entry = Daemon::entry(st, name)?;
@@ -590,10 +594,7 @@ impl Daemon {
             }
             _ => {}
         }
-        let caller = session
-            .peer
-            .identity
-            .caller(self.is_admin(st, &session.peer));
+        let caller = known_as.admin(self.is_admin(st, &session.peer));
         // HTTP.sys's order (spec §1.3): the scheme and duplicate checks before the ACL, so
         // a duplicate is 183 whoever asks.
         st.table

@@ -93,8 +93,14 @@ impl Daemon {
             )
         })?;
         let mut report = Report::default();
+        // The group database is asked before the lock is taken.
+        let admin_gid = new
+            .admin_group
+            .as_deref()
+            .and_then(crate::identity::resolve_group);
         let old = {
             let mut st = self.lock();
+            st.admin_gid = admin_gid;
             let old = std::mem::replace(&mut st.config, new.clone());
             self.apply_settings(&mut st, &old, &mut report);
             if old.admin_group != new.admin_group {

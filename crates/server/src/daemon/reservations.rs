@@ -190,6 +190,8 @@ impl Daemon {
         };
         let reservation =
             reservation_of(&entry).map_err(|e| api(Win32Error::InvalidParameter, e))?;
+        // The user and group databases are asked before the lock is taken.
+        let known_as = session.peer.identity.caller(false);
         let mut st = self.lock();
         let st = &mut *st;
         if st.config.urlacls.iter().any(|a| same_url(&a.url, &prefix)) {
@@ -200,10 +202,7 @@ impl Daemon {
                 ),
             ));
         }
-        let caller = session
-            .peer
-            .identity
-            .caller(self.is_admin(st, &session.peer));
+        let caller = known_as.admin(self.is_admin(st, &session.peer));
         st.acl
             .check_reserve(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
@@ -237,6 +236,8 @@ impl Daemon {
                 format!("{:?} is not a valid URL prefix: {e}", remove.url),
             )
         })?;
+        // The user and group databases are asked before the lock is taken.
+        let known_as = session.peer.identity.caller(false);
         let mut st = self.lock();
         let st = &mut *st;
         match st.acl_sources.get(&prefix) {
@@ -257,10 +258,7 @@ impl Daemon {
             }
             Some(Source::State) => {}
         }
-        let caller = session
-            .peer
-            .identity
-            .caller(self.is_admin(st, &session.peer));
+        let caller = known_as.admin(self.is_admin(st, &session.peer));
         let mut acl = st.acl.clone();
         acl.remove(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
