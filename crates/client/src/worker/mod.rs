@@ -16,7 +16,6 @@ mod respond;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -30,11 +29,6 @@ use tokio::task::AbortHandle;
 use crate::Body;
 use crate::error::{BoxError, Error};
 use crate::service::{AppBody, AppService};
-
-/// How long a draining worker waits, once it holds no requests, for heads the daemon sent
-/// before it read the drain frame. The daemon does not confirm a drain, so this is a guess
-/// well above a local socket's latency.
-const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
 /// The read buffer's size; a read never offers less than [`MIN_READ`] bytes of room.
 const READ_BUF: usize = 64 * 1024;
@@ -53,9 +47,6 @@ pub(crate) struct Conn {
     closing: AtomicBool,
     /// Request tasks running.
     in_flight: AtomicUsize,
-    /// Set once the drain frame is out; from then on the last task to finish wakes `idle`.
-    draining: AtomicBool,
-    idle: Notify,
     /// Where a task reports that the service failed for good.
     fatal: mpsc::UnboundedSender<BoxError>,
 }
@@ -67,8 +58,6 @@ impl Conn {
             wake_writer: Notify::new(),
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
-            idle: Notify::new(),
             fatal,
         }
     }
@@ -83,11 +72,7 @@ impl Conn {
 
     /// A request task ended.
     fn task_done(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.draining.load(Ordering::SeqCst)
-        {
-            self.idle.notify_one();
-        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -280,10 +265,11 @@ impl<S> Reader<S> {
         let mut buf = BytesMut::with_capacity(READ_BUF.max(pre.len()));
         buf.extend_from_slice(&pre);
         let mut drain_asked = *drain.borrow_and_update();
+        // Once the drain frame is out, the daemon sends no new request and closes the
+        // connection when the last one it sent (those already on their way included) has
+        // ended: that close, not a guess at its latency, ends the drain. The supervisor
+        // bounds the wait by the shutdown timeout.
         let mut draining = false;
-        let grace = tokio::time::sleep(DRAIN_GRACE);
-        tokio::pin!(grace);
-        let mut grace_armed = false;
         loop {
             while let Some(frame) =
                 wire::decode(&mut buf).map_err(|e| Error::Protocol(e.to_string()))?
@@ -292,19 +278,8 @@ impl<S> Reader<S> {
             }
             if drain_asked && !draining {
                 draining = true;
-                self.conn.draining.store(true, Ordering::SeqCst);
                 self.conn.send(wire::encode_drain);
                 tracing::debug!("worker draining");
-            }
-            if draining {
-                // SeqCst with `Conn::task_done`: either this load sees the last task gone,
-                // or that task sees `draining` and wakes `idle`.
-                let idle = self.conn.in_flight.load(Ordering::SeqCst) == 0;
-                if idle && !grace_armed {
-                    let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
-                    grace.as_mut().reset(deadline);
-                }
-                grace_armed = idle;
             }
             // Room for the whole of a frame whose header is in (the daemon's frames are
             // trusted up to the wire's largest), so a large one is read in one buffer.
@@ -331,8 +306,6 @@ impl<S> Reader<S> {
                 r = drain.changed(), if !drain_asked => {
                     drain_asked = r.is_err() || *drain.borrow_and_update();
                 }
-                () = self.conn.idle.notified(), if draining && !grace_armed => {}
-                () = &mut grace, if grace_armed => return Ok(()),
             }
         }
     }
