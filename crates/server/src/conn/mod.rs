@@ -39,6 +39,8 @@ use crate::head::{Body, Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::shared::{Settings, Shared};
+use crate::upstream::Upstream;
+use to_worker::Stream;
 
 mod encode;
 mod headers;
@@ -501,22 +503,10 @@ impl Conn {
             }
         }
 
-        let request = if queue.upstream().is_some() {
-            Outbound::Upstream(self.upstream_request(&head, authority, &binding, request_id))
-        } else {
-            Outbound::Worker(self.worker_frame(
-                &head,
-                authority,
-                &binding,
-                request_id,
-                body.is_done(),
-            ))
-        };
-
         // A worker can leave between giving its slot and the request reaching it; then
         // the request goes back for another slot.
         let mut tries = 0;
-        let (slot, opened) = loop {
+        let (slot, taken) = loop {
             let slot = match queue.admit() {
                 Admit::Now(slot) => slot,
                 Admit::Wait(ticket) => match ticket.wait().await {
@@ -539,17 +529,21 @@ impl Conn {
                 }
                 Admit::Closed => return self.abandoned(Some(&head), &queue),
             };
-            let Target::Worker(worker) = slot.target() else {
-                break (slot, None);
+            let taken = match slot.target() {
+                Target::Upstream(up) => Taken::Upstream(up.clone()),
+                Target::Worker(worker) => match Stream::open(worker) {
+                    Some(stream) => Taken::Worker(stream),
+                    None if tries < 8 => {
+                        tries += 1;
+                        continue;
+                    }
+                    None => {
+                        queue.count_abandoned();
+                        return self.abandoned(Some(&head), &queue);
+                    }
+                },
             };
-            match worker.open() {
-                Some(stream) => break (slot, Some(stream)),
-                None if tries < 8 => tries += 1,
-                None => {
-                    queue.count_abandoned();
-                    return self.abandoned(Some(&head), &queue);
-                }
-            }
+            break (slot, taken);
         };
 
         let own = slot.timers();
@@ -565,19 +559,25 @@ impl Conn {
                 return Next::Abort;
             }
         }
-        let next = match (request, slot.target().clone()) {
-            (Outbound::Worker(frame), Target::Worker(worker)) => match opened {
-                Some(stream) => {
-                    self.exchange_worker(frame, &worker, stream, &mut body, facts, &queue)
-                        .await
-                }
-                None => Next::Abort,
-            },
-            (Outbound::Upstream(req), Target::Upstream(up)) => {
+        // The request is built for the target it goes to, now that it is known.
+        let next = match taken {
+            Taken::Worker(stream) => {
+                let frame = self.worker_frame(
+                    &head,
+                    authority,
+                    &binding,
+                    request_id,
+                    stream.id(),
+                    body.is_done(),
+                );
+                self.exchange_worker(frame, stream, &mut body, facts, &queue)
+                    .await
+            }
+            Taken::Upstream(up) => {
+                let req = self.upstream_request(&head, authority, &binding, request_id);
                 self.exchange_upstream(req, &up, &mut body, facts, &queue)
                     .await
             }
-            _ => Next::Abort,
         };
         drop(slot);
         match next {
@@ -617,9 +617,12 @@ impl Conn {
     }
 }
 
-enum Outbound {
-    Worker(BytesMut),
-    Upstream(http::request::Builder),
+/// Where an admitted request goes: its slot's target, ready to take it.
+enum Taken {
+    /// A stream opened on the slot's worker connection.
+    Worker(Stream),
+    /// The queue's upstream.
+    Upstream(Arc<Upstream>),
 }
 
 /// Polls a future once: its output if ready, else `None` (the future stays usable).

@@ -22,7 +22,37 @@ use crate::head::Head;
 use crate::queue::Queue;
 use crate::worker::{BODY_FRAME, Event, Events, WorkerConn};
 
+/// A stream open on a worker connection, forgotten when dropped, however the request ends.
+pub(super) struct Stream {
+    worker: Arc<WorkerConn>,
+    id: u32,
+    events: Events,
+}
+
+impl Stream {
+    /// Opens a stream on `worker`; `None` when the worker is gone.
+    pub(super) fn open(worker: &Arc<WorkerConn>) -> Option<Stream> {
+        let (id, events) = worker.open()?;
+        Some(Stream {
+            worker: worker.clone(),
+            id,
+            events,
+        })
+    }
+
+    pub(super) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.worker.forget(self.id);
+    }
+}
+
 impl Conn {
+    /// The request head as a worker-wire frame on `stream`, `end` when no body follows.
     /// `authority` is that of an absolute-form target routing used (see [`app_headers`]).
     pub(super) fn worker_frame(
         &self,
@@ -30,6 +60,7 @@ impl Conn {
         authority: Option<&[u8]>,
         binding: &crate::shared::Destination,
         id: u64,
+        stream: u32,
         end: bool,
     ) -> BytesMut {
         let mut frame = BytesMut::with_capacity(256 + head.target().len() * 2);
@@ -37,8 +68,14 @@ impl Conn {
             Version::Http10 => wire::Version::Http10,
             _ => wire::Version::Http11,
         };
-        let mut w =
-            RequestHeadWriter::new(&mut frame, 0, end, head.method(), &self.scratch, version);
+        let mut w = RequestHeadWriter::new(
+            &mut frame,
+            stream,
+            end,
+            head.method(),
+            &self.scratch,
+            version,
+        );
         if may_repeat(head) {
             write_joined(&mut w, app_headers(head, authority));
         } else {
@@ -63,16 +100,16 @@ impl Conn {
     /// Hands the request to an attached worker and relays until both directions end.
     pub(super) async fn exchange_worker(
         &mut self,
-        mut frame: BytesMut,
-        worker: &Arc<WorkerConn>,
-        (stream, mut rx): (u32, Events),
+        frame: BytesMut,
+        mut open: Stream,
         body: &mut BodyIn,
         facts: Facts,
         queue: &Queue,
     ) -> Next {
-        frame[4..8].copy_from_slice(&stream.to_le_bytes());
+        let worker = &open.worker;
+        let stream = open.id;
+        let rx = &mut open.events;
         worker.send(|out| out.extend_from_slice(&frame));
-        let _forget = Forget(worker, stream);
         let mut window = u64::from(INITIAL_WINDOW);
         let mut resp = Response::new(facts);
         let mut body_until = armed_until(self.timers.entity_body);
@@ -230,14 +267,5 @@ impl Conn {
                 }
             }
         }
-    }
-}
-
-/// Forgets a worker stream when the request is over, however it ends.
-struct Forget<'a>(&'a WorkerConn, u32);
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        self.0.forget(self.1);
     }
 }
