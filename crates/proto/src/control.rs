@@ -113,7 +113,8 @@ pub struct QueueProps {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger_ms: Option<u64>,
     /// The request-queue timer in milliseconds: the longest a request waits for a worker
-    /// before its connection is closed (`Timer_ReqQueue`). Default 120000.
+    /// before its connection is closed (`Timer_ReqQueue`). 0: the service's
+    /// (`timers.request_queue`, default 120000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timer_ms: Option<u64>,
     /// `EntityBody` in milliseconds: the longest gap while a request body arrives. 0: the
@@ -216,7 +217,7 @@ pub struct QueueInfo {
     pub enabled: bool,
     /// Linger time in milliseconds.
     pub linger_ms: u64,
-    /// Request-queue timer in milliseconds.
+    /// The request-queue timer in force, in milliseconds: its own, else the service's.
     pub queue_timer_ms: u64,
     /// Its other timers and its connection limit.
     #[serde(default)]
@@ -508,7 +509,7 @@ pub struct QueueState {
     pub enabled: bool,
     /// Linger time in milliseconds.
     pub linger_ms: u64,
-    /// Request-queue timer in milliseconds.
+    /// The request-queue timer in force, in milliseconds: its own, else the service's.
     pub queue_timer_ms: u64,
     /// Its other timers and its connection limit.
     #[serde(default)]

@@ -34,11 +34,11 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::body::{BodyIn, Chunked};
-use crate::config::Timers;
 use crate::head::{Body, Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::shared::{Settings, Shared};
+use crate::timers::RequestTimers;
 use crate::upstream::Upstream;
 use to_worker::Stream;
 
@@ -77,7 +77,7 @@ pub(crate) struct Conn {
     /// connection limit.
     site: Option<Counted>,
     /// The timers of the request in hand: the service's until it is routed, then its queue's.
-    timers: Active,
+    timers: RequestTimers,
     /// The request in hand, for the error log's version, verb and URL.
     current: Option<Current>,
 }
@@ -87,15 +87,6 @@ struct Current {
     version: Version,
     method: Bytes,
     target: Bytes,
-}
-
-/// The timers that apply to a request once routed.
-#[derive(Debug, Clone, Copy)]
-struct Active {
-    entity_body: Duration,
-    drain_entity_body: Duration,
-    /// Bytes per second; `u32::MAX` for no check.
-    min_send_rate: u32,
 }
 
 /// How a wait for the client's next bytes ended.
@@ -116,7 +107,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, 
     // given back while the connection idles. A connection that has sent nothing costs
     // little more than its socket.
     let mut conn = Conn {
-        timers: Active::service(&settings),
+        timers: RequestTimers::service(&settings.timers),
         settings,
         shared,
         io,
@@ -164,33 +155,6 @@ struct Facts {
     expect_continue: bool,
 }
 
-impl Active {
-    fn service(settings: &Settings) -> Active {
-        let t = settings.timers;
-        Active {
-            entity_body: t.entity_body,
-            drain_entity_body: t.drain_entity_body,
-            min_send_rate: t.min_send_rate,
-        }
-    }
-}
-
-/// When a timer of `limit` started now fires; a century away for a disabled one (65535 s
-/// or more).
-fn armed_until(limit: Duration) -> Instant {
-    const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    Instant::now() + Timers::armed(limit).unwrap_or(NEVER)
-}
-
-/// Runs `fut` for at most `limit`; `None` when the time ran out. A limit of 65535 s or more
-/// never runs out.
-async fn within<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    match Timers::armed(limit) {
-        Some(limit) => timeout(limit, fut).await.ok(),
-        None => Some(fut.await),
-    }
-}
-
 impl Conn {
     /// Writes out the write buffer, as fast as `MinSendRate` asks of the client: a client
     /// taking it more slowly is logged `Timer_MinBytesPerSecond`, and the write fails.
@@ -204,7 +168,7 @@ impl Conn {
     async fn flush(&mut self) -> std::io::Result<()> {
         /// What a waiting write is allowed beyond the bytes the client has taken.
         const AHEAD: usize = 16 * 1024;
-        let rate = self.timers.min_send_rate;
+        let rate = self.timers.min_send_rate();
         let mut at = 0;
         // When the write began to wait, and how far it had got.
         let mut waiting: Option<(Instant, usize)> = None;
@@ -214,10 +178,10 @@ impl Conn {
             let mut write = std::pin::pin!(self.io.write(&self.wr[at..]));
             // Most writes fit the socket's buffer at once: the timer is armed only for one
             // that has to wait for the client.
-            let written = match poll_once(write.as_mut()).await {
-                Some(w) => w,
-                None if rate == u32::MAX => write.await,
-                None => {
+            let written = match (poll_once(write.as_mut()).await, rate) {
+                (Some(w), _) => w,
+                (None, None) => write.await,
+                (None, Some(rate)) => {
                     let (since, from) = *waiting.get_or_insert((Instant::now(), at));
                     let drained = at - from;
                     let pending = self.wr.len() - at;
@@ -264,7 +228,7 @@ impl Conn {
     async fn more_body(&mut self, until: &mut Instant, queue: &Queue) -> Result<(), Next> {
         match timeout_at(*until, self.fill()).await {
             Ok(Ok(n)) if n > 0 => {
-                *until = armed_until(self.timers.entity_body);
+                *until = self.timers.entity_body.fires_at(Instant::now());
                 Ok(())
             }
             Ok(_) => {
@@ -361,10 +325,11 @@ impl Conn {
         }
         let timers = self.settings.timers;
         let limits = self.settings.head_limits;
-        self.timers = Active::service(&self.settings);
+        self.timers = RequestTimers::service(&timers);
         // IdleConnection until the first byte of a later request; HeaderWait from then (or
         // from the connection's start) until the head is in.
-        let mut deadline = (first || !self.rd.is_empty()).then(|| armed_until(timers.header_wait));
+        let mut deadline =
+            (first || !self.rd.is_empty()).then(|| timers.header_wait.fires_at(Instant::now()));
         let len = loop {
             match parse_head(&self.rd, &limits) {
                 Ok(Parsed::Partial) => {}
@@ -379,7 +344,7 @@ impl Conn {
                 let (until, reason) = match deadline {
                     Some(d) => (d, Reason::TimerHeaderWait),
                     None => (
-                        armed_until(timers.idle_connection),
+                        timers.idle_connection.fires_at(Instant::now()),
                         Reason::TimerConnectionIdle,
                     ),
                 };
@@ -392,7 +357,8 @@ impl Conn {
                     }
                 }
             }
-            let until = *deadline.get_or_insert_with(|| armed_until(timers.header_wait));
+            let until =
+                *deadline.get_or_insert_with(|| timers.header_wait.fires_at(Instant::now()));
             // The parser scans from the start: a client sending a byte at a time must not
             // cost a scan per byte. Only a LF or passing a limit can change its verdict.
             let mut seen = self.rd.len();
@@ -497,7 +463,7 @@ impl Conn {
             match queue.count_connection() {
                 Some(counted) => self.site = Some(counted),
                 None => {
-                    let (verbosity, retry) = queue.refusal();
+                    let (verbosity, retry) = queue.refusal(&timers);
                     return self.unavailable(&head, &queue, Reason::ConnLimit, verbosity, retry);
                 }
             }
@@ -507,7 +473,7 @@ impl Conn {
         // the request goes back for another slot.
         let mut tries = 0;
         let (slot, taken) = loop {
-            let slot = match queue.admit() {
+            let slot = match queue.admit(&timers) {
                 Admit::Now(slot) => slot,
                 Admit::Wait(ticket) => match ticket.wait().await {
                     Ok(slot) => slot,
@@ -546,12 +512,7 @@ impl Conn {
             break (slot, taken);
         };
 
-        let own = slot.timers();
-        self.timers = Active {
-            entity_body: own.entity_body.unwrap_or(timers.entity_body),
-            drain_entity_body: own.drain_entity_body.unwrap_or(timers.drain_entity_body),
-            min_send_rate: own.min_send_rate.unwrap_or(timers.min_send_rate),
-        };
+        self.timers = slot.timers().resolve(&timers);
         // Handed to the application: now is the time for 100 Continue (spec Q12).
         if facts.expect_continue && !body.is_done() && facts.version == Version::Http11 {
             self.wr.put_slice(pages::CONTINUE);
@@ -591,22 +552,24 @@ impl Conn {
     /// request can be read: all of it within `DrainEntityBody`, else the connection closes,
     /// logged `Timer_EntityBody`.
     async fn drain(&mut self, body: &mut BodyIn, queue: &Queue) -> Next {
-        let limit = self.timers.drain_entity_body;
-        let drained = within(limit, async {
-            loop {
-                match body.take(&mut self.rd, usize::MAX) {
-                    Ok((_, true)) => return Next::KeepAlive,
-                    Ok((data, false)) if !data.is_empty() => continue,
-                    Ok(_) => {}
-                    Err(_) => return Next::Close,
+        let drained = self
+            .timers
+            .drain_entity_body
+            .within(async {
+                loop {
+                    match body.take(&mut self.rd, usize::MAX) {
+                        Ok((_, true)) => return Next::KeepAlive,
+                        Ok((data, false)) if !data.is_empty() => continue,
+                        Ok(_) => {}
+                        Err(_) => return Next::Close,
+                    }
+                    match self.fill().await {
+                        Ok(n) if n > 0 => {}
+                        _ => return Next::Close,
+                    }
                 }
-                match self.fill().await {
-                    Ok(n) if n > 0 => {}
-                    _ => return Next::Close,
-                }
-            }
-        })
-        .await;
+            })
+            .await;
         match drained {
             Some(next) => next,
             None => {

@@ -10,10 +10,11 @@ use http_body_util::BodyExt;
 use portshare_proto::header;
 use portshare_router::{Reason, Rejection};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use super::encode::Response;
 use super::headers::{app_headers, routed_host};
-use super::{Conn, Facts, Next, armed_until, poll_once};
+use super::{Conn, Facts, Next, poll_once};
 use crate::body::BodyIn;
 use crate::head::Head;
 use crate::pages::{self, Detail};
@@ -104,7 +105,7 @@ impl Conn {
             return Next::Close;
         };
         let mut tx = tx;
-        let mut body_until = armed_until(self.timers.entity_body);
+        let mut body_until = self.timers.entity_body.fires_at(Instant::now());
         let response = sender.send_request(req);
         tokio::pin!(response);
         let resp = loop {

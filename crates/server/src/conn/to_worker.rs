@@ -13,10 +13,11 @@ use bytes::BytesMut;
 use portshare_proto::header;
 use portshare_proto::wire::{self, INITIAL_WINDOW, RequestHeadWriter, ResetCode, ResponseHead};
 use portshare_router::Version;
+use tokio::time::Instant;
 
 use super::encode::{Response, fmt_u64, itoa_buf};
 use super::headers::{app_headers, may_repeat, write_joined};
-use super::{Conn, Facts, Next, armed_until};
+use super::{Conn, Facts, Next};
 use crate::body::BodyIn;
 use crate::head::Head;
 use crate::queue::Queue;
@@ -112,7 +113,7 @@ impl Conn {
         worker.send(|out| out.extend_from_slice(&frame));
         let mut window = u64::from(INITIAL_WINDOW);
         let mut resp = Response::new(facts);
-        let mut body_until = armed_until(self.timers.entity_body);
+        let mut body_until = self.timers.entity_body.fires_at(Instant::now());
         loop {
             // Forward whatever body the buffer holds, within the window, while the worker
             // reads what it is sent.
