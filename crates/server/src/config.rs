@@ -630,17 +630,13 @@ impl Config {
             if self.queues[..i].iter().any(|p| p.name == q.name) {
                 return Err(at("name", format!("queue {:?}: defined twice", q.name)));
             }
-            if let Some(len) = q.length
-                && !(1..=0x7FFF_FFFF).contains(&len)
-            {
-                return Err(at(
-                    "length",
-                    format!(
-                        "queue {:?}: length = {len}: expected 1 to 2147483647",
-                        q.name
-                    ),
-                ));
-            }
+            // The rules the control API holds the properties to, then the file's own.
+            q.props().validate().map_err(|e| {
+                at(
+                    config_key(e.field),
+                    format!("queue {:?}: {}", q.name, e.message),
+                )
+            })?;
             for url in &q.urls {
                 portshare_router::UrlPrefix::parse(url)
                     .map_err(|e| at("urls", format!("queue {:?}: url {url:?}: {e}", q.name)))?;
@@ -728,6 +724,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The key of a queue's table that sets the control API's property `field`.
+fn config_key(field: &'static str) -> &'static str {
+    match field {
+        "queue_timer_ms" => "request_queue_timer",
+        "entity_body_ms" => "entity_body",
+        "drain_entity_body_ms" => "drain_entity_body",
+        "linger_ms" => "linger",
+        other => other,
     }
 }
 

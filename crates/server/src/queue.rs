@@ -55,13 +55,10 @@ impl Default for Props {
 }
 
 impl Props {
-    /// Applies the properties present in `p`; checks ranges first.
+    /// Applies the properties present in `p`, once [`QueueProps::validate`] finds them all
+    /// in range.
     pub(crate) fn apply(&mut self, p: &QueueProps) -> Result<(), String> {
-        if let Some(len) = p.length
-            && !(1..=0x7FFF_FFFF).contains(&len)
-        {
-            return Err(format!("length {len} is outside 1..=2147483647"));
-        }
+        p.validate().map_err(|e| e.message)?;
         if let Some(len) = p.length {
             self.length = len;
         }
@@ -644,7 +641,7 @@ mod tests {
             queue_timer_ms: Some(5),
             ..QueueProps::default()
         });
-        assert_eq!(e, Err("length 0 is outside 1..=2147483647".into()));
+        assert_eq!(e, Err("length = 0: expected 1 to 2147483647".into()));
         assert_eq!(
             q.props().timers.request_queue,
             Some(Timer::from_millis(300))
