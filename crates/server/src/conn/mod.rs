@@ -35,7 +35,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use crate::body::{BodyIn, Chunked};
 use crate::head::{Body, Parsed, parse_head};
-use crate::pages::{self, Detail};
+use crate::pages;
 use crate::queue::{Admit, Counted, Missed, Queue, Target};
 use crate::shared::{Settings, Shared};
 use crate::timers::RequestTimers;
@@ -72,6 +72,8 @@ pub(crate) struct Conn {
     /// `peer` and `local` as the metadata headers carry them, formatted once per connection.
     peer_text: String,
     local_text: String,
+    /// The target the application gets (the cooked path re-encoded, then the raw query),
+    /// written for each request into room kept from the last.
     scratch: Vec<u8>,
     /// The queue of the latest request, which counts this connection against its
     /// connection limit.
@@ -290,6 +292,9 @@ impl Conn {
         tokio::pin!(stop);
         stop.as_mut().enable();
         if !self.shared.stopping() {
+            // Bytes (or the end, or an error), the daemon stopping, or the timer, in that
+            // order when several are ready. The losers are dropped whole: `readable` reads
+            // nothing, and `stop` is a broadcast behind the `stopping` flag checked below.
             tokio::select! {
                 biased;
                 r = self.io.readable() => return if r.is_ok() { Wait::Ready } else { Wait::Gone },
@@ -334,11 +339,7 @@ impl Conn {
             match parse_head(&self.rd, &limits) {
                 Ok(Parsed::Partial) => {}
                 Ok(Parsed::Complete { len, .. }) => break len,
-                Err(e) => {
-                    self.log(None, Some(e.rejection().status), e.rejection().reason, None);
-                    pages::error_page(&mut self.wr, e.rejection(), Detail::Standard, None);
-                    return Next::Close;
-                }
+                Err(e) => return self.rejected(None, e.rejection(), None),
             }
             if self.rd.is_empty() {
                 let (until, reason) = match deadline {
@@ -444,11 +445,7 @@ impl Conn {
         };
         let binding = match routed {
             Ok(b) => b,
-            Err(Some(rejection)) => {
-                self.log(Some(&head), Some(rejection.status), rejection.reason, None);
-                pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
-                return Next::Close;
-            }
+            Err(Some(rejection)) => return self.rejected(Some(&head), rejection, Some(1)),
             Err(None) => return Next::Close,
         };
         let queue = binding.queue.clone();

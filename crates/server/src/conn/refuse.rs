@@ -2,9 +2,10 @@
 //! line each one writes (spec §6.3, §7).
 //!
 //! This module owns the choice between an error page and a reset for each way a request
-//! can fail after its head is in, and the one place a connection emits an error-log entry.
-//! It must not write anything but the daemon's own pages to the client, nor decide when a
-//! request fails: its callers do.
+//! can be refused, and [`Conn::log`], through which every error-log line of a connection
+//! goes (timers that fire are logged by their callers through it too). It must not write
+//! anything but the daemon's own pages to the client, nor decide when a request fails:
+//! its callers do.
 
 use portshare_proto::control::Verbosity;
 use portshare_router::{Reason, Rejection};
@@ -50,6 +51,20 @@ impl Conn {
         Next::Abort
     }
 
+    /// A request refused before it reached a queue, for its head or by routing: the page
+    /// for `rejection` (with `Retry-After: retry`, if any), logged, and the connection
+    /// closed. `head` is `None` for a head that did not parse.
+    pub(super) fn rejected(
+        &mut self,
+        head: Option<&Head<'_>>,
+        rejection: Rejection,
+        retry: Option<u64>,
+    ) -> Next {
+        self.log(head, Some(rejection.status), rejection.reason, None);
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, retry);
+        Next::Close
+    }
+
     /// A request body the client framed wrongly (a bad chunk size, say): 400 `BadRequest`
     /// while no response has begun, else the connection is reset.
     pub(super) fn bad_body(&mut self, responding: bool, queue: &Queue) -> Next {
@@ -58,12 +73,28 @@ impl Conn {
             self.log(None, None, Reason::BadRequest, Some(queue.name()));
             return Next::Abort;
         }
+        self.bad_request(queue)
+    }
+
+    /// A request of `queue` that cannot be served as it is: 400 `BadRequest`.
+    pub(super) fn bad_request(&mut self, queue: &Queue) -> Next {
         let rejection = Rejection {
             status: 400,
             reason: Reason::BadRequest,
         };
         self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
         pages::error_page(&mut self.wr, rejection, Detail::Standard, None);
+        Next::Close
+    }
+
+    /// An upstream that cannot be reached: 503 `NotAvailable`.
+    pub(super) fn not_available(&mut self, queue: &Queue) -> Next {
+        let rejection = Rejection {
+            status: 503,
+            reason: Reason::NotAvailable,
+        };
+        self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
         Next::Close
     }
 

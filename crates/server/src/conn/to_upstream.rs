@@ -8,7 +8,6 @@
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use portshare_proto::header;
-use portshare_router::{Reason, Rejection};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -17,7 +16,6 @@ use super::headers::{app_headers, routed_host};
 use super::{Conn, Facts, Next, poll_once};
 use crate::body::BodyIn;
 use crate::head::Head;
-use crate::pages::{self, Detail};
 use crate::queue::Queue;
 use crate::upstream::{UpBody, Upstream};
 
@@ -73,13 +71,7 @@ impl Conn {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
-                let r = Rejection {
-                    status: 503,
-                    reason: Reason::NotAvailable,
-                };
-                self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
-                pages::error_page(&mut self.wr, r, Detail::Standard, Some(1));
-                return Next::Close;
+                return self.not_available(queue);
             }
         };
         let (tx, up_body): (Option<mpsc::Sender<Bytes>>, UpBody) = if body.is_done() {
@@ -91,18 +83,9 @@ impl Conn {
             let (tx, rx) = mpsc::channel::<Bytes>(4);
             (Some(tx), ChannelBody(rx).boxed())
         };
+        // What the `http` crate takes for no request (a method it cannot hold, say).
         let Ok(req) = req.body(up_body) else {
-            self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
-            pages::error_page(
-                &mut self.wr,
-                Rejection {
-                    status: 400,
-                    reason: Reason::BadRequest,
-                },
-                Detail::Standard,
-                None,
-            );
-            return Next::Close;
+            return self.bad_request(queue);
         };
         let mut tx = tx;
         let mut body_until = self.timers.entity_body.fires_at(Instant::now());
@@ -115,6 +98,9 @@ impl Conn {
                 Ok(false) => {}
                 Err(()) => return self.bad_body(false, queue),
             }
+            // The response head, or more of the body while the upstream reads it. The
+            // response future loses nothing when it loses: it is pinned outside the loop and
+            // polled again; a read of more body that loses has read nothing.
             tokio::select! {
                 r = &mut response => break r,
                 r = self.more_body(&mut body_until, queue), if tx.is_some() => {
@@ -163,7 +149,9 @@ impl Conn {
                         if tx.is_none() {
                             frame.await
                         } else {
-                            // The upstream may want more body before it says more.
+                            // The upstream may want more body before it says more. The
+                            // loser is dropped: polling for a frame takes none until one
+                            // is ready, and a read of more body that loses read nothing.
                             tokio::select! {
                                 f = frame => f,
                                 r = self.more_body(&mut body_until, queue) => match r {

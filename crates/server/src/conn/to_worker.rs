@@ -152,6 +152,10 @@ impl Conn {
             }
             let want_body = !body.is_done() && window > 0;
             let held_back = want_body && !self.rd.is_empty() && worker.congested();
+            // What the worker sent first, then room on a congested worker, then more body
+            // from the client: a response is relayed before more of the request is read.
+            // Each loser is dropped having taken nothing (a channel receive, a wake-up, a
+            // read that did not complete), and is polled afresh on the next turn.
             tokio::select! {
                 biased;
                 ev = rx.recv() => {
@@ -235,7 +239,8 @@ impl Conn {
                     // A worker gone will never finish this response: its client is let go
                     // at once, and what it holds with it, so a worker that disconnects and
                     // attaches again cannot pile up the charges (and floors) of connections
-                    // gone.
+                    // gone. Written out, or the worker gone first: the write is then dropped
+                    // half done, which does no harm, as the connection is reset.
                     let sent = tokio::select! {
                         biased;
                         sent = self.send(queue) => Some(sent),
