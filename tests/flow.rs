@@ -585,3 +585,69 @@ fn a_worker_that_never_reads_holds_its_uploads_back_not_the_daemon() {
     );
     drop(w);
 }
+
+/// A request asking for `100 Continue` waits for a slot while its client resets. When a
+/// slot comes, writing the 100 fails and the request ends there; its stream on the worker
+/// is forgotten all the same, so a worker that then asks to drain is let go as soon as
+/// the request it holds is answered. (Regression: the stream stayed open, and the
+/// draining worker was kept until the daemon stopped.)
+#[test]
+fn a_client_gone_before_its_100_continue_leaves_no_stream_on_the_worker() {
+    let d = Daemon::start(&[]);
+    let port = free_port();
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "expect", port);
+    let mut w = WireWorker::attach(&d.control, "expect", 1);
+    w.sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // The first request takes the one slot.
+    let mut first = connect(port);
+    first
+        .write_all(b"GET /expect/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("first request");
+    let stream = w.next_head();
+    // The second waits in the queue; then its client resets.
+    let mut second = connect(port);
+    second
+        .write_all(
+            b"POST /expect/b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\
+              Expect: 100-continue\r\n\r\n",
+        )
+        .expect("second request");
+    let depth = |d: &Daemon| {
+        d.state()["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "expect"))
+            .map_or(0, |q| num(q, "depth"))
+    };
+    assert!(eventually(10, || depth(&d) == 1), "{}", d.state());
+    let gone_port = second.local_addr().expect("address").port();
+    socket2::SockRef::from(&second)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(second);
+    // The first is answered: its slot goes to the second, whose 100 finds no client.
+    w.send(|b| ResponseHead::encode_parts(b, stream, true, 204, []))
+        .expect("answer");
+    let (status, _, _) = read_response(&mut first, &mut Vec::new(), false);
+    assert_eq!(status, 204);
+    let fields = format!(" 127.0.0.1 {gone_port} 127.0.0.1 ");
+    assert!(
+        eventually(10, || errlog_text(&d).lines().any(
+            |l| l.contains(&fields) && l.contains("Connection_Dropped expect")
+        )),
+        "the 100 Continue did not fail as planned:\n{}",
+        errlog_text(&d)
+    );
+    // The worker asks to drain: with nothing left in its hands, the daemon closes it.
+    w.send(wire::encode_drain).expect("drain");
+    let mut chunk = [0u8; 4096];
+    loop {
+        match w.sock.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the daemon kept the draining worker: {e}"),
+        }
+    }
+}

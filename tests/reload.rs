@@ -311,3 +311,64 @@ fn reloads_from_signals_and_the_api_take_turns() {
     assert_eq!(get_at([127, 0, 0, 3], port), Some(200));
     assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
 }
+
+/// A queue's timers resolve against the service's when used (spec §5: 0 or absent
+/// inherits): a queue that sets no request-queue timer follows `timers.request_queue`
+/// across a reload, one whose `request_queue_timer` or `entity_body` key is removed goes
+/// back to the service's, and a waiting request gets the timer the state shows.
+#[test]
+fn a_reload_reaches_the_timers_queues_inherit() {
+    let port = common::free_port();
+    let text = |service: u32, own: &str| {
+        format!(
+            "[timers]\nrequest_queue = {service}\n\n\
+             [[queue]]\nname = \"inherits\"\nurls = [\"http://+:{port}/inherits/\"]\n\n\
+             [[queue]]\nname = \"own\"\n{own}\n"
+        )
+    };
+    let (d, path) = start(
+        "127.0.0.1",
+        &text(60, "request_queue_timer = 5\nentity_body = 7\n"),
+    );
+    let dir = path.parent().expect("dir").to_owned();
+    let timers = |d: &Daemon, name: &str| {
+        let state = d.state();
+        let q = state["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no queue {name} in {state}"));
+        (
+            q["queue_timer_ms"].as_u64().expect("queue_timer_ms"),
+            q["limits"]["entity_body_ms"]
+                .as_u64()
+                .expect("entity_body_ms"),
+        )
+    };
+    assert_eq!(timers(&d, "inherits"), (60_000, 0));
+    assert_eq!(timers(&d, "own"), (5_000, 7_000));
+    std::fs::write(&path, config_text(&dir, "127.0.0.1", &text(1, ""))).expect("config");
+    let (status, body) = reload(&d);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        timers(&d, "inherits"),
+        (1_000, 0),
+        "the service's new value"
+    );
+    assert_eq!(timers(&d, "own"), (1_000, 0), "keys removed: the service's");
+    // No worker: a request waits for the one second the state shows, then is let go
+    // (the client gives up after 30 s, well before the old 60).
+    let end = common::ending(
+        port,
+        b"GET /inherits/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(end, common::Ending::Closed);
+    let logged = || {
+        std::fs::read_dir(dir.join("httperr")).is_ok_and(|rd| {
+            rd.filter_map(Result::ok).any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("Timer_ReqQueue inherits"))
+            })
+        })
+    };
+    assert!(eventually(10, logged), "no Timer_ReqQueue line");
+}

@@ -113,7 +113,8 @@ pub struct QueueProps {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger_ms: Option<u64>,
     /// The request-queue timer in milliseconds: the longest a request waits for a worker
-    /// before its connection is closed (`Timer_ReqQueue`). Default 120000.
+    /// before its connection is closed (`Timer_ReqQueue`). 0: the service's
+    /// (`timers.request_queue`, default 120000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timer_ms: Option<u64>,
     /// `EntityBody` in milliseconds: the longest gap while a request body arrives. 0: the
@@ -134,6 +135,59 @@ pub struct QueueProps {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
 }
+
+impl QueueProps {
+    /// Checks each property present against its range, as the daemon does before it sets
+    /// any, whether they come from the control API or the configuration file. A timer or
+    /// rate of 0 is the service's, a `max_connections` of 0 no limit; 65535 s or more turns
+    /// a timer off.
+    ///
+    /// # Errors
+    ///
+    /// An [`InvalidProps`] naming the first property out of range, such as a `length` of 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use portshare_proto::control::QueueProps;
+    ///
+    /// let ok = QueueProps { length: Some(10), queue_timer_ms: Some(0), ..QueueProps::default() };
+    /// assert!(ok.validate().is_ok());
+    /// let bad = QueueProps { length: Some(0), ..QueueProps::default() };
+    /// assert_eq!(bad.validate().map_err(|e| e.field), Err("length"));
+    /// ```
+    pub fn validate(&self) -> Result<(), InvalidProps> {
+        if let Some(len) = self.length
+            && !(1..=Self::MAX_LENGTH).contains(&len)
+        {
+            return Err(InvalidProps {
+                field: "length",
+                message: format!("length = {len}: expected 1 to {}", Self::MAX_LENGTH),
+            });
+        }
+        Ok(())
+    }
+
+    /// The longest a queue may be (HTTP.sys's limit: a LONG).
+    pub const MAX_LENGTH: u32 = 0x7FFF_FFFF;
+}
+
+/// A queue property out of its range: what [`QueueProps::validate`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidProps {
+    /// The property, as [`QueueProps`] names it.
+    pub field: &'static str,
+    /// What it holds and what it may hold.
+    pub message: String,
+}
+
+impl core::fmt::Display for InvalidProps {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for InvalidProps {}
 
 /// A queue's timers and connection limit, as set on it: 0 means the service's value (for
 /// the timers) or no limit (for `max_connections`).
@@ -216,7 +270,7 @@ pub struct QueueInfo {
     pub enabled: bool,
     /// Linger time in milliseconds.
     pub linger_ms: u64,
-    /// Request-queue timer in milliseconds.
+    /// The request-queue timer in force, in milliseconds: its own, else the service's.
     pub queue_timer_ms: u64,
     /// Its other timers and its connection limit.
     #[serde(default)]
@@ -508,7 +562,7 @@ pub struct QueueState {
     pub enabled: bool,
     /// Linger time in milliseconds.
     pub linger_ms: u64,
-    /// Request-queue timer in milliseconds.
+    /// The request-queue timer in force, in milliseconds: its own, else the service's.
     pub queue_timer_ms: u64,
     /// Its other timers and its connection limit.
     #[serde(default)]
@@ -715,8 +769,47 @@ pub struct ReloadReport {
 
 #[cfg(test)]
 mod tests {
-    use super::ApiError;
+    use super::{ApiError, QueueProps};
     use crate::Win32Error;
+
+    #[test]
+    fn queue_properties_keep_their_ranges() {
+        let length = |n| QueueProps {
+            length: Some(n),
+            ..QueueProps::default()
+        };
+        for (props, ok) in [
+            (QueueProps::default(), true),
+            (length(1), true),
+            (length(QueueProps::MAX_LENGTH), true),
+            (length(0), false),
+            (length(QueueProps::MAX_LENGTH + 1), false),
+        ] {
+            assert_eq!(props.validate().is_ok(), ok, "{props:?}");
+        }
+        // 0 is the service's timer or no limit; the largest values turn a timer off.
+        let zeros = QueueProps {
+            linger_ms: Some(0),
+            queue_timer_ms: Some(0),
+            entity_body_ms: Some(0),
+            drain_entity_body_ms: Some(0),
+            min_send_rate: Some(0),
+            max_connections: Some(0),
+            ..QueueProps::default()
+        };
+        assert_eq!(zeros.validate(), Ok(()));
+        let most = QueueProps {
+            queue_timer_ms: Some(u64::MAX),
+            min_send_rate: Some(u32::MAX),
+            ..QueueProps::default()
+        };
+        assert_eq!(most.validate(), Ok(()));
+        let e = length(0).validate().expect_err("length 0");
+        assert_eq!(
+            (e.field, e.to_string()),
+            ("length", "length = 0: expected 1 to 2147483647".to_owned())
+        );
+    }
 
     #[test]
     fn api_errors_answer_by_name() {

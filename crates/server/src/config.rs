@@ -55,7 +55,7 @@
 //! verbosity = "limited"        # basic | limited | full
 //! enabled = true
 //! linger = 0                  # seconds
-//! request_queue_timer = 120   # seconds
+//! request_queue_timer = 120   # seconds; default: timers.request_queue
 //! entity_body = 120           # seconds; default: timers.entity_body
 //! drain_entity_body = 120     # seconds; default: timers.drain_entity_body
 //! min_send_rate = 150         # bytes per second; default: timers.min_send_rate
@@ -72,13 +72,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portshare_proto::control::{AccessEntry, AccountKind, Verbosity};
+use portshare_proto::control::{AccessEntry, AccountKind, QueueProps, Verbosity};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::timers::Timer;
 
 mod error;
 
+pub use crate::timers::Timers;
 pub use error::ConfigError;
 pub(crate) use error::Fault;
 
@@ -272,86 +274,6 @@ impl Default for Limits {
     }
 }
 
-/// Timers, in seconds, with HTTP.sys's defaults. A timer set to 65535 seconds (HTTP.sys's
-/// MAXUSHORT) or more never fires.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timers {
-    /// Time to receive a request head (`HeaderWait`).
-    pub header_wait: f64,
-    /// Time an idle keep-alive connection stays open (`IdleConnection`).
-    pub idle_connection: f64,
-    /// Longest gap while receiving a request body (`EntityBody`), for queues that set none.
-    pub entity_body: f64,
-    /// Time to read and discard the rest of a body the application did not read, so the
-    /// connection can carry the next request (`DrainEntityBody`), for queues that set none.
-    pub drain_entity_body: f64,
-    /// The request-queue timer of queues that do not set their own (`RequestQueue`).
-    pub request_queue: f64,
-    /// The slowest a client may take a response, in bytes per second (`MinSendRate`), for
-    /// queues that set none; 4294967295 (MAXULONG) turns the check off.
-    pub min_send_rate: u32,
-    /// On SIGTERM, how long requests in progress and waiting in queues may take to finish
-    /// before the daemon closes what is left (not an HTTP.sys timer).
-    pub shutdown: f64,
-}
-
-impl Default for Timers {
-    fn default() -> Timers {
-        Timers {
-            header_wait: 120.0,
-            idle_connection: 120.0,
-            entity_body: 120.0,
-            drain_entity_body: 120.0,
-            request_queue: 120.0,
-            min_send_rate: 150,
-            shutdown: 30.0,
-        }
-    }
-}
-
-impl Timers {
-    /// A timer of this many seconds or more never fires.
-    pub const DISABLED: f64 = 65535.0;
-
-    fn check(&self) -> Result<(), Fault> {
-        for (name, v) in [
-            ("header_wait", self.header_wait),
-            ("idle_connection", self.idle_connection),
-            ("entity_body", self.entity_body),
-            ("drain_entity_body", self.drain_entity_body),
-            ("request_queue", self.request_queue),
-            ("shutdown", self.shutdown),
-        ] {
-            if !(v > 0.0 && v <= 4_294_967.0) {
-                return Err(Fault::at(
-                    Some(("timers", None)),
-                    name,
-                    format!("timers.{name} = {v}: expected seconds above 0 and at most 4294967"),
-                ));
-            }
-        }
-        if self.min_send_rate == 0 {
-            return Err(Fault::at(
-                Some(("timers", None)),
-                "min_send_rate",
-                "timers.min_send_rate = 0: expected bytes per second from 1 to 4294967295",
-            ));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn duration(s: f64) -> Duration {
-        Duration::from_secs_f64(s)
-    }
-
-    /// A timer's duration while it is armed; `None` for one set to 65535 seconds or more,
-    /// which never fires.
-    pub(crate) fn armed(d: Duration) -> Option<Duration> {
-        (d < Duration::from_secs(65535)).then_some(d)
-    }
-}
-
 /// The error log files (`httperrN.log`), with HTTP.sys's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -421,16 +343,17 @@ pub struct QueueConfig {
     /// Active or not; default active.
     #[serde(default)]
     pub enabled: Option<bool>,
-    /// Request-queue timer, seconds.
+    /// Request-queue timer, seconds; default (and 0) `timers.request_queue`.
     #[serde(default)]
-    pub request_queue_timer: Option<f64>,
-    /// `EntityBody` for this queue's requests, seconds; default `timers.entity_body`.
+    pub request_queue_timer: Option<Timer>,
+    /// `EntityBody` for this queue's requests, seconds; default (and 0)
+    /// `timers.entity_body`.
     #[serde(default)]
-    pub entity_body: Option<f64>,
-    /// `DrainEntityBody` for this queue's requests, seconds; default
+    pub entity_body: Option<Timer>,
+    /// `DrainEntityBody` for this queue's requests, seconds; default (and 0)
     /// `timers.drain_entity_body`.
     #[serde(default)]
-    pub drain_entity_body: Option<f64>,
+    pub drain_entity_body: Option<Timer>,
     /// `MinSendRate` for this queue's responses, bytes per second; default
     /// `timers.min_send_rate`.
     #[serde(default)]
@@ -501,6 +424,24 @@ impl QueueConfig {
             users.chain(groups)
         });
         owner.chain(listed).collect()
+    }
+
+    /// The queue's properties as the control API sets them. What the file leaves out is
+    /// the default (for the timers, the service's), so a key removed by a reload goes back
+    /// to it.
+    pub(crate) fn props(&self) -> QueueProps {
+        let ms = |t: Option<Timer>| Some(t.map_or(0, Timer::as_millis));
+        QueueProps {
+            length: self.length,
+            verbosity: self.verbosity,
+            enabled: self.enabled,
+            linger_ms: self.linger.map(|s| (s * 1000.0) as u64),
+            queue_timer_ms: ms(self.request_queue_timer),
+            entity_body_ms: ms(self.entity_body),
+            drain_entity_body_ms: ms(self.drain_entity_body),
+            min_send_rate: Some(self.min_send_rate.unwrap_or(0)),
+            max_connections: Some(self.max_connections.unwrap_or(0)),
+        }
     }
 
     /// Whether a reload must set the queue's properties again.
@@ -632,7 +573,9 @@ impl Config {
                 ),
             ));
         }
-        self.timers.check()?;
+        self.timers
+            .check()
+            .map_err(|(key, message)| Fault::at(Some(("timers", None)), key, message))?;
         self.errlog.check()?;
         self.control.check()?;
         if let Some(g) = &self.admin_group
@@ -687,38 +630,44 @@ impl Config {
             if self.queues[..i].iter().any(|p| p.name == q.name) {
                 return Err(at("name", format!("queue {:?}: defined twice", q.name)));
             }
-            if let Some(len) = q.length
-                && !(1..=0x7FFF_FFFF).contains(&len)
-            {
-                return Err(at(
-                    "length",
-                    format!(
-                        "queue {:?}: length = {len}: expected 1 to 2147483647",
-                        q.name
-                    ),
-                ));
-            }
+            // The rules the control API holds the properties to, then the file's own.
+            q.props().validate().map_err(|e| {
+                at(
+                    config_key(e.field),
+                    format!("queue {:?}: {}", q.name, e.message),
+                )
+            })?;
             for url in &q.urls {
                 portshare_router::UrlPrefix::parse(url)
                     .map_err(|e| at("urls", format!("queue {:?}: url {url:?}: {e}", q.name)))?;
             }
-            for (key, v) in [
+            for (key, t) in [
                 ("request_queue_timer", q.request_queue_timer),
-                ("linger", q.linger),
                 ("entity_body", q.entity_body),
                 ("drain_entity_body", q.drain_entity_body),
             ] {
-                if let Some(v) = v
-                    && !(0.0..=4_294_967.0).contains(&v)
+                if let Some(t) = t
+                    && t > Timer::from_secs(Timer::MAX_SECS)
                 {
                     return Err(at(
                         key,
                         format!(
-                            "queue {:?}: {key} = {v}: expected seconds from 0 to 4294967",
+                            "queue {:?}: {key} = {t}: expected seconds from 0 to 4294967",
                             q.name
                         ),
                     ));
                 }
+            }
+            if let Some(v) = q.linger
+                && !(0.0..=4_294_967.0).contains(&v)
+            {
+                return Err(at(
+                    "linger",
+                    format!(
+                        "queue {:?}: linger = {v}: expected seconds from 0 to 4294967",
+                        q.name
+                    ),
+                ));
             }
             if let Some(up) = &q.upstream {
                 crate::upstream::Address::parse(up).map_err(|e| {
@@ -775,6 +724,17 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The key of a queue's table that sets the control API's property `field`.
+fn config_key(field: &'static str) -> &'static str {
+    match field {
+        "queue_timer_ms" => "request_queue_timer",
+        "entity_body_ms" => "entity_body",
+        "drain_entity_body_ms" => "drain_entity_body",
+        "linger_ms" => "linger",
+        other => other,
     }
 }
 
@@ -868,7 +828,7 @@ mod tests {
         let c = Config::from_toml("").unwrap();
         assert!(c.iplisten.is_empty());
         assert_eq!(c.limits.max_request_bytes, 16384);
-        assert_eq!(c.timers.request_queue, 120.0);
+        assert_eq!(c.timers.request_queue, Timer::from_secs(120));
         assert!(c.errlog.enabled);
         assert_eq!(c.errlog.folder, Path::new("/var/log/portshare/httperr"));
         assert_eq!(c.errlog.truncate_size, 1_048_576);
@@ -965,7 +925,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.limits.max_connections, 1024);
-        assert_eq!(c.timers.drain_entity_body, 5.0);
+        assert_eq!(c.timers.drain_entity_body, Timer::from_secs(5));
         assert_eq!(c.timers.min_send_rate, u32::MAX);
         assert_eq!(c.queues[0].max_connections, Some(7));
         assert_eq!(Limits::default().max_connections, Limits::UNLIMITED);
@@ -993,16 +953,14 @@ mod tests {
                 "[[queue]]\nname = \"q\"\ndrain_entity_body = -1\n",
                 "drain_entity_body",
             ),
+            (
+                "[[queue]]\nname = \"q\"\nrequest_queue_timer = 4294968\n",
+                "queue \"q\": request_queue_timer = 4294968: expected seconds from 0 to 4294967",
+            ),
         ] {
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
-        // 65535 s and more never fire.
-        assert_eq!(Timers::armed(Duration::from_secs(65535)), None);
-        assert_eq!(
-            Timers::armed(Duration::from_secs(65534)),
-            Some(Duration::from_secs(65534))
-        );
     }
 
     #[test]
@@ -1024,6 +982,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 2"), "{e}");
+        // So does a timer that is no length of time, its key named all the same.
+        let e = Config::from_toml("[timers]\nidle_connection = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2") && e.contains("timers.idle_connection = -1: expected"),
+            "{e}"
+        );
     }
 
     #[test]

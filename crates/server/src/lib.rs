@@ -78,6 +78,7 @@ mod pages;
 mod queue;
 mod quota;
 mod shared;
+mod timers;
 mod upstream;
 mod worker;
 
@@ -91,6 +92,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
+pub use timers::Timer;
 pub use upstream::Address;
 
 /// How to run the daemon.

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use portshare_proto::control::{QueueCounters, QueueProps, Verbosity};
+use portshare_proto::control::{QueueCounters, QueueLimits, QueueProps, Verbosity};
 use tokio::sync::oneshot;
 
+use crate::timers::{QueueTimers, Timer, Timers};
 use crate::upstream::Upstream;
 use crate::worker::WorkerConn;
 
@@ -34,44 +35,30 @@ pub(crate) struct Props {
     pub(crate) verbosity: Verbosity,
     pub(crate) enabled: bool,
     pub(crate) linger: Duration,
-    pub(crate) timer: Duration,
-    /// The timers a request of this queue runs under once routed.
+    /// Its own timers; those it does not set are the service's, looked up when used.
     pub(crate) timers: QueueTimers,
     /// Most client connections; 0 for no limit.
     pub(crate) max_connections: u32,
 }
 
-/// A queue's own timers; `None` takes the service's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct QueueTimers {
-    pub(crate) entity_body: Option<Duration>,
-    pub(crate) drain_entity_body: Option<Duration>,
-    pub(crate) min_send_rate: Option<u32>,
-}
-
-impl Props {
-    pub(crate) fn new(timer: Duration) -> Props {
+impl Default for Props {
+    fn default() -> Props {
         Props {
             length: 1000,
             verbosity: Verbosity::Basic,
             enabled: true,
             linger: Duration::ZERO,
-            timer,
             timers: QueueTimers::default(),
             max_connections: 0,
         }
     }
+}
 
-    /// Applies the properties present in `p`; checks ranges first.
+impl Props {
+    /// Applies the properties present in `p`, once [`QueueProps::validate`] finds them all
+    /// in range.
     pub(crate) fn apply(&mut self, p: &QueueProps) -> Result<(), String> {
-        if let Some(len) = p.length
-            && !(1..=0x7FFF_FFFF).contains(&len)
-        {
-            return Err(format!("length {len} is outside 1..=2147483647"));
-        }
-        if p.queue_timer_ms == Some(0) {
-            return Err("queue_timer_ms must be at least 1".into());
-        }
+        p.validate().map_err(|e| e.message)?;
         if let Some(len) = p.length {
             self.length = len;
         }
@@ -84,23 +71,23 @@ impl Props {
         if let Some(ms) = p.linger_ms {
             self.linger = Duration::from_millis(ms);
         }
-        if let Some(ms) = p.queue_timer_ms {
-            self.timer = Duration::from_millis(ms);
-        }
-        let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
-        if let Some(v) = p.entity_body_ms {
-            self.timers.entity_body = ms(v);
-        }
-        if let Some(v) = p.drain_entity_body_ms {
-            self.timers.drain_entity_body = ms(v);
-        }
-        if let Some(v) = p.min_send_rate {
-            self.timers.min_send_rate = (v > 0).then_some(v);
-        }
+        self.timers.set(p);
         if let Some(v) = p.max_connections {
             self.max_connections = v;
         }
         Ok(())
+    }
+
+    /// The queue's timers and connection limit as the control API shows them: 0 for the
+    /// service's value, or for no limit.
+    pub(crate) fn limits(&self) -> QueueLimits {
+        let ms = |t: Option<Timer>| t.map_or(0, Timer::as_millis);
+        QueueLimits {
+            entity_body_ms: ms(self.timers.entity_body),
+            drain_entity_body_ms: ms(self.timers.drain_entity_body),
+            min_send_rate: self.timers.min_send_rate.unwrap_or(0),
+            max_connections: self.max_connections,
+        }
     }
 }
 
@@ -223,7 +210,7 @@ impl Drop for Slot {
 pub(crate) struct Ticket {
     queue: Arc<Queue>,
     id: u64,
-    timer: Duration,
+    timer: Timer,
     rx: oneshot::Receiver<Result<Slot, Closed>>,
     /// The queue answered (a slot, or its closing), which it does only after taking the
     /// request out of the FIFO.
@@ -242,15 +229,12 @@ pub(crate) enum Missed {
 impl Ticket {
     /// Waits for a slot, at most the queue's timer.
     pub(crate) async fn wait(mut self) -> Result<Slot, Missed> {
-        let got = match crate::config::Timers::armed(self.timer) {
-            Some(timer) => tokio::time::timeout(timer, &mut self.rx).await,
-            None => Ok((&mut self.rx).await),
-        };
-        self.answered = got.is_ok();
+        let got = self.timer.within(&mut self.rx).await;
+        self.answered = got.is_some();
         match got {
-            Ok(Ok(Ok(slot))) => Ok(slot),
-            Ok(Ok(Err(Closed)) | Err(_)) => Err(Missed::Closed),
-            Err(_) => {
+            Some(Ok(Ok(slot))) => Ok(slot),
+            Some(Ok(Err(Closed)) | Err(_)) => Err(Missed::Closed),
+            None => {
                 self.queue.timed_out.fetch_add(1, Ordering::Relaxed);
                 Err(Missed::TimedOut)
             }
@@ -357,22 +341,26 @@ impl Queue {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// The 503 verbosity and `Retry-After` for a refusal outside `admit`.
-    pub(crate) fn refusal(&self) -> (Verbosity, u64) {
+    /// The 503 verbosity and `Retry-After` for a refusal outside `admit`, under the
+    /// `service` timers in force.
+    pub(crate) fn refusal(&self, service: &Timers) -> (Verbosity, u64) {
         let mut inner = self.lock();
-        let retry = self.retry_after(&mut inner);
+        let timer = inner.props.timers.request_queue(service);
+        let retry = self.retry_after(&mut inner, timer);
         (inner.props.verbosity, retry)
     }
 
-    /// Asks for a slot for one request.
-    pub(crate) fn admit(self: &Arc<Queue>) -> Admit {
+    /// Asks for a slot for one request, under the `service` timers in force: a request
+    /// that waits does so for the queue's request-queue timer, else the service's.
+    pub(crate) fn admit(self: &Arc<Queue>, service: &Timers) -> Admit {
         let mut inner = self.lock();
         if inner.closed {
             return Admit::Closed;
         }
+        let timer = inner.props.timers.request_queue(service);
         if !inner.props.enabled {
             self.disabled.fetch_add(1, Ordering::Relaxed);
-            let retry = self.retry_after(&mut inner);
+            let retry = self.retry_after(&mut inner, timer);
             return Admit::Disabled(inner.props.verbosity, retry);
         }
         if inner.pending.is_empty()
@@ -382,7 +370,7 @@ impl Queue {
         }
         if inner.pending.len() >= inner.props.length as usize {
             self.queue_full.fetch_add(1, Ordering::Relaxed);
-            let retry = self.retry_after(&mut inner);
+            let retry = self.retry_after(&mut inner, timer);
             return Admit::Full(inner.props.verbosity, retry);
         }
         let (tx, rx) = oneshot::channel();
@@ -396,7 +384,7 @@ impl Queue {
         Admit::Wait(Ticket {
             queue: self.clone(),
             id,
-            timer: inner.props.timer,
+            timer,
             rx,
             answered: false,
         })
@@ -510,8 +498,8 @@ impl Queue {
     }
 
     /// Seconds a refused client should wait: the queue's depth over its recent drain rate,
-    /// at least 1.
-    fn retry_after(&self, inner: &mut Inner) -> u64 {
+    /// else its request-queue `timer`; at least 1.
+    fn retry_after(&self, inner: &mut Inner, timer: Timer) -> u64 {
         let now = Instant::now();
         let delivered = self.delivered.load(Ordering::Relaxed);
         let (at, then) = inner.rate_mark;
@@ -524,7 +512,7 @@ impl Queue {
         let secs = if inner.rate > 0.0 {
             (depth / inner.rate).ceil()
         } else {
-            inner.props.timer.as_secs_f64().ceil()
+            timer.duration().as_secs_f64().ceil()
         };
         (secs as u64).clamp(1, 3600)
     }
@@ -567,7 +555,7 @@ mod tests {
     use super::*;
 
     fn queue(props: &QueueProps) -> Arc<Queue> {
-        let mut p = Props::new(Duration::from_secs(120));
+        let mut p = Props::default();
         p.apply(props).expect("valid properties");
         Queue::new("q".into(), 0, p, None)
     }
@@ -598,14 +586,14 @@ mod tests {
 
     #[test]
     fn queue_timers_inherit_at_zero() {
-        let mut p = Props::new(Duration::from_secs(120));
+        let mut p = Props::default();
         p.apply(&QueueProps {
             entity_body_ms: Some(1500),
             min_send_rate: Some(1000),
             ..QueueProps::default()
         })
         .expect("valid");
-        assert_eq!(p.timers.entity_body, Some(Duration::from_millis(1500)));
+        assert_eq!(p.timers.entity_body, Some(Timer::from_millis(1500)));
         assert_eq!(p.timers.drain_entity_body, None);
         assert_eq!(p.timers.min_send_rate, Some(1000));
         p.apply(&QueueProps {
@@ -615,5 +603,48 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(p.timers, QueueTimers::default());
+    }
+
+    #[test]
+    fn a_request_waits_for_the_queue_timer_in_force() {
+        let q = queue(&QueueProps::default());
+        let service = Timers {
+            request_queue: Timer::from_secs(7),
+            ..Timers::default()
+        };
+        let Admit::Wait(ticket) = q.admit(&service) else {
+            panic!("no worker: the request waits");
+        };
+        assert_eq!(ticket.timer, Timer::from_secs(7));
+        // 0 is the service's too; a value of its own wins.
+        q.set_props(&QueueProps {
+            queue_timer_ms: Some(0),
+            ..QueueProps::default()
+        })
+        .expect("0 inherits");
+        let Admit::Wait(ticket) = q.admit(&service) else {
+            panic!("waits");
+        };
+        assert_eq!(ticket.timer, Timer::from_secs(7));
+        q.set_props(&QueueProps {
+            queue_timer_ms: Some(300),
+            ..QueueProps::default()
+        })
+        .expect("its own");
+        let Admit::Wait(ticket) = q.admit(&service) else {
+            panic!("waits");
+        };
+        assert_eq!(ticket.timer, Timer::from_millis(300));
+        // Out of range: refused, and nothing changes.
+        let e = q.set_props(&QueueProps {
+            length: Some(0),
+            queue_timer_ms: Some(5),
+            ..QueueProps::default()
+        });
+        assert_eq!(e, Err("length = 0: expected 1 to 2147483647".into()));
+        assert_eq!(
+            q.props().timers.request_queue,
+            Some(Timer::from_millis(300))
+        );
     }
 }

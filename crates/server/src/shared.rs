@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use portshare_router::{RouteTable, UrlOptions};
@@ -145,7 +144,7 @@ impl Connections {
 pub(crate) struct Settings {
     pub(crate) url_opts: UrlOptions,
     pub(crate) head_limits: HeadLimits,
-    pub(crate) timers: ConnTimers,
+    pub(crate) timers: Timers,
     /// `MaxConnections`.
     pub(crate) max_connections: u64,
     /// The httperr files, written out when the last connection using them lets go.
@@ -164,33 +163,14 @@ impl Settings {
             .segment_max_length(l.url_segment_max_length)
             .segment_max_count(l.url_segment_max_count)
             .max_url_length(head_limits.field_length());
-        let t = config.timers;
         Settings {
             url_opts,
             head_limits,
-            timers: ConnTimers {
-                header_wait: Timers::duration(t.header_wait),
-                idle_connection: Timers::duration(t.idle_connection),
-                entity_body: Timers::duration(t.entity_body),
-                drain_entity_body: Timers::duration(t.drain_entity_body),
-                min_send_rate: t.min_send_rate,
-            },
+            timers: config.timers,
             max_connections: l.max_connections,
             errlog,
         }
     }
-}
-
-/// The service's timers, as a connection reads them; a duration of 65535 s or more never
-/// fires.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConnTimers {
-    pub(crate) header_wait: Duration,
-    pub(crate) idle_connection: Duration,
-    pub(crate) entity_body: Duration,
-    pub(crate) drain_entity_body: Duration,
-    /// Bytes per second; `u32::MAX` turns the check off.
-    pub(crate) min_send_rate: u32,
 }
 
 /// Where a registration's requests go: the value of each route in the table, so what a

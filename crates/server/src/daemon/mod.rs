@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use portshare_proto::control::{
     AddUrl, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState, ProcessState,
-    QueueInfo, QueueLimits, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
+    QueueInfo, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
 use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;
@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use crate::accept::{self, Failure, Throttle};
 use crate::access::{Access, Rights};
 use crate::bind::{self, BindError};
-use crate::config::{Config, StateFile, Timers};
+use crate::config::{Config, StateFile};
 use crate::errlog;
 use crate::identity::{self, Identity};
 use crate::queue::{Props, Queue, Target};
@@ -179,7 +179,6 @@ struct State {
     foreign: Vec<IpAddr>,
     /// Addresses that should listen and cannot.
     bind_failures: BTreeMap<SocketAddr, ApiError>,
-    request_queue_timer: Duration,
 }
 
 /// The daemon.
@@ -227,7 +226,6 @@ impl Daemon {
                 listeners: HashMap::new(),
                 acl: UrlAcl::new(),
                 acl_sources: HashMap::new(),
-                request_queue_timer: Timers::duration(config.timers.request_queue),
                 config,
                 saved: StateFile::default(),
                 iplisten: Vec::new(),
@@ -323,7 +321,7 @@ impl Daemon {
                 // again and so takes it over.
                 tracing::info!(queue = %name, pid = session.peer.pid, "lingering queue reopened");
             }
-            return Ok(info(entry, props, false));
+            return Ok(info(entry, props, false, &self.shared));
         }
         if spec.mode == OpenMode::Open {
             return Err(api(
@@ -353,7 +351,7 @@ impl Daemon {
                 Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
             ))),
         };
-        let mut props = Props::new(st.request_queue_timer);
+        let mut props = Props::default();
         props
             .apply(&spec.props)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
@@ -372,7 +370,7 @@ impl Daemon {
             access: declared.unwrap_or_default(),
             creator: spec.name.is_none().then_some(session.peer.pid),
         };
-        let created = info(&entry, props, true);
+        let created = info(&entry, props, true, &self.shared);
         st.queues.insert(name, entry);
         Ok(created)
     }
@@ -411,7 +409,7 @@ impl Daemon {
             .queue
             .set_props(p)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
-        Ok(info(entry, props, false))
+        Ok(info(entry, props, false, &self.shared))
     }
 
     /// `POST /v1/queues/{name}/access`: its owner and administrators set who else may use
@@ -459,7 +457,7 @@ impl Daemon {
         self.enforce_access(st, name);
         self.publish(st);
         let entry = Daemon::entry(st, name)?;
-        Ok(info(entry, entry.queue.props(), false))
+        Ok(info(entry, entry.queue.props(), false, &self.shared))
     }
 
     /// Takes from queue `name` what its access list no longer grants: the workers of
@@ -756,7 +754,7 @@ impl Daemon {
                 }
             }
         }
-        Timers::duration(st.config.timers.shutdown)
+        st.config.timers.shutdown.duration()
     }
 
     /// Client connections open now.

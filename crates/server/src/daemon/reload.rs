@@ -14,13 +14,13 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use portshare_proto::control::{AddUrl, ApiError, OpenMode, QueueProps, QueueSpec, ReloadReport};
+use portshare_proto::control::{AddUrl, ApiError, OpenMode, QueueSpec, ReloadReport};
 use portshare_router::{UrlPrefix, Win32Error};
 
 use super::reservations::same_url;
 use super::{CONFIG_SESSION, Daemon, Session, State, api};
 use crate::access::Access;
-use crate::config::{Config, QueueConfig, StateFile, Timers};
+use crate::config::{Config, QueueConfig, StateFile};
 use crate::errlog;
 use crate::shared::Settings;
 
@@ -163,7 +163,6 @@ impl Daemon {
             .settings
             .store(Arc::new(Settings::new(new, errlog)));
         self.shared.connections.recheck();
-        st.request_queue_timer = Timers::duration(new.timers.request_queue);
     }
 
     /// Creates, changes and closes the configuration file's queues, from `old` to `new`
@@ -188,18 +187,7 @@ impl Daemon {
             }
         }
         for q in new {
-            let props = QueueProps {
-                length: q.length,
-                verbosity: q.verbosity,
-                enabled: q.enabled,
-                linger_ms: q.linger.map(|s| (s * 1000.0) as u64),
-                queue_timer_ms: q.request_queue_timer.map(|s| (s * 1000.0) as u64),
-                // Absent from the file: the service's value (0), also after a reload.
-                entity_body_ms: Some(q.entity_body.map_or(0, |s| (s * 1000.0) as u64)),
-                drain_entity_body_ms: Some(q.drain_entity_body.map_or(0, |s| (s * 1000.0) as u64)),
-                min_send_rate: Some(q.min_send_rate.unwrap_or(0)),
-                max_connections: Some(q.max_connections.unwrap_or(0)),
-            };
+            let props = q.props();
             let (access, unknown) = Access::lenient(&q.access_entries());
             for u in unknown {
                 report.warn(format!("queue {:?}: {u}, so it grants nothing", q.name));

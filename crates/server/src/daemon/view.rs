@@ -5,17 +5,8 @@ use portshare_proto::control::UrlLimits;
 
 use super::*;
 
-pub(super) fn limits(props: &Props) -> QueueLimits {
-    let ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
-    QueueLimits {
-        entity_body_ms: ms(props.timers.entity_body),
-        drain_entity_body_ms: ms(props.timers.drain_entity_body),
-        min_send_rate: props.timers.min_send_rate.unwrap_or(0),
-        max_connections: props.max_connections,
-    }
-}
-
-pub(super) fn info(entry: &QueueEntry, props: Props, created: bool) -> QueueInfo {
+/// The queue as the control API shows it, its request-queue timer the one in force.
+pub(super) fn info(entry: &QueueEntry, props: Props, created: bool, shared: &Shared) -> QueueInfo {
     let q = &entry.queue;
     let mut urls: Vec<String> = entry.urls.keys().map(ToString::to_string).collect();
     urls.sort();
@@ -26,8 +17,11 @@ pub(super) fn info(entry: &QueueEntry, props: Props, created: bool) -> QueueInfo
         verbosity: props.verbosity,
         enabled: props.enabled,
         linger_ms: props.linger.as_millis() as u64,
-        queue_timer_ms: props.timer.as_millis() as u64,
-        limits: limits(&props),
+        queue_timer_ms: props
+            .timers
+            .request_queue(&shared.settings.load().timers)
+            .as_millis(),
+        limits: props.limits(),
         upstream: q.upstream().map(|u| u.address.to_string()),
         urls,
         access: entry.access.entries(),
@@ -65,6 +59,7 @@ impl Daemon {
             })
             .collect();
         prefixes.sort_by(|a, b| a.url.cmp(&b.url));
+        let timers = self.shared.settings.load().timers;
         let mut queues: Vec<QueueState> = st
             .queues
             .iter()
@@ -103,8 +98,8 @@ impl Daemon {
                     verbosity: props.verbosity,
                     enabled: props.enabled,
                     linger_ms: props.linger.as_millis() as u64,
-                    queue_timer_ms: props.timer.as_millis() as u64,
-                    limits: limits(&props),
+                    queue_timer_ms: props.timers.request_queue(&timers).as_millis(),
+                    limits: props.limits(),
                     connections: q.connections(),
                     lingering: e.lingering.is_some(),
                     config: e.config,

@@ -1,0 +1,610 @@
+//! The client side: one task per TCP connection, running HTTP.sys's HTTP/1 loop.
+//!
+//! Requests on a connection are handled one at a time, in order: a pipelined request waits
+//! in the read buffer until the response before it is complete, as HTTP.sys delivers it.
+//! For each request: read and check the head, canonicalize and route it, take a slot in the
+//! winning queue (or wait for one, or be refused), hand the request to the slot's worker or
+//! upstream, stream the body there and the response back.
+//!
+//! This module owns the connection: its socket and buffers, the loop over requests, reading
+//! a head under `HeaderWait` and `IdleConnection`, routing and admission, writing out under
+//! `MinSendRate`, and the body helpers the exchanges share (reading more under
+//! `EntityBody`, draining under `DrainEntityBody`). The parts of a request's life are in
+//! its children, as hyper splits its HTTP/1 connection:
+//!
+//! - [`to_worker`]: the exchange with an attached worker, and the request-head frame;
+//! - [`to_upstream`]: the exchange with an upstream server, and the request it gets;
+//! - [`headers`]: what an application receives of the client's headers;
+//! - [`encode`]: the response as the client gets it: head, framing, numbers;
+//! - [`refuse`]: the answers of a request that is not served, and their error-log lines.
+//!
+//! It must not touch the worker wire's byte layout (that is `portshare_proto::wire`'s), the
+//! queue's accounting (a [`Slot`](crate::queue::Slot) held and dropped is all it does), or
+//! the route table (it reads a snapshot).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use portshare_router::{Dispatch, Endpoint, Reason, Scheme, TargetForm, Version, encode_path};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+
+use crate::body::{BodyIn, Chunked};
+use crate::head::{Body, Parsed, parse_head};
+use crate::pages;
+use crate::queue::{Admit, Counted, Missed, Queue, Target};
+use crate::shared::{Settings, Shared};
+use crate::timers::RequestTimers;
+use crate::upstream::Upstream;
+use to_worker::Stream;
+
+mod encode;
+mod headers;
+mod refuse;
+mod to_upstream;
+mod to_worker;
+
+/// How a request left the connection.
+enum Next {
+    /// Ready for the next request.
+    KeepAlive,
+    /// Close after flushing what was written.
+    Close,
+    /// Reset: no more bytes, RST to the client.
+    Abort,
+}
+
+/// One client connection.
+pub(crate) struct Conn {
+    shared: Arc<Shared>,
+    /// Limits, timers and the error log, as of this request (a reload applies from the
+    /// next one).
+    settings: Arc<Settings>,
+    io: TcpStream,
+    rd: BytesMut,
+    wr: BytesMut,
+    peer: SocketAddr,
+    local: SocketAddr,
+    /// `peer` and `local` as the metadata headers carry them, formatted once per connection.
+    peer_text: String,
+    local_text: String,
+    /// The target the application gets (the cooked path re-encoded, then the raw query),
+    /// written for each request into room kept from the last.
+    scratch: Vec<u8>,
+    /// The queue of the latest request, which counts this connection against its
+    /// connection limit.
+    site: Option<Counted>,
+    /// The timers of the request in hand: the service's until it is routed, then its queue's.
+    timers: RequestTimers,
+    /// The request in hand, for the error log's version, verb and URL.
+    current: Option<Current>,
+}
+
+/// What the error log says of the request in hand (slices of its head's bytes).
+struct Current {
+    version: Version,
+    method: Bytes,
+    target: Bytes,
+}
+
+/// How a wait for the client's next bytes ended.
+enum Wait {
+    /// Bytes (or the end of the stream) are there to read.
+    Ready,
+    /// The timer fired.
+    TimedOut,
+    /// The daemon is stopping and the client had sent nothing; or the socket failed.
+    Gone,
+}
+
+/// Serves a client connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let _ = io.set_nodelay(true);
+    let settings = shared.settings.load_full();
+    // Buffers are taken when bytes arrive, start small and grow as needed; a large one is
+    // given back while the connection idles. A connection that has sent nothing costs
+    // little more than its socket.
+    let mut conn = Conn {
+        timers: RequestTimers::service(&settings.timers),
+        settings,
+        shared,
+        io,
+        rd: BytesMut::new(),
+        wr: BytesMut::new(),
+        peer,
+        local,
+        peer_text: peer.to_string(),
+        local_text: local.to_string(),
+        scratch: Vec::new(),
+        site: None,
+        current: None,
+    };
+    let mut first = true;
+    loop {
+        match conn.request(first).await {
+            Next::KeepAlive => {
+                // Lets the head's bytes go before the connection idles.
+                conn.current = None;
+                first = false;
+            }
+            Next::Close => {
+                if conn.flush().await.is_err() {
+                    let _ = socket2::SockRef::from(&conn.io).set_linger(Some(Duration::ZERO));
+                    return;
+                }
+                let _ = conn.io.shutdown().await;
+                conn.linger().await;
+                return;
+            }
+            Next::Abort => {
+                let _ = socket2::SockRef::from(&conn.io).set_linger(Some(Duration::ZERO));
+                return;
+            }
+        }
+    }
+}
+
+/// The parts of a request kept after its head has been handed on.
+#[derive(Clone, Copy)]
+struct Facts {
+    version: Version,
+    keep_alive: bool,
+    head_method: bool,
+    expect_continue: bool,
+}
+
+impl Conn {
+    /// Writes out the write buffer, as fast as `MinSendRate` asks of the client: a client
+    /// taking it more slowly is logged `Timer_MinBytesPerSecond`, and the write fails.
+    ///
+    /// The allowance is judged on what the client drains, not on what is buffered: from
+    /// the moment the write has to wait, it is cut once the time spent exceeds
+    /// `max(1 s, (drained + min(pending, 16 KiB)) / rate)`, recomputed as bytes drain. A
+    /// client reading at the rate or faster is never cut; one reading nothing is cut after
+    /// `16 KiB / rate` (about 109 s at the default 150 B/s) however much is buffered; a slow
+    /// one after a bounded time.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        /// What a waiting write is allowed beyond the bytes the client has taken.
+        const AHEAD: usize = 16 * 1024;
+        let rate = self.timers.min_send_rate();
+        let mut at = 0;
+        // When the write began to wait, and how far it had got.
+        let mut waiting: Option<(Instant, usize)> = None;
+        let mut slow = false;
+        let mut r = Ok(());
+        while at < self.wr.len() {
+            let mut write = std::pin::pin!(self.io.write(&self.wr[at..]));
+            // Most writes fit the socket's buffer at once: the timer is armed only for one
+            // that has to wait for the client.
+            let written = match (poll_once(write.as_mut()).await, rate) {
+                (Some(w), _) => w,
+                (None, None) => write.await,
+                (None, Some(rate)) => {
+                    let (since, from) = *waiting.get_or_insert((Instant::now(), at));
+                    let drained = at - from;
+                    let pending = self.wr.len() - at;
+                    let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate.max(1));
+                    let deadline = since + Duration::from_secs_f64(owed.max(1.0));
+                    match timeout_at(deadline, write).await {
+                        Ok(w) => w,
+                        Err(_) => {
+                            slow = true;
+                            Err(std::io::ErrorKind::TimedOut.into())
+                        }
+                    }
+                }
+            };
+            match written {
+                Ok(0) => {
+                    r = Err(std::io::ErrorKind::WriteZero.into());
+                    break;
+                }
+                Ok(n) => at += n,
+                Err(e) => {
+                    r = Err(e);
+                    break;
+                }
+            }
+        }
+        if slow {
+            let queue = self.site.as_ref().map(|c| c.queue().clone());
+            self.log(
+                None,
+                None,
+                Reason::TimerMinBytesPerSecond,
+                queue.as_deref().map(Queue::name),
+            );
+        }
+        self.wr.clear();
+        r
+    }
+
+    /// Reads more of a request body before `until`, which moves on by EntityBody each time
+    /// bytes come (spec §5: a gap timer, re-armed by body data and nothing else). Otherwise
+    /// the connection's fate, logged: the client left (`Client_Reset`) or the gap was too
+    /// long (`Timer_EntityBody`).
+    async fn more_body(&mut self, until: &mut Instant, queue: &Queue) -> Result<(), Next> {
+        match timeout_at(*until, self.fill()).await {
+            Ok(Ok(n)) if n > 0 => {
+                *until = self.timers.entity_body.fires_at(Instant::now());
+                Ok(())
+            }
+            Ok(_) => {
+                self.log(None, None, Reason::ClientReset, Some(queue.name()));
+                Err(Next::Abort)
+            }
+            Err(_) => {
+                self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                Err(Next::Close)
+            }
+        }
+    }
+
+    /// After the response and the FIN, reads and throws away what the client still sends,
+    /// for a moment (a lingering close): closing with unread bytes would make the kernel
+    /// answer with a reset, which can destroy the response before the client reads it.
+    async fn linger(&mut self) {
+        const LIMIT: usize = 1 << 20;
+        let mut thrown = 0;
+        let _ = timeout(Duration::from_secs(2), async {
+            while thrown < LIMIT {
+                self.rd.clear();
+                match self.fill().await {
+                    Ok(n) if n > 0 => thrown += n,
+                    _ => return,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Writes out part of a response; false when the client is gone, logged
+    /// `Connection_Dropped` (or too slow, logged by [`Conn::flush`]).
+    async fn send(&mut self, queue: &Queue) -> bool {
+        match self.flush().await {
+            Ok(()) => true,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::TimedOut {
+                    self.log(None, None, Reason::ConnectionDropped, Some(queue.name()));
+                }
+                false
+            }
+        }
+    }
+
+    /// Waits for the client's next bytes until `until`, holding no buffers meanwhile. When
+    /// the daemon begins to stop, a client that sent nothing is let go.
+    async fn await_bytes(&mut self, until: Instant) -> Wait {
+        // Small buffers stay for the next request; large ones (a body streamed through,
+        // a large response) go.
+        const KEEP: usize = 8192;
+        if self.rd.is_empty() && self.rd.capacity() > KEEP {
+            self.rd = BytesMut::new();
+        }
+        if self.wr.is_empty() && self.wr.capacity() > KEEP {
+            self.wr = BytesMut::new();
+        }
+        let stop = self.shared.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        if !self.shared.stopping() {
+            // Bytes (or the end, or an error), the daemon stopping, or the timer, in that
+            // order when several are ready. The losers are dropped whole: `readable` reads
+            // nothing, and `stop` is a broadcast behind the `stopping` flag checked below.
+            tokio::select! {
+                biased;
+                r = self.io.readable() => return if r.is_ok() { Wait::Ready } else { Wait::Gone },
+                () = &mut stop => {}
+                () = sleep_until(until) => return Wait::TimedOut,
+            }
+        }
+        // Stopping: bytes already here are a request to serve; otherwise the connection goes.
+        let readable = std::pin::pin!(self.io.readable());
+        match poll_once(readable).await {
+            Some(Ok(())) => Wait::Ready,
+            _ => Wait::Gone,
+        }
+    }
+
+    /// Reads more bytes into the read buffer; `Ok(0)` at end of stream.
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if self.rd.capacity() - self.rd.len() < 1024 {
+            // The first read takes a page; a body streaming through gets more at a time.
+            self.rd
+                .reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
+        }
+        self.io.read_buf(&mut self.rd).await
+    }
+
+    /// One request, from its first byte to the end of its response.
+    async fn request(&mut self, first: bool) -> Next {
+        if !first {
+            let current = self.shared.settings.load();
+            if !Arc::ptr_eq(&current, &self.settings) {
+                self.settings = arc_swap::Guard::into_inner(current);
+            }
+        }
+        let timers = self.settings.timers;
+        let limits = self.settings.head_limits;
+        self.timers = RequestTimers::service(&timers);
+        // IdleConnection until the first byte of a later request; HeaderWait from then (or
+        // from the connection's start) until the head is in.
+        let mut deadline =
+            (first || !self.rd.is_empty()).then(|| timers.header_wait.fires_at(Instant::now()));
+        let len = loop {
+            match parse_head(&self.rd, &limits) {
+                Ok(Parsed::Partial) => {}
+                Ok(Parsed::Complete { len, .. }) => break len,
+                Err(e) => return self.rejected(None, e.rejection(), None),
+            }
+            if self.rd.is_empty() {
+                let (until, reason) = match deadline {
+                    Some(d) => (d, Reason::TimerHeaderWait),
+                    None => (
+                        timers.idle_connection.fires_at(Instant::now()),
+                        Reason::TimerConnectionIdle,
+                    ),
+                };
+                match self.await_bytes(until).await {
+                    Wait::Ready => {}
+                    Wait::Gone => return Next::Close,
+                    Wait::TimedOut => {
+                        self.log(None, None, reason, None);
+                        return Next::Close;
+                    }
+                }
+            }
+            let until =
+                *deadline.get_or_insert_with(|| timers.header_wait.fires_at(Instant::now()));
+            // The parser scans from the start: a client sending a byte at a time must not
+            // cost a scan per byte. Only a LF or passing a limit can change its verdict.
+            let mut seen = self.rd.len();
+            loop {
+                match timeout_at(until, self.fill()).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
+                    Ok(Ok(_)) => {}
+                    Err(_) => {
+                        self.log(None, None, Reason::TimerHeaderWait, None);
+                        return Next::Close;
+                    }
+                }
+                let limit = limits.request_bytes().min(limits.field_length());
+                if self.rd[seen..].contains(&b'\n') || self.rd.len() > limit {
+                    break;
+                }
+                seen = self.rd.len();
+            }
+        };
+        let head_bytes = self.rd.split_to(len).freeze();
+        // Boxed: the state of a request being served exists only while it is, so a
+        // connection waiting for its next request is small.
+        Box::pin(self.serve_head(head_bytes)).await
+    }
+
+    /// Serves one request whose head is in: routes it, hands it on, relays the answer.
+    async fn serve_head(&mut self, head_bytes: Bytes) -> Next {
+        // Room for a response head and a small body, taken once per connection.
+        if self.wr.capacity() == 0 {
+            self.wr.reserve(1024);
+        }
+        let timers = self.settings.timers;
+        let limits = self.settings.head_limits;
+        let Ok(Parsed::Complete { head, .. }) = parse_head(&head_bytes, &limits) else {
+            return Next::Close; // the same bytes parsed a moment ago
+        };
+        self.current = Some(Current {
+            version: head.version(),
+            method: head_bytes.slice_ref(head.method()),
+            target: head_bytes.slice_ref(head.target()),
+        });
+        let facts = Facts {
+            version: head.version(),
+            keep_alive: head.keep_alive(),
+            head_method: head.method() == b"HEAD",
+            expect_continue: head.expect_continue(),
+        };
+        let mut body = match head.body() {
+            Body::None => BodyIn::Done,
+            Body::Length(0) => BodyIn::Done,
+            Body::Length(n) => BodyIn::Length(n),
+            Body::Chunked => BodyIn::Chunked(Chunked::new()),
+        };
+
+        // Route, and write down what the application will get, while the table snapshot
+        // is in hand.
+        let request_id = self.shared.request_ids.fetch_add(1, Ordering::Relaxed);
+        let endpoint = Endpoint::new(Scheme::Http, self.local);
+        // The authority of an absolute-form target, when routing used it: the application
+        // gets it as its Host (spec §2.2, RFC 9112 §3.2.2).
+        let mut authority = None;
+        let routed = {
+            let table = self.shared.table.load();
+            match table.dispatch(&endpoint, &head.request_head(), &self.settings.url_opts) {
+                Dispatch::Deliver(d) => {
+                    let binding = d.registration().value().clone();
+                    if let TargetForm::Absolute { authority: a } = d.target().form() {
+                        authority = Some(a);
+                    }
+                    self.scratch.clear();
+                    self.scratch
+                        .extend_from_slice(encode_path(d.target().path()).as_bytes());
+                    if let Some(q) = d.target().query() {
+                        self.scratch.push(b'?');
+                        self.scratch.extend_from_slice(q);
+                    }
+                    Ok(binding)
+                }
+                Dispatch::Reject(r) => Err(Some(r)),
+                Dispatch::Refused => Err(None),
+                _ => Err(None),
+            }
+        };
+        let binding = match routed {
+            Ok(b) => b,
+            Err(Some(rejection)) => return self.rejected(Some(&head), rejection, Some(1)),
+            Err(None) => return Next::Close,
+        };
+        let queue = binding.queue.clone();
+        // The connection counts against the queue its requests go to (the URL group's
+        // MaxConnections).
+        if !self
+            .site
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c.queue(), &queue))
+        {
+            self.site = None;
+            match queue.count_connection() {
+                Some(counted) => self.site = Some(counted),
+                None => {
+                    let (verbosity, retry) = queue.refusal(&timers);
+                    return self.unavailable(&head, &queue, Reason::ConnLimit, verbosity, retry);
+                }
+            }
+        }
+
+        // A worker can leave between giving its slot and the request reaching it; then
+        // the request goes back for another slot.
+        let mut tries = 0;
+        let (slot, taken) = loop {
+            let slot = match queue.admit(&timers) {
+                Admit::Now(slot) => slot,
+                Admit::Wait(ticket) => match ticket.wait().await {
+                    Ok(slot) => slot,
+                    Err(Missed::TimedOut) => {
+                        self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
+                        return Next::Close;
+                    }
+                    Err(Missed::Closed) if self.shared.stopping() => {
+                        // The shutdown timer ran out before a worker took it.
+                        return self.shutting_down(&head, &queue);
+                    }
+                    Err(Missed::Closed) => return self.abandoned(Some(&head), &queue),
+                },
+                Admit::Full(verbosity, retry) => {
+                    return self.unavailable(&head, &queue, Reason::QueueFull, verbosity, retry);
+                }
+                Admit::Disabled(verbosity, retry) => {
+                    return self.unavailable(&head, &queue, Reason::Disabled, verbosity, retry);
+                }
+                Admit::Closed => return self.abandoned(Some(&head), &queue),
+            };
+            let taken = match slot.target() {
+                Target::Upstream(up) => Taken::Upstream(up.clone()),
+                Target::Worker(worker) => match Stream::open(worker) {
+                    Some(stream) => Taken::Worker(stream),
+                    None if tries < 8 => {
+                        tries += 1;
+                        continue;
+                    }
+                    None => {
+                        queue.count_abandoned();
+                        return self.abandoned(Some(&head), &queue);
+                    }
+                },
+            };
+            break (slot, taken);
+        };
+
+        self.timers = slot.timers().resolve(&timers);
+        // Handed to the application: now is the time for 100 Continue (spec Q12).
+        if facts.expect_continue && !body.is_done() && facts.version == Version::Http11 {
+            self.wr.put_slice(pages::CONTINUE);
+            if !self.send(&queue).await {
+                return Next::Abort;
+            }
+        }
+        // The request is built for the target it goes to, now that it is known.
+        let next = match taken {
+            Taken::Worker(stream) => {
+                let frame = self.worker_frame(
+                    &head,
+                    authority,
+                    &binding,
+                    request_id,
+                    stream.id(),
+                    body.is_done(),
+                );
+                self.exchange_worker(frame, stream, &mut body, facts, &queue)
+                    .await
+            }
+            Taken::Upstream(up) => {
+                let req = self.upstream_request(&head, authority, &binding, request_id);
+                self.exchange_upstream(req, &up, &mut body, facts, &queue)
+                    .await
+            }
+        };
+        drop(slot);
+        match next {
+            Next::KeepAlive if !facts.keep_alive || self.shared.stopping() => Next::Close,
+            Next::KeepAlive if !body.is_done() => self.drain(&mut body, &queue).await,
+            other => other,
+        }
+    }
+
+    /// Reads and discards the rest of a body the application did not read, so the next
+    /// request can be read: all of it within `DrainEntityBody`, else the connection closes,
+    /// logged `Timer_EntityBody`.
+    async fn drain(&mut self, body: &mut BodyIn, queue: &Queue) -> Next {
+        let drained = self
+            .timers
+            .drain_entity_body
+            .within(async {
+                loop {
+                    match body.take(&mut self.rd, usize::MAX) {
+                        Ok((_, true)) => return Next::KeepAlive,
+                        Ok((data, false)) if !data.is_empty() => continue,
+                        Ok(_) => {}
+                        Err(_) => return Next::Close,
+                    }
+                    match self.fill().await {
+                        Ok(n) if n > 0 => {}
+                        _ => return Next::Close,
+                    }
+                }
+            })
+            .await;
+        match drained {
+            Some(next) => next,
+            None => {
+                self.log(None, None, Reason::TimerEntityBody, Some(queue.name()));
+                Next::Close
+            }
+        }
+    }
+}
+
+/// Where an admitted request goes: its slot's target, ready to take it.
+enum Taken {
+    /// A stream opened on the slot's worker connection.
+    Worker(Stream),
+    /// The queue's upstream.
+    Upstream(Arc<Upstream>),
+}
+
+/// Polls a future once: its output if ready, else `None` (the future stays usable).
+async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod footprint {
+    /// What a connection's task holds while it waits for a request: the request being
+    /// served lives in a box of its own, so 10,000 idle connections stay cheap.
+    #[tokio::test]
+    async fn an_idle_connection_task_is_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        let c = tokio::net::TcpStream::connect(a).await.unwrap();
+        let fut = super::serve(crate::shared::test_shared(), c, a, a);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 2048, "the connection future takes {size} bytes");
+    }
+}

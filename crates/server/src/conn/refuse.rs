@@ -1,0 +1,141 @@
+//! Refusals: what a connection answers when a request is not served, and the error-log
+//! line each one writes (spec §6.3, §7).
+//!
+//! This module owns the choice between an error page and a reset for each way a request
+//! can be refused, and [`Conn::log`], through which every error-log line of a connection
+//! goes (timers that fire are logged by their callers through it too). It must not write
+//! anything but the daemon's own pages to the client, nor decide when a request fails:
+//! its callers do.
+
+use portshare_proto::control::Verbosity;
+use portshare_router::{Reason, Rejection};
+
+use super::{Conn, Next};
+use crate::errlog::Entry;
+use crate::head::Head;
+use crate::pages::{self, Detail};
+use crate::queue::Queue;
+
+impl Conn {
+    /// Writes an error-log line for the request in hand: from `head` when the caller has
+    /// it, else from what the connection kept of it.
+    pub(super) fn log(
+        &self,
+        head: Option<&Head<'_>>,
+        status: Option<u16>,
+        reason: Reason,
+        queue: Option<&str>,
+    ) {
+        let current = self.current.as_ref();
+        Entry {
+            client: self.peer,
+            local: self.local,
+            version: head.map(|h| h.version()).or(current.map(|c| c.version)),
+            method: head.map(|h| h.method()).or(current.map(|c| &c.method[..])),
+            uri: head.map(|h| h.target()).or(current.map(|c| &c.target[..])),
+            status,
+            reason,
+            queue,
+        }
+        .emit(&self.settings.errlog);
+    }
+
+    /// The queue or its worker let the request go: the connection is reset, and logged.
+    pub(super) fn abandoned(&self, head: Option<&Head<'_>>, queue: &Queue) -> Next {
+        self.log(
+            head,
+            None,
+            Reason::ConnectionAbandonedByReqQueue,
+            Some(queue.name()),
+        );
+        Next::Abort
+    }
+
+    /// A request refused before it reached a queue, for its head or by routing: the page
+    /// for `rejection` (with `Retry-After: retry`, if any), logged, and the connection
+    /// closed. `head` is `None` for a head that did not parse.
+    pub(super) fn rejected(
+        &mut self,
+        head: Option<&Head<'_>>,
+        rejection: Rejection,
+        retry: Option<u64>,
+    ) -> Next {
+        self.log(head, Some(rejection.status), rejection.reason, None);
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, retry);
+        Next::Close
+    }
+
+    /// A request body the client framed wrongly (a bad chunk size, say): 400 `BadRequest`
+    /// while no response has begun, else the connection is reset.
+    pub(super) fn bad_body(&mut self, responding: bool, queue: &Queue) -> Next {
+        if responding {
+            self.wr.clear();
+            self.log(None, None, Reason::BadRequest, Some(queue.name()));
+            return Next::Abort;
+        }
+        self.bad_request(queue)
+    }
+
+    /// A request of `queue` that cannot be served as it is: 400 `BadRequest`.
+    pub(super) fn bad_request(&mut self, queue: &Queue) -> Next {
+        let rejection = Rejection {
+            status: 400,
+            reason: Reason::BadRequest,
+        };
+        self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, None);
+        Next::Close
+    }
+
+    /// An upstream that cannot be reached: 503 `NotAvailable`.
+    pub(super) fn not_available(&mut self, queue: &Queue) -> Next {
+        let rejection = Rejection {
+            status: 503,
+            reason: Reason::NotAvailable,
+        };
+        self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
+        Next::Close
+    }
+
+    /// The answer to a request still waiting when the daemon stops: 503 `AppShutdown`, so
+    /// the client knows it was not served.
+    pub(super) fn shutting_down(&mut self, head: &Head<'_>, queue: &Queue) -> Next {
+        let rejection = Rejection {
+            status: 503,
+            reason: Reason::AppShutdown,
+        };
+        self.log(
+            Some(head),
+            Some(503),
+            Reason::AppShutdown,
+            Some(queue.name()),
+        );
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
+        Next::Close
+    }
+
+    /// A full or disabled queue's answer, by its verbosity.
+    pub(super) fn unavailable(
+        &mut self,
+        head: &Head<'_>,
+        queue: &Queue,
+        reason: Reason,
+        verbosity: Verbosity,
+        retry: u64,
+    ) -> Next {
+        let sent = (verbosity != Verbosity::Basic).then_some(503);
+        self.log(Some(head), sent, reason, Some(queue.name()));
+        let detail = match verbosity {
+            Verbosity::Basic => return Next::Abort,
+            Verbosity::Limited => Detail::Standard,
+            _ => Detail::Cause,
+        };
+        let rejection = Rejection {
+            status: 503,
+            reason,
+        };
+        pages::error_page(&mut self.wr, rejection, detail, Some(retry));
+        Next::Close
+    }
+}
