@@ -331,21 +331,6 @@ impl Wire {
         .await
     }
 
-    /// Waits for the worker to close the connection, failing on any frame.
-    pub(super) async fn closed(&mut self) {
-        within(async {
-            loop {
-                if let Some(frame) = wire::decode(&mut self.buf).unwrap() {
-                    panic!("a frame where the end was expected: {frame:?}");
-                }
-                if self.io.read_buf(&mut self.buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-            }
-        })
-        .await;
-    }
-
     /// Collects the responses of `streams`, granting credit for all body bytes received.
     /// Panics on a reset.
     pub(super) async fn answers(&mut self, streams: &[u32]) -> Vec<Answer> {

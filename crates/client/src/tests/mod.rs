@@ -136,6 +136,16 @@ impl Service<Request<Body>> for App {
     }
 }
 
+/// Shuts `running` down as a daemon sees it: each worker connection sends its drain frame,
+/// and the daemon, holding no request of it, closes it.
+async fn shut_down(running: crate::Running, wires: Vec<fake::Wire>) {
+    let shutdown = tokio::spawn(running.shutdown());
+    for mut wire in wires {
+        while wire.frame().await != Frame::Drain {}
+    }
+    within(shutdown).await.unwrap().unwrap();
+}
+
 fn builder(fake: &Fake) -> QueueBuilder {
     Queue::builder("my app")
         .url_with_context("http://+:8080/App/", 7)
@@ -227,7 +237,7 @@ async fn registers_attaches_and_answers_a_get() {
     .await;
     assert_eq!(wire.answer(7).await.body, b"ok /app/y ctx=7 body=0");
 
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 /// The daemon's side of an echoed body.
@@ -325,7 +335,7 @@ async fn streams_a_large_body_both_ways_within_the_windows() {
         grants >= 3,
         "the body's credit came back in {grants} window frames"
     );
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +364,7 @@ async fn the_credit_of_a_body_nobody_reads_comes_back() {
         }
     }
     assert_eq!(granted, window + 1000);
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +403,7 @@ async fn holds_as_many_requests_as_slots_and_answers_them_all() {
             "no framing headers added"
         );
     }
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,7 +424,7 @@ async fn a_cancel_drops_the_service_future_and_silences_the_stream() {
         Frame::Head { stream: 3, .. } => {}
         other => panic!("unexpected {other:?}"),
     }
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +452,7 @@ async fn errors_and_panics_reset_the_stream_and_the_worker_goes_on() {
     );
     wire.request(5, true, "GET", "/app/still-here", &[]).await;
     assert_eq!(wire.answer(5).await.head.status, 200);
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 /// A head the daemon would refuse is never sent: the request fails as a service error does.
@@ -463,7 +473,7 @@ async fn a_response_head_over_the_wires_cap_is_not_sent() {
     );
     wire.request(3, true, "GET", "/app/still-here", &[]).await;
     assert_eq!(wire.answer(3).await.head.status, 200);
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,7 +564,7 @@ async fn reconnects_and_sets_up_again_after_the_daemon_restarts() {
     );
     wire.request(1, true, "GET", "/app/again", &[]).await;
     assert_eq!(wire.answer(1).await.head.status, 200);
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire, _second]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,7 +582,7 @@ async fn a_lost_worker_is_reattached() {
     assert_eq!(attaches, 2);
     wire.request(1, true, "GET", "/app/x", &[]).await;
     assert_eq!(wire.answer(1).await.head.status, 200);
-    running.shutdown().await.unwrap();
+    shut_down(running, vec![wire]).await;
 }
 
 /// A service whose `poll_ready` fails.
