@@ -611,7 +611,7 @@ fn attach(
         let upgraded = match hyper::upgrade::on(req).await {
             Ok(u) => u,
             Err(e) => {
-                tracing::warn!("worker upgrade failed: {e}");
+                tracing::warn!(error = %e, "worker upgrade failed");
                 return;
             }
         };

@@ -32,6 +32,7 @@ use portshare_router::{Dispatch, Endpoint, Reason, Scheme, TargetForm, Version, 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tracing::Instrument;
 
 use crate::body::{BodyIn, Chunked};
 use crate::head::{Body, Parsed, parse_head};
@@ -381,8 +382,16 @@ impl Conn {
         };
         let head_bytes = self.rd.split_to(len).freeze();
         // Boxed: the state of a request being served exists only while it is, so a
-        // connection waiting for its next request is small.
-        Box::pin(self.serve_head(head_bytes)).await
+        // connection waiting for its next request is small. The request's span (debug:
+        // free when that level is off) gets its fields once routing knows them.
+        let span = tracing::debug_span!(
+            "request",
+            method = tracing::field::Empty,
+            host = tracing::field::Empty,
+            prefix = tracing::field::Empty,
+            queue = tracing::field::Empty,
+        );
+        Box::pin(self.serve_head(head_bytes).instrument(span)).await
     }
 
     /// Serves one request whose head is in: routes it, hands it on, relays the answer.
@@ -449,6 +458,14 @@ impl Conn {
             Err(None) => return Next::Close,
         };
         let queue = binding.queue.clone();
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            span.record("method", text(head.method()))
+                .record("host", head.host().map(text).unwrap_or_default())
+                .record("prefix", binding.prefix.as_str())
+                .record("queue", queue.name());
+        }
         // The connection counts against the queue its requests go to (the URL group's
         // MaxConnections).
         if !self

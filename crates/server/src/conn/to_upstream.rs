@@ -70,7 +70,7 @@ impl Conn {
         let mut sender = match up.connection(&self.shared.upstreams).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
+                tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
                 return self.not_available(queue);
             }
         };
@@ -113,7 +113,7 @@ impl Conn {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(queue = queue.name(), "upstream {}: {e}", up.address);
+                tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
                 return self.abandoned(None, queue);
             }
         };
@@ -173,7 +173,7 @@ impl Conn {
                     }
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(queue = queue.name(), "upstream {}: {e}", up.address);
+                    tracing::debug!(queue = queue.name(), upstream = %up.address, error = %e, "upstream body failed");
                     return self.abandoned(None, queue);
                 }
                 None => {

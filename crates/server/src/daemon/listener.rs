@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 
 use portshare_proto::control::{IpListenChange, IpListenEntry, IpListenList};
 
+use tracing::Instrument;
+
 use super::reload::Report;
 use super::*;
 
@@ -83,10 +85,15 @@ pub(super) async fn accept_loop(
                 let local = io.local_addr().unwrap_or(local);
                 // Counted for the listener as long as the task lives, however it ends.
                 let counted = Counted::new(&connections);
-                tokio::spawn(async move {
-                    crate::conn::serve(shared, io, peer, local).await;
-                    drop((counted, place));
-                });
+                // Everything the connection logs carries both addresses.
+                let span = tracing::info_span!("conn", client.addr = %peer, server.addr = %local);
+                tokio::spawn(
+                    async move {
+                        crate::conn::serve(shared, io, peer, local).await;
+                        drop((counted, place));
+                    }
+                    .instrument(span),
+                );
             }
             Err(error) => {
                 drop(place);
@@ -207,7 +214,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     drop(bound);
-                    tracing::warn!("cannot listen on {addr}: {e}");
+                    tracing::warn!(%addr, error = %e, "cannot listen");
                     // Kept for the state view until the address binds or the port is let go.
                     st.bind_failures.insert(addr, bind_error(&e));
                     return Err(bind_error(&e));
@@ -233,7 +240,7 @@ impl Daemon {
             addr,
             connections.clone(),
         ));
-        tracing::info!("listening on {addr}");
+        tracing::info!(%addr, "listening");
         st.bind_failures.remove(&addr);
         st.listeners.insert(
             addr,
@@ -249,7 +256,7 @@ impl Daemon {
         st.listeners.retain(|addr, _| {
             let keep = addr.port() != port;
             if !keep {
-                tracing::info!("closed {addr}: nothing is registered on port {port}");
+                tracing::info!(%addr, "closed: nothing is registered on its port");
             }
             keep
         });
@@ -336,7 +343,7 @@ impl Daemon {
                 .collect();
             gone.into_iter()
                 .filter_map(|a| {
-                    tracing::info!("closing {a}: not in the listen list any more");
+                    tracing::info!(addr = %a, "closing: not in the listen list any more");
                     st.listeners.remove(&a).and_then(Listener::close)
                 })
                 .collect()

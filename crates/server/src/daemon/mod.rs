@@ -636,7 +636,7 @@ impl Daemon {
         for w in &warnings {
             tracing::warn!(queue = name, "{w}");
         }
-        tracing::info!(queue = name, pid = session.peer.pid, "registered {prefix}");
+        tracing::info!(queue = name, %prefix, pid = session.peer.pid, "registered");
         Ok(UrlAdded {
             url: prefix.to_string(),
             listening,

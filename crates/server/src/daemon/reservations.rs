@@ -217,10 +217,10 @@ impl Daemon {
             .map_err(|e| api(e.win32(), e.to_string()))?;
         st.acl_sources.insert(prefix.clone(), Source::State);
         if let Err(e) = st.table.reserve(prefix.clone()) {
-            tracing::warn!("reservation {prefix} does not take part in routing: {e}");
+            tracing::warn!(%prefix, error = %e, "a reservation does not take part in routing");
         }
         self.publish(st);
-        tracing::info!(pid = session.peer.pid, user = %session.peer.user, "reserved {prefix}");
+        tracing::info!(%prefix, pid = session.peer.pid, user = %session.peer.user, "reserved");
         Ok(info_of(&entry, Source::State))
     }
 
@@ -272,7 +272,7 @@ impl Daemon {
         st.acl_sources.remove(&prefix);
         let _ = st.table.unreserve(&prefix);
         self.publish(st);
-        tracing::info!(pid = session.peer.pid, user = %session.peer.user, "unreserved {prefix}");
+        tracing::info!(%prefix, pid = session.peer.pid, user = %session.peer.user, "unreserved");
         Ok(())
     }
 }

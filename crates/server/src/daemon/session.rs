@@ -66,7 +66,7 @@ impl Daemon {
             for owner in entry.urls.values_mut() {
                 *owner = None;
             }
-            tracing::info!(queue = name, "queue lingers for {linger:?}");
+            tracing::info!(queue = name, ?linger, "queue lingers");
             let daemon = self.clone();
             let name = name.to_owned();
             tokio::spawn(async move {
