@@ -104,8 +104,7 @@ impl Error {
     /// Prints `portshare <verb>: <error>` and the hint on stderr; exit code 1.
     pub(crate) fn report(&self, verb: &str) -> ExitCode {
         eprintln!("portshare {verb}: {self}");
-        let root = std::fs::metadata("/proc/self")
-            .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+        let root = nix::unistd::geteuid().is_root();
         if let Some(hint) = self.hint(verb, root) {
             eprintln!("hint: {hint}");
         }
