@@ -1,10 +1,8 @@
 //! `portshare serve` end to end: the real daemon, the example apps, raw sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 
 #[test]
@@ -484,7 +482,7 @@ fn a_queue_belongs_to_its_uid() {
             "--clear-groups",
         ])
         .arg(&exe)
-        .args(["--exact", "uid_probe", "--nocapture", "--test-threads", "1"])
+        .args(only_test(module_path!(), "uid_probe"))
         .env("PORTSHARE_UID_PROBE", &d.control)
         .output();
     let out = match out {

@@ -8,15 +8,13 @@
 //! wall clock, and nothing asserts that something was fast: memory and the daemon's
 //! buffer gauge are printed (`--nocapture` shows them).
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::{BufMut, BytesMut};
-use common::*;
 use portshare_proto::wire::{self, Frame, INITIAL_WINDOW, ResetCode, ResponseHead};
 use serde_json::{Value, json};
 

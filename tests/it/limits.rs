@@ -7,14 +7,12 @@
 //! answers, `noread` answers without reading it, `slow` answers after three seconds, `big`
 //! sends 64 MiB, `die` closes without answering. The cases run side by side.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 /// The daemon, its port and its error-log folder.
 struct Lab {

@@ -7,14 +7,12 @@
 //! request body before answering with the request head it received; and `hello
 //! --echo-headers` registered on `http://localhost:PORT/f/`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// The daemon, the app, and what the upstream saw.
 struct Lab {

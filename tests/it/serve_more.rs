@@ -2,8 +2,6 @@
 //! configuration file, `Expect: 100-continue`, large bodies, HTTP/1.0, the
 //! machine-dependent routing vectors, `portshare show`, draining, and error pages.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
@@ -14,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 //! failed request, a bad file refused with its line while the daemon keeps serving, and
 //! the listen list rebound where it changed.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -11,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TempDir, eventually, hello_on_free_port, try_get};
+use crate::harness::{Daemon, TempDir, eventually, hello_on_free_port, try_get};
 use serde_json::json;
 
 /// A configuration listening on `ip`, logging into `dir`, plus `extra` lines.
@@ -75,10 +73,10 @@ fn reloads_under_load_fail_no_request() {
                         break;
                     }
                     let good = if i == 0 {
-                        let s = kept.get_or_insert_with(|| common::connect(port));
+                        let s = kept.get_or_insert_with(|| crate::harness::connect(port));
                         s.write_all(b"GET /hello/k HTTP/1.1\r\nHost: example.com\r\n\r\n")
                             .is_ok()
-                            && common::read_response(s, &mut buf, false).0 == 200
+                            && crate::harness::read_response(s, &mut buf, false).0 == 200
                     } else {
                         try_get(port, "example.com", "/hello/c").is_some_and(|(s, _)| s == 200)
                     };

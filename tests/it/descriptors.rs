@@ -7,17 +7,15 @@
 //! `setpriv` with numeric ids; the connections are held by this test binary again, running
 //! only `hog` as each uid.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::harness::{
     App, Daemon, TempDir, as_uid, can_switch_uid, connect, copy_executable, eventually,
-    example_bin, free_port, have_prlimit, try_call, try_get,
+    example_bin, free_port, have_prlimit, only_test, try_call, try_get,
 };
 use serde_json::{Value, json};
 
@@ -100,7 +98,7 @@ impl Hog {
         let child = Command::new(&wrapper[0])
             .args(&wrapper[1..])
             .arg(&exe)
-            .args(["--exact", "hog", "--nocapture", "--test-threads", "1"])
+            .args(only_test(module_path!(), "hog"))
             .env("PORTSHARE_HOG", &d.control)
             .env("PORTSHARE_HOG_COUNT", count.to_string())
             .env("PORTSHARE_HOG_QUEUES", if queues { "1" } else { "0" })
@@ -173,7 +171,7 @@ fn print_times(what: &str, mut times: Vec<Duration>) {
 
 /// `portshare show servicestate` as root, within 20 s.
 fn servicestate(control: &Path) -> (bool, String) {
-    let mut child = Command::new(common::portshare_bin())
+    let mut child = Command::new(crate::harness::portshare_bin())
         .args(["show", "servicestate", "--control"])
         .arg(control)
         .stdout(Stdio::piped())
@@ -285,7 +283,7 @@ fn a_command_refused_at_its_users_cap_says_why() {
     let mut hog = Hog::start(&d, HOGS[0], 2, false);
     assert_eq!(hog.report()["held"], 2);
     let exe = d.dir.0.join("portshare");
-    copy_executable(&common::portshare_bin(), &exe);
+    copy_executable(&crate::harness::portshare_bin(), &exe);
     let wrapper = as_uid(HOGS[0]);
     for _ in 0..5 {
         let out = Command::new(&wrapper[0])
@@ -362,7 +360,7 @@ fn client_connections_stop_at_their_share() {
     }
     // 256 descriptors: 112 client connections.
     let d = daemon(Some(256), "");
-    let (_app, port) = common::hello_on_free_port(&d, "c", &["/c/"], &[]);
+    let (_app, port) = crate::harness::hello_on_free_port(&d, "c", &["/c/"], &[]);
     let idle: Vec<_> = (0..120).map(|_| connect(port)).collect();
     assert!(eventually(10, || {
         d.state()["budget"]["clients"]["open"] == 112
@@ -464,7 +462,7 @@ fn a_silent_control_connection_is_closed() {
     );
 
     // And so does an application: its session holds a queue, its worker is attached.
-    let (_app, port) = common::hello_on_free_port(&d, "w", &["/w/"], &[]);
+    let (_app, port) = crate::harness::hello_on_free_port(&d, "w", &["/w/"], &[]);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(try_get(port, "h", "/w/").map(|(s, _)| s), Some(200));
 }
@@ -475,7 +473,7 @@ fn out_of_descriptors_the_accept_loops_shed_and_recover() {
         return;
     }
     let d = Daemon::start(&[]);
-    let (_app, port) = common::hello_on_free_port(&d, "e", &["/e/"], &[]);
+    let (_app, port) = crate::harness::hello_on_free_port(&d, "e", &["/e/"], &[]);
     assert_eq!(try_get(port, "h", "/e/").map(|(s, _)| s), Some(200));
     // An httperr file is open, as on a daemon that has served a while (the writer opening
     // its first file would take the descriptor the spare gives up).

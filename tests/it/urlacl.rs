@@ -7,13 +7,11 @@
 //! daemon's admin group. Ports keep their relations: each port of a vector becomes a free
 //! port on the same side of 1024, so the localhost exemption decides as it would.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use common::{Ctl, Daemon, TempDir};
+use crate::harness::{Ctl, Daemon, TempDir, only_test};
 use serde_json::{Value, json};
 
 /// The admin group the test daemons name.
@@ -94,7 +92,7 @@ impl Ports {
                 .expect("a free port below 1024")
         } else {
             loop {
-                let p = common::free_port();
+                let p = crate::harness::free_port();
                 if p > 1024 && !taken.contains(&p) {
                     break p;
                 }
@@ -183,7 +181,7 @@ fn probe(exe: &Path, control: &Path, uid: u32, gid: u32, groups: &[u32], ops: &V
     }
     let out = cmd
         .arg(exe)
-        .args(["--exact", "acl_probe", "--nocapture", "--test-threads", "1"])
+        .args(only_test(module_path!(), "acl_probe"))
         .env("PORTSHARE_ACL_PROBE", control)
         .env("PORTSHARE_ACL_OPS", ops.to_string())
         .output();

@@ -2,14 +2,12 @@
 //! progress finished with `Connection: close`, workers told; what is still unfinished when
 //! the shutdown timer runs out is answered or logged, never dropped in silence.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// A daemon with `timers.shutdown = grace`, its error log in its folder.
 fn daemon(grace: u32) -> (Daemon, PathBuf) {

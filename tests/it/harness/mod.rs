@@ -653,6 +653,20 @@ pub fn can_switch_uid() -> bool {
     }
 }
 
+/// The arguments that make this test binary, or a copy of it, run test `name` of `module`
+/// alone, its output uncaptured: `module` is the caller's `module_path!()`, whose first part
+/// is the binary's own name (`it::access`), which libtest's test paths leave out
+/// (`access::access_probe`). A wrong path would run no test at all and pass.
+pub fn only_test(module: &str, name: &str) -> Vec<String> {
+    let path = match module.split_once("::") {
+        Some((_, inner)) => format!("{inner}::{name}"),
+        None => name.to_owned(),
+    };
+    ["--exact", &path, "--nocapture", "--test-threads", "1"]
+        .map(str::to_owned)
+        .to_vec()
+}
+
 /// Whether `prlimit` (util-linux) runs here; as [`can_switch_uid`] for CI.
 pub fn have_prlimit() -> bool {
     match Command::new("prlimit").arg("--version").output() {

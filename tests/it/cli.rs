@@ -2,12 +2,10 @@
 //! `check-config` and `explain --live`, run as the real binary against a real daemon on its
 //! own control socket and loopback ports.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 /// `portshare ARGS --control SOCKET`.

@@ -2,11 +2,9 @@
 //! folder, writes out on shutdown, takes the next number on restart, and still serves when
 //! the folder cannot be used.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::harness::*;
 
 const DIRECTIVES: &str = "#Software: Microsoft HTTP API 2.0\n#Version: 1.0\n#Date: ";
 const FIELDS: &str = "\n#Fields: date time c-ip c-port s-ip s-port cs-version cs-method cs-uri \

@@ -10,8 +10,6 @@
 //! The tests that load the machine (the slow-client attacks, the idle connections and the
 //! flood) take turns, so their figures do not disturb each other.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -22,8 +20,8 @@ use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::BytesMut;
-use common::*;
 use portshare_proto::wire::{self, Frame, RequestHead, ResponseHead};
 use serde_json::{Value, json};
 
@@ -927,13 +925,7 @@ impl RawWorker {
     fn start(d: &Daemon, prefix: &str, slots: u32) -> RawWorker {
         let log = d.dir.0.join(format!("raw-worker-{}.log", free_port()));
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "raw_worker",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
+            .args(only_test(module_path!(), "raw_worker"))
             .env(WORKER_CONTROL, &d.control)
             .env(WORKER_QUEUE, "q")
             .env(WORKER_PREFIX, prefix)

@@ -7,8 +7,6 @@
 //! administrator does not silently join another account's queue. Every test here failed
 //! before queues had access lists.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::BytesMut;
-use common::*;
 use portshare_proto::wire::{self, Frame, ResponseHead};
 use serde_json::{Value, json};
 
@@ -234,19 +232,13 @@ fn probe(site: &Site, uid: Option<u32>, script: Value, extra: &[&str]) -> Option
             None => Command::new(exe),
         };
         let log = site.dir.join(format!("probe-{}.log", free_port()));
-        cmd.args([
-            "--exact",
-            "access_probe",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .args(extra)
-        .env(PROBE_CONTROL, &site.control)
-        .env(PROBE_SCRIPT, script.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"));
+        cmd.args(only_test(module_path!(), "access_probe"))
+            .args(extra)
+            .env(PROBE_CONTROL, &site.control)
+            .env(PROBE_SCRIPT, script.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
