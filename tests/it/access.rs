@@ -184,24 +184,15 @@ struct Site {
 /// A daemon whose folder (and so its control socket and the probe binary copied into it)
 /// every account can reach.
 fn open_daemon(config: &str) -> (Daemon, Site) {
-    let dir = TempDir::new("access");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let file = dir.0.join("portshare.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n{config}\n[errlog]\nfolder = {:?}\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string(),
-        ),
-    )
-    .expect("write the configuration");
+    let dir = TempDir::open_to_all("access");
     // The test binary, where every uid may run it.
     let exe = dir.0.join("probe");
     std::fs::copy(std::env::current_exe().expect("test binary"), &exe).expect("copy probe");
-    let config = format!("--config={}", file.display());
-    let d = Daemon::start_in(dir, &[&config]);
+    let d = Daemon::builder()
+        .dir(dir)
+        .config(format!("iplisten = [\"127.0.0.1\"]\n{config}"))
+        .iplisten_from_config()
+        .spawn();
     let site = Site {
         control: d.control.clone(),
         dir: d.dir.0.clone(),
@@ -444,7 +435,7 @@ fn config_names_belong_to_the_daemon_and_reloads_never_adopt() {
          owner = \"uid:{OWNER}\"\n"
     );
     let (d, site) = open_daemon(&base);
-    let file = d.dir.0.join("portshare.toml");
+    let file = d.config.clone();
     let text = std::fs::read_to_string(&file).expect("config");
     let Some(squatter) = probe(
         &site,
@@ -763,9 +754,7 @@ fn a_squatter_after_a_restart_never_receives_the_apps_traffic() {
     assert!(answer(port, "x", "/app/1").starts_with("name=app"));
     // The daemon goes; a squatter waits for the new one and grabs the name first (or
     // finds the app back in it), while the SDK registers again by itself.
-    let Daemon { mut proc, dir, .. } = d;
-    proc.kill();
-    drop(proc);
+    let stopped = d.into_builder();
     let squat = json!([
         { "wait_control": true },
         call("POST", "/v1/queues", json!({ "name": "app" })),
@@ -780,8 +769,7 @@ fn a_squatter_after_a_restart_never_receives_the_apps_traffic() {
         let _ = tx.send(());
         p
     });
-    let config = format!("--config={}", dir.0.join("portshare.toml").display());
-    let d = Daemon::start_in(dir, &[&config]);
+    let d = stopped.spawn();
     let _ = rx.recv_timeout(Duration::from_secs(30));
     let Some(squatter) = waiter.join().expect("probe thread") else {
         return;

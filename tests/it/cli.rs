@@ -66,25 +66,21 @@ fn json_of(control: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(control, args)).expect("the output is JSON")
 }
 
-/// A daemon on `--iplisten 127.0.0.1` with a configuration file of its own: `toml` (top-level
-/// keys first, then tables; no `[errlog]`), plus a state file, the error log and an open
-/// control socket in the daemon's folder. Returns the daemon and the file's path.
+/// A daemon on `--iplisten 127.0.0.1` whose configuration holds `toml` (top-level keys
+/// first, then tables) and opens the control socket to every account. Returns the daemon
+/// and the file's path.
 fn daemon_with(toml: &str) -> (Daemon, PathBuf) {
-    let dir = TempDir::new("cli");
-    let config = dir.0.join("portshare.toml");
-    write_config(&dir.0, &config, toml);
-    let arg = config.display().to_string();
-    let d = Daemon::start_in(dir, &["--config", &arg, "--iplisten", "127.0.0.1"]);
+    let d = Daemon::builder()
+        .tag("cli")
+        .config(cli_config(toml))
+        .spawn();
+    let config = d.config.clone();
     (d, config)
 }
 
-fn write_config(dir: &Path, config: &Path, toml: &str) {
-    let text = format!(
-        "state_file = {:?}\n{toml}\n[control]\nmode = \"0666\"\n\n[errlog]\nfolder = {:?}\n",
-        dir.join("state.toml").display().to_string(),
-        dir.join("httperr").display().to_string(),
-    );
-    std::fs::write(config, text).expect("write the configuration");
+/// `toml`, and the control socket open to every account.
+fn cli_config(toml: &str) -> String {
+    format!("{toml}\n[control]\nmode = \"0666\"\n")
 }
 
 #[test]
@@ -410,7 +406,7 @@ fn reload_applies_the_file_and_refuses_a_bad_one() {
 
     let two =
         format!("{one}\n[[urlacl]]\nurl = \"http://+:{port}/two/\"\ngroups = [\"gid:4242\"]\n");
-    write_config(&d.dir.0, &config, &two);
+    d.write_config(&cli_config(&two));
     let out = ok(&d.control, &["reload"]);
     assert!(out.contains("    Changes:\n        "), "{out}");
     assert!(out.contains("/two/"), "{out}");
@@ -428,7 +424,7 @@ fn reload_applies_the_file_and_refuses_a_bad_one() {
     assert!(text.contains("/two/"), "{text}");
 
     // SIGHUP does what `portshare reload` does.
-    write_config(&d.dir.0, &config, &one);
+    d.write_config(&cli_config(&one));
     let hup = Command::new("kill")
         .args(["-HUP", &d.proc.child.id().to_string()])
         .status()
@@ -776,19 +772,15 @@ fn is_root() -> bool {
 
 #[test]
 fn servicestate_names_who_holds_an_address() {
-    let dir = TempDir::new("cli-holder");
-    let config = dir.0.join("portshare.toml");
-    write_config(&dir.0, &config, "iplisten = [\"127.0.0.1\"]\n");
-    let arg = config.display().to_string();
     // No --iplisten: the file's list applies, and a reload may widen it.
-    let d = Daemon::start_in(dir, &["--config", &arg]);
+    let d = Daemon::builder()
+        .tag("cli-holder")
+        .config(cli_config("iplisten = [\"127.0.0.1\"]\n"))
+        .iplisten_from_config()
+        .spawn();
     let (_app, port) = hello_on_free_port(&d, "held", &["/"], &[]);
     let holder = std::net::TcpListener::bind(("127.0.0.2", port)).expect("bind 127.0.0.2");
-    write_config(
-        &d.dir.0,
-        &config,
-        "iplisten = [\"127.0.0.1\", \"127.0.0.2\"]\n",
-    );
+    d.write_config(&cli_config("iplisten = [\"127.0.0.1\", \"127.0.0.2\"]\n"));
     let out = ok(&d.control, &["reload"]);
     let address = format!("127.0.0.2:{port}");
     assert!(out.contains("    Warnings:\n        "), "{out}");

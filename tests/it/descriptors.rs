@@ -14,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    App, Daemon, TempDir, as_uid, can_switch_uid, connect, copy_executable, eventually,
-    example_bin, free_port, have_prlimit, only_test, try_call, try_get,
+    App, Daemon, as_uid, can_switch_uid, connect, copy_executable, eventually, example_bin,
+    free_port, have_prlimit, only_test, read_until_close, try_call, try_get,
 };
 use serde_json::{Value, json};
 
@@ -30,25 +30,14 @@ const REQUESTS: usize = 200;
 /// A daemon limited to `nofile` open files (else the test's limit), with `control` as its
 /// `[control]` table.
 fn daemon(nofile: Option<u64>, control: &str) -> Daemon {
-    let dir = TempDir::new("fd");
-    let config = dir.0.join("fd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_file = {:?}\n[errlog]\nfolder = {:?}\n[control]\n{control}\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string(),
-        ),
-    )
-    .expect("write the configuration");
-    let config = config.display().to_string();
-    let extra = ["--config", &config, "--iplisten", "127.0.0.1"];
+    let builder = Daemon::builder()
+        .tag("fd")
+        .config(format!("[control]\n{control}\n"));
     match nofile {
-        Some(n) => {
-            let limit = format!("--nofile={n}:{n}");
-            Daemon::start_via(dir, &["prlimit", &limit, "--"], &extra)
-        }
-        None => Daemon::start_via(dir, &[], &extra),
+        Some(n) => builder
+            .wrapper(&["prlimit", &format!("--nofile={n}:{n}"), "--"])
+            .spawn(),
+        None => builder.spawn(),
     }
 }
 
@@ -435,11 +424,9 @@ fn a_silent_control_connection_is_closed() {
     let mut slow = UnixStream::connect(&d.control).expect("connect");
     slow.write_all(b"POST /v1/queues HTTP/1.1\r\nHost: p\r\nContent-Length: 20\r\n\r\n{")
         .expect("write");
-    let mut buf = Vec::new();
     slow.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let _ = slow.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    let text = read_until_close(&mut slow, "a body that never comes").text();
     assert!(text.contains("did not come within"), "{text}");
 
     // A session holding a queue lives as long as its connection.
@@ -472,7 +459,7 @@ fn out_of_descriptors_the_accept_loops_shed_and_recover() {
     if !have_prlimit() {
         return;
     }
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (_app, port) = crate::harness::hello_on_free_port(&d, "e", &["/e/"], &[]);
     assert_eq!(try_get(port, "h", "/e/").map(|(s, _)| s), Some(200));
     // An httperr file is open, as on a daemon that has served a while (the writer opening

@@ -165,35 +165,18 @@ fn read_until_head_end(c: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-/// Starts a daemon on the configuration `config(port, folder)` gives for a free port,
-/// trying another port when that one was taken before the daemon could bind it.
-fn start_on_free_port(tag: &str, config: impl Fn(u16, &Path) -> String) -> (Daemon, u16, PathBuf) {
-    for _ in 0..5 {
-        let dir = TempDir::new(tag);
-        let port = free_port();
-        let errlog = dir.0.join("httperr");
-        let text = format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n{}",
-            dir.0.join("state.toml").display().to_string(),
-            config(port, &errlog)
-        );
-        let path = dir.0.join("portshare.toml");
-        std::fs::write(&path, text).expect("write the configuration");
-        let path = path.to_str().expect("utf-8 path").to_owned();
-        let daemon = Daemon::start_in(dir, &["--config", &path]);
-        if daemon.state()["bind_failures"]
-            .as_array()
-            .is_none_or(|f| f.is_empty())
-        {
-            return (daemon, port, errlog);
-        }
-    }
-    panic!("no free port the daemon could bind");
+/// Starts a daemon (folder `tag`) on the listen list and the configuration `config(port)`
+/// gives for a free port; its error log is in `Daemon::errlog_folder`.
+fn start_on_free_port(tag: &str, config: impl Fn(u16) -> String) -> (Daemon, u16) {
+    Daemon::builder()
+        .tag(tag)
+        .iplisten_from_config()
+        .spawn_on_free_port(|port| format!("iplisten = [\"127.0.0.1\"]\n\n{}", config(port)))
 }
 
 fn lab() -> Lab {
     let up = upstream();
-    let (daemon, port, errlog) = start_on_free_port("limits", |port, errlog| {
+    let (daemon, port) = start_on_free_port("limits", |port| {
         let queue = |name: &str, extra: &str| {
             format!(
                 "[[queue]]\nname = \"{name}\"\nurls = [\"http://+:{port}/{name}/\"]\n\
@@ -204,10 +187,8 @@ fn lab() -> Lab {
             "[limits]\nmax_request_bytes = 65536\n\n\
              [timers]\nheader_wait = 1\nidle_connection = 1\nentity_body = 1\n\
              drain_entity_body = 1\nrequest_queue = 1\n\n\
-             [errlog]\nfolder = {folder:?}\n\n\
              [[urlacl]]\nurl = \"http://+:{port}/reserved/\"\nusers = [\"uid:0\"]\n\n\
              {app}{fast}{one}{tiny}{off}{limited}",
-            folder = errlog.display().to_string(),
             app = queue("app", ""),
             fast = queue("fast", "min_send_rate = 10000000"),
             one = queue("one", "connections = 1"),
@@ -219,6 +200,7 @@ fn lab() -> Lab {
             limited = queue("limited", "max_connections = 1"),
         )
     });
+    let errlog = daemon.errlog_folder();
     Lab {
         daemon,
         port,
@@ -261,7 +243,7 @@ impl Lab {
         let (mut c, local) = self.connect();
         // The daemon may answer and close before it has read everything.
         let _ = c.write_all(request);
-        let (head, _) = read_to_end(&mut c);
+        let (head, _) = read_until_close(&mut c, reason).head_and_rest();
         let first = head.lines().next().unwrap_or("");
         assert!(
             first.starts_with(&format!("HTTP/1.1 {status} ")),
@@ -282,27 +264,6 @@ impl Lab {
     }
 }
 
-/// Reads until the peer closes (or resets): the head (text) and everything after it.
-fn read_to_end(c: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        match c.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading: {e} after {} bytes", all.len()),
-        }
-    }
-    match all.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (
-            String::from_utf8_lossy(&all[..i + 4]).into_owned(),
-            all[i + 4..].to_vec(),
-        ),
-        None => (String::from_utf8_lossy(&all).into_owned(), Vec::new()),
-    }
-}
-
 /// Reads one whole response (Content-Length framed) from a kept-alive connection.
 fn read_one(c: &mut TcpStream) -> String {
     let mut buf = Vec::new();
@@ -313,7 +274,7 @@ fn read_one(c: &mut TcpStream) -> String {
 
 /// Expects the daemon to close the connection without sending anything.
 fn closed_silently(c: &mut TcpStream, why: &str) {
-    let (head, rest) = read_to_end(c);
+    let (head, rest) = read_until_close(c, why).head_and_rest();
     assert!(
         head.is_empty() && rest.is_empty(),
         "{why}: expected no response, got {head:?}"
@@ -626,7 +587,7 @@ fn min_send_rate(lab: &Lab) {
         (line.status(), line.reason(), line.queue()),
         ("-", "Timer_MinBytesPerSecond", "fast")
     );
-    let (head, body) = read_to_end(&mut c);
+    let (head, body) = read_until_close(&mut c, "MinSendRate").head_and_rest();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(body.len() < 64 << 20, "the whole body arrived");
 }
@@ -667,7 +628,7 @@ fn abandoned(lab: &Lab) {
     // The upstream closes without answering.
     let (mut c, local) = lab.connect();
     c.write_all(&get("/app/die")).expect("write");
-    let (head, _) = read_to_end(&mut c);
+    let (head, _) = read_until_close(&mut c, "abandoned").head_and_rest();
     assert!(head.is_empty(), "{head}");
     let line = lab.line(local);
     assert_eq!(
@@ -743,14 +704,21 @@ fn every_limit_timer_and_reason_through_a_socket() {
 
 #[test]
 fn at_max_connections_the_next_client_waits_for_a_place() {
-    // The test holds 1024 connections, the daemon as many.
+    // The test holds 1024 connections, the daemon as many: it raises its process's limit on
+    // open files (which the daemons of the tests beside it would inherit), in a process of
+    // its own.
+    if !alone_in_a_process(
+        module_path!(),
+        "at_max_connections_the_next_client_waits_for_a_place",
+    ) {
+        return;
+    }
     raise_open_files(4096);
     let up = upstream();
-    let (d, port, _) = start_on_free_port("maxconn", |port, errlog| {
+    let (d, port) = start_on_free_port("maxconn", |port| {
         format!(
-            "[limits]\nmax_connections = 1024\n\n[errlog]\nfolder = {:?}\n\n\
-             [[queue]]\nname = \"app\"\nurls = [\"http://+:{port}/app/\"]\nupstream = \"127.0.0.1:{up}\"\n",
-            errlog.display().to_string(),
+            "[limits]\nmax_connections = 1024\n\n\
+             [[queue]]\nname = \"app\"\nurls = [\"http://+:{port}/app/\"]\nupstream = \"127.0.0.1:{up}\"\n"
         )
     });
 

@@ -7,7 +7,7 @@ use serde_json::json;
 
 #[test]
 fn two_apps_share_a_port_by_precedence() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (_a, port) = hello_on_free_port(&d, "a", &["/app/"], &[]);
     let _b = d.hello(
         "b",
@@ -51,7 +51,7 @@ fn two_apps_share_a_port_by_precedence() {
 
 #[test]
 fn ports_bind_lazily_and_close_with_the_last_registration() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     assert!(port_free(port));
     let mut ctl = d.ctl();
@@ -94,7 +94,7 @@ fn coexists_with_a_server_on_another_loopback_address() {
         let _ =
             s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nother");
     });
-    let d = Daemon::start(&["--iplisten", "127.0.0.1"]);
+    let d = Daemon::builder().iplisten("127.0.0.1").spawn();
     let _app = d.hello("mine", &[&format!("http://+:{port}/")], &[]);
     let (s, _, body) = get(port, "x", "/hi");
     assert_eq!(s, 200);
@@ -112,7 +112,7 @@ fn coexists_with_a_server_on_another_loopback_address() {
 fn a_port_held_by_another_program_names_it() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = holder.local_addr().expect("addr").port();
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut ctl = d.ctl();
     ctl.create_queue(json!({ "name": "q" }));
     let (status, err) = ctl.add_url("q", &format!("http://+:{port}/"));
@@ -142,7 +142,7 @@ fn a_port_held_by_another_program_names_it() {
 
 #[test]
 fn an_address_this_machine_does_not_own_is_invalid_netname() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut ctl = d.ctl();
     ctl.create_queue(json!({ "name": "q" }));
     // 192.0.2.0/24 is TEST-NET-1: never assigned here; the check binds, sends nothing.
@@ -153,7 +153,7 @@ fn an_address_this_machine_does_not_own_is_invalid_netname() {
 
 #[test]
 fn an_address_outside_the_listen_list_registers_with_a_warning() {
-    let d = Daemon::start(&["--iplisten", "127.0.0.1"]);
+    let d = Daemon::builder().iplisten("127.0.0.1").spawn();
     let mut ctl = d.ctl();
     ctl.create_queue(json!({ "name": "q" }));
     let port = free_port();
@@ -180,7 +180,7 @@ fn an_address_outside_the_listen_list_registers_with_a_warning() {
 
 #[test]
 fn duplicate_registrations_are_refused_with_183() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (_a, port) = hello_on_free_port(&d, "a", &["/dup/"], &[]);
     let app = App::spawn(
         &d.control,
@@ -199,7 +199,7 @@ fn duplicate_registrations_are_refused_with_183() {
 
 #[test]
 fn registrations_go_when_the_app_is_killed() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (mut app, port) = hello_on_free_port(&d, "k", &["/k/"], &[]);
     assert_eq!(get(port, "x", "/k/1").0, 200);
     app.proc.kill();
@@ -217,7 +217,7 @@ fn registrations_go_when_the_app_is_killed() {
 /// A queue of length 1 with no worker attached: the first request waits, the second finds
 /// the queue full.
 fn full_queue(verbosity: &str) -> (Daemon, Ctl, u16) {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut ctl = d.ctl();
     ctl.create_queue(
         json!({ "name": "full", "length": 1, "verbosity": verbosity, "queue_timer_ms": 10000 }),
@@ -284,7 +284,7 @@ fn full_queue_full_verbosity_names_the_cause() {
 
 #[test]
 fn disabled_queue_answers_503_by_verbosity() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut ctl = d.ctl();
     ctl.create_queue(json!({ "name": "off", "verbosity": "limited", "enabled": false }));
     let port = free_port();
@@ -307,7 +307,7 @@ fn disabled_queue_answers_503_by_verbosity() {
 
 #[test]
 fn queue_timer_closes_without_a_response() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut ctl = d.ctl();
     ctl.create_queue(json!({ "name": "t", "queue_timer_ms": 300 }));
     let port = free_port();
@@ -326,7 +326,7 @@ fn queue_timer_closes_without_a_response() {
 
 #[test]
 fn a_worker_killed_mid_request_aborts_only_that_connection() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let prefix = format!("http://+:{port}/slow/");
     let mut slow = App::start(
@@ -365,7 +365,7 @@ fn a_worker_killed_mid_request_aborts_only_that_connection() {
 
 #[test]
 fn a_lingering_queue_keeps_requests_across_an_app_restart() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let prefix = format!("http://+:{port}/l/");
     let mut first = d.hello(
@@ -403,7 +403,7 @@ fn a_lingering_queue_keeps_requests_across_an_app_restart() {
 
 #[test]
 fn spoofed_metadata_and_forwarding_headers_never_reach_an_app() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let _app = d.hello(
         "echo",
@@ -429,7 +429,7 @@ fn spoofed_metadata_and_forwarding_headers_never_reach_an_app() {
 
 #[test]
 fn a_repeated_header_reaches_the_app_once_with_its_values_joined() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let _app = d.hello(
         "echo",
@@ -447,7 +447,7 @@ fn a_repeated_header_reaches_the_app_once_with_its_values_joined() {
 
 #[test]
 fn a_url_is_removed_by_any_spelling_of_it() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let mut ctl = d.ctl();
     ctl.create_queue(json!({ "name": "q" }));
@@ -464,7 +464,7 @@ fn a_url_is_removed_by_any_spelling_of_it() {
 
 #[test]
 fn a_queue_belongs_to_its_uid() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut owner = d.ctl();
     owner.create_queue(json!({ "name": "mine" }));
     let uid = nobody_uid();
@@ -472,7 +472,7 @@ fn a_queue_belongs_to_its_uid() {
     // client is this test binary again, running only `uid_probe`.
     // A copy in the test's own folder, which that uid can reach wherever the checkout is.
     let exe = d.dir.0.join("uid-probe");
-    std::fs::copy(std::env::current_exe().expect("test binary"), &exe).expect("copy");
+    copy_executable(&std::env::current_exe().expect("test binary"), &exe);
     let out = std::process::Command::new("setpriv")
         .args([
             "--reuid",
@@ -547,7 +547,7 @@ fn nobody_uid() -> u32 {
 
 #[test]
 fn pipelined_requests_are_answered_in_order_and_bodies_stream() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let _app = d.hello("p", &[&format!("http://+:{port}/p/")], &[]);
     let mut c = connect(port);
@@ -566,7 +566,7 @@ fn pipelined_requests_are_answered_in_order_and_bodies_stream() {
 
 #[test]
 fn malformed_requests_get_http_sys_answers() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let _app = d.hello("m", &[&format!("http://+:{port}/")], &[]);
     let big = format!(
@@ -619,19 +619,11 @@ fn malformed_requests_get_http_sys_answers() {
 /// skipped with a warning instead of failing every registration on a new port (spec §8).
 #[test]
 fn a_foreign_listen_list_entry_is_skipped_not_fatal() {
-    let dir = TempDir::new("foreign");
-    let config = dir.0.join("portshare.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "iplisten = [\"127.0.0.1\", \"192.0.2.1\"]\nstate_file = {:?}\n[errlog]\nfolder = {:?}\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string()
-        ),
-    )
-    .expect("config");
-    let config = format!("--config={}", config.display());
-    let d = Daemon::start_in(dir, &[&config]);
+    let d = Daemon::builder()
+        .tag("foreign")
+        .config("iplisten = [\"127.0.0.1\", \"192.0.2.1\"]\n")
+        .iplisten_from_config()
+        .spawn();
     let (_app, port) = hello_on_free_port(&d, "one", &["/a/"], &[]);
     let (status, _, body) = get(port, "x", "/a/x");
     assert_eq!(status, 200, "{body}");

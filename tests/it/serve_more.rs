@@ -5,8 +5,8 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -14,110 +14,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 use serde_json::{Value, json};
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads from `s` into `buf` until it holds a blank line; returns the head (blank line
-/// included) and leaves the rest in `buf`.
-fn read_head(s: &mut impl Read, buf: &mut Vec<u8>) -> String {
-    let mut chunk = [0u8; 16384];
-    let end = loop {
-        if let Some(i) = find(buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = s.read(&mut chunk).expect("read a response head");
-        assert!(
-            n > 0,
-            "closed before a head (got {:?})",
-            String::from_utf8_lossy(buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
-    head
-}
-
-/// Waits (at most 10 s) for the interim `100 Continue` that must come before the body is
-/// sent; `why` says why it is due.
-fn expect_continue(c: &mut TcpStream, buf: &mut Vec<u8>, why: &str) {
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut chunk = [0u8; 4096];
-    while find(buf, b"\r\n\r\n").is_none() {
-        match c.read(&mut chunk) {
-            Ok(0) => panic!(
-                "closed before `100 Continue` (got {:?})",
-                String::from_utf8_lossy(buf)
-            ),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                panic!(
-                    "no `HTTP/1.1 100 Continue` within 10 s of sending the head, though {why} \
-                     (got {:?})",
-                    String::from_utf8_lossy(buf)
-                )
-            }
-            Err(e) => panic!("reading `100 Continue`: {e}"),
-        }
-    }
-    let interim = read_head(c, buf);
-    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
-}
-
-/// After a response: the connection must be closed by the daemon (EOF, or a reset).
-fn assert_closed(s: &mut TcpStream, buf: &[u8]) {
-    assert!(
-        buf.is_empty(),
-        "bytes after the response: {:?}",
-        String::from_utf8_lossy(buf)
-    );
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut one = [0u8; 64];
-    match s.read(&mut one) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Ok(n) => panic!(
-            "connection still open, got {:?}",
-            String::from_utf8_lossy(&one[..n])
-        ),
-        Err(e) => panic!("connection not closed: {e}"),
-    }
-}
-
-/// The header `name`'s value in a response head (first one, case-insensitive name).
-fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// A response head must frame its body once: one Content-Length, or chunked, not both.
-fn assert_framed_once(head: &str) {
-    let lower = head.to_ascii_lowercase();
-    let lengths = lower
-        .lines()
-        .filter(|l| l.starts_with("content-length:"))
-        .count();
-    let chunked = lower.contains("transfer-encoding: chunked");
-    assert!(
-        (lengths == 1 && !chunked) || (lengths == 0 && chunked),
-        "body framed {lengths} times by Content-Length (chunked: {chunked}):\n{head}"
-    );
-}
 
 /// HTTP.sys's error page body (spec §4.1).
 fn http_sys_page(title: &str, heading: &str, status: u16, text: &str) -> String {
@@ -129,278 +25,6 @@ fn http_sys_page(title: &str, heading: &str, status: u16, text: &str) -> String 
          <hr><p>HTTP Error {status}. {text}</p>\r\n\
          </BODY></HTML>\r\n"
     )
-}
-
-/// Bytes that are not all the same, so a shifted or dropped piece shows.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            (x >> 11) as u8
-        })
-        .collect()
-}
-
-/// Runs a command that must end by itself within `secs`; its exit code, stdout and stderr.
-fn run_to_exit(mut cmd: Command, dir: &Path, secs: u64) -> (Option<i32>, String, String) {
-    let out = dir.join(format!("cmd-{}.out", free_port()));
-    let err = dir.join(format!("cmd-{}.err", free_port()));
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).expect("stdout file"))
-        .stderr(std::fs::File::create(&err).expect("stderr file"))
-        .spawn()
-        .expect("start the command");
-    let mut proc = Proc {
-        child,
-        log: err.clone(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Ok(Some(status)) = proc.child.try_wait() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the command did not exit by itself within {secs} s:\n{}",
-            proc.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (
-        status.code(),
-        std::fs::read_to_string(&out).unwrap_or_default(),
-        std::fs::read_to_string(&err).unwrap_or_default(),
-    )
-}
-
-/// A byte stream a test server can serve.
-trait Stream: Read + Write + Send {}
-impl<T: Read + Write + Send> Stream for T {}
-
-/// A listener for the test's upstream server: TCP or Unix.
-enum AnyListener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-impl AnyListener {
-    fn accept(&self) -> std::io::Result<Box<dyn Stream>> {
-        match self {
-            AnyListener::Tcp(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nonblocking(false)?;
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                Ok(Box::new(s))
-            }
-            AnyListener::Unix(l) => {
-                let (s, _) = l.accept()?;
-                s.set_nonblocking(false)?;
-                s.set_read_timeout(Some(Duration::from_secs(30)))?;
-                Ok(Box::new(s))
-            }
-        }
-    }
-
-    fn set_nonblocking(&self) {
-        match self {
-            AnyListener::Tcp(l) => l.set_nonblocking(true),
-            AnyListener::Unix(l) => l.set_nonblocking(true),
-        }
-        .expect("nonblocking listener");
-    }
-}
-
-/// A tiny HTTP/1.1 server (keep-alive) that answers each request with its request line and
-/// headers as received, then `--body--\n`, then the request body (de-chunked).
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(listener: AnyListener) -> EchoServer {
-        listener.set_nonblocking();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok(s) => {
-                        std::thread::spawn(move || echo_connection(s));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        EchoServer {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads more bytes; false at the end of the stream or on an error.
-fn more(s: &mut dyn Stream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 65536];
-    match s.read(&mut chunk) {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
-fn echo_connection(mut s: Box<dyn Stream>) {
-    let mut buf = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(i) = find(&buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-            if !more(&mut *s, &mut buf) {
-                return;
-            }
-        };
-        let head: Vec<u8> = buf.drain(..head_end).collect();
-        let lower = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        let length = lower
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        let mut body = Vec::new();
-        if let Some(n) = length {
-            while buf.len() < n {
-                if !more(&mut *s, &mut buf) {
-                    return;
-                }
-            }
-            body.extend(buf.drain(..n));
-        } else if lower.contains("transfer-encoding: chunked") {
-            loop {
-                let line_end = loop {
-                    if let Some(i) = find(&buf, b"\r\n") {
-                        break i;
-                    }
-                    if !more(&mut *s, &mut buf) {
-                        return;
-                    }
-                };
-                let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
-                let Ok(size) =
-                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                else {
-                    return;
-                };
-                buf.drain(..line_end + 2);
-                if size == 0 {
-                    // Trailers (none expected), then the blank line.
-                    loop {
-                        if let Some(i) = find(&buf, b"\r\n") {
-                            let blank = i == 0;
-                            buf.drain(..i + 2);
-                            if blank {
-                                break;
-                            }
-                        } else if !more(&mut *s, &mut buf) {
-                            return;
-                        }
-                    }
-                    break;
-                }
-                while buf.len() < size + 2 {
-                    if !more(&mut *s, &mut buf) {
-                        return;
-                    }
-                }
-                body.extend(buf.drain(..size));
-                buf.drain(..2);
-            }
-        }
-        let mut out = head;
-        out.extend_from_slice(b"--body--\n");
-        out.extend_from_slice(&body);
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nX-Echo: yes\r\nContent-Length: {}\r\n\r\n",
-            out.len()
-        );
-        if s.write_all(reply.as_bytes()).is_err() || s.write_all(&out).is_err() {
-            return;
-        }
-    }
-}
-
-/// What the echo server saw: request line, header lines (lower-cased names), body.
-struct Echoed {
-    request_line: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Echoed {
-    fn parse(raw: &[u8]) -> Echoed {
-        let split = find(raw, b"\r\n\r\n--body--\n").expect("echo body marker");
-        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-        let body = raw[split + 4 + 9..].to_vec();
-        let mut lines = head.split("\r\n");
-        let request_line = lines.next().unwrap_or_default().to_owned();
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Echoed {
-            request_line,
-            headers,
-            body,
-        }
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn one(&self, name: &str) -> &str {
-        let all = self.all(name);
-        assert_eq!(all.len(), 1, "{name}: {all:?} in {:?}", self.headers);
-        all[0]
-    }
-}
-
-/// Starts a daemon with a configuration file that holds one upstream queue `legacy` on
-/// `http://+:PORT/legacy/`, forwarding to `upstream` (as written in the file).
-fn daemon_with_upstream(dir: TempDir, port: u16, upstream: &str) -> Daemon {
-    let config = dir.0.join("portshare.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[errlog]\nfolder = {:?}\n\n[[queue]]\nname = \"legacy\"\nurls = [\"http://+:{port}/legacy/\"]\nupstream = \"{upstream}\"\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string(),
-        ),
-    )
-    .expect("write the configuration");
-    let config = config.to_str().expect("utf-8 path").to_owned();
-    Daemon::start_in(dir, &["--config", &config, "--iplisten", "127.0.0.1"])
 }
 
 /// The checks shared by the TCP and Unix upstream tests.
@@ -502,7 +126,7 @@ fn check_upstream_forwarding(d: &Daemon, port: u16, upstream: &str) {
 
 #[test]
 fn an_app_reregisters_by_itself_when_the_daemon_restarts() {
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start();
     let (mut app, port) = hello_on_free_port(&d, "phoenix", &["/p/"], &[]);
     let (status, _, body) = get(port, "x", "/p/1");
     assert_eq!(status, 200);
@@ -514,7 +138,7 @@ fn an_app_reregisters_by_itself_when_the_daemon_restarts() {
         "the port still answers with the daemon gone"
     );
     let control = d.control.clone();
-    let d = restart_daemon(d, &[]);
+    let d = d.restart();
     assert_eq!(d.control, control);
 
     let mut last = None;
@@ -615,7 +239,7 @@ fn a_config_upstream_that_is_not_loopback_stops_the_daemon_with_the_key_named() 
 
 #[test]
 fn expect_100_continue_is_answered_when_the_request_reaches_the_app() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (_app, port) = hello_on_free_port(&d, "cont", &["/c/"], &[]);
     let mut c = connect(port);
     c.set_read_timeout(Some(Duration::from_secs(10)))
@@ -647,7 +271,7 @@ fn expect_100_continue_is_answered_when_the_request_reaches_the_app() {
 
 #[test]
 fn expect_100_continue_reaches_an_app_that_reads_the_body_first() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let _app = App::start(
         &d.control,
@@ -741,7 +365,7 @@ fn chunked(body: &[u8]) -> Vec<u8> {
 fn large_bodies_stream_both_ways_through_an_app() {
     // The 3 MB direction goes through an upstream below: axum's `Bytes` extractor, which
     // the example's POST /echo uses, refuses bodies over 2 MiB (DefaultBodyLimit) with 413.
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let app = App::start(
         &d.control,
@@ -787,7 +411,7 @@ fn large_bodies_stream_both_ways_through_an_app() {
 fn a_3mb_upload_past_the_apps_limit_gets_its_answer_and_the_connection_stays_usable() {
     // axum answers 413 after 2 MiB without reading the rest; the daemon drains the
     // remaining megabyte and reads the next request from the same connection.
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let _app = App::start(
         &d.control,
@@ -862,7 +486,7 @@ fn large_bodies_stream_both_ways_through_an_upstream() {
 
 #[test]
 fn http_1_0_without_host_is_routed_and_keep_alive_is_honoured() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (_app, port) = hello_on_free_port(&d, "old", &["/"], &[]);
 
     // No Host, no keep-alive: answered, then closed.
@@ -1082,7 +706,7 @@ fn run_environment_vector(v: &Value) -> Vec<String> {
     );
 
     let iplisten = local_ip.to_string();
-    let d = Daemon::start(&["--iplisten", &iplisten]);
+    let d = Daemon::builder().iplisten(&iplisten).spawn();
     let mut ctl = d.ctl();
     let mut failures = Vec::new();
     let want = v.get("expect_registration_error");
@@ -1251,7 +875,7 @@ fn the_vector_harness_remaps_ports_consistently() {
 
 #[test]
 fn show_servicestate_json_lists_the_listener_prefix_queue_and_process() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (app, port) = hello_on_free_port(&d, "shown", &["/s/"], &[]);
     let mut cmd = Command::new(portshare_bin());
     cmd.args(["show", "servicestate", "--json", "--control"])
@@ -1304,7 +928,7 @@ fn show_servicestate_json_lists_the_listener_prefix_queue_and_process() {
 
 #[test]
 fn a_worker_drains_on_sigterm_and_its_registration_goes() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (mut app, port) = hello_on_free_port(&d, "drained", &["/d/"], &[]);
     assert_eq!(get(port, "x", "/d/1").0, 200);
     let status = app.proc.terminate();
@@ -1326,7 +950,7 @@ fn a_worker_drains_on_sigterm_and_its_registration_goes() {
 
 #[test]
 fn a_draining_worker_finishes_the_request_in_hand() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let mut slow = App::start(
         &d.control,
@@ -1388,7 +1012,7 @@ fn refused(port: u16, request: &[u8], status_line: &str) -> (String, String) {
 
 #[test]
 fn error_pages_are_http_sys_pages_and_close_the_connection() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let (_app, port) = hello_on_free_port(&d, "pages", &["/app/"], &[]);
 
     // A target over MaxFieldLength (16384): 414.
@@ -1433,7 +1057,7 @@ fn error_pages_are_http_sys_pages_and_close_the_connection() {
 /// 30 s) keeps its registrations.
 #[test]
 fn a_quiet_control_session_keeps_its_registrations() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let mut ctl = d.ctl();
     ctl.create_queue(serde_json::json!({ "name": "quiet" }));
     let port = free_port();
@@ -1453,7 +1077,7 @@ fn a_quiet_control_session_keeps_its_registrations() {
 /// and go to the worker as its slots free.
 #[test]
 fn a_worker_never_holds_more_than_its_slots() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let prefix = format!("http://+:{port}/s/");
     let _slow = App::start(

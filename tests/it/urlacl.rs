@@ -231,14 +231,7 @@ type Reserve = (String, Vec<(bool, String)>, bool, bool);
 
 /// A daemon whose configuration holds `reservations` and names the admin group.
 fn daemon_with(reservations: &[Reserve]) -> Daemon {
-    let dir = TempDir::new("acl");
-    // The probe binary is copied here: every uid must reach it and the socket.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut config = format!(
-        "admin_group = \"gid:{ADMIN_GID}\"\nstate_file = {:?}\n[errlog]\nenabled = false\n",
-        dir.0.join("state.toml").display().to_string()
-    );
+    let mut config = format!("admin_group = \"gid:{ADMIN_GID}\"\n");
     for (url, accounts, listen, delegate) in reservations {
         let users: Vec<&String> = accounts.iter().filter(|a| !a.0).map(|a| &a.1).collect();
         let groups: Vec<&String> = accounts.iter().filter(|a| a.0).map(|a| &a.1).collect();
@@ -246,10 +239,12 @@ fn daemon_with(reservations: &[Reserve]) -> Daemon {
             "[[urlacl]]\nurl = {url:?}\nusers = {users:?}\ngroups = {groups:?}\nlisten = {listen}\ndelegate = {delegate}\n"
         ));
     }
-    let path = dir.0.join("acl.toml");
-    std::fs::write(&path, config).expect("config");
-    let path = path.display().to_string();
-    Daemon::start_in(dir, &["--config", &path, "--iplisten", "127.0.0.1"])
+    // The probe binary is copied into the folder: every uid must reach it and the socket.
+    Daemon::builder()
+        .dir(TempDir::open_to_all("acl"))
+        .config(config)
+        .errlog_off()
+        .spawn()
 }
 
 #[test]
