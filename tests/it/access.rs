@@ -831,3 +831,86 @@ fn a_url_belongs_to_the_connection_that_added_it() {
     );
     assert_eq!(answer(port, "x", "/other/x"), "404");
 }
+
+#[test]
+fn a_queue_belongs_to_its_uid() {
+    let d = Daemon::start();
+    let mut owner = d.ctl();
+    owner.create_queue(json!({ "name": "mine" }));
+    let uid = nobody_uid();
+    // Another uid, through setpriv; the control socket is open to every local user. The
+    // client is this test binary again, running only `uid_probe`.
+    // A copy in the test's own folder, which that uid can reach wherever the checkout is.
+    let exe = d.dir.0.join("uid-probe");
+    copy_executable(&std::env::current_exe().expect("test binary"), &exe);
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+        ])
+        .arg(&exe)
+        .args(only_test(module_path!(), "uid_probe"))
+        .env("PORTSHARE_UID_PROBE", &d.control)
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "setpriv failed under CI: {err}"
+            );
+            eprintln!("skipped: cannot switch uid here ({err})");
+            return;
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "setpriv missing under CI: {e}"
+            );
+            eprintln!("skipped: setpriv not available ({e})");
+            return;
+        }
+    };
+    assert!(out.contains("open: 403 "), "{out}");
+    assert!(out.contains("\"code\":5"), "{out}");
+    assert!(out.contains("patch: 403 "), "{out}");
+    assert!(out.contains("upstream: 403 "), "{out}");
+    assert!(out.contains("attach: 403 "), "{out}");
+}
+
+/// The other uid's side of `a_queue_belongs_to_its_uid`; does nothing in a normal run.
+#[test]
+fn uid_probe() {
+    let Some(control) = std::env::var_os("PORTSHARE_UID_PROBE") else {
+        return;
+    };
+    let mut ctl = Ctl::connect(std::path::Path::new(&control));
+    let (status, body) = ctl.call(
+        "POST",
+        "/v1/queues",
+        Some(json!({ "name": "mine", "mode": "open" })),
+    );
+    println!("open: {status} {body}");
+    let (status, body) = ctl.call("PATCH", "/v1/queues/mine", Some(json!({ "length": 5 })));
+    println!("patch: {status} {body}");
+    // Only root (or the configuration) makes the daemon connect somewhere.
+    let (status, body) = ctl.call(
+        "POST",
+        "/v1/queues",
+        Some(json!({ "name": "theirs", "upstream": "127.0.0.1:9" })),
+    );
+    println!("upstream: {status} {body}");
+    let mut raw = std::os::unix::net::UnixStream::connect(&control).expect("connect");
+    raw.write_all(b"POST /v1/queues/mine/attach HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: portshare-worker/1\r\nportshare-slots: 1\r\nContent-Length: 0\r\n\r\n").expect("write");
+    let mut buf = Vec::new();
+    let (status, _, body) = read_response(&mut raw, &mut buf, false);
+    println!("attach: {status} {}", String::from_utf8_lossy(&body));
+}
+
+fn nobody_uid() -> u32 {
+    65534
+}

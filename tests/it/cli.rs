@@ -804,3 +804,52 @@ fn servicestate_names_who_holds_an_address() {
     assert_eq!(state["bind_failures"][0]["error"]["code"], 32);
     drop(holder);
 }
+
+#[test]
+fn show_servicestate_json_lists_the_listener_prefix_queue_and_process() {
+    let d = Daemon::start();
+    let (app, port) = hello_on_free_port(&d, "shown", &["/s/"], &[]);
+    let mut cmd = Command::new(portshare_bin());
+    cmd.args(["show", "servicestate", "--json", "--control"])
+        .arg(&d.control);
+    let (code, stdout, stderr) = run_to_exit(cmd, &d.dir.0, 20);
+    assert_eq!(code, Some(0), "{stderr}");
+    let state: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    let address = format!("127.0.0.1:{port}");
+    assert!(
+        state["listeners"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["address"] == address.as_str())),
+        "{state}"
+    );
+    let prefix = format!("http://+:{port}/s/");
+    assert!(
+        state["prefixes"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| {
+                p["url"]
+                    .as_str()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(&prefix))
+                    && p["queue"] == "shown"
+            })),
+        "{state}"
+    );
+    let queue = state["queues"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["name"] == "shown"))
+        .unwrap_or_else(|| panic!("no queue `shown`: {state}"));
+    assert_eq!(queue["processes"][0]["pid"], app.proc.child.id(), "{state}");
+    assert!(
+        queue["processes"][0]["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("hello")),
+        "{state}"
+    );
+    assert!(
+        queue["urls"].as_array().is_some_and(|u| u
+            .iter()
+            .any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(&prefix)))),
+        "{state}"
+    );
+}

@@ -17,6 +17,7 @@ mod process;
 mod upstream;
 
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use control::{Ctl, WireWorker, try_call};
@@ -38,6 +39,27 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// The vectors of the specification's file `name`, from `../shared/spec` beside the
+/// workspace or from `$PORTSHARE_VECTORS`. `None` (with a note) when the file is missing,
+/// which fails the test under `CI=true`.
+pub fn spec_vectors(name: &str) -> Option<Vec<serde_json::Value>> {
+    let dir = match std::env::var_os("PORTSHARE_VECTORS") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec"),
+    };
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(serde_json::from_str(&text).expect("vector file is JSON")),
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{}: {e}; CI must run the vectors", path.display())
+        }
+        Err(e) => {
+            eprintln!("skipping {name}: {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// Polls `f` until it returns true, for at most `secs` seconds.
