@@ -465,7 +465,7 @@ fn out_of_descriptors_the_accept_loops_shed_and_recover() {
     // An httperr file is open, as on a daemon that has served a while (the writer opening
     // its first file would take the descriptor the spare gives up).
     assert_eq!(try_get(port, "h", "/none/").map(|(s, _)| s), Some(404));
-    let httperr = d.dir.0.join("httperr/httperr1.log");
+    let httperr = d.errlog_folder().join("httperr1.log");
     assert!(eventually(10, || httperr.exists()));
     let pid = d.proc.child.id();
     let before = limit_of(pid);
