@@ -109,6 +109,9 @@ fn serve_upstream(mut c: TcpStream) {
                     .then(|| v.trim().parse().ok())?
             })
             .unwrap_or(0);
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked\r\n");
         let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         match last {
             "noread" => {
@@ -121,14 +124,26 @@ fn serve_upstream(mut c: TcpStream) {
             "slow" => std::thread::sleep(Duration::from_secs(3)),
             _ => {}
         }
-        // Read the whole body before answering.
-        while buf.len() < length {
+        // Read the whole body before answering: a chunked one too, or its chunks would be
+        // read as the next request and answered, a response nobody asked for.
+        let length = loop {
+            let whole = if chunked {
+                match chunked_length(&buf) {
+                    Ok(whole) => whole,
+                    Err(()) => return,
+                }
+            } else {
+                (buf.len() >= length).then_some(length)
+            };
+            if let Some(length) = whole {
+                break length;
+            }
             let mut chunk = [0u8; 65536];
             match c.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-        }
+        };
         buf.drain(..length);
         if last == "big" {
             let size = 64 << 20;
@@ -148,6 +163,41 @@ fn serve_upstream(mut c: TcpStream) {
         {
             return;
         }
+    }
+}
+
+/// The length of the chunked body `buf` starts with, trailers included, once it is all
+/// there; `Err` when it is not chunked coding.
+fn chunked_length(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let mut at = 0;
+    loop {
+        let Some(eol) = find(&buf[at..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&buf[at..at + eol]).map_err(|_| ())?;
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| ())?;
+        at += eol + 2;
+        if size == 0 {
+            // Trailer lines, then the blank line.
+            loop {
+                let Some(eol) = find(&buf[at..], b"\r\n") else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        let end = at
+            .checked_add(size)
+            .and_then(|n| n.checked_add(2))
+            .ok_or(())?;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        at = end;
     }
 }
 
