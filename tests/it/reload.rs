@@ -2,33 +2,30 @@
 //! failed request, a bad file refused with its line while the daemon keeps serving, and
 //! the listen list rebound where it changed.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TempDir, eventually, hello_on_free_port, try_get};
+use crate::harness::{Daemon, connect, eventually, hello_on_free_port, read_response, try_get};
 use serde_json::json;
 
-/// A configuration listening on `ip`, logging into `dir`, plus `extra` lines.
-fn config_text(dir: &Path, ip: &str, extra: &str) -> String {
-    format!(
-        "iplisten = [\"{ip}\"]\nstate_file = {:?}\n\n[errlog]\nfolder = {:?}\n\n{extra}",
-        dir.join("state.toml").display().to_string(),
-        dir.join("httperr").display().to_string(),
-    )
+/// The test's part of a configuration listening on `ip`, plus `extra` tables.
+fn config(ip: &str, extra: &str) -> String {
+    format!("iplisten = [\"{ip}\"]\n\n{extra}")
 }
 
-fn start(ip: &str, extra: &str) -> (Daemon, std::path::PathBuf) {
-    let dir = TempDir::new("reload");
-    let path = dir.0.join("portshare.toml");
-    std::fs::write(&path, config_text(&dir.0, ip, extra)).expect("config");
-    let arg = path.display().to_string();
-    (Daemon::start_in(dir, &["--config", &arg]), path)
+/// A daemon on `config(ip, extra)`, on the listen list of its file.
+fn start(ip: &str, extra: &str) -> (Daemon, PathBuf) {
+    let d = Daemon::builder()
+        .tag("reload")
+        .config(config(ip, extra))
+        .iplisten_from_config()
+        .spawn();
+    let path = d.config.clone();
+    (d, path)
 }
 
 fn reload(d: &Daemon) -> (u16, serde_json::Value) {
@@ -58,7 +55,7 @@ fn get_at(ip: [u8; 4], port: u16) -> Option<u16> {
 
 #[test]
 fn reloads_under_load_fail_no_request() {
-    let (d, path) = start("127.0.0.1", "");
+    let (d, _) = start("127.0.0.1", "");
     let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -75,10 +72,10 @@ fn reloads_under_load_fail_no_request() {
                         break;
                     }
                     let good = if i == 0 {
-                        let s = kept.get_or_insert_with(|| common::connect(port));
+                        let s = kept.get_or_insert_with(|| connect(port));
                         s.write_all(b"GET /hello/k HTTP/1.1\r\nHost: example.com\r\n\r\n")
                             .is_ok()
-                            && common::read_response(s, &mut buf, false).0 == 200
+                            && read_response(s, &mut buf, false).0 == 200
                     } else {
                         try_get(port, "example.com", "/hello/c").is_some_and(|(s, _)| s == 200)
                     };
@@ -88,7 +85,6 @@ fn reloads_under_load_fail_no_request() {
             })
         })
         .collect();
-    let dir = path.parent().expect("dir").to_owned();
     let variants = [
         "[timers]\nheader_wait = 60\n",
         "[[urlacl]]\nurl = \"http://+:8123/team/\"\nusers = [\"uid:4321\"]\n",
@@ -98,7 +94,7 @@ fn reloads_under_load_fail_no_request() {
     ];
     for (round, extra) in variants.iter().enumerate() {
         std::thread::sleep(Duration::from_millis(150));
-        std::fs::write(&path, config_text(&dir, "127.0.0.1", extra)).expect("config");
+        d.write_config(&config("127.0.0.1", extra));
         let (status, body) = reload(&d);
         assert_eq!(status, 200, "reload {round}: {body}");
     }
@@ -119,17 +115,11 @@ fn reloads_under_load_fail_no_request() {
 
 #[test]
 fn reload_reports_what_changed() {
-    let (d, path) = start("127.0.0.1", "");
-    let dir = path.parent().expect("dir").to_owned();
-    std::fs::write(
-        &path,
-        config_text(
-            &dir,
-            "127.0.0.1",
-            "[timers]\nentity_body = 30\n\n[[urlacl]]\nurl = \"http://+:8123/team/\"\nusers = [\"uid:4321\"]\n\n[[queue]]\nname = \"held\"\n",
-        ),
-    )
-    .expect("config");
+    let (d, _) = start("127.0.0.1", "");
+    d.write_config(&config(
+        "127.0.0.1",
+        "[timers]\nentity_body = 30\n\n[[urlacl]]\nurl = \"http://+:8123/team/\"\nusers = [\"uid:4321\"]\n\n[[queue]]\nname = \"held\"\n",
+    ));
     let (status, body) = reload(&d);
     assert_eq!(status, 200, "{body}");
     let changes = body["changes"].to_string();
@@ -156,7 +146,7 @@ fn a_bad_file_is_refused_with_its_line_and_the_daemon_keeps_serving() {
     let (d, path) = start("127.0.0.1", "[timers]\nheader_wait = 30\n");
     let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
     let good = std::fs::read_to_string(&path).expect("config");
-    // Line 9: a value out of range.
+    // A value out of range.
     std::fs::write(&path, good.replace("header_wait = 30", "header_wait = -1")).expect("bad");
     let line = std::fs::read_to_string(&path)
         .expect("config")
@@ -189,11 +179,10 @@ fn a_bad_file_is_refused_with_its_line_and_the_daemon_keeps_serving() {
 
 #[test]
 fn the_listen_list_is_rebound_where_it_changed() {
-    let (d, path) = start("127.0.0.1", "");
+    let (d, _) = start("127.0.0.1", "");
     let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
-    let dir = path.parent().expect("dir").to_owned();
     assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
-    std::fs::write(&path, config_text(&dir, "127.0.0.2", "")).expect("config");
+    d.write_config(&config("127.0.0.2", ""));
     let (status, body) = reload(&d);
     assert_eq!(status, 200, "{body}");
     assert!(
@@ -218,7 +207,7 @@ fn the_listen_list_is_rebound_where_it_changed() {
         "{listeners}"
     );
     // And back.
-    std::fs::write(&path, config_text(&dir, "127.0.0.1", "")).expect("config");
+    d.write_config(&config("127.0.0.1", ""));
     assert_eq!(reload(&d).0, 200);
     assert_eq!(get_at([127, 0, 0, 1], port), Some(200));
     assert_eq!(get_at([127, 0, 0, 2], port), None);
@@ -267,11 +256,9 @@ fn a_held_port_is_named_and_taken_on_reload_once_free() {
 fn reloads_from_signals_and_the_api_take_turns() {
     let (d, path) = start("127.0.0.1", "");
     let (_app, port) = hello_on_free_port(&d, "app", &["/hello/"], &[]);
-    let dir = path.parent().expect("dir").to_owned();
+    let one = d.config_text(&config("127.0.0.1", ""));
+    let both = d.config_text("iplisten = [\"127.0.0.1\", \"127.0.0.3\"]\n");
     let d = Arc::new(d);
-    let two = "iplisten = [\"127.0.0.1\", \"127.0.0.3\"]\n";
-    let one = config_text(&dir, "127.0.0.1", "");
-    let both = one.replacen("iplisten = [\"127.0.0.1\"]\n", two, 1);
     let api: Vec<_> = (0..4)
         .map(|_| {
             let d = d.clone();
@@ -318,7 +305,7 @@ fn reloads_from_signals_and_the_api_take_turns() {
 /// back to the service's, and a waiting request gets the timer the state shows.
 #[test]
 fn a_reload_reaches_the_timers_queues_inherit() {
-    let port = common::free_port();
+    let port = crate::harness::free_port();
     let text = |service: u32, own: &str| {
         format!(
             "[timers]\nrequest_queue = {service}\n\n\
@@ -346,7 +333,7 @@ fn a_reload_reaches_the_timers_queues_inherit() {
     };
     assert_eq!(timers(&d, "inherits"), (60_000, 0));
     assert_eq!(timers(&d, "own"), (5_000, 7_000));
-    std::fs::write(&path, config_text(&dir, "127.0.0.1", &text(1, ""))).expect("config");
+    std::fs::write(&path, d.config_text(&config("127.0.0.1", &text(1, "")))).expect("config");
     let (status, body) = reload(&d);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
@@ -357,11 +344,11 @@ fn a_reload_reaches_the_timers_queues_inherit() {
     assert_eq!(timers(&d, "own"), (1_000, 0), "keys removed: the service's");
     // No worker: a request waits for the one second the state shows, then is let go
     // (the client gives up after 30 s, well before the old 60).
-    let end = common::ending(
+    let end = crate::harness::ending(
         port,
         b"GET /inherits/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    assert_eq!(end, common::Ending::Closed);
+    assert_eq!(end, crate::harness::Ending::Closed);
     let logged = || {
         std::fs::read_dir(dir.join("httperr")).is_ok_and(|rd| {
             rd.filter_map(Result::ok).any(|e| {

@@ -2,32 +2,21 @@
 //! progress finished with `Connection: close`, workers told; what is still unfinished when
 //! the shutdown timer runs out is answered or logged, never dropped in silence.
 
-mod common;
-
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
-/// A daemon with `timers.shutdown = grace`, its error log in its folder.
-fn daemon(grace: u32) -> (Daemon, PathBuf) {
-    let dir = TempDir::new("shutdown");
-    let folder = dir.0.join("httperr");
-    let config = dir.0.join("portshare.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[timers]\nshutdown = {grace}\n\n\
-             [errlog]\nfolder = {:?}\n",
-            dir.0.join("state.toml").display().to_string(),
-            folder.display().to_string()
-        ),
-    )
-    .expect("write the configuration");
-    let config = config.to_str().expect("utf-8 path").to_owned();
-    (Daemon::start_in(dir, &["--config", &config]), folder)
+/// A daemon with `timers.shutdown = grace`, on the listen list of its configuration.
+fn daemon(grace: u32) -> Daemon {
+    Daemon::builder()
+        .tag("shutdown")
+        .config(format!(
+            "iplisten = [\"127.0.0.1\"]\n\n[timers]\nshutdown = {grace}\n"
+        ))
+        .iplisten_from_config()
+        .spawn()
 }
 
 fn slow_app(d: &Daemon, port: u16, delay_ms: &str, slots: &str) -> App {
@@ -40,29 +29,9 @@ fn slow_app(d: &Daemon, port: u16, delay_ms: &str, slots: &str) -> App {
     )
 }
 
-/// Everything the daemon sends until it closes: the text, and whether it ended in a reset.
-fn rest(c: &mut TcpStream) -> (String, bool) {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match c.read(&mut chunk) {
-            Ok(0) => return (String::from_utf8_lossy(&all).into_owned(), false),
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                return (String::from_utf8_lossy(&all).into_owned(), true);
-            }
-            Err(e) => panic!("reading: {e}"),
-        }
-    }
-}
-
-fn errlog_text(folder: &std::path::Path) -> String {
-    std::fs::read_to_string(folder.join("httperr1.log")).unwrap_or_default()
-}
-
 #[test]
 fn sigterm_finishes_requests_in_progress_and_closes_the_rest() {
-    let (mut d, folder) = daemon(30);
+    let mut d = daemon(30);
     let port = free_port();
     // Slow enough that the signal surely comes while the request is in hand.
     let _app = slow_app(&d, port, "5000", "4");
@@ -92,7 +61,7 @@ fn sigterm_finishes_requests_in_progress_and_closes_the_rest() {
         .status();
 
     // The idle connection closes at once, without a byte.
-    let (text, _) = rest(&mut idle);
+    let text = read_until_close(&mut idle, "the idle connection").text();
     assert_eq!(text, "", "idle connection");
     // New connections are refused once the listener is gone.
     assert!(eventually(5, || TcpStream::connect_timeout(
@@ -106,19 +75,20 @@ fn sigterm_finishes_requests_in_progress_and_closes_the_rest() {
     assert_eq!(status, 200, "{head}");
     assert!(head.contains("\r\nConnection: close\r\n"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains("path=/slow/busy"));
-    assert_eq!(rest(&mut busy), (String::new(), false));
+    let end = read_until_close(&mut busy, "after the answer");
+    assert!(end.bytes.is_empty() && !end.reset, "{end:?}");
 
     let exit = d.proc.terminate();
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", d.log());
     assert!(d.log().contains("waiting up to 30 s"), "{}", d.log());
     // Nothing was refused, timed out or cut short.
-    let log = errlog_text(&folder);
+    let log = d.errlog_text();
     assert!(log.lines().all(|l| l.starts_with('#')), "{log}");
 }
 
 #[test]
 fn at_the_shutdown_timer_what_is_left_is_answered_or_logged() {
-    let (mut d, folder) = daemon(1);
+    let mut d = daemon(1);
     let port = free_port();
     let _app = slow_app(&d, port, "60000", "1");
 
@@ -141,17 +111,17 @@ fn at_the_shutdown_timer_what_is_left_is_answered_or_logged() {
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", d.log());
 
     // The waiting request is told it was not served...
-    let (text, _) = rest(&mut waiting);
+    let text = read_until_close(&mut waiting, "the waiting request").text();
     assert!(
         text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
         "{text}"
     );
     assert!(text.contains("\r\nRetry-After: "), "{text}");
     // ...the one in hand is cut off without a response...
-    let (text, _) = rest(&mut held);
+    let text = read_until_close(&mut held, "the request in hand").text();
     assert_eq!(text, "");
     // ...and both are in the error log.
-    let log = errlog_text(&folder);
+    let log = d.errlog_text();
     let line = |port: u16| {
         log.lines()
             .find(|l| l.split(' ').nth(3) == Some(&port.to_string()))

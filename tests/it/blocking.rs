@@ -2,52 +2,16 @@
 //! runs off the runtime's threads: with `--threads 1`, a state-file write that cannot finish
 //! leaves every client connection served.
 
-mod common;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 #[test]
 fn a_state_file_write_that_blocks_stalls_no_client() {
-    let dir = TempDir::new("blocking");
-    let state = dir.0.join("state.toml");
-    let config = dir.0.join("portshare.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n[errlog]\nfolder = {:?}\n",
-            state.display().to_string(),
-            dir.0.join("httperr").display().to_string()
-        ),
-    )
-    .expect("config");
-    let control = dir.0.join("control.sock");
-    let log = dir.0.join("daemon.log");
-    let child = Command::new(portshare_bin())
-        .args(["serve", "--threads", "1", "--control"])
-        .arg(&control)
-        .arg("--config")
-        .arg(&config)
-        .env("PORTSHARE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start portshare serve");
-    let d = Daemon {
-        proc: Proc { child, log },
-        control,
-        dir,
-    };
-    assert!(
-        eventually(20, || std::os::unix::net::UnixStream::connect(&d.control)
-            .is_ok()),
-        "the daemon did not come up:\n{}",
-        d.log()
-    );
+    let d = Daemon::builder().tag("blocking").threads(1).spawn();
+    let state = d.dir.0.join("state.toml");
     let (_app, port) = hello_on_free_port(&d, "app", &["/app/"], &[]);
     // The state file is written to `state.toml.new`, then renamed: a FIFO there blocks the
     // write until someone reads it.

@@ -4,13 +4,13 @@
 //! The vectors are read from `../shared/spec` beside the workspace or from
 //! `PORTSHARE_VECTORS`; missing vectors fail the test under `CI=true`.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use crate::harness::{portshare_bin, spec_vectors};
 use serde_json::Value;
 
 fn portshare(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portshare"))
+    Command::new(portshare_bin())
         .args(args)
         .output()
         .expect("portshare runs")
@@ -28,31 +28,13 @@ fn explain_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
 
-fn routing_vectors() -> Option<Vec<Value>> {
-    let dir = match std::env::var_os("PORTSHARE_VECTORS") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/spec"),
-    };
-    let path = dir.join("routing-vectors.json");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Some(serde_json::from_str(&text).expect("vector file is JSON")),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{}: {e}; CI must run the vectors", path.display())
-        }
-        Err(e) => {
-            eprintln!("skipping: {}: {e}", path.display());
-            None
-        }
-    }
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
 fn every_routing_vector_through_the_cli() {
-    let Some(vectors) = routing_vectors() else {
+    let Some(vectors) = spec_vectors("routing-vectors.json") else {
         return;
     };
     let mut failures = Vec::new();

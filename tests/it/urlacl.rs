@@ -7,13 +7,11 @@
 //! daemon's admin group. Ports keep their relations: each port of a vector becomes a free
 //! port on the same side of 1024, so the localhost exemption decides as it would.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use common::{Ctl, Daemon, TempDir};
+use crate::harness::{Ctl, Daemon, TempDir, only_test};
 use serde_json::{Value, json};
 
 /// The admin group the test daemons name.
@@ -94,7 +92,7 @@ impl Ports {
                 .expect("a free port below 1024")
         } else {
             loop {
-                let p = common::free_port();
+                let p = crate::harness::free_port();
                 if p > 1024 && !taken.contains(&p) {
                     break p;
                 }
@@ -183,7 +181,7 @@ fn probe(exe: &Path, control: &Path, uid: u32, gid: u32, groups: &[u32], ops: &V
     }
     let out = cmd
         .arg(exe)
-        .args(["--exact", "acl_probe", "--nocapture", "--test-threads", "1"])
+        .args(only_test(module_path!(), "acl_probe"))
         .env("PORTSHARE_ACL_PROBE", control)
         .env("PORTSHARE_ACL_OPS", ops.to_string())
         .output();
@@ -233,14 +231,7 @@ type Reserve = (String, Vec<(bool, String)>, bool, bool);
 
 /// A daemon whose configuration holds `reservations` and names the admin group.
 fn daemon_with(reservations: &[Reserve]) -> Daemon {
-    let dir = TempDir::new("acl");
-    // The probe binary is copied here: every uid must reach it and the socket.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut config = format!(
-        "admin_group = \"gid:{ADMIN_GID}\"\nstate_file = {:?}\n[errlog]\nenabled = false\n",
-        dir.0.join("state.toml").display().to_string()
-    );
+    let mut config = format!("admin_group = \"gid:{ADMIN_GID}\"\n");
     for (url, accounts, listen, delegate) in reservations {
         let users: Vec<&String> = accounts.iter().filter(|a| !a.0).map(|a| &a.1).collect();
         let groups: Vec<&String> = accounts.iter().filter(|a| a.0).map(|a| &a.1).collect();
@@ -248,10 +239,12 @@ fn daemon_with(reservations: &[Reserve]) -> Daemon {
             "[[urlacl]]\nurl = {url:?}\nusers = {users:?}\ngroups = {groups:?}\nlisten = {listen}\ndelegate = {delegate}\n"
         ));
     }
-    let path = dir.0.join("acl.toml");
-    std::fs::write(&path, config).expect("config");
-    let path = path.display().to_string();
-    Daemon::start_in(dir, &["--config", &path, "--iplisten", "127.0.0.1"])
+    // The probe binary is copied into the folder: every uid must reach it and the socket.
+    Daemon::builder()
+        .dir(TempDir::open_to_all("acl"))
+        .config(config)
+        .errlog_off()
+        .spawn()
 }
 
 #[test]

@@ -2,30 +2,21 @@
 //! folder, writes out on shutdown, takes the next number on restart, and still serves when
 //! the folder cannot be used.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::harness::*;
 
 const DIRECTIVES: &str = "#Software: Microsoft HTTP API 2.0\n#Version: 1.0\n#Date: ";
 const FIELDS: &str = "\n#Fields: date time c-ip c-port s-ip s-port cs-version cs-method cs-uri \
                       sc-status s-siteid s-reason s-queuename\n";
 
-/// Starts a daemon whose configuration puts the error log in `folder`.
+/// Starts a daemon in `dir` whose configuration puts the error log in `folder`.
 fn daemon_logging_to(dir: TempDir, folder: &Path) -> Daemon {
-    let config = dir.0.join("portshare.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[errlog]\nfolder = \"{}\"\n",
-            dir.0.join("state.toml").display().to_string(),
-            folder.display()
-        ),
-    )
-    .expect("write the configuration");
-    let config = config.to_str().expect("utf-8 path").to_owned();
-    Daemon::start_in(dir, &["--config", &config, "--iplisten", "127.0.0.1"])
+    Daemon::builder()
+        .dir(dir)
+        .config("iplisten = [\"127.0.0.1\"]\n")
+        .errlog_folder(folder)
+        .spawn()
 }
 
 fn read(path: &Path) -> String {
@@ -87,18 +78,17 @@ fn refusals_go_to_httperr_files() {
     );
     assert_eq!(s, 400);
     drop(app);
-    let Daemon { mut proc, dir, .. } = d;
-    assert!(proc.terminate().is_some_and(|s| s.success()));
+    let mut d = d;
+    assert!(d.proc.terminate().is_some_and(|s| s.success()));
     let text = read(&file1);
     assert!(
         text.contains(&format!(" 127.0.0.1 {port} - - - 400 - Header -\n")),
         "{text}"
     );
     assert_eq!(text.matches("#Software:").count(), 1, "{text}");
-    drop(proc);
 
     // A restart takes the next number and leaves the old file alone.
-    let d = daemon_logging_to(dir, &folder);
+    let d = d.restart();
     let (_app, port) = hello_on_free_port(&d, "app", &["/app/"], &[]);
     let (s, _, _) = get(port, "example.com", "/elsewhere");
     assert_eq!(s, 404);

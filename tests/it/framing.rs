@@ -7,14 +7,12 @@
 //! request body before answering with the request head it received; and `hello
 //! --echo-headers` registered on `http://localhost:PORT/f/`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 
 /// The daemon, the app, and what the upstream saw.
 struct Lab {
@@ -48,12 +46,16 @@ impl Seen {
 
 fn lab(tag: &str) -> Lab {
     let (up, upstream) = upstream();
-    let (daemon, port) = daemon_with_config(tag, |port| {
-        format!(
-            "[[queue]]\nname = \"up\"\nurls = [\"http://+:{port}/up/\"]\n\
-             upstream = \"127.0.0.1:{up}\"\nverbosity = \"limited\"\n"
-        )
-    });
+    let (daemon, port) = Daemon::builder()
+        .tag(tag)
+        .iplisten_from_config()
+        .spawn_on_free_port(|port| {
+            format!(
+                "iplisten = [\"127.0.0.1\"]\n\n[[queue]]\nname = \"up\"\n\
+                 urls = [\"http://+:{port}/up/\"]\nupstream = \"127.0.0.1:{up}\"\n\
+                 verbosity = \"limited\"\n"
+            )
+        });
     let app = daemon.hello(
         "f",
         &[&format!("http://localhost:{port}/f/")],
@@ -202,26 +204,6 @@ fn values<'a>(lines: &'a [String], name: &str) -> Vec<&'a str> {
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
         .map(str::trim)
         .collect()
-}
-
-/// After a response: the daemon closes the connection (EOF or reset) and sends nothing more.
-fn assert_closed(c: &mut TcpStream, buf: &[u8]) {
-    assert!(
-        buf.is_empty(),
-        "bytes after the response: {:?}",
-        String::from_utf8_lossy(buf)
-    );
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut rest = Vec::new();
-    match c.read_to_end(&mut rest) {
-        Ok(_) => assert!(
-            rest.is_empty(),
-            "the connection went on: {:?}",
-            String::from_utf8_lossy(&rest)
-        ),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
-    }
 }
 
 // ---- the host an application sees (RFC 9112 §3.2.2, spec §2.2) ----

@@ -7,17 +7,15 @@
 //! `setpriv` with numeric ids; the connections are held by this test binary again, running
 //! only `hog` as each uid.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    App, Daemon, TempDir, as_uid, can_switch_uid, connect, copy_executable, eventually,
-    example_bin, free_port, have_prlimit, try_call, try_get,
+use crate::harness::{
+    App, Daemon, as_uid, can_switch_uid, connect, copy_executable, eventually, example_bin,
+    free_port, have_prlimit, only_test, read_until_close, try_call, try_get,
 };
 use serde_json::{Value, json};
 
@@ -32,25 +30,14 @@ const REQUESTS: usize = 200;
 /// A daemon limited to `nofile` open files (else the test's limit), with `control` as its
 /// `[control]` table.
 fn daemon(nofile: Option<u64>, control: &str) -> Daemon {
-    let dir = TempDir::new("fd");
-    let config = dir.0.join("fd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_file = {:?}\n[errlog]\nfolder = {:?}\n[control]\n{control}\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string(),
-        ),
-    )
-    .expect("write the configuration");
-    let config = config.display().to_string();
-    let extra = ["--config", &config, "--iplisten", "127.0.0.1"];
+    let builder = Daemon::builder()
+        .tag("fd")
+        .config(format!("[control]\n{control}\n"));
     match nofile {
-        Some(n) => {
-            let limit = format!("--nofile={n}:{n}");
-            Daemon::start_via(dir, &["prlimit", &limit, "--"], &extra)
-        }
-        None => Daemon::start_via(dir, &[], &extra),
+        Some(n) => builder
+            .wrapper(&["prlimit", &format!("--nofile={n}:{n}"), "--"])
+            .spawn(),
+        None => builder.spawn(),
     }
 }
 
@@ -100,7 +87,7 @@ impl Hog {
         let child = Command::new(&wrapper[0])
             .args(&wrapper[1..])
             .arg(&exe)
-            .args(["--exact", "hog", "--nocapture", "--test-threads", "1"])
+            .args(only_test(module_path!(), "hog"))
             .env("PORTSHARE_HOG", &d.control)
             .env("PORTSHARE_HOG_COUNT", count.to_string())
             .env("PORTSHARE_HOG_QUEUES", if queues { "1" } else { "0" })
@@ -173,7 +160,7 @@ fn print_times(what: &str, mut times: Vec<Duration>) {
 
 /// `portshare show servicestate` as root, within 20 s.
 fn servicestate(control: &Path) -> (bool, String) {
-    let mut child = Command::new(common::portshare_bin())
+    let mut child = Command::new(crate::harness::portshare_bin())
         .args(["show", "servicestate", "--control"])
         .arg(control)
         .stdout(Stdio::piped())
@@ -285,7 +272,7 @@ fn a_command_refused_at_its_users_cap_says_why() {
     let mut hog = Hog::start(&d, HOGS[0], 2, false);
     assert_eq!(hog.report()["held"], 2);
     let exe = d.dir.0.join("portshare");
-    copy_executable(&common::portshare_bin(), &exe);
+    copy_executable(&crate::harness::portshare_bin(), &exe);
     let wrapper = as_uid(HOGS[0]);
     for _ in 0..5 {
         let out = Command::new(&wrapper[0])
@@ -362,7 +349,7 @@ fn client_connections_stop_at_their_share() {
     }
     // 256 descriptors: 112 client connections.
     let d = daemon(Some(256), "");
-    let (_app, port) = common::hello_on_free_port(&d, "c", &["/c/"], &[]);
+    let (_app, port) = crate::harness::hello_on_free_port(&d, "c", &["/c/"], &[]);
     let idle: Vec<_> = (0..120).map(|_| connect(port)).collect();
     assert!(eventually(10, || {
         d.state()["budget"]["clients"]["open"] == 112
@@ -437,11 +424,9 @@ fn a_silent_control_connection_is_closed() {
     let mut slow = UnixStream::connect(&d.control).expect("connect");
     slow.write_all(b"POST /v1/queues HTTP/1.1\r\nHost: p\r\nContent-Length: 20\r\n\r\n{")
         .expect("write");
-    let mut buf = Vec::new();
     slow.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let _ = slow.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    let text = read_until_close(&mut slow, "a body that never comes").text();
     assert!(text.contains("did not come within"), "{text}");
 
     // A session holding a queue lives as long as its connection.
@@ -464,7 +449,7 @@ fn a_silent_control_connection_is_closed() {
     );
 
     // And so does an application: its session holds a queue, its worker is attached.
-    let (_app, port) = common::hello_on_free_port(&d, "w", &["/w/"], &[]);
+    let (_app, port) = crate::harness::hello_on_free_port(&d, "w", &["/w/"], &[]);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(try_get(port, "h", "/w/").map(|(s, _)| s), Some(200));
 }
@@ -474,13 +459,13 @@ fn out_of_descriptors_the_accept_loops_shed_and_recover() {
     if !have_prlimit() {
         return;
     }
-    let d = Daemon::start(&[]);
-    let (_app, port) = common::hello_on_free_port(&d, "e", &["/e/"], &[]);
+    let d = Daemon::start();
+    let (_app, port) = crate::harness::hello_on_free_port(&d, "e", &["/e/"], &[]);
     assert_eq!(try_get(port, "h", "/e/").map(|(s, _)| s), Some(200));
     // An httperr file is open, as on a daemon that has served a while (the writer opening
     // its first file would take the descriptor the spare gives up).
     assert_eq!(try_get(port, "h", "/none/").map(|(s, _)| s), Some(404));
-    let httperr = d.dir.0.join("httperr/httperr1.log");
+    let httperr = d.errlog_folder().join("httperr1.log");
     assert!(eventually(10, || httperr.exists()));
     let pid = d.proc.child.id();
     let before = limit_of(pid);

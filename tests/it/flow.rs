@@ -8,15 +8,13 @@
 //! wall clock, and nothing asserts that something was fast: memory and the daemon's
 //! buffer gauge are printed (`--nocapture` shows them).
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::{BufMut, BytesMut};
-use common::*;
 use portshare_proto::wire::{self, Frame, INITIAL_WINDOW, ResetCode, ResponseHead};
 use serde_json::{Value, json};
 
@@ -36,17 +34,6 @@ fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
 }
 
-/// Every httperr line the daemon wrote so far.
-fn errlog_text(d: &Daemon) -> String {
-    std::fs::read_dir(d.dir.0.join("httperr"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Waits (at most `secs`) for an httperr line of the client connection `client` holding
 /// `needle`.
 fn errlog_line(d: &Daemon, client: &TcpStream, needle: &str, secs: u64) -> Option<String> {
@@ -54,27 +41,14 @@ fn errlog_line(d: &Daemon, client: &TcpStream, needle: &str, secs: u64) -> Optio
     let fields = format!(" 127.0.0.1 {port} 127.0.0.1 ");
     let mut found = None;
     eventually(secs, || {
-        found = errlog_text(d)
+        found = d
+            .errlog_text()
             .lines()
             .find(|l| l.contains(&fields) && l.contains(needle))
             .map(str::to_owned);
         found.is_some()
     });
     found
-}
-
-/// Reads until the daemon closes or resets the connection; the bytes that came.
-fn read_until_end(c: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        match c.read(&mut chunk) {
-            Ok(0) => return all,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return all,
-            Err(e) => panic!("reading: {e} after {} bytes", all.len()),
-        }
-    }
 }
 
 /// A data frame's header alone, announcing `len` bytes.
@@ -90,7 +64,7 @@ fn data_header(buf: &mut BytesMut, stream: u32, len: u32) {
 /// connection ends as with a dead worker (logged), and a warning names the excess.
 #[test]
 fn data_beyond_the_window_disconnects_the_worker_at_its_header() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let mut ctl = d.ctl();
     queue(&mut ctl, "over", port);
@@ -121,14 +95,14 @@ fn data_beyond_the_window_disconnects_the_worker_at_its_header() {
         }],
         "the daemon's last words to the worker, then it closed the connection"
     );
-    let got = read_until_end(&mut c);
+    let got = read_until_close(&mut c, "the client of the cut worker").bytes;
     assert!(
         !got.ends_with(b"0\r\n\r\n"),
         "the response looked complete: {} bytes",
         got.len()
     );
     let line = errlog_line(&d, &c, "Connection_Abandoned_By_ReqQueue over", 10);
-    assert!(line.is_some(), "no httperr line:\n{}", errlog_text(&d));
+    assert!(line.is_some(), "no httperr line:\n{}", d.errlog_text());
     assert!(
         eventually(10, || strip_ansi(&d.log()).contains("excess=1")),
         "no warning naming the excess:\n{}",
@@ -154,7 +128,7 @@ fn data_beyond_the_window_disconnects_the_worker_at_its_header() {
 /// frames are dropped with a warning.
 #[test]
 fn a_second_head_after_a_finished_response_is_dropped() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let mut ctl = d.ctl();
     queue(&mut ctl, "stray", port);
@@ -201,20 +175,11 @@ fn a_second_head_after_a_finished_response_is_dropped() {
 /// frames it holds would take at that rate (32 s and more).
 #[test]
 fn min_send_rate_cuts_a_client_that_reads_nothing_whatever_is_buffered() {
-    let dir = TempDir::new("flow-rate");
-    let config = dir.0.join("flow.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n[errlog]\nfolder = {:?}\n\n\
-             [timers]\nmin_send_rate = 2048\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string(),
-        ),
-    )
-    .expect("write the configuration");
-    let config = config.to_str().expect("utf-8 path").to_owned();
-    let d = Daemon::start_in(dir, &["--config", &config]);
+    let d = Daemon::builder()
+        .tag("flow-rate")
+        .config("iplisten = [\"127.0.0.1\"]\n\n[timers]\nmin_send_rate = 2048\n")
+        .iplisten_from_config()
+        .spawn();
     let port = free_port();
     let mut ctl = d.ctl();
     queue(&mut ctl, "rate", port);
@@ -258,7 +223,7 @@ fn min_send_rate_cuts_a_client_that_reads_nothing_whatever_is_buffered() {
     assert!(
         line.is_some(),
         "the client was not cut within 25 s:\n{}",
-        errlog_text(&d)
+        d.errlog_text()
     );
     println!(
         "min send rate: cut after {waited:?}: {}",
@@ -277,7 +242,7 @@ fn min_send_rate_cuts_a_client_that_reads_nothing_whatever_is_buffered() {
 /// `MinSendRate` (here the default 150 B/s: 109 s) would cut it.
 #[test]
 fn a_client_whose_worker_is_gone_is_let_go_with_what_it_held() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let mut ctl = d.ctl();
     queue(&mut ctl, "gone", port);
@@ -319,7 +284,7 @@ fn a_client_whose_worker_is_gone_is_let_go_with_what_it_held() {
         buffers(&d)
     );
     let line = errlog_line(&d, &c, "Connection_Abandoned_By_ReqQueue gone", 10);
-    assert!(line.is_some(), "no httperr line:\n{}", errlog_text(&d));
+    assert!(line.is_some(), "no httperr line:\n{}", d.errlog_text());
     println!("gone: {held} bytes held, released when the worker left");
 }
 
@@ -410,7 +375,7 @@ fn attack(control: PathBuf, port: u16, i: usize, slots: u32, until: Instant) -> 
 fn twenty_workers_flooding_clients_that_never_read_leave_the_daemon_bounded() {
     const WORKERS: usize = 20;
     const ATTACK: Duration = Duration::from_secs(10);
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let pid = d.proc.child.id();
     let (_hello, port) = hello_on_free_port(&d, "ok", &["/ok/"], &[]);
     let mut ctl = d.ctl();
@@ -508,7 +473,7 @@ fn twenty_workers_flooding_clients_that_never_read_leave_the_daemon_bounded() {
 fn a_worker_that_never_reads_holds_its_uploads_back_not_the_daemon() {
     const CLIENTS: u32 = 32;
     const BODY: usize = 8 << 20;
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let pid = d.proc.child.id();
     let (_hello, port) = hello_on_free_port(&d, "ok", &["/ok/"], &[]);
     let mut ctl = d.ctl();
@@ -593,7 +558,7 @@ fn a_worker_that_never_reads_holds_its_uploads_back_not_the_daemon() {
 /// draining worker was kept until the daemon stopped.)
 #[test]
 fn a_client_gone_before_its_100_continue_leaves_no_stream_on_the_worker() {
-    let d = Daemon::start(&[]);
+    let d = Daemon::start();
     let port = free_port();
     let mut ctl = d.ctl();
     queue(&mut ctl, "expect", port);
@@ -634,11 +599,11 @@ fn a_client_gone_before_its_100_continue_leaves_no_stream_on_the_worker() {
     assert_eq!(status, 204);
     let fields = format!(" 127.0.0.1 {gone_port} 127.0.0.1 ");
     assert!(
-        eventually(10, || errlog_text(&d).lines().any(
+        eventually(10, || d.errlog_text().lines().any(
             |l| l.contains(&fields) && l.contains("Connection_Dropped expect")
         )),
         "the 100 Continue did not fail as planned:\n{}",
-        errlog_text(&d)
+        d.errlog_text()
     );
     // The worker asks to drain: with nothing left in its hands, the daemon closes it.
     w.send(wire::encode_drain).expect("drain");

@@ -7,8 +7,6 @@
 //! administrator does not silently join another account's queue. Every test here failed
 //! before queues had access lists.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,8 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use bytes::BytesMut;
-use common::*;
 use portshare_proto::wire::{self, Frame, ResponseHead};
 use serde_json::{Value, json};
 
@@ -186,24 +184,15 @@ struct Site {
 /// A daemon whose folder (and so its control socket and the probe binary copied into it)
 /// every account can reach.
 fn open_daemon(config: &str) -> (Daemon, Site) {
-    let dir = TempDir::new("access");
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let file = dir.0.join("portshare.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n{config}\n[errlog]\nfolder = {:?}\n",
-            dir.0.join("state.toml").display().to_string(),
-            dir.0.join("httperr").display().to_string(),
-        ),
-    )
-    .expect("write the configuration");
+    let dir = TempDir::open_to_all("access");
     // The test binary, where every uid may run it.
     let exe = dir.0.join("probe");
     std::fs::copy(std::env::current_exe().expect("test binary"), &exe).expect("copy probe");
-    let config = format!("--config={}", file.display());
-    let d = Daemon::start_in(dir, &[&config]);
+    let d = Daemon::builder()
+        .dir(dir)
+        .config(format!("iplisten = [\"127.0.0.1\"]\n{config}"))
+        .iplisten_from_config()
+        .spawn();
     let site = Site {
         control: d.control.clone(),
         dir: d.dir.0.clone(),
@@ -234,19 +223,13 @@ fn probe(site: &Site, uid: Option<u32>, script: Value, extra: &[&str]) -> Option
             None => Command::new(exe),
         };
         let log = site.dir.join(format!("probe-{}.log", free_port()));
-        cmd.args([
-            "--exact",
-            "access_probe",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .args(extra)
-        .env(PROBE_CONTROL, &site.control)
-        .env(PROBE_SCRIPT, script.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"));
+        cmd.args(only_test(module_path!(), "access_probe"))
+            .args(extra)
+            .env(PROBE_CONTROL, &site.control)
+            .env(PROBE_SCRIPT, script.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log file"));
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
@@ -452,7 +435,7 @@ fn config_names_belong_to_the_daemon_and_reloads_never_adopt() {
          owner = \"uid:{OWNER}\"\n"
     );
     let (d, site) = open_daemon(&base);
-    let file = d.dir.0.join("portshare.toml");
+    let file = d.config.clone();
     let text = std::fs::read_to_string(&file).expect("config");
     let Some(squatter) = probe(
         &site,
@@ -771,9 +754,7 @@ fn a_squatter_after_a_restart_never_receives_the_apps_traffic() {
     assert!(answer(port, "x", "/app/1").starts_with("name=app"));
     // The daemon goes; a squatter waits for the new one and grabs the name first (or
     // finds the app back in it), while the SDK registers again by itself.
-    let Daemon { mut proc, dir, .. } = d;
-    proc.kill();
-    drop(proc);
+    let stopped = d.into_builder();
     let squat = json!([
         { "wait_control": true },
         call("POST", "/v1/queues", json!({ "name": "app" })),
@@ -788,8 +769,7 @@ fn a_squatter_after_a_restart_never_receives_the_apps_traffic() {
         let _ = tx.send(());
         p
     });
-    let config = format!("--config={}", dir.0.join("portshare.toml").display());
-    let d = Daemon::start_in(dir, &[&config]);
+    let d = stopped.spawn();
     let _ = rx.recv_timeout(Duration::from_secs(30));
     let Some(squatter) = waiter.join().expect("probe thread") else {
         return;
@@ -850,4 +830,87 @@ fn a_url_belongs_to_the_connection_that_added_it() {
         d.state()
     );
     assert_eq!(answer(port, "x", "/other/x"), "404");
+}
+
+#[test]
+fn a_queue_belongs_to_its_uid() {
+    let d = Daemon::start();
+    let mut owner = d.ctl();
+    owner.create_queue(json!({ "name": "mine" }));
+    let uid = nobody_uid();
+    // Another uid, through setpriv; the control socket is open to every local user. The
+    // client is this test binary again, running only `uid_probe`.
+    // A copy in the test's own folder, which that uid can reach wherever the checkout is.
+    let exe = d.dir.0.join("uid-probe");
+    copy_executable(&std::env::current_exe().expect("test binary"), &exe);
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &uid.to_string(),
+            "--clear-groups",
+        ])
+        .arg(&exe)
+        .args(only_test(module_path!(), "uid_probe"))
+        .env("PORTSHARE_UID_PROBE", &d.control)
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr).into_owned();
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "setpriv failed under CI: {err}"
+            );
+            eprintln!("skipped: cannot switch uid here ({err})");
+            return;
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "setpriv missing under CI: {e}"
+            );
+            eprintln!("skipped: setpriv not available ({e})");
+            return;
+        }
+    };
+    assert!(out.contains("open: 403 "), "{out}");
+    assert!(out.contains("\"code\":5"), "{out}");
+    assert!(out.contains("patch: 403 "), "{out}");
+    assert!(out.contains("upstream: 403 "), "{out}");
+    assert!(out.contains("attach: 403 "), "{out}");
+}
+
+/// The other uid's side of `a_queue_belongs_to_its_uid`; does nothing in a normal run.
+#[test]
+fn uid_probe() {
+    let Some(control) = std::env::var_os("PORTSHARE_UID_PROBE") else {
+        return;
+    };
+    let mut ctl = Ctl::connect(std::path::Path::new(&control));
+    let (status, body) = ctl.call(
+        "POST",
+        "/v1/queues",
+        Some(json!({ "name": "mine", "mode": "open" })),
+    );
+    println!("open: {status} {body}");
+    let (status, body) = ctl.call("PATCH", "/v1/queues/mine", Some(json!({ "length": 5 })));
+    println!("patch: {status} {body}");
+    // Only root (or the configuration) makes the daemon connect somewhere.
+    let (status, body) = ctl.call(
+        "POST",
+        "/v1/queues",
+        Some(json!({ "name": "theirs", "upstream": "127.0.0.1:9" })),
+    );
+    println!("upstream: {status} {body}");
+    let mut raw = std::os::unix::net::UnixStream::connect(&control).expect("connect");
+    raw.write_all(b"POST /v1/queues/mine/attach HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: portshare-worker/1\r\nportshare-slots: 1\r\nContent-Length: 0\r\n\r\n").expect("write");
+    let mut buf = Vec::new();
+    let (status, _, body) = read_response(&mut raw, &mut buf, false);
+    println!("attach: {status} {}", String::from_utf8_lossy(&body));
+}
+
+fn nobody_uid() -> u32 {
+    65534
 }

@@ -2,12 +2,10 @@
 //! `check-config` and `explain --live`, run as the real binary against a real daemon on its
 //! own control socket and loopback ports.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 /// `portshare ARGS --control SOCKET`.
@@ -68,25 +66,21 @@ fn json_of(control: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&ok(control, args)).expect("the output is JSON")
 }
 
-/// A daemon on `--iplisten 127.0.0.1` with a configuration file of its own: `toml` (top-level
-/// keys first, then tables; no `[errlog]`), plus a state file, the error log and an open
-/// control socket in the daemon's folder. Returns the daemon and the file's path.
+/// A daemon on `--iplisten 127.0.0.1` whose configuration holds `toml` (top-level keys
+/// first, then tables) and opens the control socket to every account. Returns the daemon
+/// and the file's path.
 fn daemon_with(toml: &str) -> (Daemon, PathBuf) {
-    let dir = TempDir::new("cli");
-    let config = dir.0.join("portshare.toml");
-    write_config(&dir.0, &config, toml);
-    let arg = config.display().to_string();
-    let d = Daemon::start_in(dir, &["--config", &arg, "--iplisten", "127.0.0.1"]);
+    let d = Daemon::builder()
+        .tag("cli")
+        .config(cli_config(toml))
+        .spawn();
+    let config = d.config.clone();
     (d, config)
 }
 
-fn write_config(dir: &Path, config: &Path, toml: &str) {
-    let text = format!(
-        "state_file = {:?}\n{toml}\n[control]\nmode = \"0666\"\n\n[errlog]\nfolder = {:?}\n",
-        dir.join("state.toml").display().to_string(),
-        dir.join("httperr").display().to_string(),
-    );
-    std::fs::write(config, text).expect("write the configuration");
+/// `toml`, and the control socket open to every account.
+fn cli_config(toml: &str) -> String {
+    format!("{toml}\n[control]\nmode = \"0666\"\n")
 }
 
 #[test]
@@ -412,7 +406,7 @@ fn reload_applies_the_file_and_refuses_a_bad_one() {
 
     let two =
         format!("{one}\n[[urlacl]]\nurl = \"http://+:{port}/two/\"\ngroups = [\"gid:4242\"]\n");
-    write_config(&d.dir.0, &config, &two);
+    d.write_config(&cli_config(&two));
     let out = ok(&d.control, &["reload"]);
     assert!(out.contains("    Changes:\n        "), "{out}");
     assert!(out.contains("/two/"), "{out}");
@@ -430,7 +424,7 @@ fn reload_applies_the_file_and_refuses_a_bad_one() {
     assert!(text.contains("/two/"), "{text}");
 
     // SIGHUP does what `portshare reload` does.
-    write_config(&d.dir.0, &config, &one);
+    d.write_config(&cli_config(&one));
     let hup = Command::new("kill")
         .args(["-HUP", &d.proc.child.id().to_string()])
         .status()
@@ -778,19 +772,15 @@ fn is_root() -> bool {
 
 #[test]
 fn servicestate_names_who_holds_an_address() {
-    let dir = TempDir::new("cli-holder");
-    let config = dir.0.join("portshare.toml");
-    write_config(&dir.0, &config, "iplisten = [\"127.0.0.1\"]\n");
-    let arg = config.display().to_string();
     // No --iplisten: the file's list applies, and a reload may widen it.
-    let d = Daemon::start_in(dir, &["--config", &arg]);
+    let d = Daemon::builder()
+        .tag("cli-holder")
+        .config(cli_config("iplisten = [\"127.0.0.1\"]\n"))
+        .iplisten_from_config()
+        .spawn();
     let (_app, port) = hello_on_free_port(&d, "held", &["/"], &[]);
     let holder = std::net::TcpListener::bind(("127.0.0.2", port)).expect("bind 127.0.0.2");
-    write_config(
-        &d.dir.0,
-        &config,
-        "iplisten = [\"127.0.0.1\", \"127.0.0.2\"]\n",
-    );
+    d.write_config(&cli_config("iplisten = [\"127.0.0.1\", \"127.0.0.2\"]\n"));
     let out = ok(&d.control, &["reload"]);
     let address = format!("127.0.0.2:{port}");
     assert!(out.contains("    Warnings:\n        "), "{out}");
@@ -813,4 +803,53 @@ fn servicestate_names_who_holds_an_address() {
     assert_eq!(state["bind_failures"][0]["address"], address);
     assert_eq!(state["bind_failures"][0]["error"]["code"], 32);
     drop(holder);
+}
+
+#[test]
+fn show_servicestate_json_lists_the_listener_prefix_queue_and_process() {
+    let d = Daemon::start();
+    let (app, port) = hello_on_free_port(&d, "shown", &["/s/"], &[]);
+    let mut cmd = Command::new(portshare_bin());
+    cmd.args(["show", "servicestate", "--json", "--control"])
+        .arg(&d.control);
+    let (code, stdout, stderr) = run_to_exit(cmd, &d.dir.0, 20);
+    assert_eq!(code, Some(0), "{stderr}");
+    let state: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    let address = format!("127.0.0.1:{port}");
+    assert!(
+        state["listeners"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["address"] == address.as_str())),
+        "{state}"
+    );
+    let prefix = format!("http://+:{port}/s/");
+    assert!(
+        state["prefixes"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| {
+                p["url"]
+                    .as_str()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(&prefix))
+                    && p["queue"] == "shown"
+            })),
+        "{state}"
+    );
+    let queue = state["queues"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["name"] == "shown"))
+        .unwrap_or_else(|| panic!("no queue `shown`: {state}"));
+    assert_eq!(queue["processes"][0]["pid"], app.proc.child.id(), "{state}");
+    assert!(
+        queue["processes"][0]["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("hello")),
+        "{state}"
+    );
+    assert!(
+        queue["urls"].as_array().is_some_and(|u| u
+            .iter()
+            .any(|u| u.as_str().is_some_and(|u| u.eq_ignore_ascii_case(&prefix)))),
+        "{state}"
+    );
 }

@@ -7,14 +7,12 @@
 //! answers, `noread` answers without reading it, `slow` answers after three seconds, `big`
 //! sends 64 MiB, `die` closes without answering. The cases run side by side.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 
 /// The daemon, its port and its error-log folder.
 struct Lab {
@@ -111,6 +109,9 @@ fn serve_upstream(mut c: TcpStream) {
                     .then(|| v.trim().parse().ok())?
             })
             .unwrap_or(0);
+        let chunked = head
+            .to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked\r\n");
         let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
         match last {
             "noread" => {
@@ -123,14 +124,26 @@ fn serve_upstream(mut c: TcpStream) {
             "slow" => std::thread::sleep(Duration::from_secs(3)),
             _ => {}
         }
-        // Read the whole body before answering.
-        while buf.len() < length {
+        // Read the whole body before answering: a chunked one too, or its chunks would be
+        // read as the next request and answered, a response nobody asked for.
+        let length = loop {
+            let whole = if chunked {
+                match chunked_length(&buf) {
+                    Ok(whole) => whole,
+                    Err(()) => return,
+                }
+            } else {
+                (buf.len() >= length).then_some(length)
+            };
+            if let Some(length) = whole {
+                break length;
+            }
             let mut chunk = [0u8; 65536];
             match c.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
-        }
+        };
         buf.drain(..length);
         if last == "big" {
             let size = 64 << 20;
@@ -153,6 +166,41 @@ fn serve_upstream(mut c: TcpStream) {
     }
 }
 
+/// The length of the chunked body `buf` starts with, trailers included, once it is all
+/// there; `Err` when it is not chunked coding.
+fn chunked_length(buf: &[u8]) -> Result<Option<usize>, ()> {
+    let mut at = 0;
+    loop {
+        let Some(eol) = find(&buf[at..], b"\r\n") else {
+            return Ok(None);
+        };
+        let line = std::str::from_utf8(&buf[at..at + eol]).map_err(|_| ())?;
+        let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| ())?;
+        at += eol + 2;
+        if size == 0 {
+            // Trailer lines, then the blank line.
+            loop {
+                let Some(eol) = find(&buf[at..], b"\r\n") else {
+                    return Ok(None);
+                };
+                at += eol + 2;
+                if eol == 0 {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        let end = at
+            .checked_add(size)
+            .and_then(|n| n.checked_add(2))
+            .ok_or(())?;
+        if buf.len() < end {
+            return Ok(None);
+        }
+        at = end;
+    }
+}
+
 /// Reads until the buffer holds a whole head; its length with the blank line.
 fn read_until_head_end(c: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     loop {
@@ -167,35 +215,18 @@ fn read_until_head_end(c: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-/// Starts a daemon on the configuration `config(port, folder)` gives for a free port,
-/// trying another port when that one was taken before the daemon could bind it.
-fn start_on_free_port(tag: &str, config: impl Fn(u16, &Path) -> String) -> (Daemon, u16, PathBuf) {
-    for _ in 0..5 {
-        let dir = TempDir::new(tag);
-        let port = free_port();
-        let errlog = dir.0.join("httperr");
-        let text = format!(
-            "iplisten = [\"127.0.0.1\"]\nstate_file = {:?}\n\n{}",
-            dir.0.join("state.toml").display().to_string(),
-            config(port, &errlog)
-        );
-        let path = dir.0.join("portshare.toml");
-        std::fs::write(&path, text).expect("write the configuration");
-        let path = path.to_str().expect("utf-8 path").to_owned();
-        let daemon = Daemon::start_in(dir, &["--config", &path]);
-        if daemon.state()["bind_failures"]
-            .as_array()
-            .is_none_or(|f| f.is_empty())
-        {
-            return (daemon, port, errlog);
-        }
-    }
-    panic!("no free port the daemon could bind");
+/// Starts a daemon (folder `tag`) on the listen list and the configuration `config(port)`
+/// gives for a free port; its error log is in `Daemon::errlog_folder`.
+fn start_on_free_port(tag: &str, config: impl Fn(u16) -> String) -> (Daemon, u16) {
+    Daemon::builder()
+        .tag(tag)
+        .iplisten_from_config()
+        .spawn_on_free_port(|port| format!("iplisten = [\"127.0.0.1\"]\n\n{}", config(port)))
 }
 
 fn lab() -> Lab {
     let up = upstream();
-    let (daemon, port, errlog) = start_on_free_port("limits", |port, errlog| {
+    let (daemon, port) = start_on_free_port("limits", |port| {
         let queue = |name: &str, extra: &str| {
             format!(
                 "[[queue]]\nname = \"{name}\"\nurls = [\"http://+:{port}/{name}/\"]\n\
@@ -206,10 +237,8 @@ fn lab() -> Lab {
             "[limits]\nmax_request_bytes = 65536\n\n\
              [timers]\nheader_wait = 1\nidle_connection = 1\nentity_body = 1\n\
              drain_entity_body = 1\nrequest_queue = 1\n\n\
-             [errlog]\nfolder = {folder:?}\n\n\
              [[urlacl]]\nurl = \"http://+:{port}/reserved/\"\nusers = [\"uid:0\"]\n\n\
              {app}{fast}{one}{tiny}{off}{limited}",
-            folder = errlog.display().to_string(),
             app = queue("app", ""),
             fast = queue("fast", "min_send_rate = 10000000"),
             one = queue("one", "connections = 1"),
@@ -221,6 +250,7 @@ fn lab() -> Lab {
             limited = queue("limited", "max_connections = 1"),
         )
     });
+    let errlog = daemon.errlog_folder();
     Lab {
         daemon,
         port,
@@ -263,7 +293,7 @@ impl Lab {
         let (mut c, local) = self.connect();
         // The daemon may answer and close before it has read everything.
         let _ = c.write_all(request);
-        let (head, _) = read_to_end(&mut c);
+        let (head, _) = read_until_close(&mut c, reason).head_and_rest();
         let first = head.lines().next().unwrap_or("");
         assert!(
             first.starts_with(&format!("HTTP/1.1 {status} ")),
@@ -284,27 +314,6 @@ impl Lab {
     }
 }
 
-/// Reads until the peer closes (or resets): the head (text) and everything after it.
-fn read_to_end(c: &mut TcpStream) -> (String, Vec<u8>) {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 65536];
-    loop {
-        match c.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("reading: {e} after {} bytes", all.len()),
-        }
-    }
-    match all.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (
-            String::from_utf8_lossy(&all[..i + 4]).into_owned(),
-            all[i + 4..].to_vec(),
-        ),
-        None => (String::from_utf8_lossy(&all).into_owned(), Vec::new()),
-    }
-}
-
 /// Reads one whole response (Content-Length framed) from a kept-alive connection.
 fn read_one(c: &mut TcpStream) -> String {
     let mut buf = Vec::new();
@@ -315,7 +324,7 @@ fn read_one(c: &mut TcpStream) -> String {
 
 /// Expects the daemon to close the connection without sending anything.
 fn closed_silently(c: &mut TcpStream, why: &str) {
-    let (head, rest) = read_to_end(c);
+    let (head, rest) = read_until_close(c, why).head_and_rest();
     assert!(
         head.is_empty() && rest.is_empty(),
         "{why}: expected no response, got {head:?}"
@@ -628,7 +637,7 @@ fn min_send_rate(lab: &Lab) {
         (line.status(), line.reason(), line.queue()),
         ("-", "Timer_MinBytesPerSecond", "fast")
     );
-    let (head, body) = read_to_end(&mut c);
+    let (head, body) = read_until_close(&mut c, "MinSendRate").head_and_rest();
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(body.len() < 64 << 20, "the whole body arrived");
 }
@@ -669,7 +678,7 @@ fn abandoned(lab: &Lab) {
     // The upstream closes without answering.
     let (mut c, local) = lab.connect();
     c.write_all(&get("/app/die")).expect("write");
-    let (head, _) = read_to_end(&mut c);
+    let (head, _) = read_until_close(&mut c, "abandoned").head_and_rest();
     assert!(head.is_empty(), "{head}");
     let line = lab.line(local);
     assert_eq!(
@@ -745,14 +754,21 @@ fn every_limit_timer_and_reason_through_a_socket() {
 
 #[test]
 fn at_max_connections_the_next_client_waits_for_a_place() {
-    // The test holds 1024 connections, the daemon as many.
+    // The test holds 1024 connections, the daemon as many: it raises its process's limit on
+    // open files (which the daemons of the tests beside it would inherit), in a process of
+    // its own.
+    if !alone_in_a_process(
+        module_path!(),
+        "at_max_connections_the_next_client_waits_for_a_place",
+    ) {
+        return;
+    }
     raise_open_files(4096);
     let up = upstream();
-    let (d, port, _) = start_on_free_port("maxconn", |port, errlog| {
+    let (d, port) = start_on_free_port("maxconn", |port| {
         format!(
-            "[limits]\nmax_connections = 1024\n\n[errlog]\nfolder = {:?}\n\n\
-             [[queue]]\nname = \"app\"\nurls = [\"http://+:{port}/app/\"]\nupstream = \"127.0.0.1:{up}\"\n",
-            errlog.display().to_string(),
+            "[limits]\nmax_connections = 1024\n\n\
+             [[queue]]\nname = \"app\"\nurls = [\"http://+:{port}/app/\"]\nupstream = \"127.0.0.1:{up}\"\n"
         )
     });
 

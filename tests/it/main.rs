@@ -1,0 +1,31 @@
+//! The end-to-end tests, in one binary: the real `portshare` command and daemon, the example
+//! applications, raw sockets on loopback. The harness (`harness`) starts and stops the
+//! processes; each module holds the tests of one topic.
+//!
+//! Some tests run this binary again as a helper process: a control client as another
+//! account, a worker speaking the wire by hand, a test that changes a process-wide limit.
+//! The helper runs one test alone, named by its path here (`access::access_probe`), which
+//! [`harness::only_test`] builds from the module it is in.
+
+mod harness;
+
+mod abuse;
+mod access;
+mod blocking;
+mod bodies;
+mod cli;
+mod descriptors;
+mod errlog;
+mod explain_vectors;
+mod flow;
+mod framing;
+mod http1;
+mod lifecycle;
+mod limits;
+mod queues;
+mod registrations;
+mod reload;
+mod routing;
+mod shutdown;
+mod upstream;
+mod urlacl;
