@@ -6,6 +6,9 @@
 //! account, a worker speaking the wire by hand, a test that changes a process-wide limit.
 //! The helper runs one test alone, named by its path here (`access::access_probe`), which
 //! [`harness::only_test`] builds from the module it is in.
+//!
+//! A new topic is a module here, not a file beside `tests/it`: that would be a binary of
+//! its own, compiled and linked again, without the harness.
 
 mod harness;
 
