@@ -42,6 +42,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::Win32Error;
 
+/// Checks a queue name, as the API and the configuration file give it: 1 to 260
+/// characters, none of them control or format characters (which could rewrite an
+/// administrator's terminal, see [`crate::text`]), and not in the `~` namespace that the
+/// daemon keeps for the names it makes up for unnamed queues.
+pub fn check_queue_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.chars().count() > 260 {
+        return Err("a queue name has 1 to 260 characters".into());
+    }
+    if name.chars().any(crate::text::is_hidden) {
+        return Err(format!(
+            "queue name {:?} holds control or format characters",
+            crate::text::printable(name)
+        ));
+    }
+    if name.starts_with('~') {
+        return Err(format!(
+            "queue name {name:?}: names starting with `~` are the daemon's, for unnamed queues"
+        ));
+    }
+    Ok(())
+}
+
 /// How a full or disabled queue answers (`HttpServer503VerbosityProperty`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -625,7 +625,7 @@ impl Config {
             let at = |key: &'static str, message: String| {
                 Fault::at(Some(("queue", Some(i))), key, message)
             };
-            crate::daemon::check_queue_name(&q.name, false)
+            portshare_proto::control::check_queue_name(&q.name)
                 .map_err(|e| at("name", format!("queue {:?}: {e}", q.name)))?;
             if self.queues[..i].iter().any(|p| p.name == q.name) {
                 return Err(at("name", format!("queue {:?}: defined twice", q.name)));

@@ -117,27 +117,6 @@ impl QueueEntry {
     }
 }
 
-/// Checks a queue name the API or the configuration file gives: 1 to 260 characters, none
-/// of them control or format characters (which could rewrite an administrator's terminal),
-/// and not in the `~` namespace of unnamed queues (the API's names only).
-pub(crate) fn check_queue_name(name: &str, config: bool) -> Result<(), String> {
-    if name.is_empty() || name.chars().count() > 260 {
-        return Err("a queue name has 1 to 260 characters".into());
-    }
-    if name.chars().any(portshare_proto::text::is_hidden) {
-        return Err(format!(
-            "queue name {:?} holds control or format characters",
-            portshare_proto::text::printable(name)
-        ));
-    }
-    if !config && name.starts_with('~') {
-        return Err(format!(
-            "queue name {name:?}: names starting with `~` are the daemon's, for unnamed queues"
-        ));
-    }
-    Ok(())
-}
-
 /// A name for an unnamed queue: `~` and 128 random bits, so nobody can take it first or
 /// guess it.
 fn unnamed_queue_name() -> Result<String, ApiError> {
@@ -278,7 +257,8 @@ impl Daemon {
         let config = declared.is_some();
         let name = match &spec.name {
             Some(n) => {
-                check_queue_name(n, config).map_err(|e| api(Win32Error::InvalidParameter, e))?;
+                portshare_proto::control::check_queue_name(n)
+                    .map_err(|e| api(Win32Error::InvalidParameter, e))?;
                 n.clone()
             }
             None => unnamed_queue_name()?,
