@@ -232,6 +232,35 @@ fn malformed_requests_get_http_sys_answers() {
     }
 }
 
+/// `limits.disable_server_header` is HTTP.sys's `DisableServerHeader`: 0 puts the daemon's
+/// token everywhere, 1 takes it off the daemon's own pages, 2 off every response.
+#[test]
+fn disable_server_header_takes_the_token_off_pages_then_everything() {
+    for (value, on_page, on_app) in [(0, true, true), (1, false, true), (2, false, false)] {
+        let d = Daemon::builder()
+            .config(format!("[limits]\ndisable_server_header = {value}\n"))
+            .spawn();
+        let (_app, port) = hello_on_free_port(&d, "srv", &["/app/"], &[]);
+        let (status, head, _) = http_raw(
+            port,
+            b"GET /app/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200, "{head}");
+        assert_eq!(
+            header_value(&head, "Server").is_some(),
+            on_app,
+            "{value}: {head}"
+        );
+        let (status, head, _) = http_raw(port, b"GET /elsewhere HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status, 404, "{head}");
+        assert_eq!(
+            header_value(&head, "Server").is_some(),
+            on_page,
+            "{value}: {head}"
+        );
+    }
+}
+
 /// HTTP.sys's error page body (spec §4.1).
 fn http_sys_page(title: &str, heading: &str, status: u16, text: &str) -> String {
     format!(

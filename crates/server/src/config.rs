@@ -12,6 +12,8 @@
 //! url_segment_max_count = 255
 //! max_connections = 4294967295  # MaxConnections: open client connections; default: the
 //!                               # client share of the descriptor budget
+//! disable_server_header = 0   # DisableServerHeader: 0 Server on all, 1 not on the
+//!                               # daemon's own pages, 2 on none (an app's own passes)
 //!
 //! [timers]                     # seconds; 65535 disables a timer
 //! header_wait = 120
@@ -79,10 +81,13 @@ use crate::Error;
 use crate::timers::Timer;
 
 mod error;
+mod state;
 
 pub use crate::timers::Timers;
 pub use error::ConfigError;
 pub(crate) use error::Fault;
+pub(crate) use state::StateFile;
+pub use state::default_state_file;
 
 /// Everything the daemon is told.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -255,6 +260,11 @@ pub struct Limits {
     /// 2031616, or 4294967295 (the default) for no limit; the daemon never goes above the
     /// client share of its descriptor budget either way.
     pub max_connections: u64,
+    /// `DisableServerHeader`: 0 (the default) puts `Server: portshare/VERSION` on the
+    /// daemon's own responses and on applications' responses that carry none; 1 leaves it
+    /// off the daemon's own responses only; 2 leaves it off everywhere. An application's
+    /// own `Server` header always passes.
+    pub disable_server_header: u8,
 }
 
 impl Limits {
@@ -270,6 +280,7 @@ impl Default for Limits {
             url_segment_max_length: 260,
             url_segment_max_count: 255,
             max_connections: Limits::UNLIMITED,
+            disable_server_header: 0,
         }
     }
 }
@@ -561,6 +572,11 @@ impl Config {
             0..=32766,
         )?;
         limit("url_segment_max_count", l.url_segment_max_count, 0..=16383)?;
+        limit(
+            "disable_server_header",
+            usize::from(l.disable_server_header),
+            0..=2,
+        )?;
         if l.max_connections != Limits::UNLIMITED
             && !(1024..=2_031_616).contains(&l.max_connections)
         {
@@ -755,67 +771,6 @@ pub(crate) fn unknown_names(a: &UrlAclConfig) -> Vec<String> {
     users.chain(groups).collect()
 }
 
-/// What the CLI changed, kept across restarts: `state_file`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct StateFile {
-    /// Listen-list entries added with `portshare iplisten add`.
-    #[serde(default)]
-    pub(crate) iplisten: Vec<IpAddr>,
-    /// Reservations added with `portshare urlacl add`.
-    #[serde(default, rename = "urlacl")]
-    pub(crate) urlacls: Vec<UrlAclConfig>,
-}
-
-impl StateFile {
-    /// Reads the state file; a missing file is an empty state.
-    pub(crate) fn load(path: &Path) -> Result<StateFile, Error> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| Error::config(format!("state file {}", path.display())).with(e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-            Err(e) => {
-                Err(Error::config(format!("cannot read the state file {}", path.display())).with(e))
-            }
-        }
-    }
-
-    /// Writes the state file whole: to a temporary file beside it, then renamed over it, so
-    /// a crash leaves the old state or the new one, never half of one.
-    pub(crate) fn save(&self, path: &Path) -> Result<(), String> {
-        let text = toml::to_string(self).map_err(|e| format!("cannot encode the state: {e}"))?;
-        let text = format!(
-            "# Written by portshare: reservations and listen-list entries added with the CLI.\n\
-             # Entries of the configuration file win over these.\n{text}"
-        );
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        }
-        let tmp = path.with_extension("toml.new");
-        std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
-    }
-}
-
-/// The state file of a daemon that names none: `/var/lib/portshare/state.toml` for root,
-/// else `$XDG_STATE_HOME/portshare/state.toml` (by default under `~/.local/state`).
-pub fn default_state_file(
-    is_root: bool,
-    env: impl Fn(&str) -> Option<std::ffi::OsString>,
-) -> PathBuf {
-    if is_root {
-        return PathBuf::from("/var/lib/portshare/state.toml");
-    }
-    if let Some(dir) = env("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-        return Path::new(&dir).join("portshare/state.toml");
-    }
-    match env("HOME").filter(|d| !d.is_empty()) {
-        Some(home) => Path::new(&home).join(".local/state/portshare/state.toml"),
-        None => PathBuf::from("/var/lib/portshare/state.toml"),
-    }
-}
-
 /// The configuration file `portshare serve` reads when given none, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/portshare/portshare.toml";
 
@@ -940,6 +895,10 @@ mod tests {
                 "limits.max_connections",
             ),
             ("[timers]\nmin_send_rate = 0\n", "timers.min_send_rate = 0"),
+            (
+                "[limits]\ndisable_server_header = 3\n",
+                "limits.disable_server_header = 3: expected 0 to 2",
+            ),
             ("[timers]\nshutdown = 0\n", "timers.shutdown = 0"),
             (
                 "[[queue]]\nname = \"q\"\nmax_connections = 0\n",

@@ -7,8 +7,42 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, BytesMut};
 use portshare_router::{Reason, Rejection};
 
-/// The `Server` header value on everything the daemon writes.
-pub(crate) const SERVER: &str = concat!("portshare/", env!("CARGO_PKG_VERSION"));
+/// The daemon's `Server` header value.
+const SERVER: &str = concat!("portshare/", env!("CARGO_PKG_VERSION"));
+
+/// Where the daemon's `Server` header goes: HTTP.sys's `DisableServerHeader` (spec §4,
+/// §11), whose 0, 1 and 2 are the variants in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerHeader {
+    /// On the daemon's own responses, and on an application's response that has none.
+    Everywhere,
+    /// On an application's response that has none; not on the daemon's own.
+    AppsOnly,
+    /// Nowhere: only an application's own `Server` header is ever sent.
+    Nowhere,
+}
+
+impl ServerHeader {
+    /// The choice `DisableServerHeader = value` makes (the configuration checks 0 to 2;
+    /// anything above 2 is taken as 2).
+    pub(crate) fn from_registry(value: u8) -> ServerHeader {
+        match value {
+            0 => ServerHeader::Everywhere,
+            1 => ServerHeader::AppsOnly,
+            _ => ServerHeader::Nowhere,
+        }
+    }
+
+    /// The value on the daemon's own responses, if any.
+    pub(crate) fn own(self) -> Option<&'static str> {
+        (self == ServerHeader::Everywhere).then_some(SERVER)
+    }
+
+    /// The value added to an application's response that has no `Server`, if any.
+    pub(crate) fn apps(self) -> Option<&'static str> {
+        (self != ServerHeader::Nowhere).then_some(SERVER)
+    }
+}
 
 /// Title, heading and text of the page for a rejection.
 fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static str) {
@@ -97,12 +131,14 @@ pub(crate) enum Detail {
 }
 
 /// Appends the complete error response for `rejection`, ending with `Connection: close`.
-/// `retry_after` (seconds) is added to 503s.
+/// `retry_after` (seconds) is added to 503s; `server` is the `Server` header's value, if
+/// one is sent.
 pub(crate) fn error_page(
     out: &mut BytesMut,
     rejection: Rejection,
     detail: Detail,
     retry_after: Option<u64>,
+    server: Option<&str>,
 ) {
     let status = rejection.status;
     let (title, mut heading, text) = wording(status, rejection.reason);
@@ -124,9 +160,13 @@ pub(crate) fn error_page(
         title
     };
     out.put_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
-    out.put_slice(b"Content-Type: text/html; charset=us-ascii\r\nServer: ");
-    out.put_slice(SERVER.as_bytes());
-    out.put_slice(b"\r\nDate: ");
+    out.put_slice(b"Content-Type: text/html; charset=us-ascii\r\n");
+    if let Some(server) = server {
+        out.put_slice(b"Server: ");
+        out.put_slice(server.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Date: ");
     put_date(out);
     out.put_slice(b"\r\nConnection: close\r\n");
     if let Some(secs) = retry_after.filter(|_| status == 503) {
@@ -214,10 +254,28 @@ mod tests {
             Rejection { status, reason },
             Detail::Standard,
             Some(3),
+            ServerHeader::Everywhere.own(),
         );
         let text = String::from_utf8(out.to_vec()).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         (head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn disable_server_header_reads_as_the_registry_value() {
+        let choices = [0, 1, 2].map(|v| {
+            let h = ServerHeader::from_registry(v);
+            (h.own().is_some(), h.apps().is_some())
+        });
+        assert_eq!(choices, [(true, true), (false, true), (false, false)]);
+        let mut out = BytesMut::new();
+        let rejection = Rejection {
+            status: 404,
+            reason: Reason::NotFound,
+        };
+        error_page(&mut out, rejection, Detail::Standard, None, None);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(!text.to_ascii_lowercase().contains("server:"), "{text}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::config::{Config, Timers};
 use crate::errlog;
 use crate::flow::Buffers;
 use crate::head::HeadLimits;
+use crate::pages::ServerHeader;
 use crate::queue::Queue;
 use crate::upstream;
 
@@ -147,6 +148,8 @@ pub(crate) struct Settings {
     pub(crate) timers: Timers,
     /// `MaxConnections`.
     pub(crate) max_connections: u64,
+    /// `DisableServerHeader`.
+    pub(crate) server_header: ServerHeader,
     /// The httperr files, written out when the last connection using them lets go.
     pub(crate) errlog: Arc<errlog::Log>,
 }
@@ -168,6 +171,7 @@ impl Settings {
             head_limits,
             timers: config.timers,
             max_connections: l.max_connections,
+            server_header: ServerHeader::from_registry(l.disable_server_header),
             errlog,
         }
     }

@@ -137,9 +137,9 @@ impl Response {
             self.close = true;
             Framing::Close
         };
-        if !has_server {
+        if let Some(server) = self.facts.server.filter(|_| !has_server) {
             wr.put_slice(b"Server: ");
-            wr.put_slice(pages::SERVER.as_bytes());
+            wr.put_slice(server.as_bytes());
             wr.put_slice(b"\r\n");
         }
         wr.put_slice(b"Date: ");
@@ -253,6 +253,7 @@ mod tests {
             keep_alive,
             head_method,
             expect_continue: false,
+            server: pages::ServerHeader::Everywhere.apps(),
         }
     }
 

@@ -156,6 +156,8 @@ struct Facts {
     keep_alive: bool,
     head_method: bool,
     expect_continue: bool,
+    /// The `Server` value an application's response without one gets (`DisableServerHeader`).
+    server: Option<&'static str>,
 }
 
 impl Conn {
@@ -415,6 +417,7 @@ impl Conn {
             keep_alive: head.keep_alive(),
             head_method: head.method() == b"HEAD",
             expect_continue: head.expect_continue(),
+            server: self.settings.server_header.apps(),
         };
         let mut body = match head.body() {
             Body::None => BodyIn::Done,

@@ -51,6 +51,13 @@ impl Conn {
         Next::Abort
     }
 
+    /// Writes the daemon's page for `rejection`, with the `Server` header its
+    /// `DisableServerHeader` allows.
+    fn page(&mut self, rejection: Rejection, detail: Detail, retry: Option<u64>) {
+        let server = self.settings.server_header.own();
+        pages::error_page(&mut self.wr, rejection, detail, retry, server);
+    }
+
     /// A request refused before it reached a queue, for its head or by routing: the page
     /// for `rejection` (with `Retry-After: retry`, if any), logged, and the connection
     /// closed. `head` is `None` for a head that did not parse.
@@ -61,7 +68,7 @@ impl Conn {
         retry: Option<u64>,
     ) -> Next {
         self.log(head, Some(rejection.status), rejection.reason, None);
-        pages::error_page(&mut self.wr, rejection, Detail::Standard, retry);
+        self.page(rejection, Detail::Standard, retry);
         Next::Close
     }
 
@@ -83,7 +90,7 @@ impl Conn {
             reason: Reason::BadRequest,
         };
         self.log(None, Some(400), Reason::BadRequest, Some(queue.name()));
-        pages::error_page(&mut self.wr, rejection, Detail::Standard, None);
+        self.page(rejection, Detail::Standard, None);
         Next::Close
     }
 
@@ -94,7 +101,7 @@ impl Conn {
             reason: Reason::NotAvailable,
         };
         self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
-        pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
+        self.page(rejection, Detail::Standard, Some(1));
         Next::Close
     }
 
@@ -111,7 +118,7 @@ impl Conn {
             Reason::AppShutdown,
             Some(queue.name()),
         );
-        pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1));
+        self.page(rejection, Detail::Standard, Some(1));
         Next::Close
     }
 
@@ -135,7 +142,7 @@ impl Conn {
             status: 503,
             reason,
         };
-        pages::error_page(&mut self.wr, rejection, detail, Some(retry));
+        self.page(rejection, detail, Some(retry));
         Next::Close
     }
 }
