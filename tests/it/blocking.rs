@@ -1,6 +1,7 @@
 //! Control-plane work that may block (the state file, the user and group databases, /proc)
-//! runs off the runtime's threads: with `--threads 1`, a state-file write that cannot finish
-//! leaves every client connection served.
+//! runs off the runtime's threads and without the daemon's lock: with `--threads 1`, a
+//! state-file write that cannot finish leaves every client connection served, and every
+//! control operation that does not write the state file answered.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -50,6 +51,16 @@ fn a_state_file_write_that_blocks_stalls_no_client() {
     println!(
         "20 requests served in {:?} while a state-file write blocked",
         started.elapsed()
+    );
+    // Nor does it hold the daemon's lock: the state view answers and another application
+    // registers, attaches and is served.
+    let state = d.state();
+    assert!(state["queues"].to_string().contains("\"app\""), "{state}");
+    let (_other, other_port) = hello_on_free_port(&d, "other", &["/other/"], &[]);
+    let (status, _, body) = get(other_port, "x", "/other/1");
+    assert!(
+        status == 200 && body.starts_with("name=other"),
+        "{status} {body}"
     );
     // Let the write through: the reservation completes.
     let mut reader = std::fs::File::open(&fifo).expect("open the FIFO");

@@ -80,7 +80,12 @@ fn sigterm_finishes_requests_in_progress_and_closes_the_rest() {
 
     let exit = d.proc.terminate();
     assert_eq!(exit.and_then(|s| s.code()), Some(0), "{}", d.log());
-    assert!(d.log().contains("waiting up to 30 s"), "{}", d.log());
+    let log = strip_ansi(&d.log());
+    assert!(
+        log.contains("waiting for the requests of open connections")
+            && log.contains("grace_secs=30"),
+        "{log}"
+    );
     // Nothing was refused, timed out or cut short.
     let log = d.errlog_text();
     assert!(log.lines().all(|l| l.starts_with('#')), "{log}");
@@ -136,5 +141,9 @@ fn at_the_shutdown_timer_what_is_left_is_answered_or_logged() {
         line(held_port).ends_with(" GET /slow/held - - Connection_Abandoned_By_ReqQueue slow"),
         "{log}"
     );
-    assert!(d.log().contains("still busy after 1 s"), "{}", d.log());
+    let log = strip_ansi(&d.log());
+    assert!(
+        log.contains("still busy at the shutdown timer") && log.contains("grace_secs=1"),
+        "{log}"
+    );
 }

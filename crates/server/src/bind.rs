@@ -55,6 +55,23 @@ pub(crate) enum BindError {
 }
 
 impl BindError {
+    /// The address that failed, on `InUse` (the one failure whose holder can be named).
+    pub(crate) fn in_use(&self) -> Option<SocketAddr> {
+        match self {
+            Self::InUse { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
+    /// Names who holds the address of an `InUse` failure, through `/proc` (see
+    /// [`find_holder`]). Blocking and slow on a busy host: call it off the runtime threads
+    /// and without the daemon's lock.
+    pub(crate) fn name_holder(&mut self) {
+        if let Self::InUse { addr, holder } = self {
+            *holder = find_holder(*addr);
+        }
+    }
+
     /// The Win32 error HTTP.sys returns for this failure.
     pub(crate) fn win32(&self) -> Win32Error {
         match self {
@@ -216,8 +233,8 @@ impl fmt::Display for Holder {
 /// A `backlog` of zero or less means [`DEFAULT_BACKLOG`].
 ///
 /// Must run inside a tokio runtime with IO enabled; outside any runtime it returns
-/// [`BindError::Other`]. When the address is taken, the holder is looked up with
-/// [`find_holder`].
+/// [`BindError::Other`]. When the address is taken, the holder is left unnamed:
+/// [`BindError::name_holder`] looks it up, later and off the lock.
 pub(crate) fn listen(addr: SocketAddr, backlog: i32) -> Result<tokio::net::TcpListener, BindError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(BindError::Other {
@@ -287,9 +304,11 @@ fn classify(addr: SocketAddr, e: io::Error) -> BindError {
         IpAddr::V4(_) => false,
     };
     match e.kind() {
+        // Who holds it is asked later, by `name_holder`: a scan of /proc is slow and the
+        // caller may hold the daemon's lock.
         io::ErrorKind::AddrInUse => BindError::InUse {
             addr,
-            holder: find_holder(addr),
+            holder: Holder::default(),
         },
         // A host with working IPv6 always owns `::1` and `::`.
         io::ErrorKind::AddrNotAvailable if ipv6_basics => BindError::NoIpv6 { addr },
@@ -593,7 +612,9 @@ mod tests {
         assert_eq!(addr.ip(), LOCALHOST);
         assert_ne!(addr.port(), 0);
 
-        let err = listen(addr, DEFAULT_BACKLOG).unwrap_err();
+        let mut err = listen(addr, DEFAULT_BACKLOG).unwrap_err();
+        assert_eq!(err.in_use(), Some(addr));
+        err.name_holder();
         let BindError::InUse {
             addr: err_addr,
             holder,

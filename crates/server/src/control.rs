@@ -445,16 +445,22 @@ async fn handle(
                 Err(r) => return r,
             };
             let add = method == Method::POST;
-            match daemon.iplisten_change(session, &change, add).await {
+            match blocking(daemon, session, move |d, s| {
+                d.iplisten_change(s, &change, add)
+            })
+            .await
+            {
                 Ok(list) if add => json(StatusCode::CREATED, &list),
                 Ok(list) => json(StatusCode::OK, &list),
                 Err(e) => error(&e),
             }
         }
-        (&Method::POST, paths::RELOAD) => match daemon.reload_for(session).await {
-            Ok(report) => json(StatusCode::OK, &report),
-            Err(e) => error(&e),
-        },
+        (&Method::POST, paths::RELOAD) => {
+            match blocking(daemon, session, |d, s| d.reload_for(s)).await {
+                Ok(report) => json(StatusCode::OK, &report),
+                Err(e) => error(&e),
+            }
+        }
         (&Method::POST, paths::QUEUES) => {
             let spec: QueueSpec = match body(req, wait).await {
                 Ok(s) => s,
@@ -601,8 +607,8 @@ fn attach(
         queue = name,
         pid = session.peer.pid,
         slots,
-        "worker {} attached",
-        worker.id
+        worker = worker.id,
+        "worker attached"
     );
     // The worker keeps the connection's place in the control share.
     let place = place.clone();

@@ -148,7 +148,7 @@ pub fn run(opts: ServeOptions) -> Result<(), Error> {
     runtime.block_on(async {
         serve_until(opts, async {
             let stop = shutdown_signal().await;
-            tracing::info!("{stop}: shutting down");
+            tracing::info!(signal = stop, "shutting down");
         })
         .await
     })
@@ -200,9 +200,9 @@ pub async fn serve_until(
         return Err(e);
     }
     tracing::info!(
-        "portshare {} ready; control socket {}",
-        env!("CARGO_PKG_VERSION"),
-        opts.control.display()
+        version = env!("CARGO_PKG_VERSION"),
+        control = %opts.control.display(),
+        "portshare ready"
     );
     let control = tokio::spawn(control::serve(Arc::clone(&daemon), listener));
     let reloads = tokio::spawn(reload_on_sighup(Arc::clone(&daemon)));
@@ -215,23 +215,24 @@ pub async fn serve_until(
     let open = daemon.open_connections();
     if open > 0 {
         tracing::info!(
-            "stopping: {open} client connection(s) open; waiting up to {:.0} s for their requests",
-            grace.as_secs_f64()
+            connections = open,
+            grace_secs = grace.as_secs(),
+            "stopping: waiting for the requests of open connections"
         );
     }
     // A second signal cuts the wait short.
     let drained = tokio::select! {
         drained = wait_for_connections(&daemon, grace) => drained,
         stop = shutdown_signal() => {
-            tracing::warn!("{stop} again: closing now");
+            tracing::warn!(signal = stop, "stop asked again: closing now");
             false
         }
     };
     if !drained {
         tracing::warn!(
-            "stopping: {} client connection(s) still busy after {:.0} s: closing them",
-            daemon.open_connections(),
-            grace.as_secs_f64()
+            connections = daemon.open_connections(),
+            grace_secs = grace.as_secs(),
+            "stopping: connections still busy at the shutdown timer: closing them"
         );
     }
     daemon.close_all();
@@ -254,8 +255,8 @@ fn raise_open_files() {
         && soft < hard
     {
         match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!("open files: {soft} -> {hard}"),
-            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft}: {e}"),
+            Ok(()) => tracing::debug!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(soft, error = %e, "cannot raise the open-file limit"),
         }
     }
 }
@@ -280,13 +281,15 @@ async fn reload_on_sighup(daemon: Arc<daemon::Daemon>) {
         return;
     };
     while hup.recv().await.is_some() {
-        match daemon.reload().await {
-            Ok(report) => {
+        let d = daemon.clone();
+        match tokio::task::spawn_blocking(move || d.reload()).await {
+            Ok(Ok(report)) => {
                 for change in &report.changes {
-                    tracing::info!("reload: {change}");
+                    tracing::info!(%change, "changed by the reload");
                 }
             }
-            Err(e) => tracing::error!("reload refused: {e}"),
+            Ok(Err(e)) => tracing::error!(error = %e, "reload refused"),
+            Err(e) => tracing::error!(error = %e, "reload failed"),
         }
     }
 }

@@ -331,8 +331,8 @@ impl WorkerConn {
         tracing::debug!(
             queue = queue.name(),
             pid = self.peer.pid,
-            "worker {} detached",
-            self.id
+            worker = self.id,
+            "worker detached"
         );
     }
 
@@ -381,8 +381,8 @@ impl WorkerConn {
                     queue = queue.name(),
                     pid = self.peer.pid,
                     error = %e,
-                    "worker {} disconnected",
-                    self.id
+                    worker = self.id,
+                    "worker disconnected"
                 );
                 return Err(Stopped::Broke);
             }
@@ -459,8 +459,8 @@ impl WorkerConn {
                     queue = queue.name(),
                     pid = self.peer.pid,
                     stream = header.stream,
-                    "worker {} sent frames after the end of a response: dropped",
-                    self.id
+                    worker = self.id,
+                    "worker sent frames after the end of a response: dropped"
                 );
             }
             buf.advance(header.frame_len());

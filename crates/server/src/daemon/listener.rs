@@ -196,8 +196,15 @@ impl Daemon {
         foreign
     }
 
-    /// Binds every address of a port, or none: a half-done bind is rolled back.
-    pub(super) fn bind_port(&self, st: &mut State, port: u16) -> Result<(), ApiError> {
+    /// Binds every address of a port, or none: a half-done bind is rolled back. An address
+    /// another socket holds is refused without naming the holder: the failure is left in
+    /// `held` for [`Daemon::name_held`], once the lock is let go.
+    pub(super) fn bind_port(
+        &self,
+        st: &mut State,
+        port: u16,
+        held: &mut Option<BindError>,
+    ) -> Result<(), ApiError> {
         if self.shared.stopping() {
             return Ok(()); // nothing new listens while the daemon stops
         }
@@ -208,16 +215,19 @@ impl Daemon {
             match bind::listen(addr, 1024) {
                 Ok(l) => bound.push((addr, l)),
                 Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {
-                    tracing::warn!(
-                        "{addr}: this host has no IPv6; serving port {port} on IPv4 only"
-                    );
+                    tracing::warn!(%addr, port, "this host has no IPv6: the port is served on IPv4 only");
                 }
                 Err(e) => {
                     drop(bound);
-                    tracing::warn!(%addr, error = %e, "cannot listen");
                     // Kept for the state view until the address binds or the port is let go.
-                    st.bind_failures.insert(addr, bind_error(&e));
-                    return Err(bind_error(&e));
+                    let refusal = bind_error(&e);
+                    st.bind_failures.insert(addr, refusal.clone());
+                    if e.in_use().is_some() {
+                        *held = Some(e);
+                    } else {
+                        tracing::warn!(%addr, error = %e, "cannot listen");
+                    }
+                    return Err(refusal);
                 }
             }
         }
@@ -225,6 +235,20 @@ impl Daemon {
             self.start_listener(st, addr, l);
         }
         Ok(())
+    }
+
+    /// Names who holds the address of a failed bind (a scan of `/proc`: call it on the
+    /// blocking pool, without the lock), and puts the named refusal in the state view.
+    pub(super) fn name_held(&self, mut e: BindError) -> ApiError {
+        e.name_holder();
+        let refusal = bind_error(&e);
+        if let Some(addr) = e.in_use() {
+            tracing::warn!(%addr, error = %e, "cannot listen");
+            if let Some(failure) = self.lock().bind_failures.get_mut(&addr) {
+                *failure = refusal.clone();
+            }
+        }
+        refusal
     }
 
     pub(super) fn start_listener(
@@ -307,7 +331,11 @@ impl Daemon {
 
     /// Opens and closes listeners where the listen list changed. A socket that goes is
     /// closed (its accept task gone) before anything is bound on its port.
-    pub(super) async fn apply_listen_list(self: &Arc<Self>, report: &mut Report) {
+    ///
+    /// Blocking: it waits for accept tasks to end and names the holders of taken addresses
+    /// through `/proc`. Call it on the blocking pool; the lock is held only to decide and to
+    /// bind, never while waiting or scanning.
+    pub(super) fn apply_listen_list(self: &Arc<Self>, report: &mut Report) {
         let closing: Vec<JoinHandle<()>> = {
             let mut st = self.lock();
             let new = self.listen_list(&st);
@@ -348,9 +376,13 @@ impl Daemon {
                 })
                 .collect()
         };
-        for task in closing {
-            let _ = task.await;
+        if !closing.is_empty() {
+            let runtime = tokio::runtime::Handle::current();
+            for task in closing {
+                let _ = runtime.block_on(task);
+            }
         }
+        let mut held = Vec::new();
         let mut st = self.lock();
         let ports: BTreeSet<u16> = st
             .table
@@ -368,13 +400,22 @@ impl Daemon {
                     Ok(l) => self.start_listener(&mut st, addr, l),
                     Err(BindError::NoIpv6 { .. }) if st.iplisten.is_empty() => {}
                     Err(e) => {
-                        report.warn(format!("cannot listen on {addr}: {e}"));
                         st.bind_failures.insert(addr, bind_error(&e));
+                        if e.in_use().is_some() {
+                            held.push(e);
+                        } else {
+                            report.warn(format!("cannot listen on {addr}: {e}"));
+                        }
                     }
                 }
             }
         }
         self.publish(&mut st);
+        drop(st);
+        for e in held {
+            let refusal = self.name_held(e);
+            report.warn(format!("cannot listen: {}", refusal.message));
+        }
     }
 
     /// `GET /v1/iplisten`.
@@ -404,7 +445,8 @@ impl Daemon {
     }
 
     /// `POST /v1/iplisten` (`add`) and `DELETE /v1/iplisten`: administrators only.
-    pub(crate) async fn iplisten_change(
+    /// Blocking (the state file, the listeners): call it on the blocking pool.
+    pub(crate) fn iplisten_change(
         self: &Arc<Self>,
         session: &Session,
         change: &IpListenChange,
@@ -419,8 +461,8 @@ impl Daemon {
                 ),
             )
         })?;
-        let _one_at_a_time = self.reloading.lock().await;
-        {
+        let _one_at_a_time = self.one_change();
+        let saved = {
             let mut st = self.lock();
             let st = &mut *st;
             if !self.is_admin(st, &session.peer) {
@@ -460,14 +502,15 @@ impl Daemon {
                 (false, true) => saved.iplisten.retain(|a| *a != ip),
             }
             saved
-                .save(&self.state_file)
-                .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))?;
-            st.saved = saved;
-        }
+        };
+        // Written without the lock (see `changing`).
+        self.save_state(&saved)?;
+        self.lock().saved = saved;
         let mut report = Report::default();
-        self.apply_listen_list(&mut report).await;
-        tracing::info!(pid = session.peer.pid, user = %session.peer.user,
-            "listen list: {} {ip}", if add { "added" } else { "deleted" });
+        self.apply_listen_list(&mut report);
+        let change = if add { "added" } else { "deleted" };
+        tracing::info!(pid = session.peer.pid, user = %session.peer.user, %ip, change,
+            "listen list changed");
         Ok(self.iplisten_list())
     }
 }

@@ -175,9 +175,11 @@ pub(crate) struct Daemon {
     iplisten_flags: Vec<IpAddr>,
     state_file: PathBuf,
     ids: AtomicU64,
-    /// Held by a reload (SIGHUP or `POST /v1/reload`) and a listen-list change from start
-    /// to end, so two never interleave their steps.
-    reloading: tokio::sync::Mutex<()>,
+    /// Held from start to end by whoever changes the configuration or the state file: a
+    /// reload (SIGHUP or `POST /v1/reload`), a listen-list change, a reservation. Two never
+    /// interleave their steps, and the state file is written without holding `state`.
+    /// Taken before `state`, never after it.
+    changing: Mutex<()>,
     /// Open control connections, against the budget's control share and the per-uid caps.
     pub(crate) quota: Arc<Quota>,
 }
@@ -218,13 +220,19 @@ impl Daemon {
             iplisten_flags: start.iplisten_flags,
             state_file: start.state_file,
             ids: AtomicU64::new(1),
-            reloading: tokio::sync::Mutex::new(()),
+            changing: Mutex::new(()),
             quota: Quota::new(&start.budget),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One change of the configuration or the state file at a time (see `changing`).
+    /// Blocking: call it on the blocking pool.
+    fn one_change(&self) -> MutexGuard<'_, ()> {
+        self.changing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn next_id(&self) -> u64 {
@@ -481,7 +489,8 @@ impl Daemon {
         for p in &unregistered {
             tracing::info!(
                 queue = name,
-                "{p} removed: its account may no longer register"
+                prefix = %p,
+                "URL removed: its account may no longer register"
             );
             self.unregister(st, p);
         }
@@ -493,8 +502,8 @@ impl Daemon {
                 queue = name,
                 pid = w.peer.pid,
                 user = %w.peer.user,
-                "worker {} detached: its account may no longer attach",
-                w.id
+                worker = w.id,
+                "worker detached: its account may no longer attach"
             );
             w.shutdown();
         }
@@ -519,12 +528,28 @@ impl Daemon {
         Ok(entry.queue.clone())
     }
 
-    /// `POST /v1/queues/{name}/urls`.
+    /// `POST /v1/queues/{name}/urls`. A port another program holds is refused naming that
+    /// program, looked up once the lock is let go.
     pub(crate) fn add_url(
         self: &Arc<Self>,
         session: &Session,
         name: &str,
         add: &AddUrl,
+    ) -> Result<UrlAdded, ApiError> {
+        let mut held = None;
+        let added = self.add_url_locked(session, name, add, &mut held);
+        match held {
+            Some(e) => Err(self.name_held(e)),
+            None => added,
+        }
+    }
+
+    fn add_url_locked(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+        add: &AddUrl,
+        held: &mut Option<BindError>,
     ) -> Result<UrlAdded, ApiError> {
         let prefix = UrlPrefix::parse(&add.url).map_err(|e| {
             api(
@@ -594,7 +619,7 @@ impl Daemon {
         }
         let needs_bind = !st.table.listens(prefix.scheme(), prefix.port());
         if needs_bind {
-            self.bind_port(st, prefix.port())?;
+            self.bind_port(st, prefix.port(), held)?;
         }
         let binding = Arc::new(Destination {
             queue,

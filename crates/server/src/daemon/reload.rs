@@ -77,8 +77,11 @@ impl Daemon {
 
     /// `POST /v1/reload` and SIGHUP: reads the configuration file again and applies it. A
     /// file that does not parse or check changes nothing.
-    pub(crate) async fn reload(self: &Arc<Self>) -> Result<ReloadReport, ApiError> {
-        let _one_at_a_time = self.reloading.lock().await;
+    ///
+    /// Blocking (the file, the group database, the listeners): call it on the blocking pool,
+    /// where it waits for any other change to finish first.
+    pub(crate) fn reload(self: &Arc<Self>) -> Result<ReloadReport, ApiError> {
+        let _one_at_a_time = self.one_change();
         let Some(path) = self.config_path.clone() else {
             return Err(api(
                 Win32Error::InvalidParameter,
@@ -126,12 +129,12 @@ impl Daemon {
         if old.control.limits() != new.control.limits() {
             report.changes.push("control limits".into());
         }
-        self.apply_listen_list(&mut report).await;
+        self.apply_listen_list(&mut report);
         self.sync_queues(&old.queues, &new.queues, false, &mut report);
         tracing::info!(
-            "reloaded {}: {} change(s)",
-            path.display(),
-            report.changes.len()
+            config = %path.display(),
+            changes = report.changes.len(),
+            "reloaded"
         );
         Ok(ReloadReport {
             config: path.display().to_string(),
@@ -310,7 +313,7 @@ impl Daemon {
     }
 
     /// `POST /v1/reload` from a control connection: administrators only.
-    pub(crate) async fn reload_for(
+    pub(crate) fn reload_for(
         self: &Arc<Self>,
         session: &Session,
     ) -> Result<ReloadReport, ApiError> {
@@ -324,6 +327,6 @@ impl Daemon {
                 "only root, the daemon's user or a member of the admin group may reload",
             ));
         }
-        self.reload().await
+        self.reload()
     }
 }

@@ -192,8 +192,8 @@ impl Daemon {
             reservation_of(&entry).map_err(|e| api(Win32Error::InvalidParameter, e))?;
         // The user and group databases are asked before the lock is taken.
         let known_as = session.peer.identity.caller(false);
-        let mut st = self.lock();
-        let st = &mut *st;
+        let _one_at_a_time = self.one_change();
+        let st = self.lock();
         if st.config.urlacls.iter().any(|a| same_url(&a.url, &prefix)) {
             return Err(api(
                 Win32Error::AlreadyExists,
@@ -202,15 +202,18 @@ impl Daemon {
                 ),
             ));
         }
-        let caller = known_as.admin(self.is_admin(st, &session.peer));
+        let caller = known_as.admin(self.is_admin(&st, &session.peer));
         st.acl
             .check_reserve(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
         let mut saved = st.saved.clone();
         saved.urlacls.push(entry.clone());
-        saved
-            .save(&self.state_file)
-            .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))?;
+        // Written without the lock; nothing it was judged on can change meanwhile, as
+        // only changes (one at a time) touch the configuration and the saved state.
+        drop(st);
+        self.save_state(&saved)?;
+        let mut st = self.lock();
+        let st = &mut *st;
         st.saved = saved;
         st.acl
             .insert(reservation)
@@ -238,8 +241,8 @@ impl Daemon {
         })?;
         // The user and group databases are asked before the lock is taken.
         let known_as = session.peer.identity.caller(false);
-        let mut st = self.lock();
-        let st = &mut *st;
+        let _one_at_a_time = self.one_change();
+        let st = self.lock();
         match st.acl_sources.get(&prefix) {
             None => {
                 return Err(api(
@@ -258,15 +261,16 @@ impl Daemon {
             }
             Some(Source::State) => {}
         }
-        let caller = known_as.admin(self.is_admin(st, &session.peer));
+        let caller = known_as.admin(self.is_admin(&st, &session.peer));
         let mut acl = st.acl.clone();
         acl.remove(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
         let mut saved = st.saved.clone();
         saved.urlacls.retain(|a| !same_url(&a.url, &prefix));
-        saved
-            .save(&self.state_file)
-            .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))?;
+        drop(st);
+        self.save_state(&saved)?;
+        let mut st = self.lock();
+        let st = &mut *st;
         st.saved = saved;
         st.acl = acl;
         st.acl_sources.remove(&prefix);
@@ -274,5 +278,12 @@ impl Daemon {
         self.publish(st);
         tracing::info!(%prefix, pid = session.peer.pid, user = %session.peer.user, "unreserved");
         Ok(())
+    }
+
+    /// Writes the state file (see `changing`: the caller holds it, not the lock).
+    pub(super) fn save_state(&self, saved: &StateFile) -> Result<(), ApiError> {
+        saved
+            .save(&self.state_file)
+            .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))
     }
 }
