@@ -85,8 +85,10 @@ pub(super) async fn accept_loop(
                 let local = io.local_addr().unwrap_or(local);
                 // Counted for the listener as long as the task lives, however it ends.
                 let counted = Counted::new(&connections);
-                // Everything the connection logs carries both addresses.
-                let span = tracing::info_span!("conn", client.addr = %peer, server.addr = %local);
+                // Everything the connection logs carries both addresses, at debug level:
+                // an enabled span is entered and left on every poll of the connection, a
+                // cost per request the default level does not pay.
+                let span = tracing::debug_span!("conn", client.addr = %peer, server.addr = %local);
                 tokio::spawn(
                     async move {
                         crate::conn::serve(shared, io, peer, local).await;
