@@ -1,5 +1,6 @@
 //! What the Portshare daemon, its application SDK and its CLI agree on: where the control
-//! socket lives, the control API's types and paths ([`control`]), the Win32 codes its
+//! socket lives, the control API's types and paths ([`control`]), certificate bindings
+//! ([`sslcert`]), the Win32 codes its
 //! refusals carry ([`Win32Error`]), the worker wire ([`wire`]) and the names of the metadata
 //! headers applications receive ([`header`]).
 //!
@@ -14,6 +15,7 @@
 //! ```
 
 pub mod control;
+pub mod sslcert;
 pub mod text;
 mod win32;
 pub mod wire;
