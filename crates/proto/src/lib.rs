@@ -1,8 +1,7 @@
 //! What the Portshare daemon, its application SDK and its CLI agree on: where the control
 //! socket lives, the control API's types and paths ([`control`]), certificate bindings
-//! ([`sslcert`]), the Win32 codes its
-//! refusals carry ([`Win32Error`]), the worker wire ([`wire`]) and the names of the metadata
-//! headers applications receive ([`header`]).
+//! ([`sslcert`]), the Win32 codes its refusals carry ([`Win32Error`]), the worker wire
+//! ([`wire`]) and the names of the metadata headers applications receive ([`header`]).
 //!
 //! ```
 //! use std::path::Path;
