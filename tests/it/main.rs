@@ -30,5 +30,6 @@ mod registrations;
 mod reload;
 mod routing;
 mod shutdown;
+mod tls;
 mod upstream;
 mod urlacl;

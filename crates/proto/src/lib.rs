@@ -1,7 +1,7 @@
 //! What the Portshare daemon, its application SDK and its CLI agree on: where the control
-//! socket lives, the control API's types and paths ([`control`]), the Win32 codes its
-//! refusals carry ([`Win32Error`]), the worker wire ([`wire`]) and the names of the metadata
-//! headers applications receive ([`header`]).
+//! socket lives, the control API's types and paths ([`control`]), certificate bindings
+//! ([`sslcert`]), the Win32 codes its refusals carry ([`Win32Error`]), the worker wire
+//! ([`wire`]) and the names of the metadata headers applications receive ([`header`]).
 //!
 //! ```
 //! use std::path::Path;
@@ -14,6 +14,7 @@
 //! ```
 
 pub mod control;
+pub mod sslcert;
 pub mod text;
 mod win32;
 pub mod wire;
@@ -89,6 +90,13 @@ pub mod header {
     pub const URL_CONTEXT: &str = "portshare-url-context";
     /// The daemon's id for the request, as in its logs.
     pub const REQUEST_ID: &str = "portshare-request-id";
+    /// On https only: the TLS session, as
+    /// `version=TLSv1.3; cipher=TLS13_AES_128_GCM_SHA256; sni=a.example; alpn=http/1.1`
+    /// (`sni=` and `alpn=` empty when the client sent none).
+    pub const TLS: &str = "portshare-tls";
+    /// On https with a client certificate only: the client's leaf certificate, base64 of
+    /// its DER (standard alphabet, padded, one line).
+    pub const CLIENT_CERT: &str = "portshare-client-cert";
 
     /// True when a header name is in the reserved space (compared case-insensitively).
     pub fn is_reserved(name: &str) -> bool {
