@@ -67,7 +67,7 @@ pub(crate) struct Origin<'a> {
 /// The request head as a worker-wire frame on `stream`, `end` when no body follows, for
 /// either protocol: `head`'s headers as the application gets them ([`app_headers`], with
 /// the `authority` routing used), `target` as routing cooked it, and the daemon's
-/// metadata.
+/// metadata, `extra` among it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn request_frame(
     head: &Head<'_>,
@@ -79,6 +79,7 @@ pub(crate) fn request_frame(
     id: u64,
     stream: u32,
     end: bool,
+    extra: &[(&[u8], &[u8])],
 ) -> BytesMut {
     let mut frame = BytesMut::with_capacity(256 + head.target().len() * 2);
     let mut w = RequestHeadWriter::new(&mut frame, stream, end, head.method(), target, version);
@@ -99,6 +100,9 @@ pub(crate) fn request_frame(
         fmt_u64(&mut num, binding.context),
     );
     w.header(header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
+    for (name, value) in extra {
+        w.header(name, value);
+    }
     w.finish();
     frame
 }
@@ -133,6 +137,7 @@ impl Conn {
             id,
             stream,
             end,
+            &[],
         )
     }
 
