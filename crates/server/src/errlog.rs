@@ -65,7 +65,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use portshare_router::{Reason, Version};
+use portshare_router::Reason;
 use tokio::sync::oneshot;
 
 use crate::config::ErrLogConfig;
@@ -93,7 +93,8 @@ const FIELDS: &str = "date time c-ip c-port s-ip s-port cs-version cs-method cs-
 pub(crate) struct Entry<'a> {
     pub(crate) client: SocketAddr,
     pub(crate) local: SocketAddr,
-    pub(crate) version: Option<Version>,
+    /// The protocol version as `cs-version` writes it (`HTTP/1.1`, `HTTP/2.0`).
+    pub(crate) version: Option<&'static str>,
     pub(crate) method: Option<&'a [u8]>,
     pub(crate) uri: Option<&'a [u8]>,
     pub(crate) status: Option<u16>,
@@ -114,11 +115,7 @@ impl Entry<'_> {
             self.local.ip(),
             self.local.port(),
         );
-        s.push_str(match self.version {
-            Some(Version::Http10) => "HTTP/1.0",
-            Some(_) => "HTTP/1.1",
-            None => "-",
-        });
+        s.push_str(self.version.unwrap_or("-"));
         s.push(' ');
         field(&mut s, self.method, 255);
         s.push(' ');
@@ -518,7 +515,7 @@ mod tests {
         Entry {
             client: "192.0.2.10:51234".parse().unwrap(),
             local: "192.0.2.1:80".parse().unwrap(),
-            version: Some(Version::Http11),
+            version: Some("HTTP/1.1"),
             method: Some(b"GET"),
             uri: Some(b"/x y"),
             status: Some(400),

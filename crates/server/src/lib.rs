@@ -72,6 +72,7 @@ mod daemon;
 mod errlog;
 mod error;
 mod flow;
+mod h2;
 mod head;
 mod identity;
 mod pages;

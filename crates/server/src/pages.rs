@@ -146,6 +146,28 @@ pub(crate) fn error_page(
     server: Option<&str>,
 ) {
     let status = rejection.status;
+    let (body, phrase) = page_body(rejection, detail);
+    out.put_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
+    out.put_slice(b"Content-Type: text/html; charset=us-ascii\r\n");
+    if let Some(server) = server {
+        out.put_slice(b"Server: ");
+        out.put_slice(server.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Date: ");
+    put_date(out);
+    out.put_slice(b"\r\nConnection: close\r\n");
+    if let Some(secs) = retry_after.filter(|_| status == 503) {
+        out.put_slice(format!("Retry-After: {secs}\r\n").as_bytes());
+    }
+    out.put_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.put_slice(body.as_bytes());
+}
+
+/// The body of the daemon's page for `rejection`, and the reason phrase its status line
+/// carries (HTTP/1 only).
+pub(crate) fn page_body(rejection: Rejection, detail: Detail) -> (String, &'static str) {
+    let status = rejection.status;
     let (title, mut heading, text) = wording(status, rejection.reason);
     if status == 503 && detail == Detail::Standard {
         heading = "Service Unavailable";
@@ -164,21 +186,7 @@ pub(crate) fn error_page(
     } else {
         title
     };
-    out.put_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
-    out.put_slice(b"Content-Type: text/html; charset=us-ascii\r\n");
-    if let Some(server) = server {
-        out.put_slice(b"Server: ");
-        out.put_slice(server.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"Date: ");
-    put_date(out);
-    out.put_slice(b"\r\nConnection: close\r\n");
-    if let Some(secs) = retry_after.filter(|_| status == 503) {
-        out.put_slice(format!("Retry-After: {secs}\r\n").as_bytes());
-    }
-    out.put_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
-    out.put_slice(body.as_bytes());
+    (body, phrase)
 }
 
 /// `HTTP/1.1 100 Continue`, sent when a request that expects it is handed to an application.

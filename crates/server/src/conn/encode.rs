@@ -82,33 +82,20 @@ impl Response {
         );
         wr.put_slice(b"\r\n");
         for (name, value) in headers {
-            if name.eq_ignore_ascii_case(b"content-length") {
-                let parsed = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                // Written once below, with the framing.
-                match (parsed, length) {
-                    (Some(n), None) => length = Some(n),
-                    (Some(n), Some(m)) if n == m => {}
-                    _ => return false,
+            match field(name, value) {
+                Field::Length(parsed) => {
+                    // Written once below, with the framing.
+                    match (parsed, length) {
+                        (Some(n), None) => length = Some(n),
+                        (Some(n), Some(m)) if n == m => {}
+                        _ => return false,
+                    }
+                    continue;
                 }
-                continue;
-            } else if name.eq_ignore_ascii_case(b"date")
-                || name.eq_ignore_ascii_case(b"connection")
-                || name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"keep-alive")
-                || name.eq_ignore_ascii_case(b"proxy-connection")
-                || name.eq_ignore_ascii_case(b"upgrade")
-            {
-                continue;
-            } else if name.eq_ignore_ascii_case(b"server") {
-                has_server = true;
-            }
-            // Nothing an application sends may split or forge a header line.
-            let bad_name =
-                name.is_empty() || name.iter().any(|&b| b <= b' ' || b == b':' || b >= 0x7f);
-            if bad_name || value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
-                return false;
+                Field::Owned => continue,
+                Field::Bad => return false,
+                Field::Server => has_server = true,
+                Field::Keep => {}
             }
             wr.put_slice(name);
             wr.put_slice(b": ");
@@ -212,6 +199,50 @@ impl Response {
     }
 }
 
+/// What the daemon does with a response header an application sent, for either protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    /// `Content-Length`, with its value if it is a number: the daemon frames the body.
+    Length(Option<u64>),
+    /// A header the daemon owns (`Date`) or that does not cross a hop (`Connection`,
+    /// `Transfer-Encoding`, `Keep-Alive`, `Proxy-Connection`, `Upgrade`): dropped.
+    Owned,
+    /// The application's own `Server`: kept, and none added.
+    Server,
+    /// Kept as it is.
+    Keep,
+    /// A name or value that would split or forge a header line: the response is refused.
+    Bad,
+}
+
+/// Judges one response header an application sent.
+pub(crate) fn field(name: &[u8], value: &[u8]) -> Field {
+    if name.eq_ignore_ascii_case(b"content-length") {
+        let parsed = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        return Field::Length(parsed);
+    } else if name.eq_ignore_ascii_case(b"date")
+        || name.eq_ignore_ascii_case(b"connection")
+        || name.eq_ignore_ascii_case(b"transfer-encoding")
+        || name.eq_ignore_ascii_case(b"keep-alive")
+        || name.eq_ignore_ascii_case(b"proxy-connection")
+        || name.eq_ignore_ascii_case(b"upgrade")
+    {
+        return Field::Owned;
+    }
+    // Nothing an application sends may split or forge a header line.
+    let bad_name = name.is_empty() || name.iter().any(|&b| b <= b' ' || b == b':' || b >= 0x7f);
+    if bad_name || value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Field::Bad;
+    }
+    if name.eq_ignore_ascii_case(b"server") {
+        Field::Server
+    } else {
+        Field::Keep
+    }
+}
+
 /// Appends `n` in lower-case hex, as a chunk size.
 fn put_hex(wr: &mut BytesMut, n: usize) {
     let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
@@ -227,11 +258,11 @@ fn put_length(wr: &mut BytesMut, n: u64) {
     wr.put_slice(b"\r\n");
 }
 
-pub(super) fn itoa_buf() -> [u8; 20] {
+pub(crate) fn itoa_buf() -> [u8; 20] {
     [0; 20]
 }
 
-pub(super) fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+pub(crate) fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;

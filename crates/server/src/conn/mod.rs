@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use portshare_router::{Dispatch, Endpoint, Reason, Scheme, TargetForm, Version, encode_path};
+use portshare_router::{Endpoint, Reason, Scheme, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
@@ -39,22 +39,22 @@ use tracing::Instrument;
 use crate::body::{BodyIn, Chunked};
 use crate::head::{Body, Parsed, parse_head};
 use crate::pages;
-use crate::queue::{Admit, Counted, Missed, Queue, Target};
+use crate::queue::{Counted, Queue};
 use crate::shared::{Settings, Shared};
 use crate::timers::RequestTimers;
-use crate::upstream::Upstream;
-use to_worker::Stream;
+use admit::{Refused, Routed, Taken};
 
 pub(crate) use io::{Io, TlsStream};
 pub(crate) use tls_info::TlsInfo;
 
-mod encode;
-mod headers;
+pub(crate) mod admit;
+pub(crate) mod encode;
+pub(crate) mod headers;
 mod io;
 mod refuse;
-mod tls_info;
-mod to_upstream;
-mod to_worker;
+pub(crate) mod tls_info;
+pub(crate) mod to_upstream;
+pub(crate) mod to_worker;
 
 /// How a request left the connection.
 enum Next {
@@ -471,33 +471,15 @@ impl Conn {
             Scheme::Http
         };
         let endpoint = Endpoint::new(scheme, self.local);
-        // The authority of an absolute-form target, when routing used it: the application
-        // gets it as its Host (spec §2.2, RFC 9112 §3.2.2).
-        let mut authority = None;
-        let routed = {
-            let table = self.shared.table.load();
-            match table.dispatch(&endpoint, &head.request_head(), &self.settings.url_opts) {
-                Dispatch::Deliver(d) => {
-                    let binding = d.registration().value().clone();
-                    if let TargetForm::Absolute { authority: a } = d.target().form() {
-                        authority = Some(a);
-                    }
-                    self.scratch.clear();
-                    self.scratch
-                        .extend_from_slice(encode_path(d.target().path()).as_bytes());
-                    if let Some(q) = d.target().query() {
-                        self.scratch.push(b'?');
-                        self.scratch.extend_from_slice(q);
-                    }
-                    Ok(binding)
-                }
-                Dispatch::Reject(r) => Err(Some(r)),
-                Dispatch::Refused => Err(None),
-                _ => Err(None),
-            }
-        };
-        let binding = match routed {
-            Ok(b) => b,
+        let routed = admit::route(
+            &self.shared,
+            &self.settings,
+            &endpoint,
+            &head,
+            &mut self.scratch,
+        );
+        let Routed { binding, authority } = match routed {
+            Ok(r) => r,
             Err(Some(rejection)) => return self.rejected(Some(&head), rejection, Some(1)),
             Err(None) => return Next::Close,
         };
@@ -533,52 +515,15 @@ impl Conn {
                 Some(counted) => self.site = Some(counted),
                 None => {
                     let (verbosity, retry) = queue.refusal(&timers);
-                    return self.unavailable(&head, &queue, Reason::ConnLimit, verbosity, retry);
+                    let refused = Refused::Unavailable(Reason::ConnLimit, verbosity, retry);
+                    return self.refused(&head, &queue, refused);
                 }
             }
         }
 
-        // A worker can leave between giving its slot and the request reaching it; then
-        // the request goes back for another slot.
-        let mut tries = 0;
-        let (slot, taken) = loop {
-            let slot = match queue.admit(&timers) {
-                Admit::Now(slot) => slot,
-                Admit::Wait(ticket) => match ticket.wait().await {
-                    Ok(slot) => slot,
-                    Err(Missed::TimedOut) => {
-                        self.log(Some(&head), None, Reason::TimerReqQueue, Some(queue.name()));
-                        return Next::Close;
-                    }
-                    Err(Missed::Closed) if self.shared.stopping() => {
-                        // The shutdown timer ran out before a worker took it.
-                        return self.shutting_down(&head, &queue);
-                    }
-                    Err(Missed::Closed) => return self.abandoned(Some(&head), &queue),
-                },
-                Admit::Full(verbosity, retry) => {
-                    return self.unavailable(&head, &queue, Reason::QueueFull, verbosity, retry);
-                }
-                Admit::Disabled(verbosity, retry) => {
-                    return self.unavailable(&head, &queue, Reason::Disabled, verbosity, retry);
-                }
-                Admit::Closed => return self.abandoned(Some(&head), &queue),
-            };
-            let taken = match slot.target() {
-                Target::Upstream(up) => Taken::Upstream(up.clone()),
-                Target::Worker(worker) => match Stream::open(worker) {
-                    Some(stream) => Taken::Worker(stream),
-                    None if tries < 8 => {
-                        tries += 1;
-                        continue;
-                    }
-                    None => {
-                        queue.count_abandoned();
-                        return self.abandoned(Some(&head), &queue);
-                    }
-                },
-            };
-            break (slot, taken);
+        let (slot, taken) = match admit::admit(&self.shared, &queue, &timers).await {
+            Ok(admitted) => admitted,
+            Err(refused) => return self.refused(&head, &queue, refused),
         };
 
         self.timers = slot.timers().resolve(&timers);
@@ -649,17 +594,9 @@ impl Conn {
     }
 }
 
-/// Where an admitted request goes: its slot's target, ready to take it.
-enum Taken {
-    /// A stream opened on the slot's worker connection.
-    Worker(Stream),
-    /// The queue's upstream.
-    Upstream(Arc<Upstream>),
-}
-
 /// Whether the host a request was routed by (`host[:port]`) is the SNI name: compared
 /// without the port, case-insensitively, a trailing dot ignored. No SNI matches nothing.
-fn sni_matches(sni: Option<&str>, host: Option<&[u8]>) -> bool {
+pub(crate) fn sni_matches(sni: Option<&str>, host: Option<&[u8]>) -> bool {
     let (Some(sni), Some(host)) = (sni, host) else {
         return false;
     };

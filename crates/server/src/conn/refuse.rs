@@ -7,9 +7,9 @@
 //! anything but the daemon's own pages to the client, nor decide when a request fails:
 //! its callers do.
 
-use portshare_proto::control::Verbosity;
-use portshare_router::{Reason, Rejection};
+use portshare_router::{Reason, Rejection, Version};
 
+use super::admit::Refused;
 use super::{Conn, Next};
 use crate::errlog::Entry;
 use crate::head::Head;
@@ -30,7 +30,10 @@ impl Conn {
         Entry {
             client: self.peer,
             local: self.local,
-            version: head.map(|h| h.version()).or(current.map(|c| c.version)),
+            version: head
+                .map(|h| h.version())
+                .or(current.map(|c| c.version))
+                .map(Version::as_str),
             method: head.map(|h| h.method()).or(current.map(|c| &c.method[..])),
             uri: head.map(|h| h.target()).or(current.map(|c| &c.target[..])),
             status,
@@ -105,44 +108,18 @@ impl Conn {
         Next::Close
     }
 
-    /// The answer to a request still waiting when the daemon stops: 503 `AppShutdown`, so
-    /// the client knows it was not served.
-    pub(super) fn shutting_down(&mut self, head: &Head<'_>, queue: &Queue) -> Next {
-        let rejection = Rejection {
-            status: 503,
-            reason: Reason::AppShutdown,
-        };
-        self.log(
-            Some(head),
-            Some(503),
-            Reason::AppShutdown,
-            Some(queue.name()),
-        );
-        self.page(rejection, Detail::Standard, Some(1));
-        Next::Close
-    }
-
-    /// A full or disabled queue's answer, by its verbosity.
-    pub(super) fn unavailable(
-        &mut self,
-        head: &Head<'_>,
-        queue: &Queue,
-        reason: Reason,
-        verbosity: Verbosity,
-        retry: u64,
-    ) -> Next {
-        let sent = (verbosity != Verbosity::Basic).then_some(503);
-        self.log(Some(head), sent, reason, Some(queue.name()));
-        let detail = match verbosity {
-            Verbosity::Basic => return Next::Abort,
-            Verbosity::Limited => Detail::Standard,
-            _ => Detail::Cause,
-        };
-        let rejection = Rejection {
-            status: 503,
-            reason,
-        };
-        self.page(rejection, detail, Some(retry));
-        Next::Close
+    /// A request routed to `queue` that got no slot: the page its refusal calls for and
+    /// the connection closed, or no answer (the connection closed, or reset), logged.
+    pub(super) fn refused(&mut self, head: &Head<'_>, queue: &Queue, refused: Refused) -> Next {
+        let (status, reason) = refused.logged();
+        self.log(Some(head), status, reason, Some(queue.name()));
+        match refused.page() {
+            Some((rejection, detail, retry)) => {
+                self.page(rejection, detail, retry);
+                Next::Close
+            }
+            None if refused == Refused::TimedOut => Next::Close,
+            None => Next::Abort,
+        }
     }
 }

@@ -13,14 +13,69 @@ use tokio::time::Instant;
 
 use super::encode::Response;
 use super::headers::{app_headers, routed_host};
+use super::tls_info::TlsInfo;
+use super::to_worker::Origin;
 use super::{Conn, Facts, Next, poll_once};
 use crate::body::BodyIn;
 use crate::head::Head;
 use crate::queue::Queue;
 use crate::upstream::{UpBody, Upstream};
 
+/// The request an upstream gets, for either protocol: `head`'s headers as the application
+/// gets them ([`app_headers`], with the `authority` routing used), `target` as routing
+/// cooked it, the forwarding headers for a client at `peer` over `proto` (`http` or
+/// `https`), and the daemon's metadata.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn upstream_request(
+    head: &Head<'_>,
+    authority: Option<&[u8]>,
+    target: &[u8],
+    peer: std::net::SocketAddr,
+    from: Origin<'_>,
+    tls: Option<&TlsInfo>,
+    binding: &crate::shared::Destination,
+    id: u64,
+) -> http::request::Builder {
+    let proto = if tls.is_some() { "https" } else { "http" };
+    let mut req = http::Request::builder()
+        .method(head.method())
+        .uri(target)
+        .version(http::Version::HTTP_11);
+    for (name, value) in app_headers(head, authority) {
+        req = req.header(name, value);
+    }
+    let client = peer.ip();
+    let host = routed_host(head, authority).map(String::from_utf8_lossy);
+    let mut forwarded = match client {
+        std::net::IpAddr::V4(a) => format!("for={a};proto={proto}"),
+        std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto={proto}"),
+    };
+    if let Some(h) = &host {
+        forwarded.push_str(";host=\"");
+        forwarded.extend(h.chars().filter(|c| *c != '"' && *c != '\\'));
+        forwarded.push('"');
+        req = req.header("x-forwarded-host", h.as_ref());
+    }
+    if let Some(tls) = tls {
+        req = req.header(header::TLS, tls.header.as_ref());
+        if let Some(cert) = &tls.client_cert {
+            req = req.header(header::CLIENT_CERT, cert.as_ref());
+        }
+    }
+    req.header("forwarded", forwarded)
+        .header("x-forwarded-for", client.to_string())
+        .header("x-forwarded-proto", proto)
+        .header(header::RAW_URL, head.target())
+        .header(header::CLIENT_ADDR, from.peer)
+        .header(header::LOCAL_ADDR, from.local)
+        .header(header::URL_PREFIX, &binding.prefix)
+        .header(header::URL_CONTEXT, binding.context)
+        .header(header::REQUEST_ID, id)
+}
+
 impl Conn {
-    /// that of an absolute-form target routing used (see [`app_headers`]).
+    /// The request an upstream gets; `authority` is that of an absolute-form target
+    /// routing used (see [`app_headers`]).
     pub(super) fn upstream_request(
         &self,
         head: &Head<'_>,
@@ -28,41 +83,20 @@ impl Conn {
         binding: &crate::shared::Destination,
         id: u64,
     ) -> http::request::Builder {
-        let mut req = http::Request::builder()
-            .method(head.method())
-            .uri(&self.scratch[..])
-            .version(http::Version::HTTP_11);
-        for (name, value) in app_headers(head, authority) {
-            req = req.header(name, value);
-        }
-        let client = self.peer.ip();
-        let host = routed_host(head, authority).map(String::from_utf8_lossy);
-        let proto = if self.tls.is_some() { "https" } else { "http" };
-        let mut forwarded = match client {
-            std::net::IpAddr::V4(a) => format!("for={a};proto={proto}"),
-            std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto={proto}"),
+        let from = Origin {
+            peer: &self.peer_text,
+            local: &self.local_text,
         };
-        if let Some(h) = &host {
-            forwarded.push_str(";host=\"");
-            forwarded.extend(h.chars().filter(|c| *c != '"' && *c != '\\'));
-            forwarded.push('"');
-            req = req.header("x-forwarded-host", h.as_ref());
-        }
-        if let Some(tls) = &self.tls {
-            req = req.header(header::TLS, tls.header.as_ref());
-            if let Some(cert) = &tls.client_cert {
-                req = req.header(header::CLIENT_CERT, cert.as_ref());
-            }
-        }
-        req.header("forwarded", forwarded)
-            .header("x-forwarded-for", client.to_string())
-            .header("x-forwarded-proto", proto)
-            .header(header::RAW_URL, head.target())
-            .header(header::CLIENT_ADDR, &self.peer_text)
-            .header(header::LOCAL_ADDR, &self.local_text)
-            .header(header::URL_PREFIX, &binding.prefix)
-            .header(header::URL_CONTEXT, binding.context)
-            .header(header::REQUEST_ID, id)
+        upstream_request(
+            head,
+            authority,
+            &self.scratch,
+            self.peer,
+            from,
+            self.tls.as_deref(),
+            binding,
+            id,
+        )
     }
 
     /// Forwards the request to an upstream server and relays its response.

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use super::encode::{Response, fmt_u64, itoa_buf};
 use super::headers::{app_headers, may_repeat, write_joined};
+use super::tls_info::TlsInfo;
 use super::{Conn, Facts, Next};
 use crate::body::BodyIn;
 use crate::head::Head;
@@ -24,7 +25,7 @@ use crate::queue::Queue;
 use crate::worker::{BODY_FRAME, Event, Events, WorkerConn};
 
 /// A stream open on a worker connection, forgotten when dropped, however the request ends.
-pub(super) struct Stream {
+pub(crate) struct Stream {
     worker: Arc<WorkerConn>,
     id: u32,
     events: Events,
@@ -32,7 +33,7 @@ pub(super) struct Stream {
 
 impl Stream {
     /// Opens a stream on `worker`; `None` when the worker is gone.
-    pub(super) fn open(worker: &Arc<WorkerConn>) -> Option<Stream> {
+    pub(crate) fn open(worker: &Arc<WorkerConn>) -> Option<Stream> {
         let (id, events) = worker.open()?;
         Some(Stream {
             worker: worker.clone(),
@@ -41,8 +42,13 @@ impl Stream {
         })
     }
 
-    pub(super) fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The worker connection and the stream's events, to relay them.
+    pub(crate) fn parts(&mut self) -> (&Arc<WorkerConn>, &mut Events) {
+        (&self.worker, &mut self.events)
     }
 }
 
@@ -50,6 +56,59 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.worker.forget(self.id);
     }
+}
+
+/// The connection's addresses as the metadata headers carry them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin<'a> {
+    pub(crate) peer: &'a str,
+    pub(crate) local: &'a str,
+}
+
+/// The request head as a worker-wire frame on `stream`, `end` when no body follows, for
+/// either protocol: `head`'s headers as the application gets them ([`app_headers`], with
+/// the `authority` routing used), `target` as routing cooked it, and the daemon's
+/// metadata, `extra` among it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn request_frame(
+    head: &Head<'_>,
+    authority: Option<&[u8]>,
+    target: &[u8],
+    version: wire::Version,
+    from: Origin<'_>,
+    binding: &crate::shared::Destination,
+    id: u64,
+    stream: u32,
+    end: bool,
+    tls: Option<&TlsInfo>,
+) -> BytesMut {
+    let mut frame = BytesMut::with_capacity(256 + head.target().len() * 2);
+    let mut w = RequestHeadWriter::new(&mut frame, stream, end, head.method(), target, version);
+    if may_repeat(head) {
+        write_joined(&mut w, app_headers(head, authority));
+    } else {
+        for (name, value) in app_headers(head, authority) {
+            w.header(name, value);
+        }
+    }
+    let mut num = itoa_buf();
+    w.header(header::RAW_URL.as_bytes(), head.target());
+    w.header(header::CLIENT_ADDR.as_bytes(), from.peer.as_bytes());
+    w.header(header::LOCAL_ADDR.as_bytes(), from.local.as_bytes());
+    w.header(header::URL_PREFIX.as_bytes(), binding.prefix.as_bytes());
+    w.header(
+        header::URL_CONTEXT.as_bytes(),
+        fmt_u64(&mut num, binding.context),
+    );
+    w.header(header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
+    if let Some(tls) = tls {
+        w.header(header::TLS.as_bytes(), &tls.header);
+        if let Some(cert) = &tls.client_cert {
+            w.header(header::CLIENT_CERT.as_bytes(), cert);
+        }
+    }
+    w.finish();
+    frame
 }
 
 impl Conn {
@@ -64,44 +123,26 @@ impl Conn {
         stream: u32,
         end: bool,
     ) -> BytesMut {
-        let mut frame = BytesMut::with_capacity(256 + head.target().len() * 2);
         let version = match head.version() {
             Version::Http10 => wire::Version::Http10,
             _ => wire::Version::Http11,
         };
-        let mut w = RequestHeadWriter::new(
-            &mut frame,
-            stream,
-            end,
-            head.method(),
+        let from = Origin {
+            peer: &self.peer_text,
+            local: &self.local_text,
+        };
+        request_frame(
+            head,
+            authority,
             &self.scratch,
             version,
-        );
-        if may_repeat(head) {
-            write_joined(&mut w, app_headers(head, authority));
-        } else {
-            for (name, value) in app_headers(head, authority) {
-                w.header(name, value);
-            }
-        }
-        let mut num = itoa_buf();
-        w.header(header::RAW_URL.as_bytes(), head.target());
-        w.header(header::CLIENT_ADDR.as_bytes(), self.peer_text.as_bytes());
-        w.header(header::LOCAL_ADDR.as_bytes(), self.local_text.as_bytes());
-        w.header(header::URL_PREFIX.as_bytes(), binding.prefix.as_bytes());
-        w.header(
-            header::URL_CONTEXT.as_bytes(),
-            fmt_u64(&mut num, binding.context),
-        );
-        w.header(header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
-        if let Some(tls) = &self.tls {
-            w.header(header::TLS.as_bytes(), &tls.header);
-            if let Some(cert) = &tls.client_cert {
-                w.header(header::CLIENT_CERT.as_bytes(), cert);
-            }
-        }
-        w.finish();
-        frame
+            from,
+            binding,
+            id,
+            stream,
+            end,
+            self.tls.as_deref(),
+        )
     }
 
     /// Hands the request to an attached worker and relays until both directions end.

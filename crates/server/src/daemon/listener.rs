@@ -98,7 +98,9 @@ pub(super) async fn accept_loop(
                             .load()
                             .listens(portshare_router::Scheme::Https, local.port());
                         if https {
-                            crate::tls::serve(shared, io, peer, local).await;
+                            // Boxed: the handshake's and HTTP/2's state would otherwise
+                            // make every plain connection's task as large as theirs.
+                            Box::pin(crate::tls::serve(shared, io, peer, local)).await;
                         } else {
                             crate::conn::serve(shared, io, peer, local).await;
                         }

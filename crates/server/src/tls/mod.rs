@@ -69,12 +69,15 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
-/// The ALPN protocols a binding offers, most preferred first. `h2` joins when the HTTP/2
-/// module does (see [`serve_h2`]); until then every session is HTTP/1.1, and a client
-/// offering only `h2` fails the handshake with `no_application_protocol`.
+/// The ALPN protocols a binding offers, most preferred first: `h2` unless the binding turns
+/// HTTP/2 off (HTTP.sys's `disablehttp2`), then `http/1.1`. A client that offers neither
+/// is served HTTP/1.1.
 pub(crate) fn alpn(http2: bool) -> Vec<Vec<u8>> {
-    let _ = http2;
-    vec![b"http/1.1".to_vec()]
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
 }
 
 /// Serves a connection to an https port: the handshake under `HeaderWait`, then HTTP/1.1
@@ -120,16 +123,15 @@ pub(crate) async fn serve(
     };
     drop(settings);
     if info.alpn_h2 {
-        serve_h2(shared, stream, peer, local, info.info).await;
+        // Boxed: an HTTP/1 session's task need not be as large as HTTP/2's state.
+        Box::pin(serve_h2(shared, stream, peer, local, info.info)).await;
     } else {
         let io = Io::Tls(Box::new(stream));
         crate::conn::serve_io(shared, io, peer, local, Some(Box::new(info.info))).await;
     }
 }
 
-/// The hand-off of an HTTP/2 session: `crate::h2::serve(shared, io, peer, local, info)`
-/// once that module is in; until then `h2` is never offered ([`alpn`]) and this is not
-/// reached, so the session goes to the HTTP/1 loop.
+/// The hand-off of an HTTP/2 session (ALPN chose `h2`) to the HTTP/2 connection.
 async fn serve_h2(
     shared: Arc<Shared>,
     stream: TlsStream,
@@ -137,8 +139,7 @@ async fn serve_h2(
     local: SocketAddr,
     info: TlsInfo,
 ) {
-    let io = Io::Tls(Box::new(stream));
-    crate::conn::serve_io(shared, io, peer, local, Some(Box::new(info))).await;
+    crate::h2::serve(shared, stream, peer, local, info).await;
 }
 
 /// What the hand-off needs of a finished handshake.
