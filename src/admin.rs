@@ -301,7 +301,14 @@ pub(crate) fn reload(args: ReloadArgs) -> ExitCode {
 pub(crate) fn check_config(args: &CheckConfigArgs) -> ExitCode {
     match portshare_server::Config::from_file(&args.file) {
         Ok(config) => {
-            for w in config.warnings() {
+            let files = match config.check_files() {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("portshare check-config: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for w in config.warnings().into_iter().chain(files) {
                 eprintln!("portshare check-config: warning: {w}");
             }
             done(&format!("{}: ok\n", args.file.display()))

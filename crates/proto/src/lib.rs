@@ -90,6 +90,13 @@ pub mod header {
     pub const URL_CONTEXT: &str = "portshare-url-context";
     /// The daemon's id for the request, as in its logs.
     pub const REQUEST_ID: &str = "portshare-request-id";
+    /// On https only: the TLS session, as
+    /// `version=TLSv1.3; cipher=TLS13_AES_128_GCM_SHA256; sni=a.example; alpn=http/1.1`
+    /// (`sni=` and `alpn=` empty when the client sent none).
+    pub const TLS: &str = "portshare-tls";
+    /// On https with a client certificate only: the client's leaf certificate, base64 of
+    /// its DER (standard alphabet, padded, one line).
+    pub const CLIENT_CERT: &str = "portshare-client-cert";
 
     /// True when a header name is in the reserved space (compared case-insensitively).
     pub fn is_reserved(name: &str) -> bool {

@@ -85,6 +85,10 @@ pub enum Reason {
     VersionNotSupported,
     /// `NotFound` (404): the host matched a registration but no path did.
     NotFound,
+    /// `Misdirected` (421): on https, the Host is not the name the client gave in its TLS
+    /// handshake (SNI) and the certificate binding requires them to agree. HTTP.sys has no
+    /// such phrase; Portshare's own.
+    Misdirected,
 }
 
 impl Reason {
@@ -130,6 +134,7 @@ impl Reason {
             Reason::Verb => "Verb",
             Reason::VersionNotSupported => "Version_N/S",
             Reason::NotFound => "NotFound",
+            Reason::Misdirected => "Misdirected",
         }
     }
 }

@@ -65,6 +65,18 @@
 //! owner = "alice"              # who may open it and attach workers (default: the daemon's user)
 //! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000"
 //! connections = 256           # most upstream connections (the queue's slots)
+//!
+//! [[sslcert]]                  # a certificate binding: netsh http add sslcert
+//! hostnameport = "www.example.com:443"   # or ipport = "0.0.0.0:443", or ccs = 443
+//! cert = "/etc/portshare/www.pem"        # the chain, PEM, leaf first
+//! key = "/etc/portshare/www.key"         # its key, PEM; readable by root only
+//! # folder = "/etc/portshare/ccs"        # ccs only: NAME.pem (chain and key), _.NAME.pem
+//! client_cert = "ignore"      # ignore | request | require
+//! # client_ca = "/etc/portshare/clients-ca.pem"   # needed with request or require
+//! http2 = true                # offer h2 in ALPN
+//! min_tls = "1.2"             # "1.2" | "1.3"
+//! session_tickets = false     # resumption by session IDs only
+//! require_sni_match = false   # 421 when Host is not the SNI name
 //! ```
 //!
 //! A file that does not parse, or holds a value out of range, is refused with the line and
@@ -81,11 +93,13 @@ use crate::Error;
 use crate::timers::Timer;
 
 mod error;
+mod sslcert;
 mod state;
 
 pub use crate::timers::Timers;
 pub use error::ConfigError;
 pub(crate) use error::Fault;
+pub use sslcert::SslCertConfig;
 pub(crate) use state::StateFile;
 pub use state::default_state_file;
 
@@ -120,6 +134,9 @@ pub struct Config {
     /// Reservations (URL ACLs).
     #[serde(default, rename = "urlacl")]
     pub urlacls: Vec<UrlAclConfig>,
+    /// Certificate bindings for https ports.
+    #[serde(default, rename = "sslcert")]
+    pub sslcerts: Vec<SslCertConfig>,
 }
 
 /// The control socket's place and permissions, and what one user may hold through it.
@@ -537,6 +554,22 @@ impl Config {
         out
     }
 
+    /// Reads the files the configuration names, as the daemon does at start and reload:
+    /// the certificates and keys of its `[[sslcert]]` bindings, and their `ccs` folders.
+    /// Returns what deserves a warning (an expired certificate, a name outside its SANs, a
+    /// key file other users may read).
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] for which [`is_config`](Error::is_config) holds, naming the binding,
+    /// the file and the reason: a file that cannot be read, holds no usable PEM, or a key
+    /// that is not its certificate's.
+    pub fn check_files(&self) -> Result<Vec<String>, Error> {
+        crate::tls::Bindings::load(&self.sslcerts)
+            .map(|(_, warnings)| warnings)
+            .map_err(Error::config)
+    }
+
     /// Checks values that parse but make no sense, as [`from_toml`](Config::from_toml) does
     /// for a file. The error has no line: the configuration has no text here.
     ///
@@ -636,6 +669,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (i, c) in self.sslcerts.iter().enumerate() {
+            c.check(i, &self.sslcerts[..i])?;
         }
         for (i, q) in self.queues.iter().enumerate() {
             let at = |key: &'static str, message: String| {

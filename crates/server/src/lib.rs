@@ -79,6 +79,7 @@ mod queue;
 mod quota;
 mod shared;
 mod timers;
+mod tls;
 mod upstream;
 mod worker;
 
@@ -88,7 +89,7 @@ use std::time::Duration;
 
 pub use config::{
     Config, ConfigError, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits,
-    QueueAccessConfig, QueueConfig, Timers, UrlAclConfig, default_state_file,
+    QueueAccessConfig, QueueConfig, SslCertConfig, Timers, UrlAclConfig, default_state_file,
 };
 pub use error::Error;
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};

@@ -73,6 +73,11 @@ fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static
             "Not Found",
             "The requested resource is not found.",
         ),
+        (421, _) => (
+            "Misdirected Request",
+            "Misdirected Request",
+            "The request host is not the name this connection was opened for.",
+        ),
         (411, _) => (
             "Length Required",
             "Length Required",

@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     pub(crate) spare: Spare,
     /// What the daemon holds of workers' responses, over all worker connections.
     pub(crate) buffers: Arc<Buffers>,
+    /// The certificate bindings; a reload swaps in new ones for new handshakes, and
+    /// established sessions keep theirs.
+    pub(crate) tls: ArcSwap<crate::tls::Bindings>,
 }
 
 impl Shared {
@@ -62,6 +65,7 @@ impl Shared {
             upstreams: upstream::Share::new(budget.upstream),
             spare: Spare::new(),
             buffers: Arc::default(),
+            tls: ArcSwap::from_pointee(crate::tls::Bindings::empty()),
         })
     }
 

@@ -16,7 +16,9 @@
 //! - [`to_upstream`]: the exchange with an upstream server, and the request it gets;
 //! - [`headers`]: what an application receives of the client's headers;
 //! - [`encode`]: the response as the client gets it: head, framing, numbers;
-//! - [`refuse`]: the answers of a request that is not served, and their error-log lines.
+//! - [`refuse`]: the answers of a request that is not served, and their error-log lines;
+//! - [`io`]: the byte stream, plain TCP or TLS ([`Io`]), and [`tls_info`]: what an https
+//!   connection's requests carry of its handshake.
 //!
 //! It must not touch the worker wire's byte layout (that is `portshare_proto::wire`'s), the
 //! queue's accounting (a [`Slot`](crate::queue::Slot) held and dropped is all it does), or
@@ -43,9 +45,14 @@ use crate::timers::RequestTimers;
 use crate::upstream::Upstream;
 use to_worker::Stream;
 
+pub(crate) use io::{Io, TlsStream};
+pub(crate) use tls_info::TlsInfo;
+
 mod encode;
 mod headers;
+mod io;
 mod refuse;
+mod tls_info;
 mod to_upstream;
 mod to_worker;
 
@@ -65,7 +72,9 @@ pub(crate) struct Conn {
     /// Limits, timers and the error log, as of this request (a reload applies from the
     /// next one).
     settings: Arc<Settings>,
-    io: TcpStream,
+    io: Io,
+    /// The handshake's facts, on an https connection.
+    tls: Option<Box<TlsInfo>>,
     rd: BytesMut,
     wr: BytesMut,
     peer: SocketAddr,
@@ -102,9 +111,21 @@ enum Wait {
     Gone,
 }
 
-/// Serves a client connection until it closes.
+/// Serves an http client connection until it closes.
 pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, local: SocketAddr) {
     let _ = io.set_nodelay(true);
+    serve_io(shared, Io::Tcp(io), peer, local, None).await;
+}
+
+/// Serves a client connection over `io` until it closes; `tls` for an https one, whose
+/// handshake is done.
+pub(crate) async fn serve_io(
+    shared: Arc<Shared>,
+    io: Io,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tls: Option<Box<TlsInfo>>,
+) {
     let settings = shared.settings.load_full();
     // Buffers are taken when bytes arrive, start small and grow as needed; a large one is
     // given back while the connection idles. A connection that has sent nothing costs
@@ -114,6 +135,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, 
         settings,
         shared,
         io,
+        tls,
         rd: BytesMut::new(),
         wr: BytesMut::new(),
         peer,
@@ -134,7 +156,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, 
             }
             Next::Close => {
                 if conn.flush().await.is_err() {
-                    let _ = socket2::SockRef::from(&conn.io).set_linger(Some(Duration::ZERO));
+                    let _ = socket2::SockRef::from(conn.io.tcp()).set_linger(Some(Duration::ZERO));
                     return;
                 }
                 let _ = conn.io.shutdown().await;
@@ -142,7 +164,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, io: TcpStream, peer: SocketAddr, 
                 return;
             }
             Next::Abort => {
-                let _ = socket2::SockRef::from(&conn.io).set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(conn.io.tcp()).set_linger(Some(Duration::ZERO));
                 return;
             }
         }
@@ -212,6 +234,20 @@ impl Conn {
                     break;
                 }
             }
+        }
+        // TLS takes what is written into its session and may hold records back until they
+        // can be sent: they are pushed out under the same allowance.
+        if r.is_ok() && matches!(self.io, Io::Tls(_)) {
+            let allowance = rate.map_or(Duration::MAX, |rate| {
+                Duration::from_secs_f64((AHEAD as f64 / f64::from(rate.max(1))).max(1.0))
+            });
+            r = match timeout(allowance, self.io.flush()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    slow = true;
+                    Err(std::io::ErrorKind::TimedOut.into())
+                }
+            };
         }
         if slow {
             let queue = self.site.as_ref().map(|c| c.queue().clone());
@@ -429,7 +465,12 @@ impl Conn {
         // Route, and write down what the application will get, while the table snapshot
         // is in hand.
         let request_id = self.shared.request_ids.fetch_add(1, Ordering::Relaxed);
-        let endpoint = Endpoint::new(Scheme::Http, self.local);
+        let scheme = if self.tls.is_some() {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
+        let endpoint = Endpoint::new(scheme, self.local);
         // The authority of an absolute-form target, when routing used it: the application
         // gets it as its Host (spec §2.2, RFC 9112 §3.2.2).
         let mut authority = None;
@@ -460,6 +501,16 @@ impl Conn {
             Err(Some(rejection)) => return self.rejected(Some(&head), rejection, Some(1)),
             Err(None) => return Next::Close,
         };
+        if let Some(tls) = &self.tls
+            && tls.require_sni_match
+            && !sni_matches(tls.sni.as_deref(), headers::routed_host(&head, authority))
+        {
+            let misdirected = portshare_router::Rejection {
+                status: 421,
+                reason: Reason::Misdirected,
+            };
+            return self.rejected(Some(&head), misdirected, None);
+        }
         let queue = binding.queue.clone();
         let span = tracing::Span::current();
         if !span.is_disabled() {
@@ -603,6 +654,21 @@ enum Taken {
     Worker(Stream),
     /// The queue's upstream.
     Upstream(Arc<Upstream>),
+}
+
+/// Whether the host a request was routed by (`host[:port]`) is the SNI name: compared
+/// without the port, case-insensitively, a trailing dot ignored. No SNI matches nothing.
+fn sni_matches(sni: Option<&str>, host: Option<&[u8]>) -> bool {
+    let (Some(sni), Some(host)) = (sni, host) else {
+        return false;
+    };
+    // An IP-literal host (`[::1]:443`, `127.0.0.1`) can never be an SNI name.
+    let name = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host.starts_with(b"[") => &host[..i],
+        _ => host,
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    name.eq_ignore_ascii_case(sni.as_bytes())
 }
 
 /// Polls a future once: its output if ready, else `None` (the future stays usable).

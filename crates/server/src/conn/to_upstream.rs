@@ -37,9 +37,10 @@ impl Conn {
         }
         let client = self.peer.ip();
         let host = routed_host(head, authority).map(String::from_utf8_lossy);
+        let proto = if self.tls.is_some() { "https" } else { "http" };
         let mut forwarded = match client {
-            std::net::IpAddr::V4(a) => format!("for={a};proto=http"),
-            std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto=http"),
+            std::net::IpAddr::V4(a) => format!("for={a};proto={proto}"),
+            std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto={proto}"),
         };
         if let Some(h) = &host {
             forwarded.push_str(";host=\"");
@@ -47,9 +48,15 @@ impl Conn {
             forwarded.push('"');
             req = req.header("x-forwarded-host", h.as_ref());
         }
+        if let Some(tls) = &self.tls {
+            req = req.header(header::TLS, tls.header.as_ref());
+            if let Some(cert) = &tls.client_cert {
+                req = req.header(header::CLIENT_CERT, cert.as_ref());
+            }
+        }
         req.header("forwarded", forwarded)
             .header("x-forwarded-for", client.to_string())
-            .header("x-forwarded-proto", "http")
+            .header("x-forwarded-proto", proto)
             .header(header::RAW_URL, head.target())
             .header(header::CLIENT_ADDR, &self.peer_text)
             .header(header::LOCAL_ADDR, &self.local_text)

@@ -94,6 +94,12 @@ impl Conn {
             fmt_u64(&mut num, binding.context),
         );
         w.header(header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
+        if let Some(tls) = &self.tls {
+            w.header(header::TLS.as_bytes(), &tls.header);
+            if let Some(cert) = &tls.client_cert {
+                w.header(header::CLIENT_CERT.as_bytes(), cert);
+            }
+        }
         w.finish();
         frame
     }

@@ -89,7 +89,17 @@ pub(super) async fn accept_loop(
                 let span = tracing::info_span!("conn", client.addr = %peer, server.addr = %local);
                 tokio::spawn(
                     async move {
-                        crate::conn::serve(shared, io, peer, local).await;
+                        // A port serves one scheme (spec §1.3): https if what is
+                        // registered on it is.
+                        let https = shared
+                            .table
+                            .load()
+                            .listens(portshare_router::Scheme::Https, local.port());
+                        if https {
+                            crate::tls::serve(shared, io, peer, local).await;
+                        } else {
+                            crate::conn::serve(shared, io, peer, local).await;
+                        }
                         drop((counted, place));
                     }
                     .instrument(span),
@@ -277,17 +287,32 @@ impl Daemon {
         out
     }
 
-    pub(super) fn warnings(st: &State, prefix: &UrlPrefix, listening: &[String]) -> Vec<String> {
+    /// What a registration should know: no certificate binding covers an https prefix's
+    /// port (spec §10: it registers, and clients fail at the handshake); nothing listens
+    /// for it. The state view shows the last.
+    pub(super) fn warnings(
+        &self,
+        st: &State,
+        prefix: &UrlPrefix,
+        listening: &[String],
+    ) -> Vec<String> {
+        let mut out = Vec::new();
+        if prefix.scheme() == Scheme::Https && !self.shared.tls.load().covers_port(prefix.port()) {
+            out.push(format!(
+                "no certificate binding covers port {} ([[sslcert]] in the configuration): \
+                 the registration stands, but TLS handshakes on that port fail",
+                prefix.port()
+            ));
+        }
         if listening.is_empty() {
             let list: Vec<String> = st.iplisten.iter().map(|i| i.to_string()).collect();
-            vec![format!(
+            out.push(format!(
                 "nothing listens for {prefix}: its address is not in the IP listen list ({}); \
                  the registration stands, but clients cannot reach it",
                 list.join(", ")
-            )]
-        } else {
-            Vec::new()
+            ));
         }
+        out
     }
 
     /// The listen list in force: the `--iplisten` flags, else the configuration's list and

@@ -556,7 +556,7 @@ impl Daemon {
             Some(added_by @ None) => {
                 *added_by = Some(session.id);
                 let listening = self.listening_for(st, &prefix);
-                let warnings = Daemon::warnings(st, &prefix, &listening);
+                let warnings = self.warnings(st, &prefix, &listening);
                 return Ok(UrlAdded {
                     url: prefix.to_string(),
                     listening,
@@ -581,14 +581,6 @@ impl Daemon {
         st.acl
             .check_register(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
-        // After the checks HTTP.sys makes, so a refused https prefix is refused for the same
-        // reason as on Windows.
-        if prefix.scheme() == Scheme::Https {
-            return Err(api(
-                Win32Error::NotSupported,
-                "https prefixes need TLS, which this daemon does not serve yet",
-            ));
-        }
         if let Host::Ip(ip) = prefix.host() {
             bind::check_local(*ip).map_err(|e| bind_error(&e))?;
         }
@@ -612,7 +604,7 @@ impl Daemon {
         }
         self.publish(st);
         let listening = self.listening_for(st, &prefix);
-        let warnings = Daemon::warnings(st, &prefix, &listening);
+        let warnings = self.warnings(st, &prefix, &listening);
         for w in &warnings {
             tracing::warn!(queue = name, "{w}");
         }

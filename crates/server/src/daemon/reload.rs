@@ -60,6 +60,13 @@ impl Daemon {
     pub(crate) fn load(self: &Arc<Self>) -> Result<Vec<String>, crate::Error> {
         let saved = StateFile::load(&self.state_file)?;
         let mut report = Report::default();
+        let sslcerts = self.lock().config.sslcerts.clone();
+        let (bindings, warnings) =
+            crate::tls::Bindings::load(&sslcerts).map_err(crate::Error::config)?;
+        self.shared.tls.store(Arc::new(bindings));
+        for w in warnings {
+            report.warn(w);
+        }
         let queues = {
             let mut st = self.lock();
             st.saved = saved;
@@ -93,6 +100,17 @@ impl Daemon {
             )
         })?;
         let mut report = Report::default();
+        // Certificates are read before anything changes: a binding whose files cannot be
+        // used refuses the whole file.
+        let (bindings, warnings) = crate::tls::Bindings::load(&new.sslcerts).map_err(|e| {
+            api(
+                Win32Error::InvalidData,
+                format!("{e}; the daemon keeps its current configuration"),
+            )
+        })?;
+        for w in warnings {
+            report.warn(w);
+        }
         // The group database is asked before the lock is taken.
         let admin_gid = new
             .admin_group
@@ -112,6 +130,14 @@ impl Daemon {
             }
             self.apply_acl(&mut st, &mut report);
             self.publish(&mut st);
+            // New handshakes use the certificates as read now (their files may have
+            // changed under the same paths); sessions already made keep theirs.
+            self.shared.tls.store(Arc::new(bindings));
+            if !new.sslcerts.is_empty() || !old.sslcerts.is_empty() {
+                report
+                    .changes
+                    .push("certificate bindings, for new connections".into());
+            }
             old
         };
         if old.state_file != new.state_file {

@@ -53,7 +53,7 @@ impl Daemon {
                     url: r.prefix().to_string(),
                     queue: r.value().queue.name().to_owned(),
                     context: r.value().context,
-                    warning: Daemon::warnings(&st, r.prefix(), &listening).pop(),
+                    warning: self.warnings(&st, r.prefix(), &listening).pop(),
                     listening,
                 }
             })
