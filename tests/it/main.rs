@@ -30,5 +30,6 @@ mod registrations;
 mod reload;
 mod routing;
 mod shutdown;
+mod sslcert;
 mod upstream;
 mod urlacl;
