@@ -382,6 +382,13 @@ async fn body_within<T: DeserializeOwned>(
     wait: Duration,
     max: usize,
 ) -> Result<T, Reply> {
+    use hyper::body::Body as _;
+    let announced = req.body().size_hint().lower();
+    if announced > max as u64 {
+        return Err(bad(format!(
+            "the request body is {announced} bytes; this request takes at most {max}"
+        )));
+    }
     let collect = Limited::new(req.into_body(), max).collect();
     let bytes = tokio::time::timeout(wait, collect)
         .await
