@@ -31,5 +31,6 @@ mod reload;
 mod routing;
 mod shutdown;
 mod sslcert;
+mod tls;
 mod upstream;
 mod urlacl;

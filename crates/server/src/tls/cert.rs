@@ -169,9 +169,12 @@ fn readable_by_others(path: &Path) -> Option<String> {
     })
 }
 
-/// What `show sslcert` tells of a certificate, its validity in Unix seconds, and its SAN
-/// DNS names in lower case.
-fn summarize(der: &[u8]) -> Result<(CertSummary, (i64, i64), Vec<String>), String> {
+/// A certificate's summary, its validity (from, until) in Unix seconds, and its SAN DNS
+/// names in lower case.
+type Summarized = (CertSummary, (i64, i64), Vec<String>);
+
+/// What `show sslcert` tells of a certificate, and what the checks need of it.
+fn summarize(der: &[u8]) -> Result<Summarized, String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let mut sans = Vec::new();
     let mut names = Vec::new();

@@ -195,6 +195,9 @@ impl Bindings {
     }
 }
 
+/// A central store's index, and the warnings of its files.
+type Indexed = (HashMap<String, Arc<Bound>>, Vec<String>);
+
 /// Reads a central store folder: each `NAME.pem` (chain and key) whose `NAME` is a DNS
 /// name, and `_.NAME.pem` as `*.NAME`. Other files are skipped with a warning; a file
 /// that is named right but cannot be used fails the binding.
@@ -202,7 +205,7 @@ fn index_folder(
     folder: &Path,
     params: BindingParams,
     client_ca: Option<&Arc<rustls::RootCertStore>>,
-) -> Result<(HashMap<String, Arc<Bound>>, Vec<String>), String> {
+) -> Result<Indexed, String> {
     let entries = std::fs::read_dir(folder)
         .map_err(|e| format!("cannot read folder {}: {e}", folder.display()))?;
     let mut names = HashMap::new();
