@@ -10,6 +10,7 @@ mod client;
 mod explain;
 mod serve;
 mod show;
+mod sslcert;
 
 #[derive(Debug, Parser)]
 #[command(name = "portshare", version, about, long_about = None)]
@@ -36,6 +37,9 @@ enum Command {
     Serve(serve::Args),
     /// Show what a running daemon holds.
     Show(show::Args),
+    /// Add, delete or show certificate bindings for https (`netsh http add|delete|show
+    /// sslcert`).
+    Sslcert(sslcert::Args),
     /// Add or delete URL reservations (`netsh http add|delete urlacl`).
     Urlacl(admin::UrlaclArgs),
 }
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Reload(args) => admin::reload(args),
         Command::Serve(args) => serve::run(args),
         Command::Show(args) => show::run(args),
+        Command::Sslcert(args) => sslcert::run(args),
         Command::Urlacl(args) => admin::urlacl(args),
     }
 }
@@ -78,6 +83,15 @@ mod tests {
             &["portshare", "iplisten", "add", "::1", "--control", "/s"],
             &["portshare", "queue", "--control", "/s", "disable", "q"],
             &["portshare", "reload", "--control", "/s"],
+            &[
+                "portshare",
+                "sslcert",
+                "delete",
+                "ccs=443",
+                "--control",
+                "/s",
+            ],
+            &["portshare", "show", "sslcert", "--json", "--control", "/s"],
             &["portshare", "explain", "--live", "--control", "/s", "/"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));

@@ -42,6 +42,12 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// Certificate bindings (`netsh http show sslcert`).
+    Sslcert {
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -62,7 +68,19 @@ pub(crate) fn run(args: Args) -> ExitCode {
             json,
             iplisten_text,
         ),
+        What::Sslcert { json } => sslcert(&client, json),
     }
+}
+
+/// `show sslcert` (also `sslcert show`).
+pub(crate) fn sslcert(client: &Client, json: bool) -> ExitCode {
+    show(
+        client,
+        "show sslcert",
+        path::SSLCERT,
+        json,
+        crate::sslcert::list_text,
+    )
 }
 
 /// Fetches `target` and prints it as pretty JSON or through `render`.

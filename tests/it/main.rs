@@ -30,6 +30,7 @@ mod registrations;
 mod reload;
 mod routing;
 mod shutdown;
+mod sslcert;
 mod tls;
 mod upstream;
 mod urlacl;

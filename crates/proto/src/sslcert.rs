@@ -347,6 +347,71 @@ pub struct SslCertList {
     pub bindings: Vec<SslCertInfo>,
 }
 
+/// Largest `POST /v1/sslcert` body: one binding's PEM files, or a `ccs` folder's files
+/// all together. The control socket refuses longer bodies before reading them whole.
+pub const MAX_ADD_BYTES: usize = 1 << 20;
+
+/// Most bindings the control API may add; the configuration file's are not counted.
+pub const MAX_API_BINDINGS: usize = 4096;
+
+/// Most files in one `ccs` folder sent over the control API.
+pub const MAX_CCS_FILES: usize = 1024;
+
+/// A PEM file as the CLI read it, with its caller's rights: the name is for messages
+/// only (the daemon never opens it), the contents are what the daemon keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PemFile {
+    /// The file's name as the caller gave it, for messages.
+    pub name: String,
+    /// The file's contents.
+    pub pem: String,
+}
+
+/// A central store folder's certificates as the CLI read them: each `NAME.pem` file of the
+/// folder (`_.example.com.pem` for `*.example.com`), chain and key in one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PemFolder {
+    /// The folder's name as the caller gave it, for messages and `show sslcert`.
+    pub name: String,
+    /// Its `*.pem` files; each file's `name` is its name in the folder (no `/`).
+    pub files: Vec<PemFile>,
+}
+
+/// `POST /v1/sslcert` (`portshare sslcert add`): a binding and its material. An `ipport`
+/// or `hostnameport` binding carries `cert` and `key`; a `ccs` binding carries `folder`.
+/// `client_ca` comes with a client certificate policy other than `ignore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddSslCert {
+    /// How the binding is found.
+    pub binding: BindingKey,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: BindingParams,
+    /// The certificate chain, leaf first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PemFile>,
+    /// The certificate's private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PemFile>,
+    /// The CAs client certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PemFile>,
+    /// A `ccs` binding's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<PemFolder>,
+}
+
+/// `DELETE /v1/sslcert` (`portshare sslcert delete`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteSslCert {
+    /// The binding to delete.
+    pub binding: BindingKey,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

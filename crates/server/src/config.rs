@@ -100,8 +100,8 @@ pub use crate::timers::Timers;
 pub use error::ConfigError;
 pub(crate) use error::Fault;
 pub use sslcert::SslCertConfig;
-pub(crate) use state::StateFile;
 pub use state::default_state_file;
+pub(crate) use state::{SavedSslCert, StateFile};
 
 /// Everything the daemon is told.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -25,6 +25,7 @@ use portshare_proto::control::{
     AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
     RemoveReservation, RemoveUrl,
 };
+use portshare_proto::sslcert::{AddSslCert, DeleteSslCert};
 use portshare_proto::wire::{SLOTS_HEADER, UPGRADE_PROTOCOL};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -365,9 +366,30 @@ fn bad(message: impl Into<String>) -> Reply {
     error(&ApiError::new(Win32Error::InvalidParameter, message))
 }
 
+/// Largest `POST /v1/sslcert` body: the PEM files' bytes, and room for their JSON escapes
+/// and names. The daemon holds the PEM itself to `MAX_ADD_BYTES` once decoded.
+const MAX_SSLCERT_BODY: usize = portshare_proto::sslcert::MAX_ADD_BYTES / 4 * 5;
+
 /// Reads a JSON request body, which must come within `wait`.
 async fn body<T: DeserializeOwned>(req: Request<Incoming>, wait: Duration) -> Result<T, Reply> {
-    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    body_within(req, wait, MAX_BODY).await
+}
+
+/// Reads a JSON request body of at most `max` bytes, which must come within `wait`. A
+/// body announced longer is refused before any of it is read.
+async fn body_within<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    wait: Duration,
+    max: usize,
+) -> Result<T, Reply> {
+    use hyper::body::Body as _;
+    let announced = req.body().size_hint().lower();
+    if announced > max as u64 {
+        return Err(bad(format!(
+            "the request body is {announced} bytes; this request takes at most {max}"
+        )));
+    }
+    let collect = Limited::new(req.into_body(), max).collect();
     let bytes = tokio::time::timeout(wait, collect)
         .await
         .map_err(|_| bad(format!("the request body did not come within {wait:?}")))?
@@ -431,6 +453,30 @@ async fn handle(
                 Err(r) => return r,
             };
             match blocking(daemon, session, move |d, s| d.urlacl_remove(s, &rm)).await {
+                Ok(()) => no_content(),
+                Err(e) => error(&e),
+            }
+        }
+        (&Method::GET, paths::SSLCERT) => json(
+            StatusCode::OK,
+            &blocking(daemon, session, |d, _| d.sslcert_list()).await,
+        ),
+        (&Method::POST, paths::SSLCERT) => {
+            let add: AddSslCert = match body_within(req, wait, MAX_SSLCERT_BODY).await {
+                Ok(a) => a,
+                Err(r) => return r,
+            };
+            match blocking(daemon, session, move |d, s| d.sslcert_add(s, &add)).await {
+                Ok(info) => json(StatusCode::CREATED, &info),
+                Err(e) => error(&e),
+            }
+        }
+        (&Method::DELETE, paths::SSLCERT) => {
+            let rm: DeleteSslCert = match body(req, wait).await {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            match blocking(daemon, session, move |d, s| d.sslcert_delete(s, &rm)).await {
                 Ok(()) => no_content(),
                 Err(e) => error(&e),
             }

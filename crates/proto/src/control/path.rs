@@ -20,6 +20,8 @@ pub const STATE: &str = "/v1/state";
 pub const URLACL: &str = "/v1/urlacl";
 /// `GET`, `POST`, `DELETE`: the IP listen list.
 pub const IPLISTEN: &str = "/v1/iplisten";
+/// `GET`, `POST`, `DELETE`: the certificate bindings (see [`crate::sslcert`]).
+pub const SSLCERT: &str = "/v1/sslcert";
 /// `POST`: read the configuration file again.
 pub const RELOAD: &str = "/v1/reload";
 /// `POST`: create or open a queue. A queue's own path is below it: see [`queue`].

@@ -13,6 +13,8 @@
 //! - [`session`]: control connections as the owners of what they create, and linger;
 //! - [`listener`]: listening sockets per port, the accept loops, the IP listen list;
 //! - [`reservations`]: URL ACLs from the configuration and the state file;
+//! - [`sslcerts`]: certificate bindings of the control API, and their merge with the
+//!   configuration's;
 //! - [`reload`]: applying the configuration at start and on reload;
 //! - [`view`]: the state view;
 //! - [`caps`]: per-uid caps and the descriptor budget's shares.
@@ -47,6 +49,7 @@ mod listener;
 mod reload;
 mod reservations;
 mod session;
+mod sslcerts;
 mod view;
 
 use listener::{Listener, bind_error};

@@ -60,13 +60,12 @@ impl Daemon {
     pub(crate) fn load(self: &Arc<Self>) -> Result<Vec<String>, crate::Error> {
         let saved = StateFile::load(&self.state_file)?;
         let mut report = Report::default();
-        let sslcerts = self.lock().config.sslcerts.clone();
-        let (bindings, warnings) =
-            crate::tls::Bindings::load(&sslcerts).map_err(crate::Error::config)?;
+        let config = self.lock().config.clone();
+        // The configuration's bindings and the state file's (see `sslcerts`).
+        let bindings = self
+            .sslcert_bindings(&config, &saved.sslcert, None, &mut report)
+            .map_err(crate::Error::config)?;
         self.shared.tls.store(Arc::new(bindings));
-        for w in warnings {
-            report.warn(w);
-        }
         let queues = {
             let mut st = self.lock();
             st.saved = saved;
@@ -105,15 +104,16 @@ impl Daemon {
         let mut report = Report::default();
         // Certificates are read before anything changes: a binding whose files cannot be
         // used refuses the whole file.
-        let (bindings, warnings) = crate::tls::Bindings::load(&new.sslcerts).map_err(|e| {
-            api(
-                Win32Error::InvalidData,
-                format!("{e}; the daemon keeps its current configuration"),
-            )
-        })?;
-        for w in warnings {
-            report.warn(w);
-        }
+        // With the state file's bindings, which the configuration's shadow (see `sslcerts`).
+        let saved = self.lock().saved.sslcert.clone();
+        let bindings = self
+            .sslcert_bindings(&new, &saved, None, &mut report)
+            .map_err(|e| {
+                api(
+                    Win32Error::InvalidData,
+                    format!("{e}; the daemon keeps its current configuration"),
+                )
+            })?;
         // The group database is asked before the lock is taken.
         let admin_gid = new
             .admin_group
