@@ -311,7 +311,7 @@ impl Daemon {
         self.may_bind_certificates(session, "add certificate bindings")?;
         // One add, delete or reload at a time: each builds the bindings from what the
         // others left.
-        let _one_at_a_time = self.reloading.blocking_lock();
+        let _one_at_a_time = self.one_change();
         let (config, saved) = {
             let st = self.lock();
             if config_keys(&st.config).contains(key) {
@@ -406,21 +406,16 @@ impl Daemon {
                 ));
             }
         };
-        {
-            let mut st = self.lock();
-            let mut state = st.saved.clone();
-            state.sslcert.push(entry);
-            if let Err(e) = state.save(&self.state_file) {
-                drop(st);
-                paths.remove();
-                return Err(api(
-                    Win32Error::AccessDenied,
-                    format!("{e}; nothing changed"),
-                ));
-            }
-            st.saved = state;
-            self.shared.tls.store(Arc::new(bindings));
+        // The state file is written without the lock: `one_change` keeps every other
+        // writer of it out meanwhile.
+        let mut state = self.lock().saved.clone();
+        state.sslcert.push(entry);
+        if let Err(e) = self.save_state(&state) {
+            paths.remove();
+            return Err(e);
         }
+        self.lock().saved = state;
+        self.shared.tls.store(Arc::new(bindings));
         info.source = BindingSource::Api;
         if let Some(folder) = &add.folder {
             info.folder = Some(portshare_proto::text::printable(&folder.name).into_owned());
@@ -443,7 +438,7 @@ impl Daemon {
     ) -> Result<(), ApiError> {
         let key = &delete.binding;
         self.may_bind_certificates(session, "delete certificate bindings")?;
-        let _one_at_a_time = self.reloading.blocking_lock();
+        let _one_at_a_time = self.one_change();
         let (config, saved) = {
             let st = self.lock();
             if config_keys(&st.config).contains(key) {
@@ -473,16 +468,11 @@ impl Daemon {
                     format!("the bindings cannot be built: {e}; nothing changed"),
                 )
             })?;
-        {
-            let mut st = self.lock();
-            let mut state = st.saved.clone();
-            state.sslcert.retain(|s| s.binding != *key);
-            state
-                .save(&self.state_file)
-                .map_err(|e| api(Win32Error::AccessDenied, format!("{e}; nothing changed")))?;
-            st.saved = state;
-            self.shared.tls.store(Arc::new(bindings));
-        }
+        let mut state = self.lock().saved.clone();
+        state.sslcert.retain(|s| s.binding != *key);
+        self.save_state(&state)?;
+        self.lock().saved = state;
+        self.shared.tls.store(Arc::new(bindings));
         Files::of(&self.sslcert_dir(), key).remove();
         tracing::info!(
             binding = %key,
