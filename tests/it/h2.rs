@@ -61,7 +61,10 @@ fn a_site(tag: &str, params: &str) -> (TempDir, Cert, Daemon, u16) {
     let dir = TempDir::new(tag);
     let a = cert(&dir.0, "a", &["a.example"]);
     let (d, port) = https_daemon(tag, |port| {
-        pair(&format!("hostnameport = \"a.example:{port}\"\n{params}"), &a)
+        pair(
+            &format!("hostnameport = \"a.example:{port}\"\n{params}"),
+            &a,
+        )
     });
     (dir, a, d, port)
 }
@@ -236,7 +239,9 @@ fn metadata(answer: &str) -> Vec<String> {
     let mut lines: Vec<String> = answer
         .lines()
         .filter(|l| l.starts_with("portshare-"))
-        .filter(|l| !l.starts_with("portshare-client-addr") && !l.starts_with("portshare-request-id"))
+        .filter(|l| {
+            !l.starts_with("portshare-client-addr") && !l.starts_with("portshare-request-id")
+        })
         .map(|l| match l.find("; alpn=") {
             Some(i) => l[..i].to_owned(),
             None => l.to_owned(),
@@ -270,19 +275,28 @@ fn a_stream_reaches_the_app_with_the_metadata_http1_gives_and_its_answer_comes_b
             Some(answer2.len().to_string().as_str())
         );
         assert!(parts.headers.contains_key("date"));
-        assert!(head1.to_ascii_lowercase().contains("content-type: text/plain"));
+        assert!(
+            head1
+                .to_ascii_lowercase()
+                .contains("content-type: text/plain")
+        );
         // The same first line and the same metadata, but for the protocol.
         assert_eq!(answer1.lines().next(), answer2.lines().next());
-        assert_eq!(metadata(answer1), metadata(&answer2), "{answer1}\n{answer2}");
+        assert_eq!(
+            metadata(answer1),
+            metadata(&answer2),
+            "{answer1}\n{answer2}"
+        );
         let prefix = format!("portshare-url-prefix: https://a.example:{port}/app/");
         assert!(
-            answer2
-                .lines()
-                .any(|l| l.eq_ignore_ascii_case(&prefix)),
+            answer2.lines().any(|l| l.eq_ignore_ascii_case(&prefix)),
             "{answer2}"
         );
         assert!(answer2.contains("; sni=a.example; alpn=h2\n"), "{answer2}");
-        assert!(answer1.contains("; sni=a.example; alpn=http/1.1\n"), "{answer1}");
+        assert!(
+            answer1.contains("; sni=a.example; alpn=http/1.1\n"),
+            "{answer1}"
+        );
         // HTTP/2's own fields are not the application's: the head is HTTP/1.1's.
         assert!(!answer2.contains(":authority"), "{answer2}");
         assert!(answer2.contains("\nhost: a.example\n"), "{answer2}");
@@ -389,7 +403,10 @@ fn authority_routes_streams_of_one_connection_to_two_apps() {
                 let (parts, body) = fetch(&send, get(&authority, "/x")).await;
                 let body = String::from_utf8_lossy(&body).into_owned();
                 assert_eq!(parts.status, 200, "{body}");
-                assert!(body.starts_with(&format!("name={name} ")), "{sni} {authority}: {body}");
+                assert!(
+                    body.starts_with(&format!("name={name} ")),
+                    "{sni} {authority}: {body}"
+                );
             }
         }
     });
@@ -482,6 +499,27 @@ fn respond(worker: &mut WireWorker, stream: u32, status: u16, body: &[u8]) {
         .expect("respond");
 }
 
+/// Waits (at most [`WAIT`]) until the daemon's GOAWAY (`NO_ERROR`) is in: the client
+/// then opens no new stream.
+async fn goaway_seen(send: &SendRequest<Bytes>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match send.clone().ready().await {
+            Err(e) => {
+                assert!(
+                    e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR),
+                    "{e:?}"
+                );
+                return;
+            }
+            Ok(_) => {
+                assert!(Instant::now() < deadline, "no GOAWAY within {WAIT:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 #[test]
 fn a_graceful_stop_sends_goaway_and_lets_an_open_stream_finish() {
     let (_dir, _a, mut d, port) = a_site("h2-stop", "");
@@ -492,7 +530,9 @@ fn a_graceful_stop_sends_goaway_and_lets_an_open_stream_finish() {
         .block_on(async { timeout(WAIT, send.clone().ready()).await })
         .expect("ready")
         .expect("up");
-    let (open, _) = ready.send_request(get("a.example", "/w/slow"), true).expect("sent");
+    let (open, _) = ready
+        .send_request(get("a.example", "/w/slow"), true)
+        .expect("sent");
     let stream = worker.next_head();
     let pid = d.proc.child.id().to_string();
     let status = Command::new("kill")
@@ -506,15 +546,7 @@ fn a_graceful_stop_sends_goaway_and_lets_an_open_stream_finish() {
         "the worker was not told to drain"
     );
     rt.block_on(async {
-        // GOAWAY: a new stream is not taken (refused by the client itself once GOAWAY is
-        // in, or by the daemon).
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if let Ok(mut late) = send.clone().ready().await {
-            if let Ok((late, _)) = late.send_request(get("a.example", "/w/late"), true) {
-                let r = timeout(WAIT, late).await.expect("an answer in time");
-                assert!(r.is_err(), "a stream after GOAWAY was served");
-            }
-        }
+        goaway_seen(&send).await;
     });
     respond(&mut worker, stream, 200, b"done");
     rt.block_on(async {
@@ -558,13 +590,15 @@ fn an_upstream_queue_gets_http11_with_the_https_scheme() {
     let up = std::net::TcpListener::bind("127.0.0.1:0").expect("upstream");
     let up_port = up.local_addr().expect("addr").port();
     let _echo = EchoServer::start(AnyListener::Tcp(up));
-    let (_d, port) = Daemon::builder().tag("h2-upstream").spawn_on_free_port(|port| {
-        format!(
-            "iplisten = [\"127.0.0.1\"]\n\n{}\n[[queue]]\nname = \"s\"\n\
+    let (_d, port) = Daemon::builder()
+        .tag("h2-upstream")
+        .spawn_on_free_port(|port| {
+            format!(
+                "iplisten = [\"127.0.0.1\"]\n\n{}\n[[queue]]\nname = \"s\"\n\
              urls = [\"https://+:{port}/s/\"]\nupstream = \"127.0.0.1:{up_port}\"\n",
-            pair(&format!("hostnameport = \"a.example:{port}\""), &a)
-        )
-    });
+                pair(&format!("hostnameport = \"a.example:{port}\""), &a)
+            )
+        });
     let sent = Bytes::from(pattern(300 * 1024, 3));
     runtime().block_on(async {
         let (send, _conn) = h2_open(port, "a.example").await;
@@ -578,8 +612,16 @@ fn an_upstream_queue_gets_http11_with_the_https_scheme() {
         let e = Echoed::parse(&body);
         assert!(e.request_line.ends_with(" HTTP/1.1"), "{}", e.request_line);
         assert_eq!(e.one("x-forwarded-proto"), "https");
-        assert!(e.one("forwarded").contains("proto=https"), "{:?}", e.headers);
-        assert!(e.one("portshare-tls").ends_with("; alpn=h2"), "{:?}", e.headers);
+        assert!(
+            e.one("forwarded").contains("proto=https"),
+            "{:?}",
+            e.headers
+        );
+        assert!(
+            e.one("portshare-tls").ends_with("; alpn=h2"),
+            "{:?}",
+            e.headers
+        );
         // A body streamed through to the upstream, and back.
         let mut ready = send.clone().ready().await.expect("up");
         let req = http::Request::builder()
@@ -589,12 +631,113 @@ fn an_upstream_queue_gets_http11_with_the_https_scheme() {
             .expect("a request");
         let (resp, mut out) = ready.send_request(req, false).expect("sent");
         send_body(&mut out, sent.clone()).await;
-        let resp = timeout(WAIT, resp).await.expect("in time").expect("a response");
+        let resp = timeout(WAIT, resp)
+            .await
+            .expect("in time")
+            .expect("a response");
         let (parts, body) = body_of(resp).await;
         assert_eq!(parts.status, 200);
         let e = Echoed::parse(&body);
         assert!(e.body == sent, "the body reached the upstream changed");
     });
+}
+
+/// An upstream that answers one request only when told: the request's head goes out on
+/// the first channel, and the answer waits for a word on the second.
+fn held_upstream() -> (
+    u16,
+    std::sync::mpsc::Receiver<String>,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("upstream");
+    let port = l.local_addr().expect("addr").port();
+    let (head_tx, head_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        let _ = s.set_read_timeout(Some(WAIT));
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while crate::harness::find(&buf, b"\r\n\r\n").is_none() {
+            match s.read(&mut chunk) {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        let _ = head_tx.send(String::from_utf8_lossy(&buf).into_owned());
+        if go_rx.recv_timeout(WAIT).is_ok() {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+            // Held open until the daemon lets go.
+            let _ = s.read(&mut chunk);
+        }
+    });
+    (port, head_rx, go_tx, thread)
+}
+
+#[test]
+fn a_graceful_stop_lets_an_open_stream_to_an_upstream_finish() {
+    let dir = TempDir::new("h2-stop-up");
+    let a = cert(&dir.0, "a", &["a.example"]);
+    let (up_port, heads, go, upstream) = held_upstream();
+    let (mut d, port) = Daemon::builder()
+        .tag("h2-stop-up")
+        .spawn_on_free_port(|port| {
+            format!(
+                "iplisten = [\"127.0.0.1\"]\n\n{}\n[[queue]]\nname = \"s\"\n\
+             urls = [\"https://+:{port}/s/\"]\nupstream = \"127.0.0.1:{up_port}\"\n",
+                pair(&format!("hostnameport = \"a.example:{port}\""), &a)
+            )
+        });
+    let rt = runtime();
+    let (send, conn) = rt.block_on(h2_open(port, "a.example"));
+    let mut ready = rt
+        .block_on(async { timeout(WAIT, send.clone().ready()).await })
+        .expect("ready")
+        .expect("up");
+    let (open, _) = ready
+        .send_request(get("a.example", "/s/slow"), true)
+        .expect("sent");
+    let head = heads
+        .recv_timeout(WAIT)
+        .expect("the request reached the upstream");
+    let lower = head.to_ascii_lowercase();
+    assert!(head.starts_with("GET /s/slow HTTP/1.1\r\n"), "{head}");
+    assert!(lower.contains("\r\nx-forwarded-proto: https\r\n"), "{head}");
+    let pid = d.proc.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    rt.block_on(async {
+        goaway_seen(&send).await;
+    });
+    go.send(()).expect("the upstream waits");
+    rt.block_on(async {
+        let resp = timeout(WAIT, open)
+            .await
+            .expect("in time")
+            .expect("the open stream's response");
+        let (parts, body) = body_of(resp).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, b"done");
+        drop(ready);
+        drop(send);
+        timeout(WAIT, conn)
+            .await
+            .expect("the connection ends")
+            .expect("the task")
+            .expect("a clean close after GOAWAY");
+    });
+    assert!(eventually(20, || matches!(
+        d.proc.child.try_wait(),
+        Ok(Some(_))
+    )));
+    let _ = upstream.join();
 }
 
 const HEADERS: u8 = 1;
@@ -640,7 +783,9 @@ fn rapid_reset_over_tls_gets_goaway_and_the_daemon_serves_another_client() {
             let mut goaway = None;
             loop {
                 while buf.len() >= 9 {
-                    let len = (usize::from(buf[0]) << 16) | (usize::from(buf[1]) << 8) | usize::from(buf[2]);
+                    let len = (usize::from(buf[0]) << 16)
+                        | (usize::from(buf[1]) << 8)
+                        | usize::from(buf[2]);
                     if buf.len() < 9 + len {
                         break;
                     }
@@ -661,7 +806,9 @@ fn rapid_reset_over_tls_gets_goaway_and_the_daemon_serves_another_client() {
         let mut pairs = 0u32;
         let mut open = PREFACE.to_vec();
         open.extend(frame(SETTINGS, 0, 0, &[]));
-        let mut write_ok = timeout(WAIT, wr.write_all(&open)).await.is_ok_and(|r| r.is_ok());
+        let mut write_ok = timeout(WAIT, wr.write_all(&open))
+            .await
+            .is_ok_and(|r| r.is_ok());
         // HEADERS then RST_STREAM (CANCEL), in batches of 100, at most 5,000 and 20 s.
         while write_ok && pairs < 5000 && started.elapsed() < WAIT && !reader.is_finished() {
             let mut batch = Vec::new();
@@ -675,7 +822,10 @@ fn rapid_reset_over_tls_gets_goaway_and_the_daemon_serves_another_client() {
                 .await
                 .is_ok_and(|r| r.is_ok());
         }
-        let goaway = timeout(WAIT, reader).await.expect("closed in time").expect("task");
+        let goaway = timeout(WAIT, reader)
+            .await
+            .expect("closed in time")
+            .expect("task");
         assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "after {pairs} resets");
         // The daemon still serves another client.
         let (send, _conn) = h2_open(port, "a.example").await;
@@ -788,12 +938,17 @@ fn a_worker_leaving_while_the_client_window_is_shut_resets_the_stream_at_once() 
         .block_on(async { timeout(WAIT, send.clone().ready()).await })
         .expect("ready")
         .expect("up");
-    let (resp, _) = ready.send_request(get("a.example", "/w/big"), true).expect("sent");
+    let (resp, _) = ready
+        .send_request(get("a.example", "/w/big"), true)
+        .expect("sent");
     let stream = worker.next_head();
     // More than the client's window (64 KiB), within the worker's (256 KiB).
     let head = ResponseHead {
         status: 200,
-        headers: vec![(Bytes::from_static(b"content-length"), Bytes::from_static(b"1048576"))],
+        headers: vec![(
+            Bytes::from_static(b"content-length"),
+            Bytes::from_static(b"1048576"),
+        )],
     };
     worker
         .send(|o| {
@@ -852,7 +1007,10 @@ fn expect_100_continue_over_h2_gets_100_once_the_app_has_the_request() {
     );
     runtime().block_on(async {
         let (send, _conn) = h2_open(port, "a.example").await;
-        let mut ready = timeout(WAIT, send.ready()).await.expect("ready").expect("up");
+        let mut ready = timeout(WAIT, send.ready())
+            .await
+            .expect("ready")
+            .expect("up");
         let req = http::Request::builder()
             .method("POST")
             .uri(format!("https://a.example:{port}/axum/echo"))
@@ -868,8 +1026,12 @@ fn expect_100_continue_over_h2_gets_100_once_the_app_has_the_request() {
             .expect("an interim response")
             .expect("a good one");
         assert_eq!(interim.status(), 100);
-        out.send_data(Bytes::from_static(b"hello"), true).expect("body");
-        let resp = timeout(WAIT, resp).await.expect("in time").expect("a response");
+        out.send_data(Bytes::from_static(b"hello"), true)
+            .expect("body");
+        let resp = timeout(WAIT, resp)
+            .await
+            .expect("in time")
+            .expect("a response");
         let (parts, body) = body_of(resp).await;
         assert_eq!(parts.status, 200);
         assert_eq!(body, b"hello");
