@@ -306,10 +306,11 @@ pub(super) async fn serve(
     let request_timers = slot.timers().resolve(&timers);
     // Handed to the application: now is the time for 100 Continue, as on HTTP/1 (spec
     // Q12); an interim HEADERS frame (RFC 9113 §8.1).
-    if has_body && head.expect_continue() {
-        if let Ok(interim) = http::Response::builder().status(100).body(()) {
-            let _ = out.respond.send_informational(interim);
-        }
+    if has_body
+        && head.expect_continue()
+        && let Ok(interim) = http::Response::builder().status(100).body(())
+    {
+        let _ = out.respond.send_informational(interim);
     }
     let from = Origin {
         peer: &link.peer_text,
