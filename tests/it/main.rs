@@ -22,6 +22,7 @@ mod errlog;
 mod explain_vectors;
 mod flow;
 mod framing;
+mod h2;
 mod http1;
 mod lifecycle;
 mod limits;

@@ -18,15 +18,15 @@ use crate::harness::{
 };
 
 /// A certificate for `names`, its PEM files written to `dir` as `tag.crt` and `tag.key`.
-struct Cert {
-    der: CertificateDer<'static>,
-    crt: PathBuf,
-    key: PathBuf,
-    cert_pem: String,
-    key_pem: String,
+pub(crate) struct Cert {
+    pub(crate) der: CertificateDer<'static>,
+    pub(crate) crt: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
 }
 
-fn cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
+pub(crate) fn cert(dir: &Path, tag: &str, names: &[&str]) -> Cert {
     let made = rcgen::generate_simple_self_signed(
         names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
     )
@@ -54,7 +54,7 @@ fn write_private(path: &Path, text: &str) {
 
 /// Accepts any server certificate: the tests look at which one was served.
 #[derive(Debug)]
-struct AnyCert;
+pub(crate) struct AnyCert;
 
 impl rustls::client::danger::ServerCertVerifier for AnyCert {
     fn verify_server_cert(
@@ -100,7 +100,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
@@ -171,7 +171,7 @@ fn https_daemon(sslcert: impl Fn(u16) -> String) -> (Daemon, u16, EchoServer) {
     (d, port, echo)
 }
 
-fn pair(key: &str, c: &Cert) -> String {
+pub(crate) fn pair(key: &str, c: &Cert) -> String {
     format!(
         "[[sslcert]]\n{key}\ncert = {:?}\nkey = {:?}\n",
         c.crt.display().to_string(),

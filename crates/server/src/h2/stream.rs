@@ -304,6 +304,14 @@ pub(super) async fn serve(
         }
     };
     let request_timers = slot.timers().resolve(&timers);
+    // Handed to the application: now is the time for 100 Continue, as on HTTP/1 (spec
+    // Q12); an interim HEADERS frame (RFC 9113 §8.1).
+    if has_body
+        && head.expect_continue()
+        && let Ok(interim) = http::Response::builder().status(100).body(())
+    {
+        let _ = out.respond.send_informational(interim);
+    }
     let from = Origin {
         peer: &link.peer_text,
         local: &link.local_text,
@@ -599,7 +607,23 @@ impl Ctx<'_> {
                                 if !relay.started {
                                     false
                                 } else {
-                                    match self.send_body(out, &mut relay, data, end).await {
+                                    // The client's window may hold this write back. A worker
+                                    // that leaves meanwhile will never finish the response:
+                                    // the stream is let go at once, and what it holds with it,
+                                    // as HTTP/1 lets its connection go. The last bytes are
+                                    // the whole rest of the response and are written out.
+                                    let sent = tokio::select! {
+                                        biased;
+                                        r = self.send_body(out, &mut relay, data, end) => Some(r),
+                                        () = worker.gone(), if !end => None,
+                                    };
+                                    let Some(sent) = sent else {
+                                        self.queue.count_abandoned();
+                                        self.log(None, Reason::ConnectionAbandonedByReqQueue);
+                                        out.reset(h2::Reason::INTERNAL_ERROR);
+                                        return;
+                                    };
+                                    match sent {
                                         Ok(()) => true,
                                         Err(None) => false,
                                         Err(Some(f)) => {
