@@ -313,6 +313,9 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     if let Some(up) = &q.upstream {
         let _ = writeln!(out, "        Upstream: {up}");
     }
+    if let Some(port) = q.https_redirect {
+        let _ = writeln!(out, "        Redirects to https, port: {port}");
+    }
     let c = &q.counters;
     let _ = writeln!(out, "        Counters:");
     for (name, value) in [
@@ -603,6 +606,7 @@ mod tests {
                 config: false,
                 access: Vec::new(),
                 upstream: None,
+                https_redirect: None,
                 depth: 3,
                 oldest_wait_ms: 250,
                 in_flight: 1,

@@ -27,6 +27,7 @@ mod http1;
 mod lifecycle;
 mod limits;
 mod queues;
+mod redirect;
 mod registrations;
 mod reload;
 mod routing;

@@ -159,6 +159,7 @@ impl QueueBuilder {
                 mode: OpenMode::OpenOrCreate,
                 props: self.props,
                 upstream: None,
+                https_redirect: None,
             },
             name: self.name,
             urls: self.urls,

@@ -247,6 +247,10 @@ pub struct QueueSpec {
     /// waiting for attached workers. Root only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Answer every request of this queue's (http) URLs with `308 Permanent Redirect` to
+    /// the same host and target over https, on this port; no worker is involved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<u16>,
 }
 
 /// One account's rights on a queue, besides its owner's (who holds them all).
@@ -603,6 +607,9 @@ pub struct QueueState {
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// The https port this queue's requests are redirected to, for redirecting queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<u16>,
     /// Requests waiting now.
     pub depth: u64,
     /// How long the oldest waiting request has waited, in milliseconds (0 when none waits).

@@ -407,6 +407,10 @@ pub struct QueueConfig {
     /// Most connections to the upstream at once; default 256.
     #[serde(default)]
     pub connections: Option<u32>,
+    /// Answer every request of the queue's (http) URLs with `308 Permanent Redirect` to the
+    /// same host and target over https on this port, for sites that serve both.
+    #[serde(default)]
+    pub https_redirect: Option<u16>,
 }
 
 /// An entry of a queue's access list in the configuration file.
@@ -728,6 +732,40 @@ impl Config {
                         format!("queue {:?}: upstream = {up:?}: {e}", q.name),
                     )
                 })?;
+            }
+            match q.https_redirect {
+                Some(0) => {
+                    return Err(at(
+                        "https_redirect",
+                        format!(
+                            "queue {:?}: https_redirect = 0: expected a port from 1 to 65535",
+                            q.name
+                        ),
+                    ));
+                }
+                Some(_) if q.upstream.is_some() => {
+                    return Err(at(
+                        "https_redirect",
+                        format!(
+                            "queue {:?}: a queue either forwards to an upstream or redirects to \
+                             https, not both",
+                            q.name
+                        ),
+                    ));
+                }
+                Some(_) => {
+                    if let Some(url) = q.urls.iter().find(|u| u.starts_with("https:")) {
+                        return Err(at(
+                            "https_redirect",
+                            format!(
+                                "queue {:?}: redirects http to https, but lists {url:?}: it \
+                                 takes http URLs only",
+                                q.name
+                            ),
+                        ));
+                    }
+                }
+                None => {}
             }
             if q.min_send_rate == Some(0) {
                 return Err(at(

@@ -189,6 +189,26 @@ pub(crate) fn page_body(rejection: Rejection, detail: Detail) -> (String, &'stat
     (body, phrase)
 }
 
+/// Appends `308 Permanent Redirect` to `location`, with no body; `close` adds
+/// `Connection: close`.
+pub(crate) fn redirect(out: &mut BytesMut, location: &[u8], server: Option<&str>, close: bool) {
+    out.put_slice(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: ");
+    out.put_slice(location);
+    out.put_slice(b"\r\n");
+    if let Some(server) = server {
+        out.put_slice(b"Server: ");
+        out.put_slice(server.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Date: ");
+    put_date(out);
+    out.put_slice(b"\r\n");
+    if close {
+        out.put_slice(b"Connection: close\r\n");
+    }
+    out.put_slice(b"Content-Length: 0\r\n\r\n");
+}
+
 /// `HTTP/1.1 100 Continue`, sent when a request that expects it is handed to an application.
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 

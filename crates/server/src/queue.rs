@@ -108,6 +108,8 @@ pub(crate) struct Queue {
     connections: AtomicU64,
     /// `Props::max_connections`, read without the lock.
     max_connections: AtomicU32,
+    /// The https port requests are redirected to; 0 for a queue that serves them.
+    https_redirect: AtomicU32,
 }
 
 /// A client connection counted against its queue's connection limit until dropped.
@@ -287,6 +289,7 @@ impl Queue {
             conn_limit: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             max_connections: AtomicU32::new(max),
+            https_redirect: AtomicU32::new(0),
         })
     }
 
@@ -302,6 +305,21 @@ impl Queue {
 
     pub(crate) fn owner_uid(&self) -> u32 {
         self.owner_uid
+    }
+
+    /// The https port this queue's requests are redirected to, if it redirects them.
+    pub(crate) fn https_redirect(&self) -> Option<u16> {
+        match self.https_redirect.load(Ordering::Relaxed) {
+            0 => None,
+            port => u16::try_from(port).ok(),
+        }
+    }
+
+    /// Makes the queue answer its requests with a redirect to https on `port` (or serve
+    /// them again, with `None`).
+    pub(crate) fn set_https_redirect(&self, port: Option<u16>) {
+        self.https_redirect
+            .store(port.map_or(0, u32::from), Ordering::Relaxed);
     }
 
     /// The upstream, for a queue that forwards.

@@ -493,6 +493,31 @@ impl Conn {
             };
             return self.rejected(Some(&head), misdirected, None);
         }
+        if let Some(port) = binding.queue.https_redirect()
+            && self.tls.is_none()
+        {
+            let location = https_location(
+                headers::routed_host(&head, authority),
+                self.local,
+                head.target(),
+                port,
+            );
+            let server = self.settings.server_header.own();
+            // An unread body is not drained for a redirect: the connection closes after it.
+            let close = head.version() != Version::Http11
+                || !head.keep_alive()
+                || !body.is_done()
+                || self.shared.stopping();
+            pages::redirect(&mut self.wr, &location, server, close);
+            if close {
+                return Next::Close; // written out as the connection closes
+            }
+            return if self.send(&binding.queue).await {
+                Next::KeepAlive
+            } else {
+                Next::Abort
+            };
+        }
         let queue = binding.queue.clone();
         // The request span is debug: with that level off, this costs one static check.
         if tracing::enabled!(tracing::Level::DEBUG) {
@@ -609,6 +634,43 @@ pub(crate) fn sni_matches(sni: Option<&str>, host: Option<&[u8]>) -> bool {
     name.eq_ignore_ascii_case(sni.as_bytes())
 }
 
+/// Where a redirect to https sends a request: `https://HOST[:PORT]TARGET`, HOST as the
+/// request was routed by (without its port; the local address when it named none), the
+/// port left out when it is 443, the target as the client sent it (its path and query,
+/// for an absolute-form target; `/` for `*`).
+fn https_location(host: Option<&[u8]>, local: SocketAddr, target: &[u8], port: u16) -> Vec<u8> {
+    let mut out = b"https://".to_vec();
+    match host {
+        Some(h) if !h.is_empty() => {
+            let name = if h.starts_with(b"[") {
+                h.iter().position(|&b| b == b']').map_or(h, |i| &h[..=i])
+            } else {
+                h.iter().rposition(|&b| b == b':').map_or(h, |i| &h[..i])
+            };
+            out.extend_from_slice(name);
+        }
+        _ => match local.ip() {
+            std::net::IpAddr::V4(a) => out.extend_from_slice(a.to_string().as_bytes()),
+            std::net::IpAddr::V6(a) => out.extend_from_slice(format!("[{a}]").as_bytes()),
+        },
+    }
+    if port != 443 {
+        out.extend_from_slice(format!(":{port}").as_bytes());
+    }
+    let path = if target.starts_with(b"/") {
+        target
+    } else if let Some(i) = target.windows(3).position(|w| w == b"://") {
+        let rest = &target[i + 3..];
+        rest.iter()
+            .position(|&b| b == b'/')
+            .map_or(&b"/"[..], |j| &rest[j..])
+    } else {
+        b"/"
+    };
+    out.extend_from_slice(path);
+    out
+}
+
 /// Polls a future once: its output if ready, else `None` (the future stays usable).
 async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
     std::future::poll_fn(|cx| match fut.as_mut().poll(cx) {
@@ -616,6 +678,42 @@ async fn poll_once<F: std::future::Future>(mut fut: std::pin::Pin<&mut F>) -> Op
         std::task::Poll::Pending => std::task::Poll::Ready(None),
     })
     .await
+}
+
+#[cfg(test)]
+mod location {
+    use std::net::SocketAddr;
+
+    #[test]
+    fn a_redirect_keeps_host_and_target_and_names_a_port_other_than_443() {
+        let local: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        for (host, local, target, port, want) in [
+            (
+                Some(&b"www.example.com"[..]),
+                local,
+                &b"/a/b?c=d"[..],
+                443,
+                "https://www.example.com/a/b?c=d",
+            ),
+            (
+                Some(b"www.example.com:80"),
+                local,
+                b"/",
+                8443,
+                "https://www.example.com:8443/",
+            ),
+            (Some(b"[::1]:8080"), local, b"/x", 443, "https://[::1]/x"),
+            (None, local, b"/x", 443, "https://10.0.0.1/x"),
+            (Some(b""), v6, b"/x", 443, "https://[2001:db8::1]/x"),
+            (Some(b"h"), local, b"http://h:80/p?q", 443, "https://h/p?q"),
+            (Some(b"h"), local, b"http://h", 443, "https://h/"),
+            (Some(b"h"), local, b"*", 443, "https://h/"),
+        ] {
+            let got = super::https_location(host, local, target, port);
+            assert_eq!(String::from_utf8_lossy(&got), want);
+        }
+    }
 }
 
 #[cfg(test)]

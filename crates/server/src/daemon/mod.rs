@@ -289,10 +289,11 @@ impl Daemon {
                     "only its owner and the accounts it granted access may open it",
                 ));
             }
-            if spec.upstream.is_some() {
+            if spec.upstream.is_some() || spec.https_redirect.is_some() {
                 return Err(api(
                     Win32Error::InvalidParameter,
-                    "upstream is set when a queue is created, not when it is opened",
+                    "upstream and https_redirect are set when a queue is created, not when it \
+                     is opened",
                 ));
             }
             let q = entry.queue.clone();
@@ -342,12 +343,28 @@ impl Daemon {
                 Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
             ))),
         };
+        match spec.https_redirect {
+            Some(0) => {
+                return Err(api(
+                    Win32Error::InvalidParameter,
+                    "https_redirect = 0: expected a port from 1 to 65535",
+                ));
+            }
+            Some(_) if upstream.is_some() => {
+                return Err(api(
+                    Win32Error::InvalidParameter,
+                    "a queue either forwards to an upstream or redirects to https, not both",
+                ));
+            }
+            _ => {}
+        }
         let mut props = Props::default();
         props
             .apply(&spec.props)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
         self.may_own_queue(&st, session)?;
         let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
+        queue.set_https_redirect(spec.https_redirect);
         if let Some(up) = upstream {
             let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
             queue.attach(self.next_id(), Target::Upstream(up), slots);
@@ -528,6 +545,14 @@ impl Daemon {
                 format!("queue {name:?} forwards to an upstream; workers cannot attach to it"),
             ));
         }
+        if entry.queue.https_redirect().is_some() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "queue {name:?} redirects its requests to https; workers cannot attach to it"
+                ),
+            ));
+        }
         Ok(entry.queue.clone())
     }
 
@@ -599,6 +624,12 @@ impl Daemon {
                 ));
             }
             _ => {}
+        }
+        if prefix.scheme() == Scheme::Https && queue.https_redirect().is_some() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!("queue {name:?} redirects http to https: it takes http URLs only"),
+            ));
         }
         let caller = known_as.admin(self.is_admin(st, &session.peer));
         // HTTP.sys's order (spec §1.3): the scheme and duplicate checks before the ACL, so

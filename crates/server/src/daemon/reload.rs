@@ -245,6 +245,7 @@ impl Daemon {
                         mode: OpenMode::Create,
                         props,
                         upstream: q.upstream.clone(),
+                        https_redirect: q.https_redirect,
                     };
                     if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
                         let w = format!("queue {:?}: not created: {e}", q.name);
@@ -261,6 +262,12 @@ impl Daemon {
                     if b.upstream != q.upstream || b.connections != q.connections {
                         report.warn(format!(
                             "queue {:?}: upstream and connections apply when the daemon restarts",
+                            q.name
+                        ));
+                    }
+                    if b.https_redirect != q.https_redirect {
+                        report.warn(format!(
+                            "queue {:?}: https_redirect applies when the daemon restarts",
                             q.name
                         ));
                     }
