@@ -99,7 +99,8 @@ wait_https() { # URL PGID SECONDS
 }
 # CPU ticks (user+system) of every process in the given process groups.
 group_ticks() {
-    cat /proc/[0-9]*/stat 2>/dev/null | awk -v groups="$*" '
+    # A process may end between the glob and the read: that is not a failure.
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v groups="$*" '
         BEGIN { n = split(groups, g, " "); for (i = 1; i <= n; i++) want[g[i]] = 1 }
         { sub(/^.*\) /, ""); if ($3 in want) t += $12 + $13 }
         END { printf "%d\n", t }'
