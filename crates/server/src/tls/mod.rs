@@ -123,18 +123,112 @@ pub(crate) async fn serve(
     };
     drop(settings);
     if info.alpn_h2 {
+        // HTTP/2 owns the stream while it serves and drops it when it is done; it comes
+        // back here for a lingering close.
+        let (back, returned) = tokio::sync::oneshot::channel();
+        let stream = ComesBack {
+            io: Some(stream),
+            back: Some(back),
+        };
         // Boxed: an HTTP/1 session's task need not be as large as HTTP/2's state.
         Box::pin(serve_h2(shared, stream, peer, local, info.info)).await;
+        if let Ok(stream) = returned.await {
+            linger(stream).await;
+        }
     } else {
         let io = Io::Tls(Box::new(stream));
         crate::conn::serve_io(shared, io, peer, local, Some(Box::new(info.info))).await;
     }
 }
 
+/// After HTTP/2 has let go of a connection (its GOAWAY and last frames written), ends the
+/// session (close_notify and the FIN) and reads and throws away what the client still
+/// sends (a window update, a ping's answer), for a moment: closing with unread bytes would
+/// make the kernel answer with a reset, which can destroy responses the client has not
+/// read yet. As HTTP/1's lingering close, bounded to 2 s and 1 MiB.
+async fn linger(mut stream: TlsStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMIT: usize = 1 << 20;
+    let mut buf = [0u8; 4096];
+    let mut thrown = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        while thrown < LIMIT {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => thrown += n,
+                _ => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// A stream lent out: when the borrower drops it, it goes back through `back`.
+struct ComesBack {
+    io: Option<TlsStream>,
+    back: Option<tokio::sync::oneshot::Sender<TlsStream>>,
+}
+
+impl Drop for ComesBack {
+    fn drop(&mut self) {
+        if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
+            let _ = back.send(io);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ComesBack {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => std::pin::Pin::new(io).poll_read(cx, buf),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ComesBack {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.io.as_mut() {
+            Some(io) => std::pin::Pin::new(io).poll_write(cx, buf),
+            None => std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => std::pin::Pin::new(io).poll_flush(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.io.as_mut() {
+            Some(io) => std::pin::Pin::new(io).poll_shutdown(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// The hand-off of an HTTP/2 session (ALPN chose `h2`) to the HTTP/2 connection.
 async fn serve_h2(
     shared: Arc<Shared>,
-    stream: TlsStream,
+    stream: ComesBack,
     peer: SocketAddr,
     local: SocketAddr,
     info: TlsInfo,
