@@ -389,3 +389,55 @@ fn a_header_sent_a_byte_at_a_time_is_read_whole() {
     assert_eq!(e.one("portshare-client-addr"), "192.0.2.44:321");
     drop(d);
 }
+
+/// A reload that turns `proxy_protocol` on applies to the next connection: one without a
+/// header is then closed; turning it off serves plain connections again.
+#[test]
+fn a_reload_turns_the_header_requirement_on_and_off_for_new_connections() {
+    let up = std::net::TcpListener::bind("127.0.0.1:0").expect("upstream");
+    let up_port = up.local_addr().expect("addr").port();
+    let _echo = EchoServer::start(AnyListener::Tcp(up));
+    let port = free_port();
+    let config = |listener: bool| {
+        let listener = if listener {
+            format!("[[listener]]\naddress = \"127.0.0.1:{port}\"\nproxy_protocol = true\n\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "iplisten = [\"127.0.0.1\"]\n\n{listener}[[queue]]\nname = \"r\"\n\
+             urls = [\"http://+:{port}/r/\"]\nupstream = \"127.0.0.1:{up_port}\"\n"
+        )
+    };
+    let d = Daemon::builder().config(config(false)).spawn();
+    let mut c = connect(port);
+    let e = get(&mut c, "/r/", "");
+    assert!(e.one("portshare-client-addr").starts_with("127.0.0.1:"));
+
+    d.write_config(&config(true));
+    let (status, body) = d.ctl().call("POST", "/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let mut plain = connect(port);
+    plain
+        .write_all(b"GET /r/ HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("send");
+    let closed = read_until_close(&mut plain, "no header after the reload");
+    assert!(closed.bytes.is_empty(), "{}", closed.text());
+    let mut c = connect(port);
+    c.write_all(b"PROXY TCP4 192.0.2.8 127.0.0.1 8 80\r\n")
+        .expect("send");
+    assert_eq!(
+        get(&mut c, "/r/", "").one("portshare-client-addr"),
+        "192.0.2.8:8"
+    );
+
+    d.write_config(&config(false));
+    let (status, body) = d.ctl().call("POST", "/v1/reload", None);
+    assert_eq!(status, 200, "{body}");
+    let mut c = connect(port);
+    assert!(
+        get(&mut c, "/r/", "")
+            .one("portshare-client-addr")
+            .starts_with("127.0.0.1:")
+    );
+}

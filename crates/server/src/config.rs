@@ -153,7 +153,7 @@ pub struct Config {
 }
 
 /// One `[[listener]]` table: what connections reaching `address` must start with.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `IP:PORT`; a wildcard IP covers every address of its family on the port.
@@ -164,7 +164,7 @@ pub struct ListenerConfig {
 }
 
 /// One `[[trusted_proxy]]` table: address ranges of proxies in front of the daemon.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedProxyConfig {
     /// CIDR ranges (`10.0.0.0/8`, `::1/128`) or single addresses.
