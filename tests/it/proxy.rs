@@ -441,3 +441,60 @@ fn a_reload_turns_the_header_requirement_on_and_off_for_new_connections() {
             .starts_with("127.0.0.1:")
     );
 }
+
+/// Over HTTP/2 (curl, ALPN h2) the same rule holds: a trusted peer's `X-Forwarded-For` is
+/// believed, an untrusted one's is not.
+#[test]
+fn trusted_proxies_hold_over_http2_too() {
+    let curl = Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !curl {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "curl is not installed and CI=true: .ci/run installs it"
+        );
+        return;
+    }
+    let dir = TempDir::new("proxy-h2");
+    let cert = crate::tls::cert(&dir.0, "c", &["h.example"]);
+    let up = std::net::TcpListener::bind("127.0.0.1:0").expect("upstream");
+    let up_port = up.local_addr().expect("addr").port();
+    let _echo = EchoServer::start(AnyListener::Tcp(up));
+    let (d, port) = Daemon::builder().spawn_on_free_port(|port| {
+        format!(
+            "iplisten = [\"127.0.0.1\"]\n\n[[trusted_proxy]]\nranges = [\"127.0.0.2\"]\n\n{}\n\
+             [[queue]]\nname = \"s\"\nurls = [\"https://+:{port}/s/\"]\n\
+             upstream = \"127.0.0.1:{up_port}\"\n",
+            crate::tls::pair(&format!("ipport = \"0.0.0.0:{port}\""), &cert)
+        )
+    });
+    let fetch = |from: &str| {
+        let out = Command::new("curl")
+            .args(["-sk", "--http2", "--max-time", "20", "--interface", from])
+            .args(["-H", "X-Forwarded-For: 203.0.113.77"])
+            .args(["-w", "\n--version %{http_version}"])
+            .arg(format!("https://127.0.0.1:{port}/s/"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    let trusted = fetch("127.0.0.2");
+    assert!(trusted.ends_with("--version 2"), "{trusted}");
+    assert!(
+        trusted.contains("x-forwarded-for: 203.0.113.77\r\n"),
+        "{trusted}"
+    );
+    assert!(
+        trusted.contains("portshare-client-addr: 203.0.113.77:0\r\n"),
+        "{trusted}"
+    );
+    let untrusted = fetch("127.0.0.3");
+    assert!(
+        untrusted.contains("x-forwarded-for: 127.0.0.3\r\n"),
+        "{untrusted}"
+    );
+    assert!(!untrusted.contains("203.0.113.77"), "{untrusted}");
+    drop(d);
+}
