@@ -26,6 +26,7 @@ mod h2;
 mod http1;
 mod lifecycle;
 mod limits;
+mod proxy;
 mod queues;
 mod redirect;
 mod registrations;

@@ -106,9 +106,19 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A TLS client connection to 127.0.0.1:port; `sni` None sends no SNI. `client` is a
 /// client certificate to offer.
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub(crate) type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn tls_connect(port: u16, sni: Option<&str>, client: Option<&Cert>) -> Result<Tls, String> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    tls_over(tcp, sni, client)
+}
+
+/// A TLS client session over `tcp`, its handshake done (as [`tls_connect`]).
+pub(crate) fn tls_over(
+    tcp: TcpStream,
+    sni: Option<&str>,
+    client: Option<&Cert>,
+) -> Result<Tls, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
@@ -129,7 +139,6 @@ fn tls_connect(port: u16, sni: Option<&str>, client: Option<&Cert>) -> Result<Tl
         None => ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
     };
     let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
-    let tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     let mut s = rustls::StreamOwned::new(conn, tcp);
@@ -147,7 +156,12 @@ fn served(s: &Tls) -> CertificateDer<'static> {
 }
 
 /// One request over an open TLS connection.
-fn request(s: &mut Tls, host: &str, target: &str, extra: &str) -> (u16, String, Vec<u8>) {
+pub(crate) fn request(
+    s: &mut Tls,
+    host: &str,
+    target: &str,
+    extra: &str,
+) -> (u16, String, Vec<u8>) {
     let req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
     s.write_all(req.as_bytes()).expect("send");
     s.flush().expect("flush");

@@ -77,6 +77,13 @@
 //! min_tls = "1.2"             # "1.2" | "1.3"
 //! session_tickets = false     # resumption by session IDs only
 //! require_sni_match = false   # 421 when Host is not the SNI name
+//!
+//! [[listener]]                 # options of a listening address
+//! address = "0.0.0.0:443"     # IP:PORT; a wildcard covers its family's addresses
+//! proxy_protocol = true       # connections start with a PROXY v1/v2 header, else closed
+//!
+//! [[trusted_proxy]]            # peers whose Forwarded / X-Forwarded-For are believed
+//! ranges = ["10.0.0.0/8", "::1/128"]
 //! ```
 //!
 //! A file that does not parse, or holds a value out of range, is refused with the line and
@@ -137,6 +144,31 @@ pub struct Config {
     /// Certificate bindings for https ports.
     #[serde(default, rename = "sslcert")]
     pub sslcerts: Vec<SslCertConfig>,
+    /// Listening addresses with options of their own (the PROXY protocol).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Peers whose `Forwarded` and `X-Forwarded-For` headers are believed.
+    #[serde(default, rename = "trusted_proxy")]
+    pub trusted_proxies: Vec<TrustedProxyConfig>,
+}
+
+/// One `[[listener]]` table: what connections reaching `address` must start with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `IP:PORT`; a wildcard IP covers every address of its family on the port.
+    pub address: std::net::SocketAddr,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), else is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// One `[[trusted_proxy]]` table: address ranges of proxies in front of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxyConfig {
+    /// CIDR ranges (`10.0.0.0/8`, `::1/128`) or single addresses.
+    pub ranges: Vec<String>,
 }
 
 /// The control socket's place and permissions, and what one user may hold through it.
@@ -676,6 +708,29 @@ impl Config {
         }
         for (i, c) in self.sslcerts.iter().enumerate() {
             c.check(i, &self.sslcerts[..i])?;
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|m| m.address == l.address) {
+                return Err(Fault::at(
+                    Some(("listener", Some(i))),
+                    "address",
+                    format!("listener address = \"{}\": listed twice", l.address),
+                ));
+            }
+        }
+        for (i, t) in self.trusted_proxies.iter().enumerate() {
+            for r in &t.ranges {
+                if crate::trust::Cidr::parse(r).is_none() {
+                    return Err(Fault::at(
+                        Some(("trusted_proxy", Some(i))),
+                        "ranges",
+                        format!(
+                            "trusted_proxy range {r:?}: expected an address or ADDRESS/BITS \
+                             (10.0.0.0/8, ::1/128)"
+                        ),
+                    ));
+                }
+            }
         }
         for (i, q) in self.queues.iter().enumerate() {
             let at = |key: &'static str, message: String| {

@@ -76,11 +76,13 @@ mod h2;
 mod head;
 mod identity;
 mod pages;
+mod proxy;
 mod queue;
 mod quota;
 mod shared;
 mod timers;
 mod tls;
+mod trust;
 mod upstream;
 mod worker;
 

@@ -156,6 +156,10 @@ pub(crate) struct Settings {
     pub(crate) server_header: ServerHeader,
     /// The httperr files, written out when the last connection using them lets go.
     pub(crate) errlog: Arc<errlog::Log>,
+    /// The `[[listener]]` addresses whose connections start with a PROXY header.
+    pub(crate) proxy_listeners: Vec<std::net::SocketAddr>,
+    /// `[[trusted_proxy]]`: peers whose forwarding headers are believed.
+    pub(crate) trusted: crate::trust::Trusted,
 }
 
 impl Settings {
@@ -177,6 +181,18 @@ impl Settings {
             max_connections: l.max_connections,
             server_header: ServerHeader::from_registry(l.disable_server_header),
             errlog,
+            proxy_listeners: config
+                .listeners
+                .iter()
+                .filter(|l| l.proxy_protocol)
+                .map(|l| l.address)
+                .collect(),
+            trusted: crate::trust::Trusted::new(
+                config
+                    .trusted_proxies
+                    .iter()
+                    .flat_map(|t| t.ranges.iter().map(String::as_str)),
+            ),
         }
     }
 }

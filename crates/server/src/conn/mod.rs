@@ -77,8 +77,15 @@ pub(crate) struct Conn {
     tls: Option<Box<TlsInfo>>,
     rd: BytesMut,
     wr: BytesMut,
+    /// The connection's client: the socket's peer, or a PROXY header's source.
+    origin: SocketAddr,
+    /// The request's client: `origin`, or the one a trusted proxy forwards for (its port
+    /// 0: forwarding headers seldom tell it).
     peer: SocketAddr,
     local: SocketAddr,
+    /// The scheme a trusted proxy says the request's client used, for what upstreams are
+    /// told; routing never reads it.
+    proto: Option<&'static str>,
     /// `peer` and `local` as the metadata headers carry them, formatted once per connection.
     peer_text: String,
     local_text: String,
@@ -138,8 +145,10 @@ pub(crate) async fn serve_io(
         tls,
         rd: BytesMut::new(),
         wr: BytesMut::new(),
+        origin: peer,
         peer,
         local,
+        proto: None,
         peer_text: peer.to_string(),
         local_text: local.to_string(),
         scratch: Vec::new(),
@@ -443,6 +452,18 @@ impl Conn {
         let Ok(Parsed::Complete { head, .. }) = parse_head(&head_bytes, &limits) else {
             return Next::Close; // the same bytes parsed a moment ago
         };
+        // Behind a trusted proxy, the client it forwards for (a fresh choice per request).
+        let client = crate::trust::client(&self.settings.trusted, &head, self.origin.ip());
+        let peer = if client == self.origin.ip().to_canonical() {
+            self.origin
+        } else {
+            SocketAddr::new(client, 0)
+        };
+        if peer != self.peer {
+            self.peer = peer;
+            self.peer_text = peer.to_string();
+        }
+        self.proto = crate::trust::proto(&self.settings.trusted, &head, self.origin.ip());
         self.current = Some(Current {
             version: head.version(),
             method: head_bytes.slice_ref(head.method()),

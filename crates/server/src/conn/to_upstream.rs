@@ -36,7 +36,9 @@ pub(crate) fn upstream_request(
     binding: &crate::shared::Destination,
     id: u64,
 ) -> http::request::Builder {
-    let proto = if tls.is_some() { "https" } else { "http" };
+    let proto = from
+        .proto
+        .unwrap_or(if tls.is_some() { "https" } else { "http" });
     let mut req = http::Request::builder()
         .method(head.method())
         .uri(target)
@@ -86,6 +88,7 @@ impl Conn {
         let from = Origin {
             peer: &self.peer_text,
             local: &self.local_text,
+            proto: self.proto,
         };
         upstream_request(
             head,

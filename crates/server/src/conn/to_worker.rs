@@ -63,6 +63,8 @@ impl Drop for Stream {
 pub(crate) struct Origin<'a> {
     pub(crate) peer: &'a str,
     pub(crate) local: &'a str,
+    /// The scheme a trusted proxy says the client used (`X-Forwarded-Proto`), if any.
+    pub(crate) proto: Option<&'static str>,
 }
 
 /// The request head as a worker-wire frame on `stream`, `end` when no body follows, for
@@ -130,6 +132,7 @@ impl Conn {
         let from = Origin {
             peer: &self.peer_text,
             local: &self.local_text,
+            proto: self.proto,
         };
         request_frame(
             head,

@@ -91,6 +91,18 @@ pub(super) async fn accept_loop(
                 let span = tracing::debug_span!("conn", client.addr = %peer, server.addr = %local);
                 tokio::spawn(
                     async move {
+                        // Behind a load balancer, the header names the client first.
+                        let mut io = io;
+                        let proxied =
+                            crate::proxy::required(&shared.settings.load().proxy_listeners, local);
+                        let peer = if proxied {
+                            match crate::proxy::accept(&shared, &mut io, peer, local).await {
+                                Some(client) => client,
+                                None => return drop((counted, place)),
+                            }
+                        } else {
+                            peer
+                        };
                         // A port serves one scheme (spec §1.3): https if what is
                         // registered on it is.
                         let https = shared

@@ -169,11 +169,25 @@ impl Daemon {
         })
     }
 
-    /// Swaps in new limits, timers and error log if they changed.
+    /// Swaps in new limits, timers, error log, PROXY listeners and trusted proxies if they
+    /// changed (for connections accepted, and requests read, from then on).
     fn apply_settings(&self, st: &mut State, old: &Config, report: &mut Report) {
         let new = &st.config;
-        if old.limits == new.limits && old.timers == new.timers && old.errlog == new.errlog {
+        let listeners = old.listeners != new.listeners;
+        let trusted = old.trusted_proxies != new.trusted_proxies;
+        if old.limits == new.limits
+            && old.timers == new.timers
+            && old.errlog == new.errlog
+            && !listeners
+            && !trusted
+        {
             return;
+        }
+        if listeners {
+            report.changes.push("listeners (PROXY protocol)".into());
+        }
+        if trusted {
+            report.changes.push("trusted proxies".into());
         }
         let current = self.shared.settings.load_full();
         let errlog = if old.errlog == new.errlog {

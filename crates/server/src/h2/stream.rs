@@ -312,9 +312,21 @@ pub(super) async fn serve(
     {
         let _ = out.respond.send_informational(interim);
     }
+    // Behind a trusted proxy, the client it forwards for (port 0: seldom told).
+    let client = crate::trust::client(&settings.trusted, &head, link.peer.ip());
+    let (peer, peer_text) = if client == link.peer.ip().to_canonical() {
+        (
+            link.peer,
+            std::borrow::Cow::Borrowed(link.peer_text.as_str()),
+        )
+    } else {
+        let p = std::net::SocketAddr::new(client, 0);
+        (p, std::borrow::Cow::Owned(p.to_string()))
+    };
     let from = Origin {
-        peer: &link.peer_text,
+        peer: &peer_text,
         local: &link.local_text,
+        proto: crate::trust::proto(&settings.trusted, &head, link.peer.ip()),
     };
     let ctx = Ctx {
         link: &link,
@@ -346,7 +358,7 @@ pub(super) async fn serve(
                 &head,
                 authority,
                 &target,
-                link.peer,
+                peer,
                 from,
                 Some(&link.tls),
                 &binding,
