@@ -319,6 +319,21 @@ fn binding_text(out: &mut String, b: &SslCertInfo) {
             _ => "unknown",
         },
     );
+    if let Some(a) = &b.acme {
+        line("ACME", &a.state.to_string());
+        if let Some(t) = &a.valid_until {
+            line("ACME Valid Until", t);
+        }
+        if let Some(t) = &a.next_attempt {
+            line("ACME Next Attempt", t);
+        }
+        if let Some(e) = &a.last_error {
+            line(
+                "ACME Last Error",
+                &format!("{} ({} failed in a row)", printable(e), a.failures),
+            );
+        }
+    }
     for w in &b.warnings {
         line("Warning", &printable(w));
     }
@@ -356,6 +371,7 @@ mod tests {
             folder: None,
             ccs_names: vec![],
             source: BindingSource::Config,
+            acme: None,
             warnings: vec![],
         }
     }

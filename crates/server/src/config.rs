@@ -77,6 +77,16 @@
 //! min_tls = "1.2"             # "1.2" | "1.3"
 //! session_tickets = false     # resumption by session IDs only
 //! require_sni_match = false   # 421 when Host is not the SNI name
+//! # acme = true               # obtain and renew the certificate by ACME (no cert, key)
+//!
+//! [acme]                       # for [[sslcert]] tables with acme = true
+//! directory = "https://acme-v02.api.letsencrypt.org/directory"
+//! contact = ["mailto:admin@example.com"]
+//! # ca = "/etc/portshare/acme-ca.pem"   # CAs for the directory's https; default: the
+//!                                       # system's (/etc/ssl/certs/ca-certificates.crt)
+//! http_port = 80              # where HTTP-01 challenges arrive
+//! tls_port = 443              # where TLS-ALPN-01 challenges would arrive
+//! tls_alpn = false            # TLS-ALPN-01 instead of HTTP-01 (not supported yet)
 //! ```
 //!
 //! A file that does not parse, or holds a value out of range, is refused with the line and
@@ -137,6 +147,70 @@ pub struct Config {
     /// Certificate bindings for https ports.
     #[serde(default, rename = "sslcert")]
     pub sslcerts: Vec<SslCertConfig>,
+    /// The ACME account that `acme = true` bindings obtain their certificates with.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+}
+
+/// The `[acme]` table: the directory, the account's contact, and the challenge ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The directory URL, `https://`.
+    pub directory: String,
+    /// The account's contact URLs (`mailto:...`); may be empty.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// The CAs the directory's https certificate chains to, PEM. Default: the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The port HTTP-01 challenges arrive on. Default 80.
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    /// The port TLS-ALPN-01 challenges arrive on. Default 443.
+    #[serde(default = "default_tls_port")]
+    pub tls_port: u16,
+    /// Answer TLS-ALPN-01 rather than HTTP-01. Default false; not supported yet.
+    #[serde(default)]
+    pub tls_alpn: bool,
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+
+fn default_tls_port() -> u16 {
+    443
+}
+
+impl AcmeConfig {
+    fn check(&self) -> Result<(), Fault> {
+        let at = |key, message: String| Fault::at(Some(("acme", None)), key, message);
+        if !self.directory.starts_with("https://") {
+            return Err(at(
+                "directory",
+                format!(
+                    "acme.directory = {:?}: expected an https:// URL",
+                    self.directory
+                ),
+            ));
+        }
+        if self.http_port == 0 || self.tls_port == 0 {
+            let key = if self.http_port == 0 {
+                "http_port"
+            } else {
+                "tls_port"
+            };
+            return Err(at(key, format!("acme.{key} = 0: expected 1 to 65535")));
+        }
+        if self.tls_alpn {
+            return Err(at(
+                "tls_alpn",
+                "acme.tls_alpn = true: TLS-ALPN-01 is not supported yet; HTTP-01 is".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The control socket's place and permissions, and what one user may hold through it.
@@ -676,6 +750,16 @@ impl Config {
         }
         for (i, c) in self.sslcerts.iter().enumerate() {
             c.check(i, &self.sslcerts[..i])?;
+            if c.acme && self.acme.is_none() {
+                return Err(Fault::at(
+                    Some(("sslcert", Some(i))),
+                    "acme",
+                    "acme = true needs an [acme] table (directory, contact)",
+                ));
+            }
+        }
+        if let Some(a) = &self.acme {
+            a.check()?;
         }
         for (i, q) in self.queues.iter().enumerate() {
             let at = |key: &'static str, message: String| {

@@ -418,6 +418,7 @@ impl Daemon {
             .ports()
             .filter(|&(scheme, port)| st.table.listens(scheme, port))
             .map(|(_, port)| port)
+            .chain(st.acme_ports.keys().copied())
             .collect();
         st.bind_failures.retain(|a, _| ports.contains(&a.port()));
         for port in ports {

@@ -53,6 +53,7 @@ use crate::shared::Shared;
 mod cert;
 mod store;
 
+pub(crate) use cert::{load_pair, rfc3339, validity};
 pub(crate) use store::Bindings;
 
 /// How often a handshake that no binding serves may be logged.
