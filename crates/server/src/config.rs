@@ -83,7 +83,7 @@
 //! directory = "https://acme-v02.api.letsencrypt.org/directory"
 //! contact = ["mailto:admin@example.com"]
 //! # ca = "/etc/portshare/acme-ca.pem"   # CAs for the directory's https; default: the
-//!                                       # system's (/etc/ssl/certs/ca-certificates.crt)
+//!                                       # system's trust store
 //! http_port = 80              # where HTTP-01 challenges arrive
 //! tls_port = 443              # where TLS-ALPN-01 challenges would arrive
 //! tls_alpn = false            # TLS-ALPN-01 instead of HTTP-01 (not supported yet)

@@ -43,6 +43,9 @@ pub(super) const LAST_RETRY: Duration = Duration::from_secs(3600);
 /// How long an order may take to become ready, and its certificate to be issued.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// What the ACME tasks were started from: the `[acme]` table and the ACME bindings.
+type StartedFrom = (AcmeConfig, Vec<BindingKey>);
+
 /// The daemon's ACME tasks and what `show sslcert` tells of them. Its locks are its own,
 /// each held for a copy or an insert, never while the daemon's lock is.
 #[derive(Debug, Default)]
@@ -51,7 +54,7 @@ pub(super) struct AcmeRun {
     status: Mutex<HashMap<BindingKey, AcmeStatus>>,
     /// The tasks, and what they were started from (a reload that changes nothing of it
     /// leaves them be).
-    tasks: Mutex<(Vec<JoinHandle<()>>, Option<(AcmeConfig, Vec<BindingKey>)>)>,
+    tasks: Mutex<(Vec<JoinHandle<()>>, Option<StartedFrom>)>,
     /// The challenges pending, as published to the connections.
     pending: Mutex<HashMap<(String, String), Arc<str>>>,
 }
