@@ -1,6 +1,6 @@
 //! Certificates obtained and renewed by ACME, end to end against Debian's `pebble` (a test
 //! CA speaking ACME) with `pebble-challtestsrv` as its DNS server, both on 127.0.0.1 with
-//! ports picked here, validating for real (HTTP-01 against the daemon).
+//! ports picked here, validating for real (HTTP-01, and TLS-ALPN-01, against the daemon).
 //!
 //! Pebble's own https uses a certificate of a CA this test makes (rcgen), which the daemon
 //! is told to trust (`[acme] ca`). Pebble validates through a small relay made here, which
@@ -109,6 +109,11 @@ impl Pebble {
     /// Starts pebble (certificates valid `validity` seconds) and its DNS server; pebble
     /// validates HTTP-01 through a relay to `challenge_port` on 127.0.0.1.
     fn start(validity: u64, challenge_port: u16) -> Pebble {
+        Pebble::start_with(validity, challenge_port, free_port())
+    }
+
+    /// As [`Pebble::start`], validating TLS-ALPN-01 on `tls_port`.
+    fn start_with(validity: u64, challenge_port: u16, tls_port: u16) -> Pebble {
         let dir = TempDir::new("pebble");
         test_ca(&dir.0);
         let dns = free_port();
@@ -136,7 +141,7 @@ impl Pebble {
                 "certificate": dir.0.join("pebble.pem"),
                 "privateKey": dir.0.join("pebble.key"),
                 "httpPort": relay,
-                "tlsPort": free_port(),
+                "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false,
                 "certificateValidityPeriod": validity,
@@ -513,4 +518,41 @@ fn a_failing_directory_shows_its_error_and_is_retried() {
         text.contains("ACME") && text.contains("failed") && text.contains("ACME Last Error"),
         "{text}"
     );
+}
+
+#[test]
+fn tls_alpn_01_is_answered_on_the_https_port() {
+    if !have_pebble() {
+        return;
+    }
+    let tls = free_port();
+    let pebble = Pebble::start_with(3600, free_port(), tls);
+    let acme = format!(
+        "{}tls_port = {tls}\ntls_alpn = true\n",
+        pebble.acme_table(free_port())
+    );
+    let d = Daemon::builder()
+        .tag("acme-alpn")
+        .config(format!(
+            "[[sslcert]]\nhostnameport = \"app.test:{tls}\"\nacme = true\n\n{acme}\n\
+             [[queue]]\nname = \"s\"\nurls = [\"https://+:{tls}/\"]\nupstream = \"127.0.0.1:9\"\n"
+        ))
+        .spawn();
+    let key = format!("hostnameport=app.test:{tls}");
+    assert!(
+        eventually(60, || sslcert(&d, &key)["acme"]["state"] == "valid"),
+        "no certificate: {}\n{}\n{}",
+        sslcert(&d, &key),
+        d.log(),
+        pebble.log()
+    );
+    assert!(pebble.seen().is_empty(), "HTTP-01 was used");
+    assert!(
+        d.log().contains("tls-alpn-01 challenge answered"),
+        "{}",
+        d.log()
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pebble.root()).expect("root");
+    drop(tls_client(roots, tls, "app.test"));
 }

@@ -1,9 +1,11 @@
-//! The ACME HTTP-01 challenges the daemon answers itself ([`Challenges`]): while an order
-//! of an `acme = true` binding is pending, a `GET` (or `HEAD`) of
+//! The ACME challenges the daemon answers itself ([`Challenges`]): while an order of an
+//! `acme = true` binding is pending, a `GET` (or `HEAD`) of
 //! `/.well-known/acme-challenge/TOKEN` on the challenge port, whose Host is the name the
 //! token was issued for, is answered with the token's key authorization before routing
 //! (RFC 8555 §8.3). Any other request, another host's, or one for a token that is not
-//! pending (never was, or its order ended) is routed as usual.
+//! pending (never was, or its order ended) is routed as usual. With `tls_alpn = true`, a
+//! handshake on `tls_port` offering `acme-tls/1` with a pending host's SNI gets that
+//! host's challenge certificate instead (RFC 8737), and the connection ends there.
 //!
 //! The control plane (`daemon::acme`) writes the table, swapping it whole in
 //! [`crate::shared::Shared`]; connections read it without a lock. An empty table, the
@@ -15,13 +17,21 @@ use std::sync::Arc;
 /// The path prefix of HTTP-01 challenges (RFC 8555 §8.3).
 pub(crate) const PATH: &[u8] = b"/.well-known/acme-challenge/";
 
-/// The pending HTTP-01 challenges: (host, token) to key authorization, on one port.
+/// The ALPN protocol of TLS-ALPN-01 (RFC 8737 §6.2).
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// The pending challenges: HTTP-01, (host, token) to key authorization, on one port;
+/// TLS-ALPN-01, host to its challenge certificate, on another.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Challenges {
-    /// The port they arrive on (`[acme] http_port`).
+    /// The port HTTP-01 validation arrives on (`[acme] http_port`).
     pub(crate) port: u16,
     /// Host (lower case, a checked DNS name) and token, to the key authorization.
     pub(crate) tokens: HashMap<(String, String), Arc<str>>,
+    /// The port TLS-ALPN-01 validation arrives on (`[acme] tls_port`).
+    pub(crate) tls_port: u16,
+    /// Host (lower case) to the certificate that answers its TLS-ALPN-01 challenge.
+    pub(crate) alpn: HashMap<String, Arc<rustls::sign::CertifiedKey>>,
 }
 
 impl Challenges {
@@ -51,6 +61,24 @@ impl Challenges {
         };
         let name = portshare_proto::sslcert::dns_name(name)?;
         self.tokens.get(&(name, token.to_owned()))
+    }
+
+    /// Whether TLS-ALPN-01 challenges are pending on `port`: its connections are TLS.
+    pub(crate) fn alpn_on(&self, port: u16) -> bool {
+        !self.alpn.is_empty() && port == self.tls_port
+    }
+
+    /// The challenge certificate for a handshake that offers `acme-tls/1` for `sni` on
+    /// `local_port`, if that host's challenge is pending.
+    pub(crate) fn alpn_answer(
+        &self,
+        local_port: u16,
+        sni: Option<&str>,
+    ) -> Option<&Arc<rustls::sign::CertifiedKey>> {
+        if !self.alpn_on(local_port) {
+            return None;
+        }
+        self.alpn.get(sni?)
     }
 }
 
@@ -104,5 +132,21 @@ mod tests {
         );
         assert_eq!(ok(80, b"GET", path, None), None);
         assert_eq!(ok(80, b"GET", path, Some(b"[::1]:80")), None);
+    }
+
+    #[test]
+    fn a_tls_alpn_certificate_only_for_its_host_on_the_tls_port() {
+        let key = crate::tls::acme_alpn_key("app.example", &[0u8; 32]).expect("key");
+        let mut c = Challenges {
+            tls_port: 443,
+            ..Default::default()
+        };
+        assert!(!c.alpn_on(443));
+        c.alpn.insert("app.example".into(), key);
+        assert!(c.alpn_on(443) && !c.alpn_on(8443));
+        assert!(c.alpn_answer(443, Some("app.example")).is_some());
+        assert!(c.alpn_answer(443, Some("other.example")).is_none());
+        assert!(c.alpn_answer(443, None).is_none());
+        assert!(c.alpn_answer(8443, Some("app.example")).is_none());
     }
 }

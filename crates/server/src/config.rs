@@ -85,8 +85,8 @@
 //! # ca = "/etc/portshare/acme-ca.pem"   # CAs for the directory's https; default: the
 //!                                       # system's trust store
 //! http_port = 80              # where HTTP-01 challenges arrive
-//! tls_port = 443              # where TLS-ALPN-01 challenges would arrive
-//! tls_alpn = false            # TLS-ALPN-01 instead of HTTP-01 (not supported yet)
+//! tls_port = 443              # where TLS-ALPN-01 challenges arrive
+//! tls_alpn = false            # TLS-ALPN-01 on tls_port instead of HTTP-01
 //! ```
 //!
 //! A file that does not parse, or holds a value out of range, is refused with the line and
@@ -170,7 +170,7 @@ pub struct AcmeConfig {
     /// The port TLS-ALPN-01 challenges arrive on. Default 443.
     #[serde(default = "default_tls_port")]
     pub tls_port: u16,
-    /// Answer TLS-ALPN-01 rather than HTTP-01. Default false; not supported yet.
+    /// Answer TLS-ALPN-01 on `tls_port` rather than HTTP-01. Default false.
     #[serde(default)]
     pub tls_alpn: bool,
 }
@@ -202,12 +202,6 @@ impl AcmeConfig {
                 "tls_port"
             };
             return Err(at(key, format!("acme.{key} = 0: expected 1 to 65535")));
-        }
-        if self.tls_alpn {
-            return Err(at(
-                "tls_alpn",
-                "acme.tls_alpn = true: TLS-ALPN-01 is not supported yet; HTTP-01 is".into(),
-            ));
         }
         Ok(())
     }

@@ -11,7 +11,8 @@
 //!   tokens of orders in progress, only for the name each was issued for, only on
 //!   `[acme] http_port`, only until the order ends. If nothing is registered on that port,
 //!   it is bound for the order's duration and let go after, as the last registration would
-//!   let it go.
+//!   let it go. With `tls_alpn = true`, TLS-ALPN-01 the same way on `[acme] tls_port`:
+//!   a handshake offering `acme-tls/1` for a pending host gets its challenge certificate.
 //! - The account's key and each certificate's key are kept in the `acme` folder (0700)
 //!   beside the state file, each file 0600, under names made from the binding key
 //!   (`sslcerts::stem`) and nothing a client or a server sent.
@@ -56,7 +57,7 @@ pub(super) struct AcmeRun {
     /// leaves them be).
     tasks: Mutex<(Vec<JoinHandle<()>>, Option<StartedFrom>)>,
     /// The challenges pending, as published to the connections.
-    pending: Mutex<HashMap<(String, String), Arc<str>>>,
+    pending: Mutex<Challenges>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,16 +117,21 @@ struct Held {
     daemon: Arc<Daemon>,
     port: Option<u16>,
     tokens: Vec<(String, String)>,
+    /// Hosts of TLS-ALPN-01 challenges.
+    alpn: Vec<String>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if !self.tokens.is_empty() {
+        if !self.tokens.is_empty() || !self.alpn.is_empty() {
             let mut pending = lock(&self.daemon.acme.pending);
             for t in &self.tokens {
-                pending.remove(t);
+                pending.tokens.remove(t);
             }
-            self.daemon.publish_challenges(&pending);
+            for h in &self.alpn {
+                pending.alpn.remove(h);
+            }
+            self.daemon.publish_challenges(&mut pending);
         }
         if let Some(port) = self.port {
             self.daemon.acme_release_port(port);
@@ -362,6 +368,12 @@ impl Daemon {
             daemon: self.clone(),
             port: None,
             tokens: Vec::new(),
+            alpn: Vec::new(),
+        };
+        let (kind, port) = if config.tls_alpn {
+            (ChallengeType::TlsAlpn01, config.tls_port)
+        } else {
+            (ChallengeType::Http01, config.http_port)
         };
         {
             let mut authorizations = order.authorizations();
@@ -373,19 +385,38 @@ impl Daemon {
                     other => return Err(format!("the authorization is {other:?}")),
                 }
                 let mut challenge = authz
-                    .challenge(ChallengeType::Http01)
-                    .ok_or("the CA offers no http-01 challenge")?;
+                    .challenge(kind.clone())
+                    .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
                 let token = challenge.token.clone();
-                let answer: Arc<str> = Arc::from(challenge.key_authorization().as_str());
+                let key_authorization = challenge.key_authorization();
+                let alpn_key = if config.tls_alpn {
+                    Some(crate::tls::acme_alpn_key(
+                        host,
+                        key_authorization.digest().as_ref(),
+                    )?)
+                } else {
+                    None
+                };
                 if held.port.is_none() {
-                    self.acme_hold_port(config.http_port)?;
-                    held.port = Some(config.http_port);
+                    self.acme_hold_port(port)?;
+                    held.port = Some(port);
                 }
                 {
                     let mut pending = lock(&self.acme.pending);
-                    pending.insert((host.to_owned(), token.clone()), answer);
-                    held.tokens.push((host.to_owned(), token));
-                    self.publish_challenges(&pending);
+                    match alpn_key {
+                        Some(k) => {
+                            pending.alpn.insert(host.to_owned(), k);
+                            held.alpn.push(host.to_owned());
+                        }
+                        None => {
+                            let answer: Arc<str> = Arc::from(key_authorization.as_str());
+                            pending
+                                .tokens
+                                .insert((host.to_owned(), token.clone()), answer);
+                            held.tokens.push((host.to_owned(), token));
+                        }
+                    }
+                    self.publish_challenges(&mut pending);
                 }
                 challenge.set_ready().await.map_err(acme_error)?;
             }
@@ -428,12 +459,15 @@ impl Daemon {
     }
 
     /// Publishes the pending challenges to the connections.
-    fn publish_challenges(&self, pending: &HashMap<(String, String), Arc<str>>) {
-        let port = self.lock().config.acme.as_ref().map_or(80, |a| a.http_port);
-        self.shared.challenges.store(Arc::new(Challenges {
-            port,
-            tokens: pending.clone(),
-        }));
+    fn publish_challenges(&self, pending: &mut Challenges) {
+        let ports = self
+            .lock()
+            .config
+            .acme
+            .as_ref()
+            .map_or((80, 443), |a| (a.http_port, a.tls_port));
+        (pending.port, pending.tls_port) = ports;
+        self.shared.challenges.store(Arc::new(pending.clone()));
     }
 
     /// Holds `port` open for challenges: bound now if nothing registered binds it.

@@ -93,10 +93,12 @@ pub(super) async fn accept_loop(
                     async move {
                         // A port serves one scheme (spec §1.3): https if what is
                         // registered on it is.
+                        // A port held for TLS-ALPN-01 challenges is TLS too.
                         let https = shared
                             .table
                             .load()
-                            .listens(portshare_router::Scheme::Https, local.port());
+                            .listens(portshare_router::Scheme::Https, local.port())
+                            || shared.challenges.load().alpn_on(local.port());
                         if https {
                             // Boxed: the handshake's and HTTP/2's state would otherwise
                             // make every plain connection's task as large as theirs.
