@@ -1239,6 +1239,44 @@ mod tests {
     }
 
     #[test]
+    fn acme_tables_parse_and_are_checked() {
+        let acme = "[acme]\ndirectory = \"https://ca.example/dir\"\n";
+        let c = Config::from_toml(&format!(
+            "[[sslcert]]\nhostnameport = \"a.example:443\"\nacme = true\n{acme}"
+        ))
+        .unwrap();
+        let a = c.acme.expect("[acme]");
+        assert_eq!((a.http_port, a.tls_port, a.tls_alpn), (80, 443, false));
+        assert!(c.sslcerts[0].acme && c.sslcerts[0].cert.is_none());
+        for (text, key) in [
+            (
+                "[[sslcert]]\nhostnameport = \"a.example:443\"\nacme = true\n".to_owned(),
+                "needs an [acme] table",
+            ),
+            (
+                format!("[[sslcert]]\nipport = \"0.0.0.0:443\"\nacme = true\n{acme}"),
+                "needs a hostnameport binding",
+            ),
+            (
+                format!(
+                    "[[sslcert]]\nhostnameport = \"a.example:443\"\nacme = true\n\
+                     cert = \"a.pem\"\n{acme}"
+                ),
+                "no cert",
+            ),
+            (
+                "[acme]\ndirectory = \"http://ca.example/dir\"\n".to_owned(),
+                "expected an https:// URL",
+            ),
+            (format!("{acme}http_port = 0\n"), "acme.http_port = 0"),
+            (format!("{acme}url = \"x\"\n"), "url"),
+        ] {
+            let e = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn queues_parse() {
         let c = Config::from_toml(
             "[[queue]]\nname = \"legacy\"\nurls = [\"http://+:8080/l/\"]\nverbosity = \"full\"\nupstream = \"unix:/tmp/x.sock\"\n",
