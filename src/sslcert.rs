@@ -49,7 +49,7 @@ enum Verb {
 
 #[derive(Debug, clap::Args)]
 struct Add {
-    /// ipport=IP:PORT (0.0.0.0:PORT and [::]:PORT for any address), hostnameport=NAME:PORT
+    /// ipport=IP:PORT (`0.0.0.0:PORT` and `[::]:PORT` for any address), hostnameport=NAME:PORT
     /// (chosen by SNI) or ccs=PORT (a central store folder, looked up by SNI).
     #[arg(value_name = "BINDING")]
     binding: BindingKey,

@@ -58,7 +58,7 @@ pub struct SslCertConfig {
 }
 
 impl SslCertConfig {
-    /// The binding's key, as the table spells it (checked by [`SslCertConfig::check`]).
+    /// The binding's key, as the table spells it (checked with the rest of the configuration).
     pub fn binding_key(&self) -> Result<BindingKey, String> {
         let text = match (&self.ipport, &self.hostnameport, self.ccs) {
             (Some(a), None, None) => format!("ipport={a}"),
