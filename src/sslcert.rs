@@ -49,7 +49,7 @@ enum Verb {
 
 #[derive(Debug, clap::Args)]
 struct Add {
-    /// ipport=IP:PORT (0.0.0.0:PORT and [::]:PORT for any address), hostnameport=NAME:PORT
+    /// ipport=IP:PORT (`0.0.0.0:PORT` and `[::]:PORT` for any address), hostnameport=NAME:PORT
     /// (chosen by SNI) or ccs=PORT (a central store folder, looked up by SNI).
     #[arg(value_name = "BINDING")]
     binding: BindingKey,
@@ -319,6 +319,21 @@ fn binding_text(out: &mut String, b: &SslCertInfo) {
             _ => "unknown",
         },
     );
+    if let Some(a) = &b.acme {
+        line("ACME", &a.state.to_string());
+        if let Some(t) = &a.valid_until {
+            line("ACME Valid Until", t);
+        }
+        if let Some(t) = &a.next_attempt {
+            line("ACME Next Attempt", t);
+        }
+        if let Some(e) = &a.last_error {
+            line(
+                "ACME Last Error",
+                &format!("{} ({} failed in a row)", printable(e), a.failures),
+            );
+        }
+    }
     for w in &b.warnings {
         line("Warning", &printable(w));
     }
@@ -356,6 +371,7 @@ mod tests {
             folder: None,
             ccs_names: vec![],
             source: BindingSource::Config,
+            acme: None,
             warnings: vec![],
         }
     }

@@ -333,10 +333,58 @@ pub struct SslCertInfo {
     pub ccs_names: Vec<String>,
     /// Where the binding comes from.
     pub source: BindingSource,
+    /// For a binding whose certificate the daemon obtains by ACME, where that stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeStatus>,
     /// What the checks found worth saying (expired, name outside the SANs, key readable
     /// by others).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+}
+
+/// Where an ACME certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum AcmeState {
+    /// An order is in progress (challenges pending), or about to start.
+    Pending,
+    /// A certificate is served; it is renewed at two thirds of its lifetime.
+    Valid,
+    /// The last attempt failed, and no certificate is served; another follows.
+    Failed,
+}
+
+impl fmt::Display for AcmeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AcmeState::Pending => "pending",
+            AcmeState::Valid => "valid",
+            AcmeState::Failed => "failed",
+        })
+    }
+}
+
+/// What `show sslcert` tells of a certificate the daemon obtains by ACME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmeStatus {
+    /// Where it stands.
+    pub state: AcmeState,
+    /// The end of the served certificate's validity, RFC 3339 in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<String>,
+    /// When the next order starts (a renewal, or a retry after a failure), RFC 3339 in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<String>,
+    /// Why the last attempt failed, if it did; kept until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Attempts that failed in a row.
+    #[serde(default)]
+    pub failures: u32,
+    /// Certificates obtained since the daemon started.
+    #[serde(default)]
+    pub issued: u32,
 }
 
 /// The answer to `show sslcert`.
@@ -528,6 +576,7 @@ mod tests {
             folder: None,
             ccs_names: vec![],
             source: BindingSource::Config,
+            acme: None,
             warnings: vec![],
         };
         let json = serde_json::to_string(&SslCertList {

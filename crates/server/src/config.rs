@@ -84,6 +84,16 @@
 //!
 //! [[trusted_proxy]]            # peers whose Forwarded / X-Forwarded-For are believed
 //! ranges = ["10.0.0.0/8", "::1/128"]
+//! # acme = true               # obtain and renew the certificate by ACME (no cert, key)
+//!
+//! [acme]                       # for [[sslcert]] tables with acme = true
+//! directory = "https://acme-v02.api.letsencrypt.org/directory"
+//! contact = ["mailto:admin@example.com"]
+//! # ca = "/etc/portshare/acme-ca.pem"   # CAs for the directory's https; default: the
+//!                                       # system's trust store
+//! http_port = 80              # where HTTP-01 challenges arrive
+//! tls_port = 443              # where TLS-ALPN-01 challenges arrive
+//! tls_alpn = false            # TLS-ALPN-01 on tls_port instead of HTTP-01
 //! ```
 //!
 //! A file that does not parse, or holds a value out of range, is refused with the line and
@@ -150,6 +160,9 @@ pub struct Config {
     /// Peers whose `Forwarded` and `X-Forwarded-For` headers are believed.
     #[serde(default, rename = "trusted_proxy")]
     pub trusted_proxies: Vec<TrustedProxyConfig>,
+    /// The ACME account that `acme = true` bindings obtain their certificates with.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
 }
 
 /// One `[[listener]]` table: what connections reaching `address` must start with.
@@ -169,6 +182,61 @@ pub struct ListenerConfig {
 pub struct TrustedProxyConfig {
     /// CIDR ranges (`10.0.0.0/8`, `::1/128`) or single addresses.
     pub ranges: Vec<String>,
+}
+
+/// The `[acme]` table: the directory, the account's contact, and the challenge ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The directory URL, `https://`.
+    pub directory: String,
+    /// The account's contact URLs (`mailto:...`); may be empty.
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// The CAs the directory's https certificate chains to, PEM. Default: the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The port HTTP-01 challenges arrive on. Default 80.
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    /// The port TLS-ALPN-01 challenges arrive on. Default 443.
+    #[serde(default = "default_tls_port")]
+    pub tls_port: u16,
+    /// Answer TLS-ALPN-01 on `tls_port` rather than HTTP-01. Default false.
+    #[serde(default)]
+    pub tls_alpn: bool,
+}
+
+fn default_http_port() -> u16 {
+    80
+}
+
+fn default_tls_port() -> u16 {
+    443
+}
+
+impl AcmeConfig {
+    fn check(&self) -> Result<(), Fault> {
+        let at = |key, message: String| Fault::at(Some(("acme", None)), key, message);
+        if !self.directory.starts_with("https://") {
+            return Err(at(
+                "directory",
+                format!(
+                    "acme.directory = {:?}: expected an https:// URL",
+                    self.directory
+                ),
+            ));
+        }
+        if self.http_port == 0 || self.tls_port == 0 {
+            let key = if self.http_port == 0 {
+                "http_port"
+            } else {
+                "tls_port"
+            };
+            return Err(at(key, format!("acme.{key} = 0: expected 1 to 65535")));
+        }
+        Ok(())
+    }
 }
 
 /// The control socket's place and permissions, and what one user may hold through it.
@@ -708,6 +776,16 @@ impl Config {
         }
         for (i, c) in self.sslcerts.iter().enumerate() {
             c.check(i, &self.sslcerts[..i])?;
+            if c.acme && self.acme.is_none() {
+                return Err(Fault::at(
+                    Some(("sslcert", Some(i))),
+                    "acme",
+                    "acme = true needs an [acme] table (directory, contact)",
+                ));
+            }
+        }
+        if let Some(a) = &self.acme {
+            a.check()?;
         }
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|m| m.address == l.address) {
@@ -1211,6 +1289,44 @@ mod tests {
             ("[control]\nmax_queues = 5\n", "max_queues"),
         ] {
             let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn acme_tables_parse_and_are_checked() {
+        let acme = "[acme]\ndirectory = \"https://ca.example/dir\"\n";
+        let c = Config::from_toml(&format!(
+            "[[sslcert]]\nhostnameport = \"a.example:443\"\nacme = true\n{acme}"
+        ))
+        .unwrap();
+        let a = c.acme.expect("[acme]");
+        assert_eq!((a.http_port, a.tls_port, a.tls_alpn), (80, 443, false));
+        assert!(c.sslcerts[0].acme && c.sslcerts[0].cert.is_none());
+        for (text, key) in [
+            (
+                "[[sslcert]]\nhostnameport = \"a.example:443\"\nacme = true\n".to_owned(),
+                "needs an [acme] table",
+            ),
+            (
+                format!("[[sslcert]]\nipport = \"0.0.0.0:443\"\nacme = true\n{acme}"),
+                "needs a hostnameport binding",
+            ),
+            (
+                format!(
+                    "[[sslcert]]\nhostnameport = \"a.example:443\"\nacme = true\n\
+                     cert = \"a.pem\"\n{acme}"
+                ),
+                "no cert",
+            ),
+            (
+                "[acme]\ndirectory = \"http://ca.example/dir\"\n".to_owned(),
+                "expected an https:// URL",
+            ),
+            (format!("{acme}http_port = 0\n"), "acme.http_port = 0"),
+            (format!("{acme}url = \"x\"\n"), "url"),
+        ] {
+            let e = Config::from_toml(&text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
     }

@@ -65,6 +65,7 @@ mod access;
 mod bind;
 mod body;
 mod budget;
+mod challenge;
 mod config;
 mod conn;
 mod control;
@@ -91,7 +92,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{
-    Config, ConfigError, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits,
+    AcmeConfig, Config, ConfigError, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits,
     QueueAccessConfig, QueueConfig, SslCertConfig, Timers, UrlAclConfig, default_state_file,
 };
 pub use error::Error;

@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     /// The certificate bindings; a reload swaps in new ones for new handshakes, and
     /// established sessions keep theirs.
     pub(crate) tls: ArcSwap<crate::tls::Bindings>,
+    /// The ACME HTTP-01 challenges pending, answered before routing.
+    pub(crate) challenges: ArcSwap<crate::challenge::Challenges>,
 }
 
 impl Shared {
@@ -66,6 +68,7 @@ impl Shared {
             spare: Spare::new(),
             buffers: Arc::default(),
             tls: ArcSwap::from_pointee(crate::tls::Bindings::empty()),
+            challenges: ArcSwap::from_pointee(crate::challenge::Challenges::default()),
         })
     }
 

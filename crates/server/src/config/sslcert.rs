@@ -51,10 +51,14 @@ pub struct SslCertConfig {
     /// Answer 421 when Host is not the SNI name. Default false.
     #[serde(default)]
     pub require_sni_match: bool,
+    /// Obtain and renew the certificate by ACME (the `[acme]` table): a `hostnameport`
+    /// binding without `cert` and `key`. Default false.
+    #[serde(default)]
+    pub acme: bool,
 }
 
 impl SslCertConfig {
-    /// The binding's key, as the table spells it (checked by [`SslCertConfig::check`]).
+    /// The binding's key, as the table spells it (checked with the rest of the configuration).
     pub fn binding_key(&self) -> Result<BindingKey, String> {
         let text = match (&self.ipport, &self.hostnameport, self.ccs) {
             (Some(a), None, None) => format!("ipport={a}"),
@@ -95,7 +99,27 @@ impl SslCertConfig {
         if before.iter().any(|b| b.binding_key().as_ref() == Ok(&key)) {
             return Err(at(which, format!("sslcert {key}: bound twice")));
         }
-        if matches!(key, BindingKey::Ccs { .. }) {
+        if self.acme {
+            let BindingKey::HostnamePort { .. } = key else {
+                return Err(at(
+                    "acme",
+                    format!("sslcert {key}: acme = true needs a hostnameport binding"),
+                ));
+            };
+            if let Some(k) = [
+                ("cert", self.cert.is_some()),
+                ("key", self.key.is_some()),
+                ("folder", self.folder.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(k, set)| set.then_some(k))
+            {
+                return Err(at(
+                    k,
+                    format!("sslcert {key}: acme = true obtains its certificate: no {k}"),
+                ));
+            }
+        } else if matches!(key, BindingKey::Ccs { .. }) {
             if self.folder.is_none() {
                 return Err(at("folder", format!("sslcert {key}: needs folder")));
             }

@@ -491,6 +491,29 @@ impl Conn {
         } else {
             Scheme::Http
         };
+        // A pending ACME challenge is answered before routing (see `crate::challenge`).
+        if self.tls.is_none() {
+            let challenges = self.shared.challenges.load();
+            if let Some(answer) =
+                challenges.answer(self.local.port(), head.method(), head.target(), head.host())
+            {
+                let answer = answer.clone();
+                drop(challenges);
+                tracing::info!(peer = %self.peer, "acme: challenge answered");
+                self.wr.put_slice(
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n",
+                        answer.len()
+                    )
+                    .as_bytes(),
+                );
+                if !facts.head_method {
+                    self.wr.put_slice(answer.as_bytes());
+                }
+                return Next::Close; // written out as the connection closes
+            }
+        }
         let endpoint = Endpoint::new(scheme, self.local);
         let routed = admit::route(
             &self.shared,

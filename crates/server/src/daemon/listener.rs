@@ -105,10 +105,12 @@ pub(super) async fn accept_loop(
                         };
                         // A port serves one scheme (spec §1.3): https if what is
                         // registered on it is.
+                        // A port held for TLS-ALPN-01 challenges is TLS too.
                         let https = shared
                             .table
                             .load()
-                            .listens(portshare_router::Scheme::Https, local.port());
+                            .listens(portshare_router::Scheme::Https, local.port())
+                            || shared.challenges.load().alpn_on(local.port());
                         if https {
                             // Boxed: the handshake's and HTTP/2's state would otherwise
                             // make every plain connection's task as large as theirs.
@@ -430,6 +432,7 @@ impl Daemon {
             .ports()
             .filter(|&(scheme, port)| st.table.listens(scheme, port))
             .map(|(_, port)| port)
+            .chain(st.acme_ports.keys().copied())
             .collect();
         st.bind_failures.retain(|a, _| ports.contains(&a.port()));
         for port in ports {

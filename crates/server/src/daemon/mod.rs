@@ -15,6 +15,7 @@
 //! - [`reservations`]: URL ACLs from the configuration and the state file;
 //! - [`sslcerts`]: certificate bindings of the control API, and their merge with the
 //!   configuration's;
+//! - [`acme`]: certificates obtained and renewed by ACME, and their challenges;
 //! - [`reload`]: applying the configuration at start and on reload;
 //! - [`view`]: the state view;
 //! - [`caps`]: per-uid caps and the descriptor budget's shares.
@@ -44,6 +45,7 @@ use crate::shared::{Destination, Settings, Shared};
 use crate::upstream::{Address, Upstream};
 use crate::worker::Peer;
 
+mod acme;
 mod caps;
 mod listener;
 mod reload;
@@ -161,6 +163,8 @@ struct State {
     foreign: Vec<IpAddr>,
     /// Addresses that should listen and cannot.
     bind_failures: BTreeMap<SocketAddr, ApiError>,
+    /// Ports ACME orders hold open for their challenges, and how many orders each.
+    acme_ports: HashMap<u16, usize>,
 }
 
 /// The daemon.
@@ -185,6 +189,8 @@ pub(crate) struct Daemon {
     changing: Mutex<()>,
     /// Open control connections, against the budget's control share and the per-uid caps.
     pub(crate) quota: Arc<Quota>,
+    /// The ACME tasks and their state.
+    acme: acme::AcmeRun,
 }
 
 fn api(err: Win32Error, message: impl Into<String>) -> ApiError {
@@ -216,6 +222,7 @@ impl Daemon {
                 admin_gid,
                 foreign: Vec::new(),
                 bind_failures: BTreeMap::new(),
+                acme_ports: HashMap::new(),
             }),
             own_uid: start.own_uid,
             own_gid: start.own_gid,
@@ -225,6 +232,7 @@ impl Daemon {
             ids: AtomicU64::new(1),
             changing: Mutex::new(()),
             quota: Quota::new(&start.budget),
+            acme: acme::AcmeRun::default(),
         })
     }
 
@@ -643,7 +651,9 @@ impl Daemon {
         if let Host::Ip(ip) = prefix.host() {
             bind::check_local(*ip).map_err(|e| bind_error(&e))?;
         }
-        let needs_bind = !st.table.listens(prefix.scheme(), prefix.port());
+        // A port an ACME order holds open for its challenges is bound already.
+        let needs_bind = !st.table.listens(prefix.scheme(), prefix.port())
+            && !st.acme_ports.contains_key(&prefix.port());
         if needs_bind {
             self.bind_port(st, prefix.port(), held)?;
         }
@@ -761,7 +771,10 @@ impl Daemon {
     }
 
     fn unregister(&self, st: &mut State, prefix: &UrlPrefix) {
-        if st.table.remove(prefix).is_ok() && !st.table.listens(prefix.scheme(), prefix.port()) {
+        if st.table.remove(prefix).is_ok()
+            && !st.table.listens(prefix.scheme(), prefix.port())
+            && !st.acme_ports.contains_key(&prefix.port())
+        {
             Daemon::release_port(st, prefix.port());
         }
     }

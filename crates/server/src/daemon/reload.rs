@@ -78,6 +78,7 @@ impl Daemon {
         if !failed.is_empty() {
             return Err(crate::Error::config(failed.join("; ")));
         }
+        self.acme_start();
         Ok(report.warnings)
     }
 
@@ -157,6 +158,7 @@ impl Daemon {
         }
         self.apply_listen_list(&mut report);
         self.sync_queues(&old.queues, &new.queues, false, &mut report);
+        self.acme_start();
         tracing::info!(
             config = %path.display(),
             changes = report.changes.len(),

@@ -103,6 +103,7 @@ fn table_of(dir: &Path, saved: &SavedSslCert) -> SslCertConfig {
         min_tls: saved.params.min_tls,
         session_tickets: saved.params.session_tickets,
         require_sni_match: saved.params.require_sni_match,
+        acme: false,
     }
 }
 
@@ -125,7 +126,7 @@ fn ccs_file_name(name: &str) -> Option<String> {
 }
 
 /// Writes `bytes` to `path`, mode 0600 from its creation.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+pub(super) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -138,7 +139,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-fn private_dir(path: &Path) -> Result<(), String> {
+pub(super) fn private_dir(path: &Path) -> Result<(), String> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -183,7 +184,17 @@ impl Daemon {
     ) -> Result<Bindings, String> {
         let dir = self.sslcert_dir();
         let shadowing = config_keys(config);
-        let mut tables = config.sslcerts.clone();
+        let mut tables: Vec<SslCertConfig> = config
+            .sslcerts
+            .iter()
+            .map(|t| {
+                if t.acme {
+                    self.acme_table(t, report)
+                } else {
+                    t.clone()
+                }
+            })
+            .collect();
         for s in saved {
             if shadowing.contains(&s.binding) {
                 report.warn(format!(
@@ -230,8 +241,13 @@ impl Daemon {
     /// `GET /v1/sslcert`: the bindings in force, for anyone.
     pub(crate) fn sslcert_list(&self) -> SslCertList {
         let mut list = self.shared.tls.load().list().clone();
-        let st = self.lock();
-        Daemon::mark_sources(&st, &mut list);
+        {
+            let st = self.lock();
+            Daemon::mark_sources(&st, &mut list);
+        }
+        for b in &mut list.bindings {
+            b.acme = self.acme_status(&b.binding);
+        }
         list
     }
 

@@ -44,6 +44,13 @@ pub(crate) fn load_combined(file: &Path, name: &str) -> Result<Loaded, String> {
     Ok(loaded)
 }
 
+/// The validity (from, until) in Unix seconds of the leaf of the PEM chain in `path`;
+/// `None` if there is no readable certificate.
+pub(crate) fn validity(path: &Path) -> Option<(i64, i64)> {
+    let chain = certs(&read(path).ok()?, path).ok()?;
+    summarize(chain.first()?).ok().map(|(_, v, _)| v)
+}
+
 /// Reads the CA certificates client certificates must chain to.
 pub(crate) fn load_cas(path: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
@@ -224,7 +231,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Unix seconds as RFC 3339 in UTC (`2026-05-01T12:00:00Z`); before 1970 reads as 1970.
-fn rfc3339(secs: i64) -> String {
+pub(crate) fn rfc3339(secs: i64) -> String {
     let secs = secs.max(0) as u64;
     let (y, m, d) = crate::pages::civil(secs / 86400);
     let rem = secs % 86400;

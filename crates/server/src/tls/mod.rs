@@ -53,6 +53,7 @@ use crate::shared::Shared;
 mod cert;
 mod store;
 
+pub(crate) use cert::{load_pair, rfc3339, validity};
 pub(crate) use store::Bindings;
 
 /// How often a handshake that no binding serves may be logged.
@@ -78,6 +79,48 @@ pub(crate) fn alpn(http2: bool) -> Vec<Vec<u8>> {
     } else {
         vec![b"http/1.1".to_vec()]
     }
+}
+
+/// The certificate that answers a TLS-ALPN-01 challenge for `host` (RFC 8737 §3): self
+/// signed, `host` its only SAN, the key authorization's SHA-256 in its critical
+/// acmeIdentifier extension.
+pub(crate) fn acme_alpn_key(
+    host: &str,
+    key_authorization_digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+        key_authorization_digest,
+    )];
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
+}
+
+/// The configuration of a TLS-ALPN-01 answer: the challenge certificate, `acme-tls/1`
+/// only, TLS 1.2 or 1.3, no resumption.
+fn acme_alpn_config(key: Arc<rustls::sign::CertifiedKey>) -> Arc<rustls::ServerConfig> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.with_no_client_auth()
+                .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)))
+        })
+        // The provider is aws-lc-rs's default, which supports the default versions.
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3");
+    config.alpn_protocols = vec![crate::challenge::ACME_TLS_ALPN.to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.max_early_data_size = 0;
+    Arc::new(config)
 }
 
 /// Serves a connection to an https port: the handshake under `HeaderWait`, then HTTP/1.1
@@ -261,6 +304,25 @@ async fn handshake(
     // holds it to the rules a ccs file name is looked up by.
     let sent_sni = hello.server_name().is_some();
     let sni = hello.server_name().and_then(dns_name);
+    // A pending TLS-ALPN-01 challenge: the challenge certificate, and nothing more.
+    let offers_acme = hello
+        .alpn()
+        .is_some_and(|mut a| a.any(|p| p == crate::challenge::ACME_TLS_ALPN));
+    if offers_acme {
+        let key = shared
+            .challenges
+            .load()
+            .alpn_answer(local.port(), sni.as_deref())
+            .cloned();
+        if let Some(key) = key {
+            tracing::info!(
+                sni = sni.as_deref().unwrap_or(""),
+                "acme: tls-alpn-01 challenge answered"
+            );
+            let _ = start.into_stream(acme_alpn_config(key)).await;
+            return None;
+        }
+    }
     let bindings = shared.tls.load();
     let (config, params) = match bindings.select(sni.as_deref(), local) {
         Some(b) => (b.config.clone(), b.params),

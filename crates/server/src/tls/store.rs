@@ -98,6 +98,7 @@ impl Bindings {
                 folder: None,
                 ccs_names: Vec::new(),
                 source: BindingSource::Config,
+                acme: None,
                 warnings: Vec::new(),
             };
             match &key {
@@ -111,6 +112,8 @@ impl Bindings {
                     info.warnings = w;
                     b.ccs.insert(*port, Ccs { names });
                 }
+                // An ACME binding before its first certificate: listed, serving nothing.
+                _ if t.acme && t.cert.is_none() => {}
                 _ => {
                     let name = match &key {
                         BindingKey::HostnamePort { host, .. } => Some(&**host),
