@@ -101,7 +101,6 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use portshare_proto::control::{AccessEntry, AccountKind, QueueProps, Verbosity};
 use serde::{Deserialize, Serialize};
@@ -109,11 +108,15 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::timers::Timer;
 
+mod control;
+mod edge;
 mod error;
 mod sslcert;
 mod state;
 
 pub use crate::timers::Timers;
+pub use control::ControlConfig;
+pub use edge::{AcmeConfig, ListenerConfig, TrustedProxyConfig};
 pub use error::ConfigError;
 pub(crate) use error::Fault;
 pub use sslcert::SslCertConfig;
@@ -163,177 +166,6 @@ pub struct Config {
     /// The ACME account that `acme = true` bindings obtain their certificates with.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
-}
-
-/// One `[[listener]]` table: what connections reaching `address` must start with.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// `IP:PORT`; a wildcard IP covers every address of its family on the port.
-    pub address: std::net::SocketAddr,
-    /// Every connection starts with a PROXY protocol header (v1 or v2), else is closed.
-    #[serde(default)]
-    pub proxy_protocol: bool,
-}
-
-/// One `[[trusted_proxy]]` table: address ranges of proxies in front of the daemon.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrustedProxyConfig {
-    /// CIDR ranges (`10.0.0.0/8`, `::1/128`) or single addresses.
-    pub ranges: Vec<String>,
-}
-
-/// The `[acme]` table: the directory, the account's contact, and the challenge ports.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AcmeConfig {
-    /// The directory URL, `https://`.
-    pub directory: String,
-    /// The account's contact URLs (`mailto:...`); may be empty.
-    #[serde(default)]
-    pub contact: Vec<String>,
-    /// The CAs the directory's https certificate chains to, PEM. Default: the system's.
-    #[serde(default)]
-    pub ca: Option<PathBuf>,
-    /// The port HTTP-01 challenges arrive on. Default 80.
-    #[serde(default = "default_http_port")]
-    pub http_port: u16,
-    /// The port TLS-ALPN-01 challenges arrive on. Default 443.
-    #[serde(default = "default_tls_port")]
-    pub tls_port: u16,
-    /// Answer TLS-ALPN-01 on `tls_port` rather than HTTP-01. Default false.
-    #[serde(default)]
-    pub tls_alpn: bool,
-}
-
-fn default_http_port() -> u16 {
-    80
-}
-
-fn default_tls_port() -> u16 {
-    443
-}
-
-impl AcmeConfig {
-    fn check(&self) -> Result<(), Fault> {
-        let at = |key, message: String| Fault::at(Some(("acme", None)), key, message);
-        if !self.directory.starts_with("https://") {
-            return Err(at(
-                "directory",
-                format!(
-                    "acme.directory = {:?}: expected an https:// URL",
-                    self.directory
-                ),
-            ));
-        }
-        if self.http_port == 0 || self.tls_port == 0 {
-            let key = if self.http_port == 0 {
-                "http_port"
-            } else {
-                "tls_port"
-            };
-            return Err(at(key, format!("acme.{key} = 0: expected 1 to 65535")));
-        }
-        Ok(())
-    }
-}
-
-/// The control socket's place and permissions, and what one user may hold through it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlConfig {
-    /// Its path; `--control` wins over it. Default: see `portshare_proto::control_socket`.
-    pub socket: Option<PathBuf>,
-    /// Its permission bits, in octal; default `0666`.
-    pub mode: Option<String>,
-    /// Seconds a connection that has not opened a queue may take to send a request, after
-    /// connecting and after each answer, before the daemon closes it. Default 10.
-    pub request_wait: f64,
-    /// Control connections (attached workers included) one user other than an
-    /// administrator may hold open at once. Default 256.
-    pub max_connections_per_uid: u32,
-    /// Of those, connections holding a queue open. Default 64.
-    pub max_sessions_per_uid: u32,
-    /// Queues one user other than an administrator may own at once. Default 128.
-    pub max_queues_per_uid: u32,
-}
-
-impl Default for ControlConfig {
-    fn default() -> ControlConfig {
-        ControlConfig {
-            socket: None,
-            mode: None,
-            request_wait: 10.0,
-            max_connections_per_uid: 256,
-            max_sessions_per_uid: 64,
-            max_queues_per_uid: 128,
-        }
-    }
-}
-
-impl ControlConfig {
-    /// The most a per-uid cap may be.
-    const MAX_CAP: u32 = 1_000_000;
-
-    /// The caps and the wait, without the socket's place and mode (which apply at start
-    /// only): what a reload changes.
-    pub(crate) fn limits(&self) -> (f64, u32, u32, u32) {
-        (
-            self.request_wait,
-            self.max_connections_per_uid,
-            self.max_sessions_per_uid,
-            self.max_queues_per_uid,
-        )
-    }
-
-    /// `request_wait`.
-    pub(crate) fn request_wait(&self) -> Duration {
-        Duration::from_secs_f64(self.request_wait)
-    }
-
-    fn check(&self) -> Result<(), Fault> {
-        let at = |key, message: String| Fault::at(Some(("control", None)), key, message);
-        if let Some(mode) = &self.mode
-            && (mode.is_empty() || u32::from_str_radix(mode, 8).map_or(true, |m| m > 0o777))
-        {
-            return Err(at(
-                "mode",
-                format!(
-                    "control.mode = {mode:?}: expected octal permission bits, such as \"0666\""
-                ),
-            ));
-        }
-        if !(self.request_wait >= 0.1 && self.request_wait <= 3600.0) {
-            return Err(at(
-                "request_wait",
-                format!(
-                    "control.request_wait = {}: expected seconds from 0.1 to 3600",
-                    self.request_wait
-                ),
-            ));
-        }
-        for (key, v) in [
-            ("max_connections_per_uid", self.max_connections_per_uid),
-            ("max_sessions_per_uid", self.max_sessions_per_uid),
-            ("max_queues_per_uid", self.max_queues_per_uid),
-        ] {
-            if !(1..=Self::MAX_CAP).contains(&v) {
-                return Err(at(
-                    key,
-                    format!("control.{key} = {v}: expected 1 to {}", Self::MAX_CAP),
-                ));
-            }
-        }
-        Ok(())
-    }
-    /// The permission bits.
-    pub fn mode_bits(&self) -> u32 {
-        self.mode
-            .as_deref()
-            .and_then(|m| u32::from_str_radix(m, 8).ok())
-            .unwrap_or(0o666)
-    }
 }
 
 /// One reservation of the configuration file or the state file.
@@ -787,29 +619,7 @@ impl Config {
         if let Some(a) = &self.acme {
             a.check()?;
         }
-        for (i, l) in self.listeners.iter().enumerate() {
-            if self.listeners[..i].iter().any(|m| m.address == l.address) {
-                return Err(Fault::at(
-                    Some(("listener", Some(i))),
-                    "address",
-                    format!("listener address = \"{}\": listed twice", l.address),
-                ));
-            }
-        }
-        for (i, t) in self.trusted_proxies.iter().enumerate() {
-            for r in &t.ranges {
-                if crate::trust::Cidr::parse(r).is_none() {
-                    return Err(Fault::at(
-                        Some(("trusted_proxy", Some(i))),
-                        "ranges",
-                        format!(
-                            "trusted_proxy range {r:?}: expected an address or ADDRESS/BITS \
-                             (10.0.0.0/8, ::1/128)"
-                        ),
-                    ));
-                }
-            }
-        }
+        edge::check(&self.listeners, &self.trusted_proxies)?;
         for (i, q) in self.queues.iter().enumerate() {
             let at = |key: &'static str, message: String| {
                 Fault::at(Some(("queue", Some(i))), key, message)
@@ -983,6 +793,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/portshare/portshare.toml";
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

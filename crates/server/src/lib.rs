@@ -93,7 +93,8 @@ use std::time::Duration;
 
 pub use config::{
     AcmeConfig, Config, ConfigError, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits,
-    QueueAccessConfig, QueueConfig, SslCertConfig, Timers, UrlAclConfig, default_state_file,
+    ListenerConfig, QueueAccessConfig, QueueConfig, SslCertConfig, Timers, TrustedProxyConfig,
+    UrlAclConfig, default_state_file,
 };
 pub use error::Error;
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};

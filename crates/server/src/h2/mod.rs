@@ -28,7 +28,9 @@ use crate::errlog::Entry;
 use crate::queue::{Counted, Queue};
 use crate::shared::{Settings, Shared};
 
+mod body;
 mod guard;
+mod head;
 mod stream;
 
 /// Streams a client may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`): more are

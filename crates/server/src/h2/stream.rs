@@ -18,14 +18,16 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, HOST, RETRY_AFTER, SERVER};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER, SERVER};
 use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 use portshare_proto::wire::{self, INITIAL_WINDOW, ResetCode, ResponseHead};
 use portshare_router::{Endpoint, Reason, Rejection, Scheme};
-use tokio::time::{Instant, Sleep, timeout_at};
+use tokio::time::{Instant, timeout_at};
 
 use super::Link;
+use super::body::InBody;
+use super::head::rebuild;
 use crate::conn::admit::{self, Refused, Routed, Taken};
 use crate::conn::encode::{Field, field};
 use crate::conn::to_upstream::upstream_request;
@@ -108,80 +110,6 @@ fn date() -> HeaderValue {
     pages::put_date(&mut b);
     HeaderValue::from_maybe_shared(b.freeze())
         .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
-}
-
-/// Rebuilds the decoded header list as the HTTP/1.1 head the daemon's parser and
-/// everything after it know: `METHOD :path HTTP/1.1`, Host first (the `:authority`, or
-/// the Host header of a request without one), cookies joined into one field, the other
-/// fields as sent. A body without a `Content-Length` is marked chunked, and a bodiless
-/// request with neither gets `Content-Length: 0`, so the parser frames it as HTTP/2 did
-/// (the marking never reaches an application: `Transfer-Encoding` does not pass).
-fn rebuild(parts: &http::request::Parts, has_body: bool) -> Result<Vec<u8>, Rejection> {
-    let bad = |reason| Rejection {
-        status: 400,
-        reason,
-    };
-    let target = parts
-        .uri
-        .path_and_query()
-        .ok_or(bad(Reason::BadRequest))?
-        .as_str();
-    let mut raw = Vec::with_capacity(256 + target.len());
-    raw.extend_from_slice(parts.method.as_str().as_bytes());
-    raw.push(b' ');
-    raw.extend_from_slice(target.as_bytes());
-    raw.extend_from_slice(b" HTTP/1.1\r\n");
-    let hosts = parts.headers.get_all(HOST);
-    match parts.uri.authority() {
-        Some(authority) => {
-            // RFC 9113 §8.3.1: a Host that names another entity than :authority is
-            // malformed.
-            if hosts.iter().any(|h| {
-                !h.as_bytes()
-                    .eq_ignore_ascii_case(authority.as_str().as_bytes())
-            }) {
-                return Err(bad(Reason::Hostname));
-            }
-            raw.extend_from_slice(b"host: ");
-            raw.extend_from_slice(authority.as_str().as_bytes());
-            raw.extend_from_slice(b"\r\n");
-        }
-        None => {
-            for h in hosts {
-                raw.extend_from_slice(b"host: ");
-                raw.extend_from_slice(h.as_bytes());
-                raw.extend_from_slice(b"\r\n");
-            }
-        }
-    }
-    let mut cookies = parts.headers.get_all(COOKIE).iter();
-    if let Some(first) = cookies.next() {
-        raw.extend_from_slice(b"cookie: ");
-        raw.extend_from_slice(first.as_bytes());
-        for c in cookies {
-            raw.extend_from_slice(b"; ");
-            raw.extend_from_slice(c.as_bytes());
-        }
-        raw.extend_from_slice(b"\r\n");
-    }
-    for (name, value) in &parts.headers {
-        if name == HOST || name == COOKIE {
-            continue;
-        }
-        raw.extend_from_slice(name.as_str().as_bytes());
-        raw.extend_from_slice(b": ");
-        raw.extend_from_slice(value.as_bytes());
-        raw.extend_from_slice(b"\r\n");
-    }
-    if !parts.headers.contains_key(CONTENT_LENGTH) {
-        if has_body {
-            raw.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        } else if parts.method != http::Method::GET && parts.method != http::Method::HEAD {
-            raw.extend_from_slice(b"content-length: 0\r\n");
-        }
-    }
-    raw.extend_from_slice(b"\r\n");
-    Ok(raw)
 }
 
 /// A stream's request, as the error log names it.
@@ -857,46 +785,4 @@ async fn push(
             .map_err(|_| Failed::Gone)?;
     }
     Ok(())
-}
-
-/// A request body for an upstream, read from the stream as the upstream takes it (its
-/// window opened as it goes), under the `EntityBody` gap timer.
-struct InBody {
-    recv: RecvStream,
-    gap: Option<Duration>,
-    timer: std::pin::Pin<Box<Sleep>>,
-}
-
-impl http_body::Body for InBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        match this.recv.poll_data(cx) {
-            Poll::Ready(Some(Ok(data))) => {
-                let _ = this.recv.flow_control().release_capacity(data.len());
-                if let Some(gap) = this.gap {
-                    this.timer.as_mut().reset(Instant::now() + gap);
-                }
-                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(std::io::Error::other(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                if this.gap.is_some() && this.timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(std::io::ErrorKind::TimedOut.into())));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
 }
