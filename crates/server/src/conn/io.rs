@@ -132,3 +132,24 @@ impl AsyncWrite for Io {
         }
     }
 }
+
+/// A lingering close, after the response and the FIN: reads and throws away what the client
+/// still sends, for at most 2 s and 1 MiB. Closing with unread bytes would make the kernel
+/// answer with a reset, which can destroy a response before the client reads it. HTTP/1's
+/// loop and HTTP/2's end (`tls::serve`) both close this way.
+pub(crate) async fn linger<R: AsyncRead + Unpin>(stream: &mut R) {
+    use tokio::io::AsyncReadExt;
+    const LIMIT: usize = 1 << 20;
+    // On the heap: a buffer here would make every idle connection's task this much larger.
+    let mut buf = vec![0u8; 4096];
+    let mut thrown = 0;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while thrown < LIMIT {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => thrown += n,
+                _ => return,
+            }
+        }
+    })
+    .await;
+}

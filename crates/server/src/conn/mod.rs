@@ -44,7 +44,7 @@ use crate::shared::{Settings, Shared};
 use crate::timers::RequestTimers;
 use admit::{Refused, Routed, Taken};
 
-pub(crate) use io::{Io, TlsStream};
+pub(crate) use io::{Io, TlsStream, linger};
 pub(crate) use tls_info::TlsInfo;
 
 pub(crate) mod admit;
@@ -169,7 +169,7 @@ pub(crate) async fn serve_io(
                     return;
                 }
                 let _ = conn.io.shutdown().await;
-                conn.linger().await;
+                io::linger(&mut conn.io).await;
                 return;
             }
             Next::Abort => {
@@ -290,24 +290,6 @@ impl Conn {
                 Err(Next::Close)
             }
         }
-    }
-
-    /// After the response and the FIN, reads and throws away what the client still sends,
-    /// for a moment (a lingering close): closing with unread bytes would make the kernel
-    /// answer with a reset, which can destroy the response before the client reads it.
-    async fn linger(&mut self) {
-        const LIMIT: usize = 1 << 20;
-        let mut thrown = 0;
-        let _ = timeout(Duration::from_secs(2), async {
-            while thrown < LIMIT {
-                self.rd.clear();
-                match self.fill().await {
-                    Ok(n) if n > 0 => thrown += n,
-                    _ => return,
-                }
-            }
-        })
-        .await;
     }
 
     /// Writes out part of a response; false when the client is gone, logged

@@ -185,24 +185,14 @@ pub(crate) async fn serve(
 }
 
 /// After HTTP/2 has let go of a connection (its GOAWAY and last frames written), ends the
-/// session (close_notify and the FIN) and reads and throws away what the client still
-/// sends (a window update, a ping's answer), for a moment: closing with unread bytes would
-/// make the kernel answer with a reset, which can destroy responses the client has not
-/// read yet. As HTTP/1's lingering close, bounded to 2 s and 1 MiB.
+/// session (close_notify and the FIN) and closes lingering, as HTTP/1 does (see
+/// [`crate::conn::linger`]): a window update or a ping's answer left unread would reset the
+/// connection.
 async fn linger(mut stream: TlsStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const LIMIT: usize = 1 << 20;
-    let mut buf = [0u8; 4096];
-    let mut thrown = 0;
+    use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if stream.shutdown().await.is_err() {
-            return;
-        }
-        while thrown < LIMIT {
-            match stream.read(&mut buf).await {
-                Ok(n) if n > 0 => thrown += n,
-                _ => return,
-            }
+        if stream.shutdown().await.is_ok() {
+            crate::conn::linger(&mut stream).await;
         }
     })
     .await;
