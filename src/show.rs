@@ -313,6 +313,9 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     if let Some(up) = &q.upstream {
         let _ = writeln!(out, "        Upstream: {up}");
     }
+    if let Some(why) = &q.upstream_refused {
+        let _ = writeln!(out, "        Upstream refused: {why}");
+    }
     if let Some(port) = q.https_redirect {
         let _ = writeln!(out, "        Redirects to https, port: {port}");
     }
@@ -606,6 +609,7 @@ mod tests {
                 config: false,
                 access: Vec::new(),
                 upstream: None,
+                upstream_refused: None,
                 https_redirect: None,
                 depth: 3,
                 oldest_wait_ms: 250,

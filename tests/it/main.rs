@@ -37,4 +37,5 @@ mod shutdown;
 mod sslcert;
 mod tls;
 mod upstream;
+mod upstream_owner;
 mod urlacl;

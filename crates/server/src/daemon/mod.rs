@@ -340,16 +340,25 @@ impl Daemon {
         }
         let upstream = match &spec.upstream {
             None => None,
-            Some(_) if session.peer.uid != 0 && !config => {
-                return Err(api(
-                    Win32Error::AccessDenied,
-                    "only root (or the configuration file) may create an upstream queue: \
-                     the daemon connects nowhere on an ordinary user's word",
-                ));
+            Some(a) => {
+                let address =
+                    Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?;
+                let root = session.peer.uid == 0 || config;
+                if !root && !address.provable() {
+                    return Err(api(
+                        Win32Error::AccessDenied,
+                        format!(
+                            "{address} is neither a unix: socket nor a loopback port: only \
+                             root (or the configuration file) may point a queue at another \
+                             host"
+                        ),
+                    ));
+                }
+                // Root may point anywhere; anyone else's upstream must be served by them,
+                // which every new connection checks.
+                let owner = (!root).then_some(session.peer.uid);
+                Some(Arc::new(Upstream::new(address, owner)))
             }
-            Some(a) => Some(Arc::new(Upstream::new(
-                Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
-            ))),
         };
         match spec.https_redirect {
             Some(0) => {

@@ -105,6 +105,7 @@ impl Daemon {
                     config: e.config,
                     access: e.access.entries(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
+                    upstream_refused: q.upstream().and_then(|u| u.refused()),
                     https_redirect: q.https_redirect(),
                     depth,
                     oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
