@@ -74,8 +74,60 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::fmt;
 
-/// The `Upgrade` token a worker asks for on the control socket.
+/// The `Upgrade` token of version 1 of the wire, which every daemon speaks.
 pub const UPGRADE_PROTOCOL: &str = "portshare-worker/1";
+
+/// The name of the wire's `Upgrade` tokens, `portshare-worker/N` for version N.
+pub const PROTOCOL_NAME: &str = "portshare-worker";
+
+/// The versions of the wire this crate speaks, highest first.
+///
+/// - 1: requests and responses;
+/// - 2: as 1, and opaque streams: a `101` answer to a request that asked to upgrade its
+///   connection turns the stream into a two-way byte stream (`docs/worker-protocol.md`).
+pub const VERSIONS: &[u32] = &[2, 1];
+
+/// The `Upgrade` value offering every version in [`VERSIONS`], highest first:
+/// `portshare-worker/2, portshare-worker/1`.
+pub fn offer() -> String {
+    VERSIONS
+        .iter()
+        .map(|v| format!("{PROTOCOL_NAME}/{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The version an `Upgrade` value names, for one of its comma-separated tokens:
+/// `portshare-worker/N` (the name compared case-insensitively, N decimal without sign).
+fn token_version(token: &str) -> Option<u32> {
+    let (name, v) = token.trim().split_once('/')?;
+    if !name.eq_ignore_ascii_case(PROTOCOL_NAME) || v.is_empty() || v.len() > 9 {
+        return None;
+    }
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// The version both sides speak: the highest of those `offered` (the worker's `Upgrade`
+/// value, a comma-separated list in any order) that is also in `spoken`. Tokens that are
+/// not `portshare-worker/N`, and versions not in `spoken`, are ignored, so a worker may
+/// offer versions newer than a daemon knows. `None` when nothing is in common.
+pub fn negotiate(offered: &str, spoken: &[u32]) -> Option<u32> {
+    offered
+        .split(',')
+        .filter_map(token_version)
+        .filter(|v| spoken.contains(v))
+        .max()
+}
+
+/// The version a daemon chose, from the `Upgrade` value of its `101` answer: exactly one
+/// token, one of the versions `offered`.
+pub fn chosen(answer: &str, offered: &[u32]) -> Option<u32> {
+    let v = token_version(answer)?;
+    offered.contains(&v).then_some(v)
+}
 
 /// The header in which a worker declares how many requests it will hold at once.
 pub const SLOTS_HEADER: &str = "portshare-slots";
@@ -776,6 +828,38 @@ mod tests {
         ResponseHead::encode_parts(&mut buf, 1, true, 200, headers);
         assert_eq!(ResponseHead::payload_len(headers), buf.len() - HEADER_LEN);
         assert_eq!(ResponseHead::payload_len([]), 6);
+    }
+
+    #[test]
+    fn the_highest_common_version_wins() {
+        assert_eq!(offer(), "portshare-worker/2, portshare-worker/1");
+        assert_eq!(negotiate(&offer(), VERSIONS), Some(2));
+        assert_eq!(negotiate("portshare-worker/1", VERSIONS), Some(1));
+        // Order, case and spaces do not matter; unknown tokens and versions are ignored.
+        assert_eq!(
+            negotiate(" PortShare-Worker/1 ,portshare-worker/2", VERSIONS),
+            Some(2)
+        );
+        assert_eq!(
+            negotiate("websocket, portshare-worker/9, portshare-worker/1", VERSIONS),
+            Some(1)
+        );
+        assert_eq!(negotiate("portshare-worker/2", &[1]), None);
+        for bad in [
+            "",
+            "portshare-worker",
+            "portshare-worker/",
+            "portshare-worker/+1",
+            "portshare-worker/1.0",
+            "portshare-worker/99999999999999999999",
+            "other/1",
+            ",,,",
+        ] {
+            assert_eq!(negotiate(bad, VERSIONS), None, "{bad:?}");
+        }
+        assert_eq!(chosen("portshare-worker/2", &[2, 1]), Some(2));
+        assert_eq!(chosen("portshare-worker/3", &[2, 1]), None);
+        assert_eq!(chosen("portshare-worker/2, portshare-worker/1", &[2, 1]), None);
     }
 
     #[test]

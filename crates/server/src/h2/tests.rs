@@ -88,7 +88,7 @@ impl Worker {
             user: "root".into(),
             command: "test".into(),
         };
-        let conn = WorkerConn::new(1, peer, &shared.buffers);
+        let conn = WorkerConn::new(1, peer, &shared.buffers, 2);
         tokio::spawn(conn.run(ours, Bytes::new(), queue.clone(), slots));
         let (mut rd, out) = theirs.into_split();
         let (tx, frames) = mpsc::unbounded_channel();
