@@ -276,6 +276,7 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     let _ = writeln!(out, "        Max requests: {}", q.length);
     let _ = writeln!(out, "        Requests waiting: {}", q.depth);
     let _ = writeln!(out, "        Requests in flight: {}", q.in_flight);
+    let _ = writeln!(out, "        Opaque connections: {}", q.opaque);
     let _ = writeln!(
         out,
         "        Oldest waiting request age (ms): {}",
@@ -308,6 +309,7 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         n => n.to_string(),
     };
     let _ = writeln!(out, "        Max connections: {max}");
+    let _ = writeln!(out, "        Max opaque connections: {}", l.max_opaque);
     let _ = writeln!(out, "        Connections: {}", q.connections);
     let _ = writeln!(out, "        Linger time (ms): {}", q.linger_ms);
     if let Some(up) = &q.upstream {
@@ -610,6 +612,7 @@ mod tests {
                 depth: 3,
                 oldest_wait_ms: 250,
                 in_flight: 1,
+                opaque: 0,
                 urls: vec![
                     "http://+:8080/app/".into(),
                     "http://10.9.9.9:8080/x/".into(),

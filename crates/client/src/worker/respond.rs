@@ -54,10 +54,10 @@ pub(super) async fn respond<S, B>(
 
 /// Ends a request task however it ends, returning early, panicking or aborted: resets a
 /// stream left unanswered and counts the task out.
-struct Guard<'a> {
-    stream: &'a Stream,
-    conn: &'a Conn,
-    answered: bool,
+pub(super) struct Guard<'a> {
+    pub(super) stream: &'a Stream,
+    pub(super) conn: &'a Conn,
+    pub(super) answered: bool,
 }
 
 impl Drop for Guard<'_> {
@@ -76,7 +76,7 @@ impl Drop for Guard<'_> {
 /// Sends a response: the head, then the body within the stream's credit. A body that is
 /// complete at once leaves with its head in one batch; a body known to be empty leaves as a
 /// head marked `END`. A head larger than the wire allows is an error, sent as nothing.
-async fn send<B: AppBody>(
+pub(super) async fn send<B: AppBody>(
     stream: &Stream,
     conn: &Conn,
     response: http::Response<B>,
@@ -201,7 +201,7 @@ fn encode_head(buf: &mut BytesMut, stream: u32, parts: &Parts, end: bool) {
     );
 }
 
-fn header_fields(parts: &Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(super) fn header_fields(parts: &Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
     parts
         .headers
         .iter()

@@ -70,11 +70,14 @@ pub(crate) struct Origin<'a> {
 /// The request head as a worker-wire frame on `stream`, `end` when no body follows, for
 /// either protocol: `head`'s headers as the application gets them ([`app_headers`], with
 /// the `authority` routing used), `target` as routing cooked it, and the daemon's
-/// metadata, `extra` among it.
+/// metadata, `extra` among it. `upgrade` is what the request offers to switch to
+/// ([`upgrade_offer`](super::headers::upgrade_offer)), given to the application as
+/// `Connection: upgrade` and `Upgrade` (hop-by-hop headers, otherwise dropped).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn request_frame(
     head: &Head<'_>,
     authority: Option<&[u8]>,
+    upgrade: Option<&[u8]>,
     target: &[u8],
     version: wire::Version,
     from: Origin<'_>,
@@ -92,6 +95,10 @@ pub(crate) fn request_frame(
         for (name, value) in app_headers(head, authority) {
             w.header(name, value);
         }
+    }
+    if let Some(offer) = upgrade {
+        w.header(b"Connection", b"upgrade");
+        w.header(b"Upgrade", offer);
     }
     let mut num = itoa_buf();
     w.header(header::RAW_URL.as_bytes(), head.target());
@@ -120,6 +127,7 @@ impl Conn {
         &self,
         head: &Head<'_>,
         authority: Option<&[u8]>,
+        upgrade: Option<&[u8]>,
         binding: &crate::shared::Destination,
         id: u64,
         stream: u32,
@@ -137,6 +145,7 @@ impl Conn {
         request_frame(
             head,
             authority,
+            upgrade,
             &self.scratch,
             version,
             from,
@@ -149,13 +158,16 @@ impl Conn {
     }
 
     /// Hands the request to an attached worker and relays until both directions end.
+    /// `upgrade` when the request offered to switch protocols: a `101` from the worker
+    /// then makes the connection opaque ([`ws`](super::ws)).
     pub(super) async fn exchange_worker(
         &mut self,
         frame: BytesMut,
         mut open: Stream,
         body: &mut BodyIn,
         facts: Facts,
-        queue: &Queue,
+        upgrade: bool,
+        queue: &Arc<Queue>,
     ) -> Next {
         let worker = &open.worker;
         let stream = open.id;
@@ -237,6 +249,12 @@ impl Conn {
                                         return Next::Abort;
                                     }
                                 };
+                                if h.status == 101 {
+                                    drop(held);
+                                    return self
+                                        .upgraded(worker, stream, rx, h, upgrade, body.is_done(), end, queue)
+                                        .await;
+                                }
                                 // A body that is already here whole becomes a Content-Length.
                                 let mut exact = None;
                                 if !end && let Ok(d) = rx.try_recv() {
