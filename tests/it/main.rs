@@ -38,3 +38,4 @@ mod sslcert;
 mod tls;
 mod upstream;
 mod urlacl;
+mod websocket;
