@@ -470,3 +470,71 @@ fn upgrades_past_the_queues_max_opaque_get_503() {
     }
     assert!(eventually(10, || opaque(&d, "cap") == 1));
 }
+
+/// A worker that grants nothing is sent at most one window of what its client uploads; the
+/// rest waits in the client's socket, and flows once the worker grants more.
+#[test]
+fn an_opaque_stream_is_held_to_its_window() {
+    let d = Daemon::start();
+    let port = free_port();
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "credit", port, json!({}));
+    let mut w =
+        WireWorker::attach_offering(&d.control, "credit", 4, &wire::offer()).expect("attach v2");
+    let mut c = connect(port);
+    write!(c, "GET /credit/ {UPGRADE_REQUEST}").expect("write");
+    let (stream, _) = next_request(&mut w);
+    switching(&mut w, stream, "test/1");
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut c, &mut buf, false);
+    assert_eq!(status, 101, "{head}");
+    // 4 MiB from the client, in a thread: the writes block once the sockets fill up.
+    let upload = pattern(4 << 20, 3);
+    let mut writer = c.try_clone().expect("clone");
+    let sent = upload.clone();
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&sent);
+    });
+    // What reaches the worker stops at the window (the read times out after a pause).
+    w.sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let window = wire::INITIAL_WINDOW as usize;
+    let mut got = Vec::new();
+    while let Some(frame) = w.frame() {
+        if let Frame::Data { data, .. } = frame {
+            got.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(got.len(), window, "the first window, and no more");
+    // Granted the rest, the worker gets all of it, unchanged.
+    w.sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    w.send(|b| wire::encode_window(b, stream, (upload.len() - window) as u32))
+        .expect("grant");
+    let rest = data_of(&mut w, stream, upload.len() - window);
+    got.extend_from_slice(&rest);
+    assert!(got == upload, "the upload changed on the way");
+    sender.join().expect("the writer");
+}
+
+/// The connection's idle and header timers stop applying once it is opaque: a socket idle
+/// for longer than both still echoes.
+#[test]
+fn an_opaque_connection_outlives_the_idle_timer() {
+    let d = Daemon::builder()
+        .tag("ws-idle")
+        .config("iplisten = [\"127.0.0.1\"]\n\n[timers]\nidle_connection = 1\nheader_wait = 1\n")
+        .iplisten_from_config()
+        .spawn();
+    let port = free_port();
+    let _app = echo_app(&d, port);
+    let mut s = raw_upgrade(port, "/ws_echo/ws");
+    std::thread::sleep(Duration::from_millis(2500));
+    s.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .expect("a frame after the idle time");
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).expect("the echo after the idle time");
+    assert_eq!(echo, [0x81, 2, b'h', b'i']);
+}

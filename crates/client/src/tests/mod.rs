@@ -181,7 +181,12 @@ async fn registers_attaches_and_answers_a_get() {
         serde_json::json!({"url": "http://+:8080/App/", "context": 7})
     );
     assert_eq!(seen[2].path, "/v1/queues/my%20app/attach");
-    assert_eq!(seen[2].header("upgrade"), Some("portshare-worker/1"));
+    // Every version the SDK speaks; the fake daemon, like one from before version 2,
+    // answers `portshare-worker/1`.
+    assert_eq!(
+        seen[2].header("upgrade"),
+        Some("portshare-worker/2, portshare-worker/1")
+    );
     assert_eq!(seen[2].header("connection"), Some("Upgrade"));
     assert_eq!(seen[2].header("portshare-slots"), Some("8"));
     assert_eq!(seen[2].header("host"), Some("portshare"));
