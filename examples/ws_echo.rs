@@ -46,17 +46,6 @@ struct Args {
     prefix: String,
 }
 
-/// The path part of a prefix (`/ws_echo/` for `http://+:8080/ws_echo/`), ending in `/`.
-fn prefix_path(prefix: &str) -> String {
-    let after_scheme = prefix.split_once("://").map_or(prefix, |(_, rest)| rest);
-    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
-    if path.ends_with('/') {
-        path.to_owned()
-    } else {
-        format!("{path}/")
-    }
-}
-
 const PAGE: &str = r#"<!doctype html>
 <meta charset="utf-8">
 <title>ws_echo</title>
@@ -103,7 +92,7 @@ async fn echo(mut socket: WebSocket) {
 async fn main() -> ExitCode {
     let args = Args::parse();
     common::init_logs();
-    let app = router(&prefix_path(&args.prefix));
+    let app = router(&common::prefix_path(&args.prefix));
     let builder = Queue::builder(args.name)
         .url(&args.prefix)
         .slots(args.slots);

@@ -139,7 +139,10 @@ fn ten_megabyte_messages_go_both_ways() {
         for seed in [1, 2] {
             let big = pattern(10 << 20, seed);
             let back = round_trip(&mut ws, Message::binary(big.clone())).await;
-            assert!(back.into_data() == big, "the 10 MB message changed on the way");
+            assert!(
+                back.into_data() == big,
+                "the 10 MB message changed on the way"
+            );
         }
         ws.close(None).await.expect("close");
     });
@@ -261,7 +264,12 @@ fn next_request(w: &mut WireWorker) -> (u32, RequestHead) {
         match w.frame() {
             Some(Frame::Head {
                 stream, payload, ..
-            }) => return (stream, RequestHead::decode(payload).expect("a request head")),
+            }) => {
+                return (
+                    stream,
+                    RequestHead::decode(payload).expect("a request head"),
+                );
+            }
             Some(_) => {}
             None => panic!("the daemon closed the worker connection before a request"),
         }
@@ -309,7 +317,22 @@ fn header<'h>(head: &'h RequestHead, name: &str) -> Option<&'h [u8]> {
         .map(|(_, v)| &v[..])
 }
 
-const UPGRADE_REQUEST: &str = "HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test/1\r\n\r\n";
+/// Sends `request` from a new client; the worker, seeing `offered` as the request's
+/// `Upgrade`, answers 101 to `answer`: the daemon resets the stream (`Protocol`) and the
+/// client's connection, which gets nothing.
+fn refused_101(w: &mut WireWorker, port: u16, request: &[u8], offered: Option<&str>, answer: &str) {
+    let mut c = connect(port);
+    c.write_all(request).expect("write");
+    let (stream, head) = next_request(w);
+    assert_eq!(header(&head, "upgrade"), offered.map(str::as_bytes));
+    switching(w, stream, answer);
+    assert_eq!(reset_of(w, stream), ResetCode::Protocol);
+    let end = read_until_close(&mut c, "a client whose request got a refused 101");
+    assert!(end.reset && end.bytes.is_empty(), "{end:?}");
+}
+
+const UPGRADE_REQUEST: &str =
+    "HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test/1\r\n\r\n";
 
 #[test]
 fn attach_negotiates_the_wire_version() {
@@ -325,7 +348,10 @@ fn attach_negotiates_the_wire_version() {
         Some("portshare-worker/2, portshare-worker/1"),
         "{head}"
     );
-    for offer in ["portshare-worker/9, portshare-worker/2", "portshare-worker/1"] {
+    for offer in [
+        "portshare-worker/9, portshare-worker/2",
+        "portshare-worker/1",
+    ] {
         assert!(
             WireWorker::attach_offering(&d.control, "neg", 1, offer).is_ok(),
             "{offer}"
@@ -340,14 +366,8 @@ fn a_101_from_a_version_1_worker_resets_the_request() {
     let mut ctl = d.ctl();
     queue(&mut ctl, "v1", port, json!({}));
     let mut w = WireWorker::attach(&d.control, "v1", 4);
-    let mut c = connect(port);
-    write!(c, "GET /v1/ {UPGRADE_REQUEST}").expect("write");
-    let (stream, head) = next_request(&mut w);
-    assert_eq!(header(&head, "upgrade"), Some(&b"test/1"[..]));
-    switching(&mut w, stream, "test/1");
-    assert_eq!(reset_of(&mut w, stream), ResetCode::Protocol);
-    let end = read_until_close(&mut c, "a 101 from a v1 worker");
-    assert!(end.reset && end.bytes.is_empty(), "{end:?}");
+    let request = format!("GET /v1/ {UPGRADE_REQUEST}");
+    refused_101(&mut w, port, request.as_bytes(), Some("test/1"), "test/1");
 }
 
 #[test]
@@ -356,17 +376,10 @@ fn a_101_to_a_request_that_did_not_ask_is_refused() {
     let port = free_port();
     let mut ctl = d.ctl();
     queue(&mut ctl, "plain", port, json!({}));
-    let mut w = WireWorker::attach_offering(&d.control, "plain", 4, &wire::offer())
-        .expect("attach v2");
-    let mut c = connect(port);
-    c.write_all(b"GET /plain/ HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let (stream, head) = next_request(&mut w);
-    assert_eq!(header(&head, "upgrade"), None);
-    switching(&mut w, stream, "test/1");
-    assert_eq!(reset_of(&mut w, stream), ResetCode::Protocol);
-    let end = read_until_close(&mut c, "a 101 to a plain request");
-    assert!(end.reset && end.bytes.is_empty(), "{end:?}");
+    let mut w =
+        WireWorker::attach_offering(&d.control, "plain", 4, &wire::offer()).expect("attach v2");
+    let request = b"GET /plain/ HTTP/1.1\r\nHost: x\r\n\r\n";
+    refused_101(&mut w, port, request, None, "test/1");
 }
 
 #[test]
@@ -378,31 +391,13 @@ fn h2c_is_never_offered_and_a_101_to_it_is_refused() {
     let mut w =
         WireWorker::attach_offering(&d.control, "h2c", 4, &wire::offer()).expect("attach v2");
     // h2c alone: the application sees no offer, and its 101 is refused.
-    let mut c = connect(port);
-    c.write_all(
-        b"GET /h2c/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
-          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
-    )
-    .expect("write");
-    let (stream, head) = next_request(&mut w);
-    assert_eq!(header(&head, "upgrade"), None);
-    assert_eq!(header(&head, "connection"), None);
-    switching(&mut w, stream, "h2c");
-    assert_eq!(reset_of(&mut w, stream), ResetCode::Protocol);
-    let end = read_until_close(&mut c, "a 101 to h2c");
-    assert!(end.reset && end.bytes.is_empty(), "{end:?}");
+    let request = b"GET /h2c/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
+    refused_101(&mut w, port, request, None, "h2c");
     // h2c among others: the others are offered, and a 101 to h2c is still refused.
-    let mut c = connect(port);
-    c.write_all(
-        b"GET /h2c/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c, test/1\r\n\r\n",
-    )
-    .expect("write");
-    let (stream, head) = next_request(&mut w);
-    assert_eq!(header(&head, "upgrade"), Some(&b"test/1"[..]));
-    switching(&mut w, stream, "h2c");
-    assert_eq!(reset_of(&mut w, stream), ResetCode::Protocol);
-    let end = read_until_close(&mut c, "a 101 to h2c among others");
-    assert!(end.reset && end.bytes.is_empty(), "{end:?}");
+    let request =
+        b"GET /h2c/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c, test/1\r\n\r\n";
+    refused_101(&mut w, port, request, Some("test/1"), "h2c");
 }
 
 /// A client opening more upgraded connections than the queue's `max_opaque` gets 503 for
@@ -535,6 +530,7 @@ fn an_opaque_connection_outlives_the_idle_timer() {
     s.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
         .expect("a frame after the idle time");
     let mut echo = [0u8; 4];
-    s.read_exact(&mut echo).expect("the echo after the idle time");
+    s.read_exact(&mut echo)
+        .expect("the echo after the idle time");
     assert_eq!(echo, [0x81, 2, b'h', b'i']);
 }

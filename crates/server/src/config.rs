@@ -410,10 +410,7 @@ impl QueueConfig {
             drain_entity_body_ms: ms(self.drain_entity_body),
             min_send_rate: Some(self.min_send_rate.unwrap_or(0)),
             max_connections: Some(self.max_connections.unwrap_or(0)),
-            max_opaque: Some(
-                self.max_opaque
-                    .unwrap_or(QueueProps::DEFAULT_MAX_OPAQUE),
-            ),
+            max_opaque: Some(self.max_opaque.unwrap_or(QueueProps::DEFAULT_MAX_OPAQUE)),
         }
     }
 

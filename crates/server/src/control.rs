@@ -695,9 +695,8 @@ fn attach(
     let chosen = format!("{}/{version}", wire::PROTOCOL_NAME);
     r.headers_mut().insert(
         header::UPGRADE,
-        header::HeaderValue::from_str(&chosen).unwrap_or(header::HeaderValue::from_static(
-            wire::UPGRADE_PROTOCOL,
-        )),
+        header::HeaderValue::from_str(&chosen)
+            .unwrap_or(header::HeaderValue::from_static(wire::UPGRADE_PROTOCOL)),
     );
     r
 }

@@ -138,12 +138,7 @@ enum Step {
 }
 
 impl WorkerConn {
-    pub(crate) fn new(
-        id: u64,
-        peer: Peer,
-        budget: &Arc<Buffers>,
-        version: u32,
-    ) -> Arc<WorkerConn> {
+    pub(crate) fn new(id: u64, peer: Peer, budget: &Arc<Buffers>, version: u32) -> Arc<WorkerConn> {
         Arc::new(WorkerConn {
             id,
             peer,

@@ -96,10 +96,7 @@ where
             let failed = |e: S::Error| std::io::Error::other(e.into());
             poll_fn(|cx| service.poll_ready(cx)).await.map_err(failed)?;
             // The request has no body (the daemon sent its head marked END).
-            service
-                .call(r.map(|_| Body::empty()))
-                .await
-                .map_err(failed)
+            service.call(r.map(|_| Body::empty())).await.map_err(failed)
         }
     });
     let server = hyper::server::conn::http1::Builder::new()
@@ -130,7 +127,12 @@ where
 
 /// Moves bytes between the upgraded connection and the stream until both directions
 /// have ended.
-async fn pump<T>(io: T, stream: &Stream, conn: &Conn, mut from_daemon: Opaque) -> Result<(), BoxError>
+async fn pump<T>(
+    io: T,
+    stream: &Stream,
+    conn: &Conn,
+    mut from_daemon: Opaque,
+) -> Result<(), BoxError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite,
 {

@@ -123,6 +123,7 @@ pub(crate) fn request_frame(
 impl Conn {
     /// The request head as a worker-wire frame on `stream`, `end` when no body follows.
     /// `authority` is that of an absolute-form target routing used (see [`app_headers`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn worker_frame(
         &self,
         head: &Head<'_>,

@@ -178,7 +178,9 @@ impl Conn {
                         credit_added.notified().await;
                     }
                     worker.room().await;
-                    let n = (credit.load(Ordering::Acquire) as usize).min(BODY_FRAME).min(buf.len());
+                    let n = (credit.load(Ordering::Acquire) as usize)
+                        .min(BODY_FRAME)
+                        .min(buf.len());
                     let chunk = buf.split_to(n);
                     credit.fetch_sub(n as u64, Ordering::AcqRel);
                     worker.send(|out| wire::encode_data(out, stream, false, &chunk));
@@ -237,9 +239,8 @@ impl Conn {
                                 () = worker.gone() => false,
                             };
                             if !sent {
-                                worker.send(|out| {
-                                    wire::encode_reset(out, stream, ResetCode::Cancel)
-                                });
+                                worker
+                                    .send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
                                 return Err(Next::Abort);
                             }
                         }

@@ -809,7 +809,10 @@ async fn a_101_on_an_h2_stream_resets_it_and_extended_connect_is_not_offered() {
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    h2 = timeout(WAIT, h2.ready()).await.expect("ready").expect("ready");
+    h2 = timeout(WAIT, h2.ready())
+        .await
+        .expect("ready")
+        .expect("ready");
     assert!(!h2.is_extended_connect_protocol_enabled());
     let (resp, _) = h2.send_request(get("/ws"), true).expect("sent");
     let (stream, head) = worker.head().await;
