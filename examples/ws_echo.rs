@@ -78,9 +78,9 @@ async fn echo(mut socket: WebSocket) {
     while let Some(Ok(message)) = socket.recv().await {
         let back = match message {
             Message::Text(_) | Message::Binary(_) => message,
-            Message::Close(_) => break,
-            // axum answers pings itself.
-            Message::Ping(_) | Message::Pong(_) => continue,
+            // axum answers pings and a close itself; the next `recv` sends the answer to a
+            // close and ends the loop.
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => continue,
         };
         if socket.send(back).await.is_err() {
             break;

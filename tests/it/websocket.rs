@@ -534,3 +534,53 @@ fn an_opaque_connection_outlives_the_idle_timer() {
         .expect("the echo after the idle time");
     assert_eq!(echo, [0x81, 2, b'h', b'i']);
 }
+
+/// Over https the same: the upgraded connection's bytes go through the TLS session both
+/// ways, and a close handshake ends it cleanly.
+#[test]
+fn a_websocket_over_https_echoes_and_closes() {
+    let dir = TempDir::new("ws-tls");
+    let c = crate::tls::cert(&dir.0, "ws", &["ws.example"]);
+    let (d, port) = Daemon::builder().spawn_on_free_port(|port| {
+        format!(
+            "iplisten = [\"127.0.0.1\"]\n\n{}",
+            crate::tls::pair(&format!("ipport = \"127.0.0.1:{port}\""), &c)
+        )
+    });
+    let app = App::start(
+        &d.control,
+        "ws_echo",
+        "",
+        &[&format!("https://+:{port}/ws_echo/")],
+        &[],
+    );
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut s = crate::tls::tls_over(tcp, Some("ws.example"), None).expect("handshake");
+    s.write_all(
+        b"GET /ws_echo/ws HTTP/1.1\r\nHost: ws.example\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .expect("write");
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut s, &mut buf, false);
+    assert_eq!(status, 101, "{head}");
+    s.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .expect("a text frame");
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).expect("the echo");
+    assert_eq!(echo, [0x81, 2, b'h', b'i']);
+    assert_eq!(opaque(&d, "ws_echo"), 1);
+    // A close frame (no payload, masked): the app answers with its own and closes.
+    s.write_all(&[0x88, 0x80, 9, 9, 9, 9]).expect("close");
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(
+        rest.starts_with(&[0x88]),
+        "{rest:?} {r:?}\n{}\n{}",
+        d.proc.log_text(),
+        app.proc.log_text()
+    );
+    drop(s);
+    assert!(eventually(10, || opaque(&d, "ws_echo") == 0));
+}
