@@ -154,16 +154,22 @@ where
         }
     };
     let from = async {
+        // Once the application has closed its end, what the client still sends (the
+        // last frames of a closing handshake, say) is granted back and dropped.
+        let mut open = true;
         while let Some((data, end)) = from_daemon.recv().await {
-            if !data.is_empty() {
-                wr.write_all(&data).await?;
-                if !end {
-                    stream.grant(conn, data.len());
-                }
+            if open && !data.is_empty() && wr.write_all(&data).await.is_err() {
+                tracing::debug!(stream = id, "the application closed its end of the upgrade");
+                open = false;
             }
             if end {
-                wr.shutdown().await?;
+                if open {
+                    let _ = wr.shutdown().await;
+                }
                 return Ok::<_, BoxError>(());
+            }
+            if !data.is_empty() {
+                stream.grant(conn, data.len());
             }
         }
         Err("the stream was reset".into())
