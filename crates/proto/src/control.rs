@@ -864,6 +864,16 @@ mod tests {
             (e.field, e.to_string()),
             ("length", "length = 0: expected 1 to 2147483647".to_owned())
         );
+        let opaque = |n| QueueProps {
+            max_opaque: Some(n),
+            ..QueueProps::default()
+        };
+        assert_eq!(opaque(1).validate(), Ok(()));
+        assert_eq!(opaque(QueueProps::MAX_OPAQUE).validate(), Ok(()));
+        for bad in [0, QueueProps::MAX_OPAQUE + 1] {
+            let e = opaque(bad).validate().expect_err("max_opaque out of range");
+            assert_eq!(e.field, "max_opaque");
+        }
     }
 
     #[test]

@@ -931,6 +931,10 @@ mod tests {
                 "max_connections",
             ),
             (
+                "[[queue]]\nname = \"q\"\nmax_opaque = 0\n",
+                "max_opaque = 0: expected 1 to 1000000",
+            ),
+            (
                 "[[queue]]\nname = \"q\"\nmin_send_rate = 0\n",
                 "min_send_rate",
             ),
