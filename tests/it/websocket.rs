@@ -597,3 +597,34 @@ fn a_websocket_over_https_echoes_and_closes() {
     drop(s);
     assert!(eventually(10, || opaque(&d, "ws_echo") == 0));
 }
+
+/// A `101` after a response has begun is a second head: the stream is reset and the
+/// client is cut off; it never sees a `101`.
+#[test]
+fn a_101_after_a_response_began_is_refused() {
+    let d = Daemon::start();
+    let port = free_port();
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "late", port, json!({}));
+    let mut w =
+        WireWorker::attach_offering(&d.control, "late", 4, &wire::offer()).expect("attach v2");
+    let mut c = connect(port);
+    write!(c, "GET /late/ {UPGRADE_REQUEST}").expect("write");
+    let (stream, _) = next_request(&mut w);
+    let ok = ResponseHead {
+        status: 200,
+        headers: Vec::new(),
+    };
+    w.send(|b| {
+        ok.encode(b, stream, false);
+        wire::encode_data(b, stream, false, b"partial");
+    })
+    .expect("send");
+    switching(&mut w, stream, "test/1");
+    assert_eq!(reset_of(&mut w, stream), ResetCode::Protocol);
+    let end = read_until_close(&mut c, "a 101 after a 200 began");
+    let text = String::from_utf8_lossy(&end.bytes);
+    // What of the 200 was written before the 101 arrived depends on timing; a 101 never is.
+    assert!(end.reset, "{end:?}");
+    assert!(!text.contains(" 101 "), "{text}");
+}

@@ -2,7 +2,8 @@
 //! body forwarded within the stream's window, the response relayed back to the client.
 //!
 //! This module owns the request-head frame a worker gets and one stream's life on the
-//! worker connection, from the head to its forgetting. It must not touch the frames' byte
+//! worker connection, from the head to its forgetting; a `101` answer hands the stream to
+//! [`ws`](super::ws). It must not touch the frames' byte
 //! layout (the writers of `portshare_proto::wire` are the only ones that know it), the
 //! worker connection's reader and writer (`crate::worker`), or the response's framing
 //! ([`encode`](super::encode)).
@@ -250,7 +251,9 @@ impl Conn {
                                         return Next::Abort;
                                     }
                                 };
-                                if h.status == 101 {
+                                // A 101 in the middle of a response is refused below,
+                                // as any second head.
+                                if h.status == 101 && !resp.started {
                                     drop(held);
                                     return self
                                         .upgraded(worker, stream, rx, h, upgrade, body.is_done(), end, queue)
