@@ -173,6 +173,7 @@ fn a_thousand_sockets_at_once() {
     let port = free_port();
     let _app = echo_app(&d, port);
     let rt = runtime();
+    let rss_before = vm_rss_kib(d.proc.child.id());
     let started = std::time::Instant::now();
     let sockets = rt.block_on(async {
         let mut tasks = tokio::task::JoinSet::new();
@@ -196,8 +197,9 @@ fn a_thousand_sockets_at_once() {
     });
     assert_eq!(sockets.len(), SOCKETS);
     eprintln!(
-        "{SOCKETS} sockets opened and echoed once in {:?}",
-        started.elapsed()
+        "{SOCKETS} sockets opened and echoed once in {:?}; the daemon's RSS grew by {} KiB",
+        started.elapsed(),
+        vm_rss_kib(d.proc.child.id()).saturating_sub(rss_before)
     );
     assert_eq!(opaque(&d, "ws_echo"), SOCKETS as u64);
     drop(sockets);

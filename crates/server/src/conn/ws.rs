@@ -33,6 +33,10 @@ use crate::pages::Detail;
 use crate::queue::Queue;
 use crate::worker::{BODY_FRAME, Event, Events, WorkerConn};
 
+/// The room a read of a client's opaque bytes offers at first, and at most.
+const MIN_READ: usize = 2 * 1024;
+const MAX_READ: usize = 64 * 1024;
+
 /// Why a worker's `101` is not taken: the stream is reset (`Protocol`) and the client's
 /// connection aborted.
 fn refusal(
@@ -172,6 +176,7 @@ impl Conn {
 
         let up = async {
             let mut buf = pre;
+            let mut room = MIN_READ;
             loop {
                 while !buf.is_empty() {
                     while credit.load(Ordering::Acquire) == 0 {
@@ -186,9 +191,11 @@ impl Conn {
                     worker.send(|out| wire::encode_data(out, stream, false, &chunk));
                 }
                 // Read only once all is sent: the daemon holds at most one read per
-                // opaque connection of what the client sends.
-                buf.reserve(16 * 1024);
+                // opaque connection of what the client sends. The room offered starts
+                // small, as most opaque connections idle, and grows while reads fill it.
+                buf.reserve(room);
                 match rd.read_buf(&mut buf).await {
+                    Ok(n) if n > 0 && n >= room => room = (room * 2).min(MAX_READ),
                     Ok(0) => {
                         worker.send(|out| wire::encode_data(out, stream, true, &[]));
                         client_ended.store(true, Ordering::Release);
