@@ -62,7 +62,8 @@
 //! client's connection opaque and the SDK relays its bytes both ways until both sides
 //! close. This needs version 2 of the worker wire, which the SDK offers and every daemon
 //! with opaque connections speaks; the socket keeps its slot while it is open (see
-//! [`QueueBuilder::slots`]). The protocol is in the repository's `docs/worker-protocol.md`.
+//! [`QueueBuilder::slots`]), and an open socket holds a drain back like a request in hand,
+//! until it closes or the [shutdown timeout](QueueBuilder::shutdown_timeout) aborts it. The protocol is in the repository's `docs/worker-protocol.md`.
 //!
 //! # The control API
 //!
