@@ -115,9 +115,22 @@ fn an_axum_websocket_echoes_through_the_daemon() {
     assert_eq!(back, Message::text("hello"));
     let back = rt.block_on(round_trip(&mut ws, Message::binary(vec![0u8, 1, 2, 255])));
     assert_eq!(back, Message::binary(vec![0u8, 1, 2, 255]));
-    // The socket holds its slot and counts as opaque until it closes.
+    // The socket holds its slot and counts as opaque until it closes, in the state view
+    // and in `show servicestate`.
     assert_eq!(opaque(&d, "ws_echo"), 1);
     assert_eq!(queue_state(&d, "ws_echo")["in_flight"], 1);
+    let shown = std::process::Command::new(portshare_bin())
+        .args(["show", "servicestate", "--control"])
+        .arg(&d.control)
+        .env_remove("PORTSHARE_CONTROL")
+        .output()
+        .expect("portshare runs");
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        text.contains("        Opaque connections: 1\n")
+            && text.contains("        Max opaque connections: 10000\n"),
+        "{text}"
+    );
     rt.block_on(async {
         ws.close(None).await.expect("close");
         while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {}
