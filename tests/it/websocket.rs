@@ -428,6 +428,41 @@ fn h2c_is_never_offered_and_a_101_to_it_is_refused() {
     refused_101(&mut w, port, request, Some("test/1"), "h2c");
 }
 
+/// An application switches only to a protocol the client offered (RFC 9110 §7.8): a `101`
+/// to another, or to one offered beside one that was not, is refused.
+#[test]
+fn a_101_to_a_protocol_the_client_did_not_offer_is_refused() {
+    let d = Daemon::start();
+    let port = free_port();
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "other", port, json!({}));
+    let mut w =
+        WireWorker::attach_offering(&d.control, "other", 4, &wire::offer()).expect("attach v2");
+    let request = format!("GET /other/ {UPGRADE_REQUEST}");
+    refused_101(
+        &mut w,
+        port,
+        request.as_bytes(),
+        Some("test/1"),
+        "websocket",
+    );
+    refused_101(
+        &mut w,
+        port,
+        request.as_bytes(),
+        Some("test/1"),
+        "test/1, other",
+    );
+    // The one offered, in another case, is taken.
+    let mut c = connect(port);
+    c.write_all(request.as_bytes()).expect("write");
+    let (stream, _) = next_request(&mut w);
+    switching(&mut w, stream, "TEST/1");
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut c, &mut buf, false);
+    assert_eq!(status, 101, "{head}");
+}
+
 /// A client opening more upgraded connections than the queue's `max_opaque` gets 503 for
 /// the one past it; those within it carry bytes both ways as data frames, and half-close.
 #[test]

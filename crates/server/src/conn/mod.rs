@@ -600,7 +600,7 @@ impl Conn {
                     stream.id(),
                     body.is_done(),
                 );
-                self.exchange_worker(frame, stream, &mut body, facts, upgrade.is_some(), &queue)
+                self.exchange_worker(frame, stream, &mut body, facts, upgrade.as_deref(), &queue)
                     .await
             }
             Taken::Upstream(up) => {

@@ -160,15 +160,15 @@ impl Conn {
     }
 
     /// Hands the request to an attached worker and relays until both directions end.
-    /// `upgrade` when the request offered to switch protocols: a `101` from the worker
-    /// then makes the connection opaque ([`ws`](super::ws)).
+    /// `upgrade` is what the request offered to switch to, if anything: a `101` from the
+    /// worker to one of those makes the connection opaque ([`ws`](super::ws)).
     pub(super) async fn exchange_worker(
         &mut self,
         frame: BytesMut,
         mut open: Stream,
         body: &mut BodyIn,
         facts: Facts,
-        upgrade: bool,
+        upgrade: Option<&[u8]>,
         queue: &Arc<Queue>,
     ) -> Next {
         let worker = &open.worker;

@@ -42,16 +42,16 @@ const MAX_READ: usize = 64 * 1024;
 fn refusal(
     worker: &WorkerConn,
     head: &ResponseHead,
-    asked: bool,
+    offered: Option<&[u8]>,
     body_done: bool,
     end: bool,
 ) -> Option<&'static str> {
     if worker.version < 2 {
         return Some("a 101 on version 1 of the worker wire, which has no opaque streams");
     }
-    if !asked {
+    let Some(offered) = offered else {
         return Some("a 101 to a request that did not ask to upgrade");
-    }
+    };
     if !body_done {
         return Some("a 101 before the request's body was sent whole");
     }
@@ -65,22 +65,32 @@ fn refusal(
     let Some((_, protocol)) = chosen.next() else {
         return Some("a 101 without an Upgrade header");
     };
-    if chosen.next().is_some() || protocol.trim_ascii().is_empty() {
+    let switched: Vec<&[u8]> = tokens(protocol).collect();
+    if chosen.next().is_some() || switched.is_empty() {
         return Some("a 101 without exactly one Upgrade header");
     }
     // HTTP.sys does not speak h2c, and a client offered it never reaches a worker: an
     // application cannot switch a connection to it behind the daemon's back.
-    let h2c = protocol
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"));
-    if h2c {
+    if switched.iter().any(|t| t.eq_ignore_ascii_case(b"h2c")) {
         return Some("a 101 to h2c");
+    }
+    // A server switches only to what the client offered (RFC 9110 §7.8).
+    let was_offered = |t: &&[u8]| tokens(offered).any(|o| o.eq_ignore_ascii_case(t));
+    if !switched.iter().all(was_offered) {
+        return Some("a 101 to a protocol the client did not offer");
     }
     let forged = protocol.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0);
     if forged || head.headers.iter().any(|(n, v)| field(n, v) == Field::Bad) {
         return Some("a 101 with a header that cannot be sent");
     }
     None
+}
+
+/// The comma-separated tokens of a header value, trimmed, empty ones left out.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// The `101` head the client gets: the status line, the application's headers but those
@@ -107,9 +117,9 @@ fn switching_head(wr: &mut BytesMut, head: &ResponseHead) {
 
 impl Conn {
     /// The worker answered the request in hand with `101`: checks it, writes it to the
-    /// client and pumps both ways until the opaque connection ends. `asked` when the
-    /// request offered to upgrade; `body_done` when its body was sent whole; `end` when the
-    /// head came marked `END`.
+    /// client and pumps both ways until the opaque connection ends. `offered` is what the
+    /// request offered to switch to, if anything; `body_done` when its body was sent whole;
+    /// `end` when the head came marked `END`.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn upgraded(
         &mut self,
@@ -117,12 +127,12 @@ impl Conn {
         stream: u32,
         rx: &mut Events,
         head: ResponseHead,
-        asked: bool,
+        offered: Option<&[u8]>,
         body_done: bool,
         end: bool,
         queue: &Arc<Queue>,
     ) -> Next {
-        if let Some(why) = refusal(worker, &head, asked, body_done, end) {
+        if let Some(why) = refusal(worker, &head, offered, body_done, end) {
             tracing::warn!(
                 queue = queue.name(),
                 pid = worker.peer.pid,
