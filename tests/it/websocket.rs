@@ -286,6 +286,31 @@ fn queue(ctl: &mut Ctl, name: &str, port: u16, props: serde_json::Value) {
     assert_eq!(status, 201, "{body}");
 }
 
+/// A daemon's queue `name` on `http://+:PORT/NAME/` with `props`, and a worker speaking
+/// version 2 of the wire by hand attached to it. The control connection holds the queue.
+fn v2_queue(d: &Daemon, name: &str, port: u16, props: serde_json::Value) -> (Ctl, WireWorker) {
+    let mut ctl = d.ctl();
+    queue(&mut ctl, name, port, props);
+    let w = WireWorker::attach_offering(&d.control, name, 10, &wire::offer()).expect("attach v2");
+    (ctl, w)
+}
+
+/// A client whose upgrade request (`extra` sent after its head) the worker accepts with
+/// `101` to `test/1`: the client, past the `101` head it got, and its stream.
+fn upgraded(w: &mut WireWorker, port: u16, name: &str, extra: &str) -> (TcpStream, u32) {
+    let mut c = connect(port);
+    write!(c, "GET /{name}/ {UPGRADE_REQUEST}{extra}").expect("write");
+    let (stream, _) = next_request(w);
+    switching(w, stream, "test/1");
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut c, &mut buf, false);
+    assert_eq!(status, 101, "{head}");
+    assert_eq!(header_value(&head, "upgrade"), Some("test/1"), "{head}");
+    assert_eq!(header_value(&head, "connection"), Some("upgrade"), "{head}");
+    assert!(buf.is_empty());
+    (c, stream)
+}
+
 /// The next request head, decoded.
 fn next_request(w: &mut WireWorker) -> (u32, RequestHead) {
     loop {
@@ -402,10 +427,7 @@ fn a_101_from_a_version_1_worker_resets_the_request() {
 fn a_101_to_a_request_that_did_not_ask_is_refused() {
     let d = Daemon::start();
     let port = free_port();
-    let mut ctl = d.ctl();
-    queue(&mut ctl, "plain", port, json!({}));
-    let mut w =
-        WireWorker::attach_offering(&d.control, "plain", 4, &wire::offer()).expect("attach v2");
+    let (_ctl, mut w) = v2_queue(&d, "plain", port, json!({}));
     let request = b"GET /plain/ HTTP/1.1\r\nHost: x\r\n\r\n";
     refused_101(&mut w, port, request, None, "test/1");
 }
@@ -414,10 +436,7 @@ fn a_101_to_a_request_that_did_not_ask_is_refused() {
 fn h2c_is_never_offered_and_a_101_to_it_is_refused() {
     let d = Daemon::start();
     let port = free_port();
-    let mut ctl = d.ctl();
-    queue(&mut ctl, "h2c", port, json!({}));
-    let mut w =
-        WireWorker::attach_offering(&d.control, "h2c", 4, &wire::offer()).expect("attach v2");
+    let (_ctl, mut w) = v2_queue(&d, "h2c", port, json!({}));
     // h2c alone: the application sees no offer, and its 101 is refused.
     let request = b"GET /h2c/ HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n\
                     Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n";
@@ -434,10 +453,7 @@ fn h2c_is_never_offered_and_a_101_to_it_is_refused() {
 fn a_101_to_a_protocol_the_client_did_not_offer_is_refused() {
     let d = Daemon::start();
     let port = free_port();
-    let mut ctl = d.ctl();
-    queue(&mut ctl, "other", port, json!({}));
-    let mut w =
-        WireWorker::attach_offering(&d.control, "other", 4, &wire::offer()).expect("attach v2");
+    let (_ctl, mut w) = v2_queue(&d, "other", port, json!({}));
     let request = format!("GET /other/ {UPGRADE_REQUEST}");
     refused_101(
         &mut w,
@@ -469,23 +485,12 @@ fn a_101_to_a_protocol_the_client_did_not_offer_is_refused() {
 fn upgrades_past_the_queues_max_opaque_get_503() {
     let d = Daemon::start();
     let port = free_port();
-    let mut ctl = d.ctl();
-    queue(&mut ctl, "cap", port, json!({ "max_opaque": 2 }));
+    let (_ctl, mut w) = v2_queue(&d, "cap", port, json!({ "max_opaque": 2 }));
     assert_eq!(queue_state(&d, "cap")["limits"]["max_opaque"], 2);
-    let mut w =
-        WireWorker::attach_offering(&d.control, "cap", 10, &wire::offer()).expect("attach v2");
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut c = connect(port);
         // Bytes after the head are the first opaque bytes.
-        write!(c, "GET /cap/ {UPGRADE_REQUEST}early").expect("write");
-        let (stream, _) = next_request(&mut w);
-        switching(&mut w, stream, "test/1");
-        let mut buf = Vec::new();
-        let (status, head, _) = read_response(&mut c, &mut buf, false);
-        assert_eq!(status, 101, "{head}");
-        assert_eq!(header_value(&head, "upgrade"), Some("test/1"), "{head}");
-        assert_eq!(header_value(&head, "connection"), Some("upgrade"), "{head}");
+        let (c, stream) = upgraded(&mut w, port, "cap", "early");
         assert_eq!(data_of(&mut w, stream, 5), b"early");
         open.push((c, stream));
     }
@@ -535,17 +540,8 @@ fn upgrades_past_the_queues_max_opaque_get_503() {
 fn an_opaque_stream_is_held_to_its_window() {
     let d = Daemon::start();
     let port = free_port();
-    let mut ctl = d.ctl();
-    queue(&mut ctl, "credit", port, json!({}));
-    let mut w =
-        WireWorker::attach_offering(&d.control, "credit", 4, &wire::offer()).expect("attach v2");
-    let mut c = connect(port);
-    write!(c, "GET /credit/ {UPGRADE_REQUEST}").expect("write");
-    let (stream, _) = next_request(&mut w);
-    switching(&mut w, stream, "test/1");
-    let mut buf = Vec::new();
-    let (status, head, _) = read_response(&mut c, &mut buf, false);
-    assert_eq!(status, 101, "{head}");
+    let (_ctl, mut w) = v2_queue(&d, "credit", port, json!({}));
+    let (c, stream) = upgraded(&mut w, port, "credit", "");
     // 4 MiB from the client, in a thread: the writes block once the sockets fill up.
     let upload = pattern(4 << 20, 3);
     let mut writer = c.try_clone().expect("clone");
@@ -654,10 +650,7 @@ fn a_websocket_over_https_echoes_and_closes() {
 fn a_101_after_a_response_began_is_refused() {
     let d = Daemon::start();
     let port = free_port();
-    let mut ctl = d.ctl();
-    queue(&mut ctl, "late", port, json!({}));
-    let mut w =
-        WireWorker::attach_offering(&d.control, "late", 4, &wire::offer()).expect("attach v2");
+    let (_ctl, mut w) = v2_queue(&d, "late", port, json!({}));
     let mut c = connect(port);
     write!(c, "GET /late/ {UPGRADE_REQUEST}").expect("write");
     let (stream, _) = next_request(&mut w);

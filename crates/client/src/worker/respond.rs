@@ -28,11 +28,7 @@ pub(super) async fn respond<S, B>(
     S: AppService<B>,
     B: AppBody,
 {
-    let mut guard = Guard {
-        stream: &stream,
-        conn: &conn,
-        answered: false,
-    };
+    let mut guard = Guard::new(&stream, &conn);
     if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
         let e = e.into();
         tracing::error!(error = %e, "the service can take no more requests");
@@ -55,9 +51,20 @@ pub(super) async fn respond<S, B>(
 /// Ends a request task however it ends, returning early, panicking or aborted: resets a
 /// stream left unanswered and counts the task out.
 pub(super) struct Guard<'a> {
-    pub(super) stream: &'a Stream,
-    pub(super) conn: &'a Conn,
+    stream: &'a Stream,
+    conn: &'a Conn,
+    /// Set once the stream has been answered: nothing to reset then.
     pub(super) answered: bool,
+}
+
+impl<'a> Guard<'a> {
+    pub(super) fn new(stream: &'a Stream, conn: &'a Conn) -> Guard<'a> {
+        Guard {
+            stream,
+            conn,
+            answered: false,
+        }
+    }
 }
 
 impl Drop for Guard<'_> {

@@ -65,11 +65,7 @@ pub(super) async fn respond<S, B>(
     S: AppService<B>,
     B: AppBody,
 {
-    let mut guard = Guard {
-        stream: &stream,
-        conn: &conn,
-        answered: false,
-    };
+    let mut guard = Guard::new(&stream, &conn);
     match serve(service, req, &stream, &conn, from_daemon).await {
         Ok(()) => guard.answered = true,
         Err(e) => tracing::warn!(stream = stream.id, error = %e, "the upgrade failed"),
