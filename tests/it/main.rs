@@ -39,3 +39,4 @@ mod tls;
 mod upstream;
 mod upstream_owner;
 mod urlacl;
+mod websocket;
