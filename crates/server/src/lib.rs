@@ -80,6 +80,7 @@ mod pages;
 mod proxy;
 mod queue;
 mod quota;
+mod relay;
 mod shared;
 mod timers;
 mod tls;

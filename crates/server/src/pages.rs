@@ -88,6 +88,11 @@ fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static
             "Request URL Too Long",
             "The request URL is too long.",
         ),
+        (502, _) => (
+            "Bad Gateway",
+            "Bad Gateway",
+            "The upstream server did not answer as HTTP/1.1 asks.",
+        ),
         (501, _) => (
             "Not Implemented",
             "Not Implemented",

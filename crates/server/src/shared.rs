@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     /// connection's next request.
     pub(crate) settings: ArcSwap<Settings>,
     pub(crate) request_ids: AtomicU64,
+    /// Connections turned opaque by an accepted upgrade, open now.
+    pub(crate) opaque: AtomicU64,
     /// Open client connections, against `limits.max_connections`.
     pub(crate) connections: Connections,
     /// Set when the daemon begins to stop: connections finish the request in hand and close.
@@ -60,6 +62,7 @@ impl Shared {
             table: ArcSwap::from_pointee(RouteTable::new()),
             settings: ArcSwap::from_pointee(settings),
             request_ids: AtomicU64::new(1),
+            opaque: AtomicU64::new(0),
             connections: Connections::default(),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),

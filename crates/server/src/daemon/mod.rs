@@ -349,8 +349,15 @@ impl Daemon {
             }
             Some(a) => Some(Arc::new(Upstream::new(
                 Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
+                spec.strip_prefix,
             ))),
         };
+        if spec.strip_prefix && upstream.is_none() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "strip_prefix applies to upstream queues only: workers get the whole target",
+            ));
+        }
         match spec.https_redirect {
             Some(0) => {
                 return Err(api(
