@@ -262,14 +262,12 @@ fn an_upstream_streaming_its_answer_while_the_body_arrives() {
 fn relay_daemon(tag: &str, up: &Scripted, extra: &str) -> (Daemon, u16) {
     let addr = up.addr.clone();
     let extra = extra.to_string();
-    Daemon::builder()
-        .tag(tag)
-        .spawn_on_free_port(move |port| {
-            format!(
-                "iplisten = [\"127.0.0.1\"]\n\n[[queue]]\nname = \"legacy\"\n\
+    Daemon::builder().tag(tag).spawn_on_free_port(move |port| {
+        format!(
+            "iplisten = [\"127.0.0.1\"]\n\n[[queue]]\nname = \"legacy\"\n\
                  urls = [\"http://+:{port}/legacy/\"]\nupstream = \"{addr}\"\n{extra}"
-            )
-        })
+        )
+    })
 }
 
 /// Answers with `text` as it is and keeps the connection.
@@ -292,12 +290,16 @@ fn the_query_reaches_the_upstream_as_received() {
     let line = &heads[0][..find(&heads[0], b"\r\n").expect("a line")];
     // The path as routing cooked it; the query (and what follows a `#`) byte for byte.
     assert!(
-        line.starts_with(b"GET /legacy/aA") && line.ends_with(b"?q=\"<>&r=\xff\xfe%zz#frag HTTP/1.1"),
+        line.starts_with(b"GET /legacy/aA")
+            && line.ends_with(b"?q=\"<>&r=\xff\xfe%zz#frag HTTP/1.1"),
         "{:?}",
         String::from_utf8_lossy(line)
     );
     let raw = String::from_utf8_lossy(&heads[0]).to_ascii_lowercase();
-    assert!(raw.contains("portshare-raw-url: /legacy/a%41\"<>?q=\"<>&r="), "{raw}");
+    assert!(
+        raw.contains("portshare-raw-url: /legacy/a%41\"<>?q=\"<>&r="),
+        "{raw}"
+    );
 }
 
 #[test]
@@ -389,17 +391,25 @@ fn a_close_delimited_body_is_framed_for_the_client() {
     }
     // Delimited by the close for an HTTP/1.0 one.
     let mut c = connect(port);
-    c.write_all(b"GET /legacy/c HTTP/1.0\r\n\r\n").expect("send");
+    c.write_all(b"GET /legacy/c HTTP/1.0\r\n\r\n")
+        .expect("send");
     let all = read_until_close(&mut c, "the response");
     let text = String::from_utf8_lossy(&all.bytes);
-    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nhello world"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nhello world"),
+        "{text}"
+    );
 }
 
 #[test]
 fn chunked_bodies_stream_both_ways() {
     let up = Scripted::start(|x| {
         let body = x.body();
-        let framing = if x.head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let framing = if x
+            .head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             "chunked"
         } else {
             "length"
@@ -430,7 +440,11 @@ fn chunked_bodies_stream_both_ways() {
     assert_eq!(status, 200, "{head}");
     assert_eq!(body, b"length:wxyz");
     let second = &up.heads()[1].to_ascii_lowercase();
-    assert_eq!(second.matches("content-length: 4\r\n").count(), 1, "{second}");
+    assert_eq!(
+        second.matches("content-length: 4\r\n").count(),
+        1,
+        "{second}"
+    );
     assert!(!second.contains("transfer-encoding"), "{second}");
 }
 
@@ -442,7 +456,11 @@ fn differing_content_lengths_from_an_upstream_get_502() {
                 .expect("answer");
             // The daemon closes the connection: nothing more comes.
             let mut b = [0u8; 64];
-            assert_eq!(x.s.read(&mut b).unwrap_or(0), 0, "the connection was reused");
+            assert_eq!(
+                x.s.read(&mut b).unwrap_or(0),
+                0,
+                "the connection was reused"
+            );
             return false;
         }
         answer(x, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -464,9 +482,10 @@ fn differing_content_lengths_from_an_upstream_get_502() {
 fn a_stale_pooled_connection_is_retried_for_get_and_never_for_post() {
     // Each connection answers its first request and closes on its second without a word:
     // a pooled connection the upstream let go as the request went out.
-    let count = std::sync::Arc::new(std::sync::Mutex::new(
-        std::collections::HashMap::<usize, usize>::new(),
-    ));
+    let count = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        usize,
+        usize,
+    >::new()));
     let per_conn = count.clone();
     let up = Scripted::start(move |x| {
         let n = {
@@ -491,7 +510,10 @@ fn a_stale_pooled_connection_is_retried_for_get_and_never_for_post() {
     }
     let heads = up.heads();
     assert_eq!(
-        heads.iter().filter(|h| h.starts_with("GET /legacy/two")).count(),
+        heads
+            .iter()
+            .filter(|h| h.starts_with("GET /legacy/two"))
+            .count(),
         2,
         "{heads:?}"
     );
@@ -531,12 +553,25 @@ fn hop_by_hop_headers_are_dropped_both_ways() {
     let (status, head, _) = read_response(&mut c, &mut buf, false);
     assert_eq!(status, 200, "{head}");
     let got = head.to_ascii_lowercase();
-    for gone in ["x-up-private", "keep-alive", "trailer", "proxy-connection", "upgrade"] {
+    for gone in [
+        "x-up-private",
+        "keep-alive",
+        "trailer",
+        "proxy-connection",
+        "upgrade",
+    ] {
         assert!(!got.contains(gone), "{gone} reached the client:\n{head}");
     }
     assert!(got.contains("x-up-kept: 1"), "{head}");
     let sent = up.heads()[0].to_ascii_lowercase();
-    for gone in ["x-private", "keep-alive", "\r\nte:", "trailer", "proxy-connection", "connection"] {
+    for gone in [
+        "x-private",
+        "keep-alive",
+        "\r\nte:",
+        "trailer",
+        "proxy-connection",
+        "connection",
+    ] {
         assert!(!sent.contains(gone), "{gone} reached the upstream:\n{sent}");
     }
     assert!(sent.contains("x-kept: 1"), "{sent}");
@@ -570,8 +605,10 @@ fn an_accepted_upgrade_passes_bytes_both_ways_until_each_side_closes() {
     let mut c = connect(port);
     c.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    c.write_all(b"GET /legacy/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nEARLY")
-        .expect("send");
+    c.write_all(
+        b"GET /legacy/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nEARLY",
+    )
+    .expect("send");
     let mut buf = Vec::new();
     let head = read_head(&mut c, &mut buf);
     assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
@@ -645,9 +682,23 @@ fn strip_prefix_forwards_the_target_without_the_prefix() {
         assert_eq!(status, 200, "{target}: {head}");
     }
     let heads = up.heads();
-    let lines: Vec<&str> = heads.iter().map(|h| h.lines().next().unwrap_or("")).collect();
-    assert_eq!(lines, ["GET /a/b?x=1 HTTP/1.1", "GET / HTTP/1.1", "GET /?y HTTP/1.1"]);
+    let lines: Vec<&str> = heads
+        .iter()
+        .map(|h| h.lines().next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "GET /a/b?x=1 HTTP/1.1",
+            "GET / HTTP/1.1",
+            "GET /?y HTTP/1.1"
+        ]
+    );
     for h in &heads {
-        assert_eq!(header_value(h, "X-Forwarded-Prefix"), Some("/legacy"), "{h}");
+        assert_eq!(
+            header_value(h, "X-Forwarded-Prefix"),
+            Some("/legacy"),
+            "{h}"
+        );
     }
 }

@@ -105,7 +105,10 @@ pub(crate) struct ResponseHead {
 impl ResponseHead {
     /// The end-to-end fields, in order, as slices of `buf` (the buffer the head was parsed
     /// from): hop-by-hop fields, those `Connection` names, and `Content-Length` dropped.
-    pub(crate) fn fields<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = (&'b [u8], &'b [u8])> {
+    pub(crate) fn fields<'b>(
+        &'b self,
+        buf: &'b [u8],
+    ) -> impl Iterator<Item = (&'b [u8], &'b [u8])> {
         self.fields
             .iter()
             .map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()]))
@@ -123,7 +126,10 @@ impl ResponseHead {
 /// Parses a response head at the start of `buf`: `Ok(None)` while it is incomplete (and
 /// under [`MAX_RESPONSE_HEAD`]). `head_request` says the request was HEAD, whose response
 /// has no body whatever it says.
-pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<ResponseHead>, BadHead> {
+pub(crate) fn parse_response(
+    buf: &[u8],
+    head_request: bool,
+) -> Result<Option<ResponseHead>, BadHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
@@ -163,7 +169,7 @@ pub(crate) fn parse_response(buf: &[u8], head_request: bool) -> Result<Option<Re
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        if value.iter().any(|&b| b == 0) {
+        if value.contains(&0) {
             return Err(BadHead("NUL in a field value"));
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -235,8 +241,9 @@ fn parse_length(t: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    t.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    t.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Takes response body bytes out of `rd` by `delimit`: the bytes (possibly none) and
@@ -316,28 +323,46 @@ mod tests {
 
     #[test]
     fn framing_is_read_from_the_head() {
-        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap().unwrap();
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.delimit, Delimit::Framed(BodyIn::Length(5)));
         assert_eq!(h.len, 38);
         assert!(!h.close);
-        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(matches!(h.delimit, Delimit::Framed(BodyIn::Chunked(_))));
         let h = parse("HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.delimit, Delimit::Close);
         assert!(h.close);
-        let h = parse("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.delimit, Delimit::None);
-        let h = parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.delimit, Delimit::None);
-        let h = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true).unwrap().unwrap();
+        let h = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.delimit, Delimit::None);
-        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.length, Some(3));
-        let h = parse("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.close);
-        let h = parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.close);
-        let h = parse("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        let h = parse("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.close);
         assert_eq!(parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"), Ok(None));
     }
@@ -370,7 +395,9 @@ mod tests {
         }
         let big = format!("HTTP/1.1 200 OK\r\nX-A: {}", "a".repeat(MAX_RESPONSE_HEAD));
         assert!(parse(&big).is_err());
-        let many: String = (0..MAX_FIELDS + 1).map(|i| format!("X-{i}: a\r\n")).collect();
+        let many: String = (0..MAX_FIELDS + 1)
+            .map(|i| format!("X-{i}: a\r\n"))
+            .collect();
         assert!(parse(&format!("HTTP/1.1 200 OK\r\n{many}\r\n")).is_err());
     }
 
@@ -403,7 +430,10 @@ mod tests {
         let mut out = Vec::new();
         frame_body(&mut out, ReqFraming::Chunked, &[b'a'; 26], false);
         frame_body(&mut out, ReqFraming::Chunked, b"", true);
-        assert_eq!(out, [&b"1a\r\n"[..], &[b'a'; 26], b"\r\n0\r\n\r\n"].concat());
+        assert_eq!(
+            out,
+            [&b"1a\r\n"[..], &[b'a'; 26], b"\r\n0\r\n\r\n"].concat()
+        );
     }
 
     proptest::proptest! {

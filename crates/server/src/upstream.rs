@@ -185,7 +185,11 @@ impl AsyncRead for UpIo {
 }
 
 impl AsyncWrite for UpIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             UpIo::Unix(s) => Pin::new(s).poll_write(cx, buf),

@@ -272,7 +272,9 @@ impl Exchange<'_> {
                 continue;
             };
             let size = usize::from_str_radix(
-                std::str::from_utf8(&self.rest[..end]).expect("ascii").trim(),
+                std::str::from_utf8(&self.rest[..end])
+                    .expect("ascii")
+                    .trim(),
                 16,
             )
             .expect("chunk size");

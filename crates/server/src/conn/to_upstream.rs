@@ -145,8 +145,7 @@ pub(crate) fn upstream_head(
                 .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(n)))
     };
     for (name, value) in app_headers(head, authority) {
-        if name.eq_ignore_ascii_case(b"content-length") || relay::hop_by_hop(name) || named(name)
-        {
+        if name.eq_ignore_ascii_case(b"content-length") || relay::hop_by_hop(name) || named(name) {
             continue;
         }
         put_field(out, name, value);
@@ -172,7 +171,11 @@ pub(crate) fn upstream_head(
     put_field(out, b"X-Forwarded-For", client.to_string().as_bytes());
     put_field(out, b"X-Forwarded-Proto", proto.as_bytes());
     if stripped {
-        put_field(out, b"X-Forwarded-Prefix", path[..path.len() - 1].as_bytes());
+        put_field(
+            out,
+            b"X-Forwarded-Prefix",
+            &path.as_bytes()[..path.len() - 1],
+        );
     }
     if let Some(tls) = tls {
         put_field(out, header::TLS.as_bytes(), &tls.header);
@@ -183,13 +186,21 @@ pub(crate) fn upstream_head(
     put_field(out, header::RAW_URL.as_bytes(), head.target());
     put_field(out, header::CLIENT_ADDR.as_bytes(), from.peer.as_bytes());
     put_field(out, header::LOCAL_ADDR.as_bytes(), from.local.as_bytes());
-    put_field(out, header::URL_PREFIX.as_bytes(), binding.prefix.as_bytes());
+    put_field(
+        out,
+        header::URL_PREFIX.as_bytes(),
+        binding.prefix.as_bytes(),
+    );
     put_field(
         out,
         header::URL_CONTEXT.as_bytes(),
         binding.context.to_string().as_bytes(),
     );
-    put_field(out, header::REQUEST_ID.as_bytes(), id.to_string().as_bytes());
+    put_field(
+        out,
+        header::REQUEST_ID.as_bytes(),
+        id.to_string().as_bytes(),
+    );
     match framing {
         ReqFraming::None => {}
         ReqFraming::Length(n) => put_field(out, b"Content-Length", n.to_string().as_bytes()),
@@ -324,7 +335,7 @@ impl Conn {
         let length = resp
             .length
             .filter(|_| status != 204)
-            .map(|n| (&b"Content-Length"[..], &*fmt_u64(&mut num, n)));
+            .map(|n| (&b"Content-Length"[..], fmt_u64(&mut num, n)));
         let headers = resp.fields(&c.rd[..resp.len]).chain(length);
         let mut delimit = resp.delimit.clone();
         if !out.head(&mut self.wr, status, headers, end, None) {
@@ -405,7 +416,12 @@ impl Conn {
 
     /// Moves body bytes already read from the client on to the upstream's write buffer,
     /// framed; `Err` when the client framed them wrongly.
-    fn feed_up(&mut self, c: &mut UpConn, body: &mut BodyIn, framing: ReqFraming) -> Result<(), ()> {
+    fn feed_up(
+        &mut self,
+        c: &mut UpConn,
+        body: &mut BodyIn,
+        framing: ReqFraming,
+    ) -> Result<(), ()> {
         while !body.is_done() && !self.rd.is_empty() && c.pending() < BODY_AHEAD {
             let (data, done) = body.take(&mut self.rd, BODY_AHEAD).map_err(|_| ())?;
             relay::frame_body(c.room(), framing, &data, done);
@@ -418,7 +434,8 @@ impl Conn {
 
     /// Writes an interim (1xx) response head for the client.
     fn interim(&mut self, rd: &[u8], h: &ResponseHead) {
-        self.wr.put_slice(format!("HTTP/1.1 {} ", h.status).as_bytes());
+        self.wr
+            .put_slice(format!("HTTP/1.1 {} ", h.status).as_bytes());
         self.wr.put_slice(
             http::StatusCode::from_u16(h.status)
                 .ok()
@@ -458,7 +475,10 @@ impl Conn {
     async fn upgraded(&mut self, mut c: UpConn, h: ResponseHead, queue: &Queue) -> Next {
         self.wr.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
         for (n, v) in h.fields(&c.rd[..h.len]) {
-            if matches!(super::encode::field(n, v), super::encode::Field::Keep | super::encode::Field::Server) {
+            if matches!(
+                super::encode::field(n, v),
+                super::encode::Field::Keep | super::encode::Field::Server
+            ) {
                 self.wr.put_slice(n);
                 self.wr.put_slice(b": ");
                 self.wr.put_slice(v);
@@ -484,9 +504,13 @@ impl Conn {
         if !self.send(queue).await {
             return Next::Abort;
         }
-        self.shared.opaque.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .opaque
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let r = super::opaque::pump(&mut self.io, &mut c.io, &to_upstream, &[], &self.shared).await;
-        self.shared.opaque.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .opaque
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = r {
             tracing::debug!(queue = queue.name(), error = %e, "opaque connection failed");
         }

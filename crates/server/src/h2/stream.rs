@@ -26,6 +26,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::Link;
 use super::head::rebuild;
+use crate::body::BodyIn;
 use crate::conn::admit::{self, Refused, Routed, Taken};
 use crate::conn::encode::{Field, field};
 use crate::conn::to_upstream::{req_framing, upstream_head};
@@ -33,10 +34,9 @@ use crate::conn::to_worker::{Origin, Stream, request_frame};
 use crate::head::{Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::Queue;
+use crate::relay::{self, Delimit, ReqFraming};
 use crate::shared::Settings;
 use crate::timers::RequestTimers;
-use crate::body::BodyIn;
-use crate::relay::{self, Delimit, ReqFraming};
 use crate::upstream::{Turn, UpConn, Upstream};
 
 /// Request body bytes held for the upstream before the client is read again.
@@ -702,7 +702,16 @@ impl Ctx<'_> {
                 Ok(Some(h)) => break h,
                 Err(e) => return self.bad_gateway(out, up, e.0),
             }
-            match wait(&mut c, &mut body, out, body_done, body_until, relay::MAX_RESPONSE_HEAD + 1).await {
+            match wait(
+                &mut c,
+                &mut body,
+                out,
+                body_done,
+                body_until,
+                relay::MAX_RESPONSE_HEAD + 1,
+            )
+            .await
+            {
                 Got::Upstream(Ok(Turn::Moved)) => {}
                 Got::Upstream(Ok(Turn::Eof) | Err(_)) if retry && c.rd.is_empty() => {
                     retry = false;
@@ -718,7 +727,14 @@ impl Ctx<'_> {
                 }
                 Got::Upstream(Err(e)) => return self.bad_gateway(out, up, &e.to_string()),
                 Got::Body(d) => {
-                    if !self.body_up(&mut c, &mut body, framing, d, &mut body_done, &mut body_until) {
+                    if !self.body_up(
+                        &mut c,
+                        &mut body,
+                        framing,
+                        d,
+                        &mut body_done,
+                        &mut body_until,
+                    ) {
                         out.reset(h2::Reason::CANCEL);
                         return;
                     }
@@ -736,7 +752,13 @@ impl Ctx<'_> {
         let length = resp.length.filter(|_| status != 204);
         let mut delimit = resp.delimit.clone();
         let mut relay = Relay::default();
-        let head = self.response_head(&mut relay, status, resp.fields(&c.rd[..resp.len]), end, length);
+        let head = self.response_head(
+            &mut relay,
+            status,
+            resp.fields(&c.rd[..resp.len]),
+            end,
+            length,
+        );
         let Some(head) = head else {
             return self.bad_gateway(out, up, "a response the client cannot be given");
         };
@@ -781,7 +803,10 @@ impl Ctx<'_> {
             }
             if ended {
                 if delimit == Delimit::Close
-                    && self.send_body(out, &mut relay, Bytes::new(), true).await.is_ok()
+                    && self
+                        .send_body(out, &mut relay, Bytes::new(), true)
+                        .await
+                        .is_ok()
                 {
                     break;
                 }
@@ -800,7 +825,14 @@ impl Ctx<'_> {
                     return;
                 }
                 Got::Body(d) => {
-                    if !self.body_up(&mut c, &mut body, framing, d, &mut body_done, &mut body_until) {
+                    if !self.body_up(
+                        &mut c,
+                        &mut body,
+                        framing,
+                        d,
+                        &mut body_done,
+                        &mut body_until,
+                    ) {
                         out.reset(h2::Reason::CANCEL);
                         return;
                     }
