@@ -702,3 +702,53 @@ fn strip_prefix_forwards_the_target_without_the_prefix() {
         );
     }
 }
+
+#[test]
+fn an_opaque_connection_ends_when_the_daemon_stops() {
+    let up = Scripted::start(|x| {
+        x.s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .expect("101");
+        // Holds the connection open, silent, until the daemon closes it.
+        let mut chunk = [0u8; 4096];
+        while matches!(x.s.read(&mut chunk), Ok(n) if n > 0) {}
+        false
+    });
+    let (mut d, port) = relay_daemon("relay-stop", &up, "");
+    let mut c = connect(port);
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    c.write_all(
+        b"GET /legacy/ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("send");
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // The shutdown timer is 30 s: a stop within 10 s means the opaque connection was closed.
+    let status = d.proc.terminate().expect("the daemon stopped in time");
+    assert!(status.success(), "{status:?}");
+    let rest = read_until_close(&mut c, "the end of the opaque connection");
+    assert!(rest.bytes.is_empty(), "{:?}", rest.bytes);
+}
+
+#[test]
+fn a_response_head_that_never_ends_gets_502_at_64_kib() {
+    let up = Scripted::start(|x| {
+        x.s.write_all(b"HTTP/1.1 200 OK\r\nX-Long: ").expect("head");
+        // More than the bound, and no end: the daemon must stop reading and answer.
+        let filler = [b'a'; 8192];
+        for _ in 0..16 {
+            if x.s.write_all(&filler).is_err() {
+                break;
+            }
+        }
+        let mut chunk = [0u8; 64];
+        while matches!(x.s.read(&mut chunk), Ok(n) if n > 0) {}
+        false
+    });
+    let (_d, port) = relay_daemon("relay-long-head", &up, "");
+    let (status, head, _) = http_raw(port, b"GET /legacy/long HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(status, 502, "{head}");
+}
