@@ -82,6 +82,14 @@ pub(crate) enum Delimit {
     Close,
 }
 
+/// Room for a response head's field positions, kept by an upstream connection from one
+/// response to the next so that a response costs no allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Spare {
+    fields: Vec<(Range<usize>, Range<usize>)>,
+    connection: Vec<Range<usize>>,
+}
+
 /// A parsed response head: the status, the head's length in the buffer, its fields as
 /// ranges of the buffer, and what its framing and `Connection` say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +111,12 @@ pub(crate) struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// Gives the head's room back to its connection.
+    pub(crate) fn recycle(self, spare: &mut Spare) {
+        spare.fields = self.fields;
+        spare.connection = self.connection;
+    }
+
     /// The end-to-end fields, in order, as slices of `buf` (the buffer the head was parsed
     /// from): hop-by-hop fields, those `Connection` names, and `Content-Length` dropped.
     pub(crate) fn fields<'b>(
@@ -129,6 +143,7 @@ impl ResponseHead {
 pub(crate) fn parse_response(
     buf: &[u8],
     head_request: bool,
+    spare: &mut Spare,
 ) -> Result<Option<ResponseHead>, BadHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -160,8 +175,10 @@ pub(crate) fn parse_response(
             _ => 0..0,
         }
     };
-    let mut fields = Vec::with_capacity(resp.headers.len());
-    let mut connection = Vec::new();
+    let mut fields = std::mem::take(&mut spare.fields);
+    fields.clear();
+    let mut connection = std::mem::take(&mut spare.connection);
+    connection.clear();
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = http10;
@@ -318,7 +335,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Option<ResponseHead>, BadHead> {
-        parse_response(text.as_bytes(), false)
+        parse_response(text.as_bytes(), false, &mut Spare::default())
     }
 
     #[test]
@@ -344,9 +361,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.delimit, Delimit::None);
-        let h = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", true)
-            .unwrap()
-            .unwrap();
+        let h = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+            true,
+            &mut Spare::default(),
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(h.delimit, Delimit::None);
         let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n")
             .unwrap()
@@ -439,10 +460,10 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn no_response_head_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            let _ = parse_response(&bytes, false);
+            let _ = parse_response(&bytes, false, &mut Spare::default());
             let mut text = b"HTTP/1.1 200 OK\r\n".to_vec();
             text.extend_from_slice(&bytes);
-            if let Ok(Some(h)) = parse_response(&text, false) {
+            if let Ok(Some(h)) = parse_response(&text, false, &mut Spare::default()) {
                 let _ = h.fields(&text).count();
             }
         }

@@ -115,6 +115,7 @@ impl Upstream {
             wr: Vec::new(),
             sent: 0,
             reused: false,
+            spare: Default::default(),
             _counted: counted,
         })
     }
@@ -231,6 +232,8 @@ pub(crate) struct UpConn {
     pub(crate) sent: usize,
     /// Taken from the idle pool: it may turn out to have been closed meanwhile.
     pub(crate) reused: bool,
+    /// Room for the next response head's field positions.
+    pub(crate) spare: crate::relay::Spare,
     _counted: Counted,
 }
 
@@ -253,10 +256,8 @@ impl UpConn {
         &mut self.wr
     }
 
-    /// Writes what it can of the pending request bytes and reads what the upstream sent,
-    /// without waiting (call after [`UpIo::ready`]). Reads only while `read` and the read
-    /// buffer is under `limit`.
-    pub(crate) fn turn(&mut self, limit: usize) -> io::Result<Turn> {
+    /// Writes what it can of the pending request bytes, without waiting.
+    pub(crate) fn push(&mut self) -> io::Result<()> {
         while self.sent < self.wr.len() {
             match self.io.try_write(&self.wr[self.sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -265,6 +266,14 @@ impl UpConn {
                 Err(e) => return Err(e),
             }
         }
+        Ok(())
+    }
+
+    /// Writes what it can of the pending request bytes and reads what the upstream sent,
+    /// without waiting (call after [`UpIo::ready`]). Reads only while `read` and the read
+    /// buffer is under `limit`.
+    pub(crate) fn turn(&mut self, limit: usize) -> io::Result<Turn> {
+        self.push()?;
         if self.rd.len() >= limit {
             return Ok(Turn::Moved);
         }

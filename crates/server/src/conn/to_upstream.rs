@@ -8,6 +8,8 @@
 //! does), decide the framing rules (`crate::relay`), or frame the response for the client
 //! ([`encode`](super::encode)).
 
+use std::io::Write as _;
+
 use bytes::BufMut;
 use portshare_proto::header;
 use portshare_router::{Reason, Rejection, Version};
@@ -154,8 +156,12 @@ pub(crate) fn upstream_head(
     let host = routed_host(head, authority);
     out.extend_from_slice(b"Forwarded: ");
     match client {
-        std::net::IpAddr::V4(a) => out.extend_from_slice(format!("for={a}").as_bytes()),
-        std::net::IpAddr::V6(a) => out.extend_from_slice(format!("for=\"[{a}]\"").as_bytes()),
+        std::net::IpAddr::V4(a) => {
+            let _ = write!(out, "for={a}");
+        }
+        std::net::IpAddr::V6(a) => {
+            let _ = write!(out, "for=\"[{a}]\"");
+        }
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_bytes());
@@ -168,7 +174,7 @@ pub(crate) fn upstream_head(
     if let Some(h) = host {
         put_field(out, b"X-Forwarded-Host", h);
     }
-    put_field(out, b"X-Forwarded-For", client.to_string().as_bytes());
+    let _ = write!(out, "X-Forwarded-For: {client}\r\n");
     put_field(out, b"X-Forwarded-Proto", proto.as_bytes());
     if stripped {
         put_field(
@@ -191,19 +197,16 @@ pub(crate) fn upstream_head(
         header::URL_PREFIX.as_bytes(),
         binding.prefix.as_bytes(),
     );
+    let mut num = itoa_buf();
     put_field(
         out,
         header::URL_CONTEXT.as_bytes(),
-        binding.context.to_string().as_bytes(),
+        fmt_u64(&mut num, binding.context),
     );
-    put_field(
-        out,
-        header::REQUEST_ID.as_bytes(),
-        id.to_string().as_bytes(),
-    );
+    put_field(out, header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
     match framing {
         ReqFraming::None => {}
-        ReqFraming::Length(n) => put_field(out, b"Content-Length", n.to_string().as_bytes()),
+        ReqFraming::Length(n) => put_field(out, b"Content-Length", fmt_u64(&mut num, n)),
         ReqFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
     if let Some(u) = upgrade {
@@ -269,9 +272,11 @@ impl Conn {
         let mut body_until = self.timers.entity_body.fires_at(Instant::now());
         let mut out = Response::new(facts);
         out.close |= self.shared.stopping();
+        // The head goes out at once; a failure shows at the first turn.
+        let _ = c.push();
         // The response head, after any interim ones.
         let resp = loop {
-            match relay::parse_response(&c.rd, facts.head_method) {
+            match relay::parse_response(&c.rd, facts.head_method, &mut c.spare) {
                 Ok(None) => {}
                 Ok(Some(h)) if h.status == 101 => {
                     if upgrade.is_none() {
@@ -289,6 +294,7 @@ impl Conn {
                         }
                     }
                     let _ = c.rd.split_to(h.len);
+                    h.recycle(&mut c.spare);
                     retry = false;
                     continue;
                 }
@@ -343,6 +349,7 @@ impl Conn {
         }
         let upstream_close = resp.close;
         let _ = c.rd.split_to(resp.len);
+        resp.recycle(&mut c.spare);
         let mut upstream_ended = false;
         while !out.finished {
             // What the upstream sent of the body so far goes out framed for the client.

@@ -686,8 +686,10 @@ impl Ctx<'_> {
         let mut retry = c.reused && !has_body && idempotent;
         let mut body_done = !has_body;
         let mut body_until = self.timers.entity_body.fires_at(Instant::now());
+        // The head goes out at once; a failure shows at the first turn.
+        let _ = c.push();
         let resp = loop {
-            match relay::parse_response(&c.rd, self.head_method) {
+            match relay::parse_response(&c.rd, self.head_method, &mut c.spare) {
                 Ok(None) => {}
                 Ok(Some(h)) if h.status == 101 => {
                     return self.bad_gateway(out, up, "101 over HTTP/2");
@@ -696,6 +698,7 @@ impl Ctx<'_> {
                     // Interim responses are not relayed over HTTP/2 (the daemon sent its
                     // own 100 Continue).
                     let _ = c.rd.split_to(h.len);
+                    h.recycle(&mut c.spare);
                     retry = false;
                     continue;
                 }
@@ -764,6 +767,7 @@ impl Ctx<'_> {
         };
         let upstream_close = resp.close;
         let _ = c.rd.split_to(resp.len);
+        resp.recycle(&mut c.spare);
         if !self.send_head(out, &mut relay, head, end) {
             return;
         }
