@@ -2,7 +2,12 @@
 //! server (the cooked path and raw query, the daemon's own forwarding headers, keep-alive,
 //! bodies of every framing), an upstream that is not loopback refused at start with its key
 //! named, `Expect: 100-continue` through an upstream, and an answer streaming back while the
-//! request body still arrives.
+//! request body still arrives. Then the relay against upstreams that misbehave on purpose
+//! ([`Scripted`]): the query as received, interim responses, bodiless responses that lie
+//! about their length, close-delimited and chunked bodies, ambiguous or endless heads (502),
+//! stale pooled connections (GET retried, POST never resent), hop-by-hop fields, upgrades
+//! (bytes both ways, half-close, h2c refused, closed at the daemon's stop), an upstream gone
+//! mid-body, and `strip_prefix`.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -751,4 +756,37 @@ fn a_response_head_that_never_ends_gets_502_at_64_kib() {
     let (_d, port) = relay_daemon("relay-long-head", &up, "");
     let (status, head, _) = http_raw(port, b"GET /legacy/long HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status, 502, "{head}");
+}
+
+#[test]
+fn strip_prefix_is_for_upstream_queues_only() {
+    let (d, _port) = Daemon::builder()
+        .tag("relay-strip-api")
+        .spawn_on_free_port(|_| "iplisten = [\"127.0.0.1\"]\n".to_string());
+    let mut ctl = d.ctl();
+    let (status, body) = ctl.call(
+        "POST",
+        "/v1/queues",
+        Some(serde_json::json!({ "name": "plain", "mode": "create", "strip_prefix": true })),
+    );
+    assert_eq!((status, body["code"].as_u64()), (400, Some(87)), "{body}");
+    let up = ctl.create_queue(serde_json::json!({
+        "name": "fwd", "mode": "create", "upstream": "127.0.0.1:9", "strip_prefix": true
+    }));
+    assert!(up.is_object(), "{up}");
+    // The configuration file is checked alike, the key named.
+    let dir = TempDir::new("relay-strip-config");
+    let file = dir.0.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[queue]]\nname = \"plain\"\nurls = [\"http://+:8080/p/\"]\nstrip_prefix = true\n",
+    )
+    .expect("write");
+    let out = Command::new(portshare_bin())
+        .args(["check-config", &file.display().to_string()])
+        .output()
+        .expect("portshare runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("strip_prefix"), "{err}");
 }
