@@ -790,3 +790,36 @@ fn strip_prefix_is_for_upstream_queues_only() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("strip_prefix"), "{err}");
 }
+
+#[test]
+fn an_early_answer_from_an_upstream_that_stops_reading_reaches_the_client() {
+    let up = Scripted::start(|x| {
+        x.s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig",
+        )
+        .expect("answer");
+        // Gone without reading the body: the daemon's writes fail.
+        false
+    });
+    let (_d, port) = relay_daemon("relay-early", &up, "");
+    let mut c = connect(port);
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let size = 4 << 20;
+    write!(
+        c,
+        "POST /legacy/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+    )
+    .expect("head");
+    // The body, as far as the daemon takes it; the answer is read after.
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    c.set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    while sent < size && c.write_all(&chunk).is_ok() {
+        sent += chunk.len();
+    }
+    let mut buf = Vec::new();
+    let (status, head, body) = read_response(&mut c, &mut buf, false);
+    assert_eq!((status, &body[..]), (413, &b"big"[..]), "{head}");
+}

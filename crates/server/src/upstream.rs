@@ -116,6 +116,7 @@ impl Upstream {
             sent: 0,
             reused: false,
             spare: Default::default(),
+            broken: false,
             _counted: counted,
         })
     }
@@ -123,7 +124,7 @@ impl Upstream {
     /// Gives a connection back for the next request; closes it instead when `share` runs
     /// low.
     pub(crate) fn put_back(&self, mut c: UpConn, share: &Share) {
-        if !share.low() {
+        if !share.low() && !c.broken {
             c.wr.clear();
             c.sent = 0;
             c.reused = false;
@@ -234,6 +235,9 @@ pub(crate) struct UpConn {
     pub(crate) reused: bool,
     /// Room for the next response head's field positions.
     pub(crate) spare: crate::relay::Spare,
+    /// A write failed: the request did not reach the upstream whole, and the connection
+    /// serves no other.
+    pub(crate) broken: bool,
     _counted: Counted,
 }
 
@@ -256,24 +260,27 @@ impl UpConn {
         &mut self.wr
     }
 
-    /// Writes what it can of the pending request bytes, without waiting.
-    pub(crate) fn push(&mut self) -> io::Result<()> {
-        while self.sent < self.wr.len() {
+    /// Writes what it can of the pending request bytes, without waiting. Once a write has
+    /// failed (the upstream stopped reading: it may have answered already, a 413 say), what
+    /// is pending is let go and nothing more is written; the response is still read.
+    pub(crate) fn push(&mut self) {
+        while self.sent < self.wr.len() && !self.broken {
             match self.io.try_write(&self.wr[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+                Ok(n) if n > 0 => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                _ => self.broken = true,
             }
         }
-        Ok(())
+        if self.broken {
+            self.sent = self.wr.len();
+        }
     }
 
     /// Writes what it can of the pending request bytes and reads what the upstream sent,
     /// without waiting (call after [`UpIo::ready`]). Reads only while `read` and the read
     /// buffer is under `limit`.
     pub(crate) fn turn(&mut self, limit: usize) -> io::Result<Turn> {
-        self.push()?;
+        self.push();
         if self.rd.len() >= limit {
             return Ok(Turn::Moved);
         }

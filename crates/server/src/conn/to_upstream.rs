@@ -273,7 +273,7 @@ impl Conn {
         let mut out = Response::new(facts);
         out.close |= self.shared.stopping();
         // The head goes out at once; a failure shows at the first turn.
-        let _ = c.push();
+        c.push();
         // The response head, after any interim ones.
         let resp = loop {
             match relay::parse_response(&c.rd, facts.head_method, &mut c.spare) {

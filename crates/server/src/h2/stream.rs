@@ -687,7 +687,7 @@ impl Ctx<'_> {
         let mut body_done = !has_body;
         let mut body_until = self.timers.entity_body.fires_at(Instant::now());
         // The head goes out at once; a failure shows at the first turn.
-        let _ = c.push();
+        c.push();
         let resp = loop {
             match relay::parse_response(&c.rd, self.head_method, &mut c.spare) {
                 Ok(None) => {}
