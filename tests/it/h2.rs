@@ -683,6 +683,7 @@ fn an_upstream_behind_h2_is_relayed_with_the_same_framing_rules() {
         assert_eq!(body, b"until the end");
         let (parts, body) = fetch(&send, get("head", "HEAD")).await;
         assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["content-length"], "10");
         assert!(body.is_empty());
         let (parts, _) = fetch(&send, get("two-lengths", "GET")).await;
         assert_eq!(parts.status, 502);

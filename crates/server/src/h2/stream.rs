@@ -28,7 +28,7 @@ use super::Link;
 use super::head::rebuild;
 use crate::body::BodyIn;
 use crate::conn::admit::{self, Refused, Routed, Taken};
-use crate::conn::encode::{Field, field};
+use crate::conn::encode::{Field, field, fmt_u64, itoa_buf};
 use crate::conn::to_upstream::{req_framing, upstream_head};
 use crate::conn::to_worker::{Origin, Stream, request_frame};
 use crate::head::{Parsed, parse_head};
@@ -752,15 +752,20 @@ impl Ctx<'_> {
         };
         let status = resp.status;
         let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
-        let length = resp.length.filter(|_| status != 204);
+        // One Content-Length, normalized (none on a 204), judged as an application's.
+        let mut num = itoa_buf();
+        let length = resp
+            .length
+            .filter(|_| status != 204)
+            .map(|n| (&b"content-length"[..], fmt_u64(&mut num, n)));
         let mut delimit = resp.delimit.clone();
         let mut relay = Relay::default();
         let head = self.response_head(
             &mut relay,
             status,
-            resp.fields(&c.rd[..resp.len]),
+            resp.fields(&c.rd[..resp.len]).chain(length),
             end,
-            length,
+            None,
         );
         let Some(head) = head else {
             return self.bad_gateway(out, up, "a response the client cannot be given");
