@@ -524,3 +524,54 @@ impl Conn {
         Next::Close
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_path_is_stripped_from_targets_it_begins() {
+        assert_eq!(prefix_path("http://+:80/py/"), "/py/");
+        assert_eq!(prefix_path("https://a.example:443/"), "/");
+        let path = "/py/";
+        assert_eq!(strip(b"/py/a/b?x", path), (4, true));
+        assert_eq!(strip(b"/PY/a", path), (4, true));
+        assert_eq!(strip(b"/py", path), (3, true));
+        assert_eq!(strip(b"/py?x", path), (3, true));
+        assert_eq!(strip(b"/pyx", path), (0, false));
+        assert_eq!(strip(b"/other", path), (0, false));
+    }
+
+    #[test]
+    fn upgrades_are_asked_with_connection_upgrade_on_http11_and_never_for_h2c() {
+        let limits = crate::HeadLimits::default();
+        let tokens = |text: &str| {
+            let Ok(crate::head::Parsed::Complete { head, .. }) =
+                crate::head::parse_head(text.as_bytes(), &limits)
+            else {
+                panic!("{text:?} did not parse");
+            };
+            upgrade_tokens(&head).map(|t| String::from_utf8(t).unwrap())
+        };
+        let ask = |version: &str, connection: &str, upgrade: &str| {
+            tokens(&format!(
+                "GET / {version}\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\r\n"
+            ))
+        };
+        assert_eq!(
+            ask("HTTP/1.1", "Upgrade", "websocket"),
+            Some("websocket".into())
+        );
+        assert_eq!(
+            ask("HTTP/1.1", "keep-alive, upgrade", "a, b"),
+            Some("a, b".into())
+        );
+        assert_eq!(ask("HTTP/1.1", "keep-alive", "websocket"), None);
+        assert_eq!(ask("HTTP/1.0", "upgrade", "websocket"), None);
+        assert_eq!(ask("HTTP/1.1", "upgrade", "h2c"), None);
+        assert_eq!(
+            ask("HTTP/1.1", "upgrade", "H2C, websocket"),
+            Some("websocket".into())
+        );
+    }
+}
