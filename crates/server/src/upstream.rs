@@ -77,6 +77,11 @@ impl Upstream {
 
     /// An idle connection that has not been closed meanwhile, or a new one out of `share`.
     pub(crate) async fn connection(&self, share: &Arc<Share>) -> io::Result<UpConn> {
+        if share.low() {
+            // Idle connections the upstream has closed still hold their places: let them go.
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(UpConn::still_open);
+        }
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
