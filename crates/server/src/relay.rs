@@ -145,6 +145,9 @@ pub(crate) fn parse_response(
     head_request: bool,
     spare: &mut Spare,
 ) -> Result<Option<ResponseHead>, BadHead> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
