@@ -319,6 +319,12 @@ impl Conn {
                             std::mem::swap(&mut fresh.wr, &mut c.wr);
                             c = fresh;
                         }
+                        // Closed with the request in hand on a new connection, as a worker
+                        // may leave; on a kept one, the request may not be sent again: 502.
+                        Ok(Turn::Eof) | Err(_) if c.rd.is_empty() && !c.reused => {
+                            tracing::warn!(queue = queue.name(), upstream = %up.address, "upstream closed before a response");
+                            return self.abandoned(None, queue);
+                        }
                         Ok(Turn::Eof) => return self.bad_gateway(queue, up, "closed before a response"),
                         Err(e) => return self.bad_gateway(queue, up, &e.to_string()),
                     }

@@ -641,6 +641,17 @@ impl Ctx<'_> {
         }
     }
 
+    /// Answers 503 for an upstream that cannot be reached.
+    fn not_available(&self, out: &mut Out, up: &Upstream, e: &std::io::Error) {
+        tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
+        self.log(Some(503), Reason::NotAvailable);
+        let rejection = Rejection {
+            status: 503,
+            reason: Reason::NotAvailable,
+        };
+        out.page(self.settings, rejection, Detail::Standard, Some(1));
+    }
+
     /// Answers 502 for an upstream that failed before its response or sent a head the
     /// daemon refuses.
     fn bad_gateway(&self, out: &mut Out, up: &Upstream, why: &str) {
@@ -669,16 +680,7 @@ impl Ctx<'_> {
         let share = self.link.shared.upstreams.clone();
         let mut c = match up.connection(&share).await {
             Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
-                self.log(Some(503), Reason::NotAvailable);
-                let rejection = Rejection {
-                    status: 503,
-                    reason: Reason::NotAvailable,
-                };
-                out.page(self.settings, rejection, Detail::Standard, Some(1));
-                return;
-            }
+            Err(e) => return self.not_available(out, up, &e),
         };
         c.wr = req;
         c.sent = 0;
@@ -720,10 +722,18 @@ impl Ctx<'_> {
                     retry = false;
                     let mut fresh = match up.connect(&share).await {
                         Ok(f) => f,
-                        Err(e) => return self.bad_gateway(out, up, &e.to_string()),
+                        Err(e) => return self.not_available(out, up, &e),
                     };
                     std::mem::swap(&mut fresh.wr, &mut c.wr);
                     c = fresh;
+                }
+                // Closed with the request in hand on a new connection, as a worker may
+                // leave; on a kept one, the request may not be sent again: 502.
+                Got::Upstream(Ok(Turn::Eof) | Err(_)) if c.rd.is_empty() && !c.reused => {
+                    tracing::warn!(queue = self.queue.name(), upstream = %up.address, "upstream closed before a response");
+                    self.log(None, Reason::ConnectionAbandonedByReqQueue);
+                    out.reset(h2::Reason::INTERNAL_ERROR);
+                    return;
                 }
                 Got::Upstream(Ok(Turn::Eof)) => {
                     return self.bad_gateway(out, up, "closed before a response");
