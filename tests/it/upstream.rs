@@ -823,3 +823,25 @@ fn an_early_answer_from_an_upstream_that_stops_reading_reaches_the_client() {
     let (status, head, body) = read_response(&mut c, &mut buf, false);
     assert_eq!((status, &body[..]), (413, &b"big"[..]), "{head}");
 }
+
+#[test]
+fn an_upgrade_the_upstream_declines_leaves_the_connection_http() {
+    let up = Scripted::start(|x| answer(x, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno"));
+    let (_d, port) = relay_daemon("relay-declined", &up, "");
+    let mut c = connect(port);
+    let mut buf = Vec::new();
+    c.write_all(
+        b"GET /legacy/ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("send");
+    let (status, head, body) = read_response(&mut c, &mut buf, false);
+    assert_eq!((status, &body[..]), (200, &b"no"[..]), "{head}");
+    // A `#` in the path is the path's, re-encoded by routing.
+    c.write_all(b"GET /legacy/a#b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("send");
+    let (status, head, _) = read_response(&mut c, &mut buf, false);
+    assert_eq!(status, 200, "{head}");
+    let heads = up.heads();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert_eq!(heads[1].lines().next(), Some("GET /legacy/a%23b HTTP/1.1"));
+}
