@@ -130,6 +130,14 @@ impl Upstream {
     /// low.
     pub(crate) fn put_back(&self, mut c: UpConn, share: &Share) {
         if !share.low() && !c.broken {
+            // Buffers a large body grew are let go: an idle connection holds little.
+            const KEEP: usize = 16 * 1024;
+            if c.wr.capacity() > KEEP {
+                c.wr = Vec::new();
+            }
+            if c.rd.is_empty() && c.rd.capacity() > 2 * KEEP {
+                c.rd = BytesMut::new();
+            }
             c.wr.clear();
             c.sent = 0;
             c.reused = false;
