@@ -40,3 +40,4 @@ mod upstream;
 mod upstream_owner;
 mod urlacl;
 mod websocket;
+mod websocket_upstream;

@@ -275,6 +275,16 @@ pub struct QueueSpec {
     /// the same host and target over https, on this port; no worker is involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<u16>,
+    /// For an upstream queue: the upstream gets the request target without the
+    /// registration's path prefix (`/py/a?x` -> `/a?x` for `http://+:80/py/`), and
+    /// `X-Forwarded-Prefix: /py`. Refused on other queues.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_prefix: bool,
+}
+
+/// For `skip_serializing_if`.
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// One account's rights on a queue, besides its owner's (who holds them all).

@@ -357,9 +357,15 @@ impl Daemon {
                 // Root may point anywhere; anyone else's upstream must be served by them,
                 // which every new connection checks.
                 let owner = (!root).then_some(session.peer.uid);
-                Some(Arc::new(Upstream::new(address, owner)))
+                Some(Arc::new(Upstream::new(address, spec.strip_prefix, owner)))
             }
         };
+        if spec.strip_prefix && upstream.is_none() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "strip_prefix applies to upstream queues only: workers get the whole target",
+            ));
+        }
         match spec.https_redirect {
             Some(0) => {
                 return Err(api(
