@@ -574,6 +574,7 @@ mod tests {
             config: false,
             access: vec![],
             upstream: None,
+            held: false,
             https_redirect: None,
             depth: 0,
             oldest_wait_ms: 0,

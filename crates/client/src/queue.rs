@@ -160,6 +160,7 @@ impl QueueBuilder {
                 props: self.props,
                 upstream: None,
                 https_redirect: None,
+                ..QueueSpec::default()
             },
             name: self.name,
             urls: self.urls,

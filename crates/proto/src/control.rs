@@ -9,6 +9,7 @@
 //! | `POST /v1/queues/{name}/urls` | [`AddUrl`] | [`UrlAdded`] |
 //! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`] | `204` |
 //! | `POST /v1/queues/{name}/access` | [`GrantAccess`] | [`QueueInfo`]: the accounts' rights set |
+//! | `POST /v1/queues/{name}/ready` | [`SetReady`] | [`QueueInfo`]: a held upstream queue ready, or held again |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
 //! | `GET /v1/state` | – | [`ServiceState`] |
 //! | `GET /v1/urlacl` | – | [`UrlAclList`] |
@@ -251,6 +252,30 @@ pub struct QueueSpec {
     /// the same host and target over https, on this port; no worker is involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<u16>,
+    /// For an upstream queue: start held, not ready. The queue takes registrations and
+    /// holds arriving requests in its FIFO (under its length and request-queue timer)
+    /// until its owner declares it ready ([`SetReady`]), as an HTTP.sys queue holds
+    /// requests until its application receives them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held: bool,
+    /// For an upstream queue: the upstream sees the request's path below the URL prefix
+    /// that won it, and the prefix in `X-Forwarded-Prefix`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_prefix: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `POST /v1/queues/{name}/ready`: the owner of a held upstream queue attaches its upstream
+/// (`true`: waiting requests go to it) or detaches it again (`false`: requests wait, as
+/// while the application restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetReady {
+    /// Ready or held.
+    pub ready: bool,
 }
 
 /// One account's rights on a queue, besides its owner's (who holds them all).
@@ -304,6 +329,9 @@ pub struct QueueInfo {
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// True while an upstream queue is held: requests wait, its upstream is not used.
+    #[serde(default)]
+    pub held: bool,
     /// URLs the queue already holds (those kept by linger, when opened).
     #[serde(default)]
     pub urls: Vec<String>,
@@ -607,6 +635,9 @@ pub struct QueueState {
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// True while an upstream queue is held (not ready): requests wait in its FIFO.
+    #[serde(default)]
+    pub held: bool,
     /// The https port this queue's requests are redirected to, for redirecting queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<u16>,

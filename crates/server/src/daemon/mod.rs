@@ -80,6 +80,27 @@ struct QueueEntry {
     access: Access,
     /// For an unnamed queue, the process that created it: no other may use it.
     creator: Option<u32>,
+    /// For an upstream queue, the seat its upstream takes while it is ready.
+    upstream_seat: Option<UpstreamSeat>,
+}
+
+/// The upstream's place among a queue's seats. A held queue has none attached: requests
+/// wait in its FIFO until its owner declares it ready.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamSeat {
+    /// The seat's id while attached; a new one each time, so that slots of an earlier
+    /// attachment, given back late, never count against this one.
+    id: u64,
+    /// Its connections.
+    slots: u32,
+    ready: bool,
+}
+
+impl QueueEntry {
+    /// True while an upstream queue is held: its requests wait.
+    fn held(&self) -> bool {
+        self.upstream_seat.is_some_and(|s| !s.ready)
+    }
 }
 
 impl QueueEntry {
@@ -297,11 +318,11 @@ impl Daemon {
                     "only its owner and the accounts it granted access may open it",
                 ));
             }
-            if spec.upstream.is_some() || spec.https_redirect.is_some() {
+            if spec.upstream.is_some() || spec.https_redirect.is_some() || spec.held {
                 return Err(api(
                     Win32Error::InvalidParameter,
-                    "upstream and https_redirect are set when a queue is created, not when it \
-                     is opened",
+                    "upstream, held and https_redirect are set when a queue is created, not \
+                     when it is opened",
                 ));
             }
             let q = entry.queue.clone();
@@ -366,6 +387,12 @@ impl Daemon {
             }
             _ => {}
         }
+        if spec.held && upstream.is_none() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "held applies to upstream queues: a queue of workers waits for its workers",
+            ));
+        }
         let mut props = Props::default();
         props
             .apply(&spec.props)
@@ -373,10 +400,17 @@ impl Daemon {
         self.may_own_queue(&st, session)?;
         let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
         queue.set_https_redirect(spec.https_redirect);
-        if let Some(up) = upstream {
-            let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
-            queue.attach(self.next_id(), Target::Upstream(up), slots);
-        }
+        let upstream_seat = upstream.map(|up| {
+            let seat = UpstreamSeat {
+                id: self.next_id(),
+                slots: connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS),
+                ready: !spec.held,
+            };
+            if seat.ready {
+                queue.attach(seat.id, Target::Upstream(up), seat.slots);
+            }
+            seat
+        });
         let entry = QueueEntry {
             queue,
             handles: HashMap::from([(session.id, session.peer.identity.clone())]),
@@ -385,6 +419,7 @@ impl Daemon {
             config,
             access: declared.unwrap_or_default(),
             creator: spec.name.is_none().then_some(session.peer.pid),
+            upstream_seat,
         };
         let created = info(&entry, props, true, &self.shared);
         st.queues.insert(name, entry);
@@ -426,6 +461,51 @@ impl Daemon {
             .set_props(p)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
         Ok(info(entry, props, false, &self.shared))
+    }
+
+    /// `POST /v1/queues/{name}/ready`: the owner of an upstream queue attaches its
+    /// upstream (waiting requests go to it at once) or detaches it (requests wait in the
+    /// FIFO again; those the upstream holds finish). Nobody else may: not administrators,
+    /// nor the accounts on its access list, as the queue's requests are its owner's.
+    pub(crate) fn set_ready(
+        &self,
+        session: &Session,
+        name: &str,
+        ready: bool,
+    ) -> Result<QueueInfo, ApiError> {
+        let mut st = self.lock();
+        let entry = Daemon::entry(&mut st, name)?;
+        let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
+        if entry.config || !owner {
+            return Err(entry.denied(name, "only its owner may declare it ready or hold it"));
+        }
+        let (Some(seat), Some(up)) = (entry.upstream_seat.as_mut(), entry.queue.upstream()) else {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "queue {:?} forwards to no upstream: only upstream queues are held or ready",
+                    portshare_proto::text::printable(name)
+                ),
+            ));
+        };
+        if ready && !seat.ready {
+            seat.id = self.next_id();
+            entry
+                .queue
+                .attach(seat.id, Target::Upstream(up.clone()), seat.slots);
+        } else if !ready && seat.ready {
+            entry.queue.detach(seat.id);
+        }
+        if seat.ready != ready {
+            tracing::info!(
+                queue = name,
+                pid = session.peer.pid,
+                ready,
+                "upstream queue readiness changed"
+            );
+        }
+        seat.ready = ready;
+        Ok(info(entry, entry.queue.props(), false, &self.shared))
     }
 
     /// `POST /v1/queues/{name}/access`: its owner and administrators set who else may use

@@ -262,6 +262,7 @@ impl Daemon {
                         props,
                         upstream: q.upstream.clone(),
                         https_redirect: q.https_redirect,
+                        ..QueueSpec::default()
                     };
                     if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
                         let w = format!("queue {:?}: not created: {e}", q.name);

@@ -23,6 +23,7 @@ pub(super) fn info(entry: &QueueEntry, props: Props, created: bool, shared: &Sha
             .as_millis(),
         limits: props.limits(),
         upstream: q.upstream().map(|u| u.address.to_string()),
+        held: entry.held(),
         urls,
         access: entry.access.entries(),
     }
@@ -105,6 +106,7 @@ impl Daemon {
                     config: e.config,
                     access: e.access.entries(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
+                    held: e.held(),
                     https_redirect: q.https_redirect(),
                     depth,
                     oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
