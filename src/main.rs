@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod client;
 mod explain;
+mod run;
 mod serve;
 mod show;
 mod sslcert;
@@ -35,6 +36,9 @@ enum Command {
     Reload(admin::ReloadArgs),
     /// Run the daemon: own the ports, route requests to the applications that registered.
     Serve(serve::Args),
+    /// Start a server, in any language, behind URLs of the daemon: it serves on a port (or
+    /// Unix socket) of its own, and its requests are forwarded to it once it accepts them.
+    Run(run::Args),
     /// Show what a running daemon holds.
     Show(show::Args),
     /// Add, delete or show certificate bindings for https (`netsh http add|delete|show
@@ -42,6 +46,9 @@ enum Command {
     Sslcert(sslcert::Args),
     /// Add or delete URL reservations (`netsh http add|delete urlacl`).
     Urlacl(admin::UrlaclArgs),
+    /// The first steps of an application `portshare run` starts (not for direct use).
+    #[command(name = "__exec", hide = true)]
+    Exec(run::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
         Command::Iplisten(args) => admin::iplisten(args),
         Command::Queue(args) => admin::queue(args),
         Command::Reload(args) => admin::reload(args),
+        Command::Run(args) => run::run(args),
+        Command::Exec(args) => run::exec(args),
         Command::Serve(args) => serve::run(args),
         Command::Show(args) => show::run(args),
         Command::Sslcert(args) => sslcert::run(args),
