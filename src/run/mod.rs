@@ -105,7 +105,7 @@ fn seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !(v > 0.0) {
+    if v.is_nan() || v <= 0.0 {
         return Err(format!("{s}: expected a positive number of seconds"));
     }
     Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}"))

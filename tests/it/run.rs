@@ -610,3 +610,43 @@ print(out.decode())
     assert!(stdout.contains("ERROR_ACCESS_DENIED"), "{stdout}");
     assert_eq!(d.state()["queues"][0]["held"], true);
 }
+
+#[test]
+fn restart_on_failure_starts_the_app_again_and_serves() {
+    let d = Daemon::start();
+    let port = free_port();
+    let url = format!("http://+:{port}/again/");
+    let marker = d.dir.0.join("failed-once");
+    let script = format!(
+        "import os, sys\n\
+         if not os.path.exists({marker:?}):\n    open({marker:?}, 'w').write('x')\n    \
+         print('first start fails', flush=True)\n    sys.exit(3)\n{ECHO_PY}",
+        marker = marker.to_string_lossy()
+    );
+    let mut run = Runner::spawn(
+        &[],
+        &d.control,
+        &d.dir.0,
+        &[
+            "--url",
+            &url,
+            "--restart",
+            "on-failure",
+            "--",
+            python(),
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(served(port, "/again/x", &run), "echo /again/x prefix=-\n");
+    let text = run.text();
+    assert!(text.contains("exited with status 3"), "{text}");
+    assert!(
+        text.contains("restarting the application in 0.5 s"),
+        "{text}"
+    );
+    assert!(text.contains("first start fails"), "{text}");
+    // A signal passed on by run is no failure: run ends with the app, whatever --restart says.
+    signal(run.pid(), "TERM");
+    assert_eq!(run.exit_code(20), Some(143), "{}", run.text());
+}
