@@ -650,3 +650,24 @@ fn restart_on_failure_starts_the_app_again_and_serves() {
     signal(run.pid(), "TERM");
     assert_eq!(run.exit_code(20), Some(143), "{}", run.text());
 }
+
+#[test]
+fn run_registers_again_after_the_daemon_restarts() {
+    let d = Daemon::start();
+    let port = free_port();
+    let url = format!("http://+:{port}/back/");
+    let run = Runner::spawn(
+        &[],
+        &d.control,
+        &d.dir.0,
+        &["--url", &url, "--", python(), "-c", ECHO_PY],
+    );
+    served(port, "/back/1", &run);
+    let child = run.child();
+    let d = d.restart();
+    assert_eq!(served(port, "/back/2", &run), "echo /back/2 prefix=-\n");
+    assert_eq!(run.child(), child, "the app was started again");
+    let state = d.state();
+    assert_eq!(state["queues"][0]["held"], false, "{state}");
+    assert!(run.text().contains("registered again"), "{}", run.text());
+}
