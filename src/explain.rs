@@ -575,6 +575,7 @@ mod tests {
             access: vec![],
             upstream: None,
             held: false,
+            upstream_refused: None,
             https_redirect: None,
             depth: 0,
             oldest_wait_ms: 0,

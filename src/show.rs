@@ -318,6 +318,9 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         };
         let _ = writeln!(out, "        Upstream: {up}, {state}");
     }
+    if let Some(why) = &q.upstream_refused {
+        let _ = writeln!(out, "        Upstream refused: {why}");
+    }
     if let Some(port) = q.https_redirect {
         let _ = writeln!(out, "        Redirects to https, port: {port}");
     }
@@ -612,6 +615,7 @@ mod tests {
                 access: Vec::new(),
                 upstream: None,
                 held: false,
+                upstream_refused: None,
                 https_redirect: None,
                 depth: 3,
                 oldest_wait_ms: 250,

@@ -71,7 +71,7 @@ impl Failure {
             }
             (Failure::Queue(_), Some(a)) if a.is_access_denied() => {
                 "this daemon does not let this user forward to an application it starts: \
-                 run as root, or ask an administrator"
+                 is it older than this command? run as root, or ask an administrator"
             }
             _ => "",
         };

@@ -897,11 +897,13 @@ fn uid_probe() {
     println!("open: {status} {body}");
     let (status, body) = ctl.call("PATCH", "/v1/queues/mine", Some(json!({ "length": 5 })));
     println!("patch: {status} {body}");
-    // Only root (or the configuration) makes the daemon connect somewhere.
+    // Only root (or the configuration) makes the daemon connect to another host; a
+    // loopback port or Unix socket must be served by the queue owner, which
+    // `upstream_owner` checks.
     let (status, body) = ctl.call(
         "POST",
         "/v1/queues",
-        Some(json!({ "name": "theirs", "upstream": "127.0.0.1:9" })),
+        Some(json!({ "name": "theirs", "upstream": "192.0.2.1:80" })),
     );
     println!("upstream: {status} {body}");
     let mut raw = std::os::unix::net::UnixStream::connect(&control).expect("connect");

@@ -38,4 +38,5 @@ mod shutdown;
 mod sslcert;
 mod tls;
 mod upstream;
+mod upstream_owner;
 mod urlacl;

@@ -51,13 +51,24 @@ struct Runner {
 
 impl Runner {
     fn spawn(wrapper: &[String], control: &Path, dir: &Path, args: &[&str]) -> Runner {
+        Runner::spawn_from(&portshare_bin(), wrapper, control, dir, args)
+    }
+
+    /// [`Runner::spawn`] of the binary `program` (a copy another uid may run).
+    fn spawn_from(
+        program: &Path,
+        wrapper: &[String],
+        control: &Path,
+        dir: &Path,
+        args: &[&str],
+    ) -> Runner {
         let out = dir.join(format!("run-out-{}.log", free_port()));
         let err = dir.join(format!("run-err-{}.log", free_port()));
         let mut cmd = match wrapper {
-            [] => Command::new(portshare_bin()),
+            [] => Command::new(program),
             [first, rest @ ..] => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(portshare_bin());
+                c.args(rest).arg(program);
                 c
             }
         };
@@ -670,4 +681,88 @@ fn run_registers_again_after_the_daemon_restarts() {
     let state = d.state();
     assert_eq!(state["queues"][0]["held"], false, "{state}");
     assert!(run.text().contains("registered again"), "{}", run.text());
+}
+
+#[test]
+fn another_account_with_a_reservation_serves_through_run() {
+    if !can_switch_uid() {
+        return;
+    }
+    let port = free_port();
+    let d = Daemon::builder()
+        .dir(TempDir::open_to_all("run-uid"))
+        .config(format!(
+            "[[urlacl]]\nurl = \"http://+:{port}/py/\"\nusers = [\"uid:1001\"]\n"
+        ))
+        .spawn();
+    let exe = d.dir.0.join("portshare-copy");
+    copy_executable(&portshare_bin(), &exe);
+    let site = site();
+    let url = format!("http://+:{port}/py/");
+    let root = site.0.to_string_lossy().into_owned();
+    let mut run = Runner::spawn_from(
+        &exe,
+        &as_uid(1001),
+        &d.control,
+        &site.0,
+        &http_server_args(&url, &root),
+    );
+    assert_eq!(served(port, "/py/hello.txt", &run), "hello from python\n");
+    let state = d.state();
+    assert_eq!(state["queues"][0]["owner_uid"], 1001, "{state}");
+    let child = run.child();
+    signal(child, "KILL");
+    assert_eq!(run.exit_code(20), Some(137), "{}", run.text());
+    assert!(
+        eventually(10, || prefixes(&d).is_empty()),
+        "the registration stayed: {}",
+        d.state()
+    );
+}
+
+#[test]
+fn ready_refuses_an_address_another_account_serves_naming_it() {
+    if !can_switch_uid() {
+        return;
+    }
+    let d = Daemon::builder()
+        .dir(TempDir::open_to_all("run-squat"))
+        .spawn();
+    // Root's server holds the address an account's queue names.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = squatter.local_addr().expect("addr").to_string();
+    let _server = EchoServer::start(AnyListener::Tcp(squatter));
+    let script = r#"
+import http.client, json, socket, sys
+class C(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+c = C("localhost")
+def call(method, path, body):
+    c.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse()
+    print(r.status, r.read().decode(), flush=True)
+call("POST", "/v1/queues", {"name": "mine", "upstream": sys.argv[2], "held": True})
+call("POST", "/v1/queues/mine/ready", {"ready": True})
+"#;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(as_uid(1001).into_iter().skip(1))
+        .args([python(), "-c", script])
+        .arg(&d.control)
+        .arg(&addr);
+    let (code, stdout, stderr) = run_to_exit(cmd, &d.dir.0, 30);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].starts_with("201 "), "{stdout}");
+    assert!(lines[1].starts_with("403 "), "{stdout}");
+    assert!(lines[1].contains("ERROR_ACCESS_DENIED"), "{stdout}");
+    assert!(
+        lines[1].contains("served by a socket root owns"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains(&format!("PID {}", std::process::id())),
+        "the holder is not named: {stdout}"
+    );
 }

@@ -244,8 +244,10 @@ pub struct QueueSpec {
     /// Properties to set (only the queue's owner may set them on an existing queue).
     #[serde(default, flatten)]
     pub props: QueueProps,
-    /// Forward this queue's requests to `unix:/path` or a loopback `IP:port` instead of
-    /// waiting for attached workers. Root only.
+    /// Forward this queue's requests to `unix:/path` or `IP:port` instead of waiting for
+    /// attached workers. Any account may name a Unix socket or a loopback port it serves
+    /// itself (every new connection is checked: the server's socket must be the queue
+    /// owner's); only root may name another host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
     /// Answer every request of this queue's (http) URLs with `308 Permanent Redirect` to
@@ -638,6 +640,10 @@ pub struct QueueState {
     /// True while an upstream queue is held (not ready): requests wait in its FIFO.
     #[serde(default)]
     pub held: bool,
+    /// Why the upstream's new connections are refused, when its server is not run by the
+    /// queue owner (its requests get 502 `Upstream_Owner` meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_refused: Option<String>,
     /// The https port this queue's requests are redirected to, for redirecting queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<u16>,

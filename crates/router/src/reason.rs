@@ -89,6 +89,10 @@ pub enum Reason {
     /// handshake (SNI) and the certificate binding requires them to agree. HTTP.sys has no
     /// such phrase; Portshare's own.
     Misdirected,
+    /// `Upstream_Owner` (502): the upstream of a queue an account other than root created
+    /// is served by another account (its socket's owner is not the queue owner). HTTP.sys
+    /// has no upstreams; Portshare's own.
+    UpstreamOwner,
 }
 
 impl Reason {
@@ -135,6 +139,7 @@ impl Reason {
             Reason::VersionNotSupported => "Version_N/S",
             Reason::NotFound => "NotFound",
             Reason::Misdirected => "Misdirected",
+            Reason::UpstreamOwner => "Upstream_Owner",
         }
     }
 }

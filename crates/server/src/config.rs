@@ -63,7 +63,7 @@
 //! min_send_rate = 150         # bytes per second; default: timers.min_send_rate
 //! max_connections = 100       # client connections its requests may hold; default unlimited
 //! owner = "alice"              # who may open it and attach workers (default: the daemon's user)
-//! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000"
+//! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000", or another host's IP:port
 //! connections = 256           # most upstream connections (the queue's slots)
 //!
 //! [[sslcert]]                  # a certificate binding: netsh http add sslcert
@@ -333,7 +333,7 @@ pub struct QueueConfig {
     /// Accounts granted rights on the queue (`[[queue.access]]`).
     #[serde(default)]
     pub access: Vec<QueueAccessConfig>,
-    /// `unix:/path` or a loopback `IP:port` to forward requests to.
+    /// `unix:/path` or `IP:port` to forward requests to (any host: the file is root's).
     #[serde(default)]
     pub upstream: Option<String>,
     /// Most connections to the upstream at once; default 256.
@@ -844,10 +844,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("iplisten"), "{e}");
-        let e = Config::from_toml("[[queue]]\nname = \"q\"\nupstream = \"10.1.2.3:80\"\n")
+        let e = Config::from_toml("[[queue]]\nname = \"q\"\nupstream = \"0.0.0.0:80\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("loopback"), "{e}");
+        assert!(e.contains("no server's address"), "{e}");
+        // The configuration is root's word: another host is allowed.
+        Config::from_toml("[[queue]]\nname = \"q\"\nupstream = \"10.1.2.3:80\"\n").unwrap();
         let e = Config::from_toml("bogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

@@ -76,7 +76,10 @@ mod flow;
 mod h2;
 mod head;
 mod identity;
+mod owner;
 mod pages;
+#[cfg(target_os = "linux")]
+mod procfs;
 mod proxy;
 mod queue;
 mod quota;

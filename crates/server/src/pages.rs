@@ -93,6 +93,11 @@ fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static
             "Not Implemented",
             "The request is not supported by this server.",
         ),
+        (502, _) => (
+            "Bad Gateway",
+            "Bad Gateway",
+            "The server this request is forwarded to may not serve it.",
+        ),
         (503, Reason::QueueFull) => (
             "Service Unavailable",
             "Service Unavailable - Queue Full",

@@ -1,5 +1,7 @@
 //! Upstream queues: requests forwarded to an unmodified HTTP/1.1 server on a Unix socket or
-//! a loopback TCP port, over a pool of keep-alive connections (one per queue slot).
+//! a TCP port, over a pool of keep-alive connections (one per queue slot). Every new
+//! connection of a queue an ordinary account made is checked by [`crate::owner`] before a
+//! byte is sent on it.
 //!
 //! All upstream connections together stay within the descriptor budget's upstream
 //! [`Share`]: a request that needs a new connection when the share is spent is answered 503,
@@ -29,7 +31,7 @@ pub enum Address {
 }
 
 impl Address {
-    /// Parses `unix:/path` or a loopback `IP:port`; the daemon connects nowhere else.
+    /// Parses `unix:/path` or `IP:port`.
     pub fn parse(s: &str) -> Result<Address, String> {
         if let Some(path) = s.strip_prefix("unix:") {
             if !path.starts_with('/') {
@@ -39,13 +41,23 @@ impl Address {
         }
         let addr: SocketAddr = s
             .parse()
-            .map_err(|_| "expected unix:/path or IP:port".to_string())?;
-        if !addr.ip().is_loopback() {
+            .map_err(|_| "expected unix:/path or IP:port (such as 127.0.0.1:8080)".to_string())?;
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
             return Err(format!(
-                "{addr} is not a loopback address: upstreams are unix:/path or 127.0.0.0/8 or [::1]"
+                "{addr} is no server's address: expected a loopback IP (or, from root, another \
+                 host's) and a port"
             ));
         }
         Ok(Address::Tcp(addr))
+    }
+
+    /// Whether the daemon can tell who serves this address ([`crate::owner`]): a Unix
+    /// socket or a loopback port. Only these may be an ordinary account's upstream.
+    pub fn provable(&self) -> bool {
+        match self {
+            Address::Unix(_) => true,
+            Address::Tcp(a) => a.ip().is_loopback(),
+        }
     }
 }
 
@@ -62,15 +74,74 @@ impl std::fmt::Display for Address {
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(crate) address: Address,
+    /// The account every new connection's server must run as ([`crate::owner`]); `None`
+    /// for queues root or the configuration file made, which may point anywhere.
+    owner: Option<u32>,
+    /// Why the last new connection was refused for its owner, until one passes again.
+    refused: Mutex<Option<String>>,
     idle: Mutex<Vec<SendRequest<UpBody>>>,
 }
 
 impl Upstream {
-    pub(crate) fn new(address: Address) -> Upstream {
+    pub(crate) fn new(address: Address, owner: Option<u32>) -> Upstream {
         Upstream {
             address,
+            owner,
+            refused: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Why new connections are refused now (see [`crate::owner`]), for the state view.
+    pub(crate) fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A new connection to the upstream, its server checked against the queue owner. Every
+    /// new connection is checked: a port can change hands.
+    pub(crate) async fn connect(&self) -> std::io::Result<Stream> {
+        let stream = match &self.address {
+            Address::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await?),
+            Address::Tcp(a) => {
+                let s = tokio::net::TcpStream::connect(a).await?;
+                s.set_nodelay(true)?;
+                Stream::Tcp(s)
+            }
+        };
+        let Some(owner) = self.owner else {
+            return Ok(stream);
+        };
+        let verdict = match &stream {
+            Stream::Unix(s) => crate::owner::check_unix(s, owner).await,
+            Stream::Tcp(s) => crate::owner::check_tcp(s, owner).await,
+        };
+        self.judged(&verdict);
+        verdict.map(|()| stream)
+    }
+
+    /// Keeps the mark of the state view, and logs when it changes.
+    fn judged(&self, verdict: &std::io::Result<()>) {
+        let now = verdict
+            .as_ref()
+            .err()
+            .and_then(crate::owner::not_owner)
+            .map(ToString::to_string);
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if *refused == now {
+            return;
+        }
+        match &now {
+            Some(why) => {
+                tracing::warn!(upstream = %self.address, why = %why, "upstream refused: not the queue owner's")
+            }
+            None => {
+                tracing::info!(upstream = %self.address, "upstream served by its queue owner again")
+            }
+        }
+        *refused = now;
     }
 
     /// An idle connection, or a new one out of `share`.
@@ -96,13 +167,9 @@ impl Upstream {
                 share.max
             )));
         };
-        match &self.address {
-            Address::Unix(p) => handshake(tokio::net::UnixStream::connect(p).await?, counted).await,
-            Address::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await?;
-                s.set_nodelay(true)?;
-                handshake(s, counted).await
-            }
+        match self.connect().await? {
+            Stream::Unix(s) => handshake(s, counted).await,
+            Stream::Tcp(s) => handshake(s, counted).await,
         }
     }
 
@@ -113,6 +180,15 @@ impl Upstream {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         }
     }
+}
+
+/// A connection to an upstream.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    /// To `unix:PATH`.
+    Unix(tokio::net::UnixStream),
+    /// To an `IP:port`.
+    Tcp(tokio::net::TcpStream),
 }
 
 /// Upstream connections open, all queues together, against the budget's upstream share.
@@ -182,16 +258,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_loopback_and_unix() {
+    fn unix_and_ip_ports_and_only_those_provable() {
         assert_eq!(
             Address::parse("unix:/run/a.sock"),
             Ok(Address::Unix("/run/a.sock".into()))
         );
-        assert!(Address::parse("127.0.0.1:9000").is_ok());
-        assert!(Address::parse("[::1]:9000").is_ok());
-        assert!(Address::parse("10.0.0.1:80").is_err());
+        for provable in [
+            "unix:/run/a.sock",
+            "127.0.0.1:9000",
+            "127.0.0.2:9000",
+            "[::1]:9000",
+        ] {
+            assert!(Address::parse(provable).unwrap().provable(), "{provable}");
+        }
+        assert!(!Address::parse("10.0.0.1:80").unwrap().provable());
+        assert!(!Address::parse("[2001:db8::1]:80").unwrap().provable());
         assert!(Address::parse("unix:relative").is_err());
         assert!(Address::parse("localhost:80").is_err());
+        for nowhere in ["0.0.0.0:9000", "[::]:80", "224.0.0.1:80", "127.0.0.1:0"] {
+            assert!(Address::parse(nowhere).is_err(), "{nowhere}");
+        }
     }
 
     #[test]
@@ -214,7 +300,7 @@ mod tests {
     async fn no_connection_beyond_the_share() {
         let share = Share::new(1);
         let _held = share.take().unwrap();
-        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap());
+        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap(), None);
         let e = up.connection(&share).await.unwrap_err();
         assert!(e.to_string().contains("descriptor budget"), "{e}");
     }

@@ -97,13 +97,16 @@ impl Conn {
         Next::Close
     }
 
-    /// An upstream that cannot be reached: 503 `NotAvailable`.
-    pub(super) fn not_available(&mut self, queue: &Queue) -> Next {
-        let rejection = Rejection {
-            status: 503,
-            reason: Reason::NotAvailable,
-        };
-        self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
+    /// An upstream that cannot be reached (503 `N/A`), or that another account than the
+    /// queue owner serves (502 `Upstream_Owner`), by [`crate::owner::rejection`].
+    pub(super) fn unreachable(&mut self, queue: &Queue, e: &std::io::Error) -> Next {
+        let rejection = crate::owner::rejection(e);
+        self.log(
+            None,
+            Some(rejection.status),
+            rejection.reason,
+            Some(queue.name()),
+        );
         self.page(rejection, Detail::Standard, Some(1));
         Next::Close
     }

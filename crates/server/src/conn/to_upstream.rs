@@ -115,7 +115,7 @@ impl Conn {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
-                return self.not_available(queue);
+                return self.unreachable(queue, &e);
             }
         };
         let (tx, up_body): (Option<mpsc::Sender<Bytes>>, UpBody) = if body.is_done() {

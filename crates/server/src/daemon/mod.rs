@@ -143,6 +143,33 @@ impl QueueEntry {
     }
 }
 
+/// Before a held queue of an account's is declared ready: one connection to its upstream,
+/// checked as every new one is ([`crate::owner`]) and closed, so that the owner hears now,
+/// naming the process, when another account holds the address. Run on the blocking pool,
+/// never under the lock. A server that does not answer yet is no refusal: its requests get
+/// 503 until it does, as any upstream's.
+fn check_upstream_owner(name: &str, up: &Upstream) -> Result<(), ApiError> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(());
+    };
+    let connected = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), up.connect()).await });
+    match connected {
+        Ok(Err(e)) => match crate::owner::not_owner(&e) {
+            Some(refused) => Err(api(
+                Win32Error::AccessDenied,
+                format!(
+                    "queue {:?} cannot be ready: its upstream {} is {refused}",
+                    portshare_proto::text::printable(name),
+                    up.address
+                ),
+            )),
+            None => Ok(()),
+        },
+        Ok(Ok(_)) | Err(_) => Ok(()),
+    }
+}
+
 /// A name for an unnamed queue: `~` and 128 random bits, so nobody can take it first or
 /// guess it.
 fn unnamed_queue_name() -> Result<String, ApiError> {
@@ -361,16 +388,25 @@ impl Daemon {
         }
         let upstream = match &spec.upstream {
             None => None,
-            Some(_) if session.peer.uid != 0 && !config => {
-                return Err(api(
-                    Win32Error::AccessDenied,
-                    "only root (or the configuration file) may create an upstream queue: \
-                     the daemon connects nowhere on an ordinary user's word",
-                ));
+            Some(a) => {
+                let address =
+                    Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?;
+                let root = session.peer.uid == 0 || config;
+                if !root && !address.provable() {
+                    return Err(api(
+                        Win32Error::AccessDenied,
+                        format!(
+                            "{address} is neither a unix: socket nor a loopback port: only \
+                             root (or the configuration file) may point a queue at another \
+                             host"
+                        ),
+                    ));
+                }
+                // Root may point anywhere; anyone else's upstream must be served by them,
+                // which every new connection checks.
+                let owner = (!root).then_some(session.peer.uid);
+                Some(Arc::new(Upstream::new(address, owner)))
             }
-            Some(a) => Some(Arc::new(Upstream::new(
-                Address::parse(a).map_err(|e| api(Win32Error::InvalidParameter, e))?,
-            ))),
         };
         match spec.https_redirect {
             Some(0) => {
@@ -473,19 +509,16 @@ impl Daemon {
         name: &str,
         ready: bool,
     ) -> Result<QueueInfo, ApiError> {
-        let mut st = self.lock();
-        let entry = Daemon::entry(&mut st, name)?;
-        let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
-        if entry.config || !owner {
-            return Err(entry.denied(name, "only its owner may declare it ready or hold it"));
+        if ready {
+            let up = self.ready_target(session, name)?;
+            check_upstream_owner(name, &up)?;
         }
-        let (Some(seat), Some(up)) = (entry.upstream_seat.as_mut(), entry.queue.upstream()) else {
+        let mut st = self.lock();
+        let (entry, up) = Daemon::ready_target_locked(&mut st, session, name)?;
+        let Some(seat) = entry.upstream_seat.as_mut() else {
             return Err(api(
                 Win32Error::InvalidParameter,
-                format!(
-                    "queue {:?} forwards to no upstream: only upstream queues are held or ready",
-                    portshare_proto::text::printable(name)
-                ),
+                "the queue has no upstream",
             ));
         };
         if ready && !seat.ready {
@@ -506,6 +539,35 @@ impl Daemon {
         }
         seat.ready = ready;
         Ok(info(entry, entry.queue.props(), false, &self.shared))
+    }
+
+    /// The upstream `POST /v1/queues/{name}/ready` would attach, once the caller may.
+    fn ready_target(&self, session: &Session, name: &str) -> Result<Arc<Upstream>, ApiError> {
+        let mut st = self.lock();
+        let (_, up) = Daemon::ready_target_locked(&mut st, session, name)?;
+        Ok(up)
+    }
+
+    fn ready_target_locked<'s>(
+        st: &'s mut State,
+        session: &Session,
+        name: &str,
+    ) -> Result<(&'s mut QueueEntry, Arc<Upstream>), ApiError> {
+        let entry = Daemon::entry(st, name)?;
+        let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
+        if entry.config || !owner {
+            return Err(entry.denied(name, "only its owner may declare it ready or hold it"));
+        }
+        let (Some(_), Some(up)) = (entry.upstream_seat, entry.queue.upstream().cloned()) else {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "queue {:?} forwards to no upstream: only upstream queues are held or ready",
+                    portshare_proto::text::printable(name)
+                ),
+            ));
+        };
+        Ok((entry, up))
     }
 
     /// `POST /v1/queues/{name}/access`: its owner and administrators set who else may use

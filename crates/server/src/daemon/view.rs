@@ -107,6 +107,7 @@ impl Daemon {
                     access: e.access.entries(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
                     held: e.held(),
+                    upstream_refused: q.upstream().and_then(|u| u.refused()),
                     https_redirect: q.https_redirect(),
                     depth,
                     oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),

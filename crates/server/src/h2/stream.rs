@@ -644,11 +644,8 @@ impl Ctx<'_> {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
-                self.log(Some(503), Reason::NotAvailable);
-                let rejection = Rejection {
-                    status: 503,
-                    reason: Reason::NotAvailable,
-                };
+                let rejection = crate::owner::rejection(&e);
+                self.log(Some(rejection.status), rejection.reason);
                 out.page(self.settings, rejection, Detail::Standard, Some(1));
                 return;
             }

@@ -1,0 +1,290 @@
+//! Whose an upstream is. A queue an account other than root created over the API forwards
+//! only to a server that account runs: on every new connection to the queue's upstream the
+//! daemon finds the account at the other end and refuses the connection when it is not the
+//! queue owner's. A port can change hands between two connections, so one check at creation
+//! would prove nothing.
+//!
+//! - `unix:PATH`: the peer credentials of the connected socket (`SO_PEERCRED`: the process
+//!   that called `listen()` on it).
+//! - A loopback `IP:port`: the server side of *that* connection, found in `/proc/net/tcp`
+//!   (or `/proc/net/tcp6`, where a `::` socket serves IPv4 clients at IPv4-mapped addresses),
+//!   and its owner (the account that created the listening socket).
+//!
+//! Two uids never pass for an account other than root: the overflow uid 65534 (a socket
+//! owned by an account this user namespace cannot name) and uid 0 (a socket root or
+//! systemd created, which the account may merely have been handed). This module owns the
+//! lookups and the verdict; the upstream pool ([`crate::upstream`]) calls it, and the
+//! connection answers the refusal (502 `Upstream_Owner`, see [`rejection`]).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use portshare_router::{Reason, Rejection};
+
+use crate::bind::Holder;
+
+/// The uid the kernel shows for an account outside the reader's user namespace.
+pub(crate) const OVERFLOW_UID: u32 = 65534;
+
+/// How long to look for the server side of a fresh loopback connection. The kernel lists
+/// it once the server has the handshake's last ACK, which on loopback is almost always
+/// before `connect` returns.
+const FIND_FOR: Duration = Duration::from_millis(200);
+
+/// An upstream served by another account than the queue owner's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NotOwner {
+    /// What was found at the other end.
+    pub(crate) found: Found,
+    /// The queue owner's uid.
+    pub(crate) owner: u32,
+    /// The process serving it, when `/proc` names it.
+    pub(crate) holder: Option<Holder>,
+}
+
+/// Who is at the other end of an upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// A socket owned by this uid.
+    Uid(u32),
+    /// No server side of the connection in `/proc/net/tcp*` (it closed at once, say).
+    Nothing,
+}
+
+impl fmt::Display for NotOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.found {
+            Found::Uid(OVERFLOW_UID) => write!(
+                f,
+                "served by the overflow uid {OVERFLOW_UID} (an account outside this user \
+                 namespace)"
+            )?,
+            Found::Uid(0) => f.write_str("served by a socket root owns (uid 0)")?,
+            Found::Uid(uid) => write!(f, "served by uid {uid}")?,
+            Found::Nothing => f.write_str("its server side could not be found in /proc")?,
+        }
+        if let Some(Holder { pid: Some(pid), .. }) = &self.holder {
+            write!(f, ", PID {pid}")?;
+            if let Some(command) = &self.holder.as_ref().and_then(|h| h.command.clone()) {
+                write!(f, " ({command})")?;
+            }
+        }
+        write!(
+            f,
+            ", not by the queue owner (uid {}): requests get 502 until the owner serves it",
+            self.owner
+        )
+    }
+}
+
+impl std::error::Error for NotOwner {}
+
+/// The verdict on a socket owned by `found`, for a queue of `owner` (never root: root's
+/// queues are not checked).
+pub(crate) fn judge(owner: u32, found: Found) -> Result<(), NotOwner> {
+    match found {
+        Found::Uid(uid) if uid == owner && uid != OVERFLOW_UID && uid != 0 => Ok(()),
+        found => Err(NotOwner {
+            found,
+            owner,
+            holder: None,
+        }),
+    }
+}
+
+/// Checks the peer of a Unix stream the daemon just connected.
+pub(crate) async fn check_unix(stream: &tokio::net::UnixStream, owner: u32) -> io::Result<()> {
+    let cred = stream.peer_cred()?;
+    let Err(mut refused) = judge(owner, Found::Uid(cred.uid())) else {
+        return Ok(());
+    };
+    if let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) {
+        let uid = cred.uid();
+        refused.holder = tokio::task::spawn_blocking(move || name_process(pid, uid))
+            .await
+            .ok()
+            .flatten();
+    }
+    Err(io::Error::new(io::ErrorKind::PermissionDenied, refused))
+}
+
+/// Checks the server side of a loopback TCP connection the daemon just opened. The lookup
+/// reads `/proc` on the blocking pool.
+pub(crate) async fn check_tcp(stream: &tokio::net::TcpStream, owner: u32) -> io::Result<()> {
+    let client = stream.local_addr()?;
+    let server = stream.peer_addr()?;
+    let verdict = tokio::task::spawn_blocking(move || check_tcp_blocking(server, client, owner))
+        .await
+        .map_err(io::Error::other)?;
+    verdict.map_err(|refused| io::Error::new(io::ErrorKind::PermissionDenied, refused))
+}
+
+fn check_tcp_blocking(server: SocketAddr, client: SocketAddr, owner: u32) -> Result<(), NotOwner> {
+    let started = std::time::Instant::now();
+    let entry = loop {
+        match server_side(server, client) {
+            Some(entry) => break Some(entry),
+            None if started.elapsed() < FIND_FOR => std::thread::sleep(Duration::from_millis(2)),
+            None => break None,
+        }
+    };
+    let found = entry.map_or(Found::Nothing, |(uid, _)| Found::Uid(uid));
+    judge(owner, found).map_err(|mut refused| {
+        refused.holder = entry.and_then(|(uid, inode)| name_socket(inode, uid, server));
+        refused
+    })
+}
+
+/// The uid and inode of the server side of `client`'s connection to `server`.
+#[cfg(target_os = "linux")]
+fn server_side(server: SocketAddr, client: SocketAddr) -> Option<(u32, u64)> {
+    crate::procfs::server_side(server, client).map(|e| (e.uid, e.inode))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn server_side(_: SocketAddr, _: SocketAddr) -> Option<(u32, u64)> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn name_process(pid: u32, uid: u32) -> Option<Holder> {
+    Some(crate::procfs::process(pid, uid))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn name_process(_: u32, _: u32) -> Option<Holder> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn name_socket(inode: u64, uid: u32, server: SocketAddr) -> Option<Holder> {
+    Some(crate::procfs::serving(inode, uid, server))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn name_socket(_: u64, _: u32, _: SocketAddr) -> Option<Holder> {
+    None
+}
+
+/// The refusal an upstream connection failure `e` calls for: 502 `Upstream_Owner` when the
+/// upstream is not the queue owner's, else 503 `N/A` (the upstream cannot be reached).
+pub(crate) fn rejection(e: &io::Error) -> Rejection {
+    if not_owner(e).is_some() {
+        Rejection {
+            status: 502,
+            reason: Reason::UpstreamOwner,
+        }
+    } else {
+        Rejection {
+            status: 503,
+            reason: Reason::NotAvailable,
+        }
+    }
+}
+
+/// The ownership refusal inside `e`, if that is what it is.
+pub(crate) fn not_owner(e: &io::Error) -> Option<&NotOwner> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<NotOwner>())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_the_owner_passes_and_never_root_or_overflow() {
+        assert!(judge(1001, Found::Uid(1001)).is_ok());
+        for found in [
+            Found::Uid(1002),
+            Found::Uid(0),
+            Found::Uid(OVERFLOW_UID),
+            Found::Nothing,
+        ] {
+            let e = judge(1001, found).unwrap_err();
+            assert_eq!(e.found, found);
+        }
+        // An owner that is the overflow uid proves nothing either.
+        assert!(judge(OVERFLOW_UID, Found::Uid(OVERFLOW_UID)).is_err());
+    }
+
+    #[test]
+    fn refusals_say_who_serves_and_what_follows() {
+        let mut e = judge(1001, Found::Uid(1002)).unwrap_err();
+        e.holder = Some(Holder {
+            pid: Some(42),
+            command: Some("python3 -m http.server".into()),
+            user: Some("uid 1002".into()),
+        });
+        assert_eq!(
+            e.to_string(),
+            "served by uid 1002, PID 42 (python3 -m http.server), not by the queue owner \
+             (uid 1001): requests get 502 until the owner serves it"
+        );
+        let io = io::Error::new(io::ErrorKind::PermissionDenied, e);
+        assert_eq!(rejection(&io).status, 502);
+        assert_eq!(rejection(&io).reason.as_str(), "Upstream_Owner");
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(rejection(&refused).status, 503);
+        assert!(not_owner(&refused).is_none());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_loopback_connection_is_served_by_this_process_uid() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let e = check_tcp(&stream, me.wrapping_add(1)).await.unwrap_err();
+        let refused = not_owner(&e).unwrap();
+        assert_eq!(refused.found, Found::Uid(me));
+        assert_eq!(
+            refused.holder.as_ref().and_then(|h| h.pid),
+            Some(std::process::id())
+        );
+        if me != 0 {
+            check_tcp(&stream, me).await.unwrap();
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_dual_stack_listener_serves_ipv4_at_mapped_addresses() {
+        let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+            return; // no IPv6 here
+        };
+        let port = listener.local_addr().unwrap().port();
+        let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return; // a v6only default
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        let e = check_tcp(&stream, me.wrapping_add(1)).await.unwrap_err();
+        assert_eq!(not_owner(&e).unwrap().found, Found::Uid(me));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_unix_peer_is_its_listener() {
+        let dir = std::env::temp_dir().join(format!("portshare-owner-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let stream = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let e = check_unix(&stream, me.wrapping_add(1)).await.unwrap_err();
+        let refused = not_owner(&e).unwrap();
+        assert_eq!(refused.found, Found::Uid(me));
+        assert_eq!(
+            refused.holder.as_ref().and_then(|h| h.pid),
+            Some(std::process::id())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,313 @@
+//! Upstream queues an ordinary account creates: the daemon forwards only to a server that
+//! account runs, checked on every new upstream connection (`crates/server/src/owner.rs`).
+//! The account and its servers are other uids through `setpriv`; the control session and
+//! the servers are small Python programs, so that nothing here runs as root but the daemon
+//! and the "other account's" servers.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::harness::{
+    Daemon, TempDir, as_uid, can_switch_uid, eventually, free_port, get, try_get,
+};
+
+/// The account that creates the queues.
+const APP: u32 = 1001;
+
+/// An HTTP/1.1 server answering every GET with `served by uid N` (its own uid), on
+/// `unix:PATH` or `HOST:PORT` (argv[1]). Prints `READY` once listening.
+const SERVER: &str = r#"
+import http.server, os, socketserver, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("served by uid %d\n" % os.getuid()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+addr = sys.argv[1]
+if addr.startswith("unix:"):
+    class S(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+    srv = S(addr[5:], H)
+else:
+    host, port = addr.rsplit(":", 1)
+    class S(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+    srv = S((host, int(port)), H)
+print("READY", flush=True)
+srv.serve_forever()
+"#;
+
+/// A control session: runs the calls of argv[2] (a JSON list of `[METHOD, PATH, BODY]`) on
+/// one connection to the control socket argv[1], prints `RESULT STATUS BODY` for each, then
+/// `DONE`, and holds the session (its queues and URLs) until its standard input closes.
+const SESSION: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rb")
+for method, path, body in json.loads(sys.argv[2]):
+    data = b"" if body is None else json.dumps(body).encode()
+    s.sendall(("%s %s HTTP/1.1\r\nHost: portshare\r\nContent-Type: application/json\r\n"
+               "Content-Length: %d\r\n\r\n" % (method, path, len(data))).encode() + data)
+    status = int(f.readline().split()[1])
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.decode().partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    print("RESULT", status, f.read(length).decode(errors="replace").replace("\n", " "), flush=True)
+print("DONE", flush=True)
+sys.stdin.read()
+"#;
+
+/// A process the test started, killed when dropped.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The system's `python3`, which every account may run (a `python3` earlier on root's
+/// `PATH` may live where other accounts cannot reach).
+fn python3() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Runs `python3 -c SCRIPT ARGS` as `uid` (`None`: as the test's own user) and waits for
+/// its first line to be `READY` or `DONE`; the lines before it come back too.
+fn python(uid: Option<u32>, script: &str, args: &[&str]) -> (Running, Vec<String>) {
+    let mut cmd = match uid {
+        Some(uid) => {
+            let prefix = as_uid(uid);
+            let mut c = Command::new(&prefix[0]);
+            c.args(&prefix[1..]).arg(python3());
+            c
+        }
+        None => Command::new(python3()),
+    };
+    let mut child = cmd
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3");
+    let stdout = child.stdout.take().expect("piped");
+    let running = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        let done = line == "READY" || line == "DONE";
+        lines.push(line);
+        if done {
+            return (running, lines);
+        }
+    }
+    panic!("python3 {args:?} never got ready: {lines:?}");
+}
+
+/// A daemon whose configuration reserves `http://+:PORT/` for [`APP`], in a directory every
+/// account may enter, with a subdirectory `app/` that [`APP`] owns for its socket.
+fn site() -> (Daemon, u16, TempDir) {
+    let dir = TempDir::open_to_all("upstream-owner");
+    let own = dir.0.join("app");
+    std::fs::create_dir(&own).expect("mkdir");
+    std::os::unix::fs::chown(&own, Some(APP), Some(APP)).expect("chown");
+    std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let port = free_port();
+    let d = Daemon::builder()
+        .config(format!(
+            "[[urlacl]]\nurl = \"http://+:{port}/\"\nusers = [\"uid:{APP}\"]\n"
+        ))
+        .iplisten("127.0.0.1")
+        .spawn();
+    (d, port, dir)
+}
+
+/// The calls that create queue `name` forwarding to `upstream` and register `/name/`.
+fn queue_calls(port: u16, name: &str, upstream: &str) -> serde_json::Value {
+    serde_json::json!([
+        ["POST", "/v1/queues", { "name": name, "mode": "create", "upstream": upstream }],
+        ["POST", format!("/v1/queues/{name}/urls"), { "url": format!("http://+:{port}/{name}/") }],
+    ])
+}
+
+fn state_queue(d: &Daemon, name: &str) -> serde_json::Value {
+    let state = d.state();
+    state["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == name).cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_account_forwards_only_to_servers_it_runs() {
+    if !can_switch_uid() {
+        return;
+    }
+    let (d, port, dir) = site();
+    let mine_unix = format!("unix:{}", dir.0.join("app/app.sock").display());
+    let theirs_unix = format!("unix:{}", dir.0.join("root.sock").display());
+    let (mine_tcp, theirs_tcp) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _servers = [
+        python(Some(APP), SERVER, &[&mine_unix]).0,
+        python(Some(APP), SERVER, &[&mine_tcp]).0,
+        python(None, SERVER, &[&theirs_unix]).0,
+        python(None, SERVER, &[&theirs_tcp]).0,
+    ];
+    std::fs::set_permissions(
+        dir.0.join("root.sock"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .expect("chmod");
+    let mut calls = Vec::new();
+    for (name, upstream) in [
+        ("mu", &mine_unix),
+        ("mt", &mine_tcp),
+        ("tu", &theirs_unix),
+        ("tt", &theirs_tcp),
+    ] {
+        calls.extend(
+            queue_calls(port, name, upstream)
+                .as_array()
+                .unwrap()
+                .clone(),
+        );
+    }
+    // Another host: never for an ordinary account (and nothing is sent there).
+    calls.push(
+        serde_json::json!(["POST", "/v1/queues", { "name": "far", "upstream": "10.0.0.1:80" }]),
+    );
+    let (session, lines) = python(
+        Some(APP),
+        SESSION,
+        &[
+            d.control.to_str().unwrap(),
+            &serde_json::Value::Array(calls).to_string(),
+        ],
+    );
+    let results: Vec<&String> = lines.iter().filter(|l| l.starts_with("RESULT")).collect();
+    assert_eq!(results.len(), 9, "{lines:?}");
+    for created in &results[..8] {
+        assert!(created.starts_with("RESULT 20"), "{lines:?}");
+    }
+    assert!(
+        results[8].starts_with("RESULT 403") && results[8].contains("ERROR_ACCESS_DENIED"),
+        "{}",
+        results[8]
+    );
+
+    for mine in ["mu", "mt"] {
+        let (status, _, body) = get(port, "localhost", &format!("/{mine}/"));
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "served by uid 1001\n"),
+            "{mine}"
+        );
+        assert_eq!(
+            state_queue(&d, mine)["upstream_refused"],
+            serde_json::Value::Null
+        );
+    }
+    for theirs in ["tu", "tt"] {
+        for _ in 0..3 {
+            let (status, _, body) = get(port, "localhost", &format!("/{theirs}/"));
+            assert_eq!(status, 502, "{theirs}: {body}");
+            assert!(!body.contains("served by"), "{theirs}: {body}");
+        }
+        let why = state_queue(&d, theirs)["upstream_refused"].clone();
+        assert!(
+            why.as_str()
+                .is_some_and(|w| w.contains("root owns (uid 0)")),
+            "{theirs}: {why}"
+        );
+    }
+    assert!(
+        eventually(10, || d.errlog_text().matches("Upstream_Owner").count()
+            >= 6),
+        "{}",
+        d.errlog_text()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("upstream refused: not the queue owner's") && log.contains("PID "),
+        "the log names who holds the port:\n{log}"
+    );
+    // The queues go with the session.
+    drop(session);
+    assert!(eventually(10, || state_queue(&d, "mu").is_null()));
+}
+
+#[test]
+fn a_port_that_changes_hands_gets_502_never_the_new_holders_answers() {
+    if !can_switch_uid() {
+        return;
+    }
+    let (d, port, _dir) = site();
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let app = python(Some(APP), SERVER, &[&upstream]).0;
+    let calls = queue_calls(port, "app", &upstream);
+    let (_session, lines) = python(
+        Some(APP),
+        SESSION,
+        &[d.control.to_str().unwrap(), &calls.to_string()],
+    );
+    assert!(
+        lines.iter().filter(|l| l.starts_with("RESULT 20")).count() == 2,
+        "{lines:?}"
+    );
+    let (status, _, body) = get(port, "localhost", "/app/");
+    assert_eq!((status, body.as_str()), (200, "served by uid 1001\n"));
+
+    // The app goes; another account's server takes its port.
+    drop(app);
+    let taker = python(None, SERVER, &[&upstream]).0;
+    for _ in 0..5 {
+        if let Some((status, body)) = try_get(port, "localhost", "/app/") {
+            assert!(!body.contains("served by uid 0"), "{status} {body}");
+        }
+    }
+    let (status, _, _) = get(port, "localhost", "/app/");
+    assert_eq!(status, 502);
+    assert!(state_queue(&d, "app")["upstream_refused"].is_string());
+
+    // The owner takes it back: served again, the mark gone.
+    drop(taker);
+    let _app = python(Some(APP), SERVER, &[&upstream]).0;
+    assert!(eventually(10, || {
+        try_get(port, "localhost", "/app/").is_some_and(|(s, b)| s == 200 && b.contains("1001"))
+    }));
+    assert!(state_queue(&d, "app")["upstream_refused"].is_null());
+    let _ = std::io::stderr().flush();
+}
