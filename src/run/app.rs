@@ -345,11 +345,11 @@ impl App {
 
 impl Drop for App {
     fn drop(&mut self) {
-        // Whatever way run leaves, the application does not outlive it.
+        // Whatever way run leaves, the application does not outlive it. Once it was
+        // reaped its group is `end_group`'s: its id may go to another process when empty.
         if self.status.is_none() {
             signal_group(self.pid, Signal::SIGKILL);
         }
-        let _ = signal::killpg(self.pid, Signal::SIGKILL);
     }
 }
 

@@ -766,3 +766,40 @@ call("POST", "/v1/queues/mine/ready", {"ready": True})
         "the holder is not named: {stdout}"
     );
 }
+
+#[test]
+fn ready_path_must_answer_below_500() {
+    let d = Daemon::start();
+    let port = free_port();
+    let url = format!("http://+:{port}/rp/");
+    let script = "import http.server, os\n\
+        class H(http.server.BaseHTTPRequestHandler):\n    \
+        def do_GET(self):\n        self.send_response(500 if self.path == '/health' else 200)\n        \
+        self.send_header('Content-Length', '0')\n        self.end_headers()\n\
+        http.server.HTTPServer(('127.0.0.1', int(os.environ['APP_PORT'])), H).serve_forever()\n";
+    let mut run = Runner::spawn(
+        &[],
+        &d.control,
+        &d.dir.0,
+        &[
+            "--url",
+            &url,
+            "--port-env",
+            "APP_PORT",
+            "--ready-path",
+            "/health",
+            "--ready-timeout",
+            "2",
+            "--grace",
+            "1",
+            "--",
+            python(),
+            "-c",
+            script,
+        ],
+    );
+    assert_eq!(run.exit_code(30), Some(1), "{}", run.text());
+    let text = run.text();
+    assert!(text.contains("GET /health answered 500"), "{text}");
+    assert!(eventually(10, || prefixes(&d).is_empty()));
+}
