@@ -803,3 +803,51 @@ fn ready_path_must_answer_below_500() {
     assert!(text.contains("GET /health answered 500"), "{text}");
     assert!(eventually(10, || prefixes(&d).is_empty()));
 }
+
+#[test]
+fn requests_wait_while_a_failed_app_restarts() {
+    let d = Daemon::start();
+    let port = free_port();
+    let url = format!("http://+:{port}/r/");
+    let marker = d.dir.0.join("started-once");
+    let script = format!(
+        "import http.server, os\n\
+         second = os.path.exists({marker:?})\n\
+         open({marker:?}, 'w').write('x')\n\
+         class H(http.server.BaseHTTPRequestHandler):\n    \
+         def do_GET(self):\n        \
+         if self.path == '/r/crash':\n            os._exit(1)\n        \
+         body = ('second' if second else 'first').encode()\n        \
+         self.send_response(200)\n        \
+         self.send_header('Content-Length', str(len(body)))\n        \
+         self.end_headers()\n        self.wfile.write(body)\n\
+         http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+        marker = marker.to_string_lossy()
+    );
+    let run = Runner::spawn(
+        &[],
+        &d.control,
+        &d.dir.0,
+        &[
+            "--url",
+            &url,
+            "--restart",
+            "on-failure",
+            "--",
+            python(),
+            "-c",
+            &script,
+        ],
+    );
+    assert_eq!(served(port, "/r/a", &run), "first");
+    let _ = try_get(port, "127.0.0.1", "/r/crash");
+    assert!(
+        eventually(10, || d.state()["queues"][0]["held"] == true),
+        "the queue was not held while the app restarts: {}\n{}",
+        d.state(),
+        run.text()
+    );
+    // Sent while held: it waits for the second start instead of failing.
+    let (status, _, body) = get(port, "127.0.0.1", "/r/b");
+    assert_eq!((status, body.as_str()), (200, "second"), "{}", run.text());
+}
