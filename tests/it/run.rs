@@ -13,6 +13,22 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 use serde_json::json;
 
+/// Whether `python3` runs here: outside CI a machine without it skips the tests that
+/// start Python servers (false, with a note); under `CI` it fails them.
+fn have_python() -> bool {
+    match Command::new(python()).arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3 missing under CI: {other:?}"
+            );
+            eprintln!("skipped: python3 not available ({other:?})");
+            false
+        }
+    }
+}
+
 /// A Python that every uid may run (not a per-user shim).
 fn python() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
@@ -230,6 +246,9 @@ fn http_server_args<'a>(url: &'a str, dir: &'a str) -> Vec<&'a str> {
 
 #[test]
 fn a_python_server_serves_through_the_daemon_until_its_child_dies() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let site = site();
     let port = free_port();
@@ -258,6 +277,9 @@ fn a_python_server_serves_through_the_daemon_until_its_child_dies() {
 
 #[test]
 fn sigkill_to_run_takes_the_child_and_the_registration() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let site = site();
     let port = free_port();
@@ -281,6 +303,9 @@ fn sigkill_to_run_takes_the_child_and_the_registration() {
 
 #[test]
 fn term_to_run_reaches_the_child_and_run_exits_with_its_status() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/sig/");
@@ -312,6 +337,9 @@ fn term_to_run_reaches_the_child_and_run_exits_with_its_status() {
 
 #[test]
 fn an_app_on_a_unix_socket() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/u/");
@@ -343,6 +371,9 @@ fn an_app_on_a_unix_socket() {
 
 #[test]
 fn a_socket_activated_app() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/act/");
@@ -369,6 +400,9 @@ fn a_socket_activated_app() {
 /// Needs the upstream relay's `strip_prefix` in the daemon.
 #[test]
 fn strip_prefix_gives_the_app_paths_below_the_prefix() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/app/");
@@ -469,6 +503,9 @@ fn an_app_that_never_gets_ready_is_stopped_with_its_last_lines() {
 
 #[test]
 fn no_wait_fails_at_once_and_run_waits_for_a_daemon_otherwise() {
+    if !have_python() {
+        return;
+    }
     let dir = TempDir::open_to_all("run-wait");
     let control = dir.0.join("control.sock");
     let port = free_port();
@@ -594,7 +631,7 @@ fn ready_is_the_owners_alone() {
         Some(json!({ "ready": true })),
     );
     assert_eq!((status, body["code"].as_u64()), (400, Some(87)), "{body}");
-    if !can_switch_uid() {
+    if !can_switch_uid() || !have_python() {
         return;
     }
     let script = r#"
@@ -624,6 +661,9 @@ print(out.decode())
 
 #[test]
 fn restart_on_failure_starts_the_app_again_and_serves() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/again/");
@@ -664,6 +704,9 @@ fn restart_on_failure_starts_the_app_again_and_serves() {
 
 #[test]
 fn run_registers_again_after_the_daemon_restarts() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/back/");
@@ -685,7 +728,7 @@ fn run_registers_again_after_the_daemon_restarts() {
 
 #[test]
 fn another_account_with_a_reservation_serves_through_run() {
-    if !can_switch_uid() {
+    if !can_switch_uid() || !have_python() {
         return;
     }
     let port = free_port();
@@ -722,7 +765,7 @@ fn another_account_with_a_reservation_serves_through_run() {
 
 #[test]
 fn ready_refuses_an_address_another_account_serves_naming_it() {
-    if !can_switch_uid() {
+    if !can_switch_uid() || !have_python() {
         return;
     }
     let d = Daemon::builder()
@@ -769,6 +812,9 @@ call("POST", "/v1/queues/mine/ready", {"ready": True})
 
 #[test]
 fn ready_path_must_answer_below_500() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/rp/");
@@ -806,6 +852,9 @@ fn ready_path_must_answer_below_500() {
 
 #[test]
 fn requests_wait_while_a_failed_app_restarts() {
+    if !have_python() {
+        return;
+    }
     let d = Daemon::start();
     let port = free_port();
     let url = format!("http://+:{port}/r/");
