@@ -835,8 +835,25 @@ pub struct ReloadReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{ApiError, QueueProps};
+    use super::{ApiError, QueueProps, QueueSpec, SetReady};
     use crate::Win32Error;
+
+    #[test]
+    fn held_and_strip_prefix_are_sent_only_when_set() {
+        // A daemon older than these fields refuses unknown ones: a spec without them must
+        // read as it always did.
+        let plain = serde_json::to_string(&QueueSpec::default()).expect("serializes");
+        assert!(
+            !plain.contains("held") && !plain.contains("strip_prefix"),
+            "{plain}"
+        );
+        let spec: QueueSpec =
+            serde_json::from_str(r#"{"upstream": "127.0.0.1:1", "held": true}"#).expect("parses");
+        assert!(spec.held && !spec.strip_prefix);
+        let ready: SetReady = serde_json::from_str(r#"{"ready": false}"#).expect("parses");
+        assert!(!ready.ready);
+        assert!(serde_json::from_str::<SetReady>(r#"{"ready": true, "x": 1}"#).is_err());
+    }
 
     #[test]
     fn queue_properties_keep_their_ranges() {
