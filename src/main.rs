@@ -34,11 +34,11 @@ enum Command {
     Queue(admin::QueueArgs),
     /// Have the daemon read its configuration file again and apply it (as SIGHUP does).
     Reload(admin::ReloadArgs),
-    /// Run the daemon: own the ports, route requests to the applications that registered.
-    Serve(serve::Args),
     /// Start a server, in any language, behind URLs of the daemon: it serves on a port (or
     /// Unix socket) of its own, and its requests are forwarded to it once it accepts them.
     Run(run::Args),
+    /// Run the daemon: own the ports, route requests to the applications that registered.
+    Serve(serve::Args),
     /// Show what a running daemon holds.
     Show(show::Args),
     /// Add, delete or show certificate bindings for https (`netsh http add|delete|show
