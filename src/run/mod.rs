@@ -258,13 +258,15 @@ impl Run {
                     if ran >= GOOD_RUN {
                         backoff = FIRST_BACKOFF;
                     }
-                    app.end_group(Instant::now() + self.args.grace).await;
-                    drop(app);
+                    // Held first: requests wait for the next start instead of meeting a
+                    // closed port.
                     if let Some(s) = session.as_mut()
                         && s.set_ready(false).await.is_err()
                     {
                         session = None;
                     }
+                    app.end_group(Instant::now() + self.args.grace).await;
+                    drop(app);
                     eprintln!(
                         "portshare run: restarting the application in {:.1} s",
                         backoff.as_secs_f64()
