@@ -42,17 +42,6 @@ struct Args {
     prefix: String,
 }
 
-/// The path part of a prefix (`/axum/` for `http://+:8080/axum/`), ending in `/`.
-fn prefix_path(prefix: &str) -> String {
-    let after_scheme = prefix.split_once("://").map_or(prefix, |(_, rest)| rest);
-    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
-    if path.ends_with('/') {
-        path.to_owned()
-    } else {
-        format!("{path}/")
-    }
-}
-
 fn router(base: &str) -> Router {
     let index = format!(
         "axum behind portshare: try GET {base}hello/NAME, POST {base}echo, GET {base}whoami\n"
@@ -96,7 +85,7 @@ async fn whoami(headers: HeaderMap) -> Json<serde_json::Value> {
 async fn main() -> ExitCode {
     let args = Args::parse();
     common::init_logs();
-    let app = router(&prefix_path(&args.prefix));
+    let app = router(&common::prefix_path(&args.prefix));
     let builder = Queue::builder("axum_app").url(&args.prefix).workers(2);
     common::run_until_stopped(common::with_control(builder, args.control).serve(app).await).await
 }

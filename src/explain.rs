@@ -580,6 +580,7 @@ mod tests {
             depth: 0,
             oldest_wait_ms: 0,
             in_flight: 0,
+            opaque: 0,
             urls: vec![],
             processes: pids
                 .iter()

@@ -276,6 +276,7 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     let _ = writeln!(out, "        Max requests: {}", q.length);
     let _ = writeln!(out, "        Requests waiting: {}", q.depth);
     let _ = writeln!(out, "        Requests in flight: {}", q.in_flight);
+    let _ = writeln!(out, "        Opaque connections: {}", q.opaque);
     let _ = writeln!(
         out,
         "        Oldest waiting request age (ms): {}",
@@ -308,6 +309,7 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         n => n.to_string(),
     };
     let _ = writeln!(out, "        Max connections: {max}");
+    let _ = writeln!(out, "        Max opaque connections: {}", l.max_opaque);
     let _ = writeln!(out, "        Connections: {}", q.connections);
     let _ = writeln!(out, "        Linger time (ms): {}", q.linger_ms);
     if let Some(up) = &q.upstream {
@@ -561,7 +563,7 @@ mod tests {
     use portshare_proto::Win32Error;
     use portshare_proto::control::{
         AclEntry, ApiError, BindFailure, BudgetShare, BufferGauge, DescriptorBudget, IpListenEntry,
-        ListenerState, PrefixState, ProcessState, QueueCounters,
+        ListenerState, PrefixState, ProcessState, QueueCounters, QueueLimits,
     };
 
     use super::*;
@@ -608,7 +610,10 @@ mod tests {
                 enabled: false,
                 linger_ms: 5000,
                 queue_timer_ms: 1500,
-                limits: Default::default(),
+                limits: QueueLimits {
+                    max_opaque: 10000,
+                    ..QueueLimits::default()
+                },
                 connections: 0,
                 lingering: true,
                 config: false,
@@ -620,6 +625,7 @@ mod tests {
                 depth: 3,
                 oldest_wait_ms: 250,
                 in_flight: 1,
+                opaque: 1,
                 urls: vec![
                     "http://+:8080/app/".into(),
                     "http://10.9.9.9:8080/x/".into(),
@@ -703,12 +709,14 @@ Request queues:
         Max requests: 1000
         Requests waiting: 3
         Requests in flight: 1
+        Opaque connections: 1
         Oldest waiting request age (ms): 250
         Request queue timeout (secs): 1.5
         Entity body timeout (secs): 0
         Drain entity body timeout (secs): 0
         Minimum send rate (bytes/sec): 0
         Max connections: inherited
+        Max opaque connections: 10000
         Connections: 0
         Linger time (ms): 5000
         Counters:

@@ -79,3 +79,16 @@ pub(crate) async fn run_until_stopped(served: Result<Running, Error>) -> ExitCod
         }
     }
 }
+
+/// The path part of a prefix (`/axum/` for `http://+:8080/axum/`), ending in `/`: where an
+/// application's routes sit, as it sees the whole path routing cooked.
+#[allow(dead_code, reason = "only the axum examples route by path")]
+pub(crate) fn prefix_path(prefix: &str) -> String {
+    let after_scheme = prefix.split_once("://").map_or(prefix, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    }
+}

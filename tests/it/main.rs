@@ -40,3 +40,4 @@ mod tls;
 mod upstream;
 mod upstream_owner;
 mod urlacl;
+mod websocket;

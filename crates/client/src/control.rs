@@ -277,13 +277,14 @@ pub(crate) fn default_socket() -> PathBuf {
 }
 
 /// Opens a new connection to the control socket and upgrades it to a worker of `queue`
-/// holding `slots` requests at once. Returns the socket and the wire bytes that came with
-/// the `101` answer.
+/// holding `slots` requests at once, offering every version of the wire the SDK speaks.
+/// Returns the socket, the wire bytes that came with the `101` answer, and the version the
+/// daemon chose.
 pub(crate) async fn attach(
     path: &Path,
     queue: &str,
     slots: u32,
-) -> Result<(UnixStream, Bytes), Error> {
+) -> Result<(UnixStream, Bytes, u32), Error> {
     let io = connect(path).await?;
     let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(io))
         .await
@@ -294,7 +295,7 @@ pub(crate) async fn attach(
         .uri(path::queue(queue, path::ATTACH))
         .header(HOST, "portshare")
         .header(CONNECTION, "Upgrade")
-        .header(UPGRADE, wire::UPGRADE_PROTOCOL)
+        .header(UPGRADE, wire::offer())
         .header(wire::SLOTS_HEADER, slots)
         .header(CONTENT_LENGTH, 0)
         .body(Full::new(Bytes::new()))
@@ -326,13 +327,23 @@ pub(crate) async fn attach(
         let body = body.map_err(|e| http_error("attach", e))?.to_bytes();
         return Err(refusal(status, &body));
     }
+    // A daemon from before the negotiation answers `portshare-worker/1`, as it was asked
+    // for among others.
+    let version = response
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| wire::chosen(v, wire::VERSIONS))
+        .ok_or_else(|| {
+            Error::Protocol("attach: the daemon chose no version of the wire offered".into())
+        })?;
     let (upgraded, ended) = tokio::join!(hyper::upgrade::on(response), ended);
     ended.map_err(|e| http_error("attach", e))?;
     let upgraded = upgraded.map_err(|e| http_error("attach", e))?;
     let parts = upgraded
         .downcast::<Io>()
         .map_err(|_| Error::Protocol("attach: the upgraded connection is not the socket".into()))?;
-    Ok((parts.io.into_inner(), parts.read_buf))
+    Ok((parts.io.into_inner(), parts.read_buf, version))
 }
 
 async fn connect(path: &Path) -> Result<UnixStream, Error> {

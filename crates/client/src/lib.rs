@@ -53,6 +53,20 @@
 //! A service error, a response body error or a panic resets the request's stream: the
 //! daemon aborts the client's connection, and the worker goes on with its other requests.
 //!
+//! # WebSockets and other upgrades
+//!
+//! A request without a body that offers to upgrade its connection (`Connection: upgrade`,
+//! `Upgrade: websocket`) is served through hyper's own HTTP/1 server over an in-memory
+//! pipe (one with a body is served as any other, and cannot be upgraded), so it carries
+//! hyper's `OnUpgrade` and axum's `WebSocketUpgrade` (or `hyper::upgrade::on`) works as it
+//! does behind hyper. When the service answers `101`, the daemon makes the
+//! client's connection opaque and the SDK relays its bytes both ways until both sides
+//! close. This needs version 2 of the worker wire, which the SDK offers and every daemon
+//! with opaque connections speaks; the socket keeps its slot while it is open (see
+//! [`QueueBuilder::slots`]), and an open socket holds a drain back like a request in hand,
+//! until it closes or the [shutdown timeout](QueueBuilder::shutdown_timeout) aborts it.
+//! The protocol is in the repository's `docs/worker-protocol.md`.
+//!
 //! # The control API
 //!
 //! [`Control`] is a connection to the daemon's control socket, for anything else the

@@ -71,7 +71,9 @@ impl QueueBuilder {
     }
 
     /// How many requests each worker holds at once (at least 1); the daemon never sends
-    /// a worker more. Default: 64.
+    /// a worker more. Default: 64. An upgraded connection (a WebSocket the service
+    /// accepted) holds its slot for as long as it is open: an application serving many
+    /// sockets needs as many slots.
     pub fn slots(mut self, slots: u32) -> Self {
         self.slots = slots.max(1);
         self

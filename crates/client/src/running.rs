@@ -121,7 +121,9 @@ pub(crate) struct Setup {
     pub(crate) shutdown_timeout: Duration,
 }
 
-type Attached = (UnixStream, Bytes);
+/// A worker connection: the socket, the wire bytes that came with the `101`, and the
+/// version of the wire agreed.
+type Attached = (UnixStream, Bytes, u32);
 
 impl Setup {
     /// Opens a control connection, creates or opens the queue and registers the URLs.
@@ -290,7 +292,7 @@ impl<S> Pool<S> {
         let mut drain = self.drain.clone();
         let fatal = self.fatal.clone();
         let task = self.tasks.spawn(async move {
-            let (io, pre) = match start {
+            let (io, pre, version) = match start {
                 Start::Attached(io) => io,
                 Start::After(delay) => {
                     tokio::select! {
@@ -304,7 +306,7 @@ impl<S> Pool<S> {
                 }
             };
             let since = Instant::now();
-            match worker::run(io, pre, service, drain, fatal).await {
+            match worker::run(io, pre, version, service, drain, fatal).await {
                 Ok(()) => End::Drained,
                 Err(e) => End::Lost(e, since.elapsed()),
             }

@@ -157,6 +157,11 @@ pub struct QueueProps {
     /// `ConnLimit`. 0: no limit (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Most opaque connections (upgraded by a worker's `101`, such as WebSockets) the
+    /// queue's workers hold at once (1..=1000000); one more is refused with 503. Default
+    /// [`QueueProps::DEFAULT_MAX_OPAQUE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_opaque: Option<u32>,
 }
 
 impl QueueProps {
@@ -188,11 +193,25 @@ impl QueueProps {
                 message: format!("length = {len}: expected 1 to {}", Self::MAX_LENGTH),
             });
         }
+        if let Some(n) = self.max_opaque
+            && !(1..=Self::MAX_OPAQUE).contains(&n)
+        {
+            return Err(InvalidProps {
+                field: "max_opaque",
+                message: format!("max_opaque = {n}: expected 1 to {}", Self::MAX_OPAQUE),
+            });
+        }
         Ok(())
     }
 
     /// The longest a queue may be (HTTP.sys's limit: a LONG).
     pub const MAX_LENGTH: u32 = 0x7FFF_FFFF;
+
+    /// The opaque connections a queue holds at most unless told otherwise.
+    pub const DEFAULT_MAX_OPAQUE: u32 = 10_000;
+
+    /// The largest `max_opaque`.
+    pub const MAX_OPAQUE: u32 = 1_000_000;
 }
 
 /// A queue property out of its range: what [`QueueProps::validate`] refuses.
@@ -228,6 +247,9 @@ pub struct QueueLimits {
     /// Most client connections.
     #[serde(default)]
     pub max_connections: u32,
+    /// Most opaque connections at once.
+    #[serde(default)]
+    pub max_opaque: u32,
 }
 
 /// `POST /v1/queues`.
@@ -654,6 +676,10 @@ pub struct QueueState {
     pub oldest_wait_ms: u64,
     /// Requests in the workers' hands now.
     pub in_flight: u64,
+    /// Opaque connections (upgraded by a worker's `101`) open now; each also holds its
+    /// slot, so it counts in `in_flight` too.
+    #[serde(default)]
+    pub opaque: u64,
     /// Its URLs.
     pub urls: Vec<String>,
     /// Processes with workers attached. Shown to administrators, the queue's owner and the
@@ -892,6 +918,16 @@ mod tests {
             (e.field, e.to_string()),
             ("length", "length = 0: expected 1 to 2147483647".to_owned())
         );
+        let opaque = |n| QueueProps {
+            max_opaque: Some(n),
+            ..QueueProps::default()
+        };
+        assert_eq!(opaque(1).validate(), Ok(()));
+        assert_eq!(opaque(QueueProps::MAX_OPAQUE).validate(), Ok(()));
+        for bad in [0, QueueProps::MAX_OPAQUE + 1] {
+            let e = opaque(bad).validate().expect_err("max_opaque out of range");
+            assert_eq!(e.field, "max_opaque");
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The worker wire: how requests travel from the daemon to an attached worker and responses
 //! come back, on the Unix socket a worker upgraded from a control connection.
 //!
+//! The protocol (the attach and its versions, every frame, the heads' encodings, windows,
+//! resets, drain, opaque streams, errors and limits) is specified in
+//! `docs/worker-protocol.md`, written for an SDK in any language. This module is its byte
+//! layout: the one place frames are encoded and decoded, for the daemon and the SDK alike.
+//!
 //! # Why a framing of its own
 //!
 //! A worker holds many requests at once (its slots), and the daemon gains most when one
@@ -13,69 +18,78 @@
 //!
 //! # Frames
 //!
-//! Every frame starts with a 10-byte header, integers little-endian:
+//! A 10-byte header (payload length, stream id, [`Kind`], flags with [`END`]) and a payload
+//! of at most [`MAX_PAYLOAD`]. A receiver judges each frame by its header ([`peek`]) before
+//! the payload is in, so a peer cannot make it set room aside for bytes it would refuse: an
+//! unknown kind, a length over [`MAX_PAYLOAD`], a window or reset payload other than 4
+//! bytes or a drain with a payload is a [`WireError`], and the connection closes. Heads are
+//! [`RequestHead`] and [`ResponseHead`]; each direction of a stream starts with
+//! [`INITIAL_WINDOW`] of body credit; [`ResetCode`] says why a stream was reset.
 //!
-//! | bytes | field |
-//! |---|---|
-//! | 0..4 | payload length, at most [`MAX_PAYLOAD`] |
-//! | 4..8 | stream id, chosen by the daemon; unique among the streams open on the socket |
-//! | 8 | kind: 1 head, 2 data, 3 window, 4 reset, 5 drain |
-//! | 9 | flags: bit 0 is `END` (no more body follows on this stream in this direction) |
+//! # Versions
 //!
-//! - **head** opens a stream (daemon → worker: the request head, [`RequestHead`]) or answers
-//!   one (worker → daemon: the response head, [`ResponseHead`]). With `END`, there is no body.
-//! - **data** carries body bytes; `END` on the last one (which may be empty).
-//! - **window** (4-byte payload) gives the sender that many more body bytes on the stream.
-//!   Each direction of each stream starts with [`INITIAL_WINDOW`]; a receiver grants more as
-//!   its reader consumes, so one slow body never stalls the socket's other streams.
-//! - **reset** (4-byte payload, a [`ResetCode`]) ends the stream at once in both directions.
-//!   From the worker it aborts the client's connection; from the daemon it says the client
-//!   has gone and the worker should stop.
-//! - **drain** (stream 0, no payload). From a worker it asks for no new requests: the
-//!   daemon finishes those in hand, then the worker may close. From the daemon it says the
-//!   daemon is stopping: requests already sent, and those still waiting in the queue until
-//!   the daemon's shutdown timer runs out, are still the worker's to answer; then the daemon
-//!   closes the connection, and a worker that wants to go on attaches again once the daemon
-//!   is back.
-//!
-//! A stream's slot is free again once the worker's response has ended (or either side reset
-//! it) and the daemon has sent the request's last body byte or reset it.
-//!
-//! # Limits
-//!
-//! A receiver judges each frame by its header ([`peek`]), before the payload is in, so a
-//! peer cannot make it set room aside for bytes it would refuse. Every frame's payload is
-//! at most [`MAX_PAYLOAD`], and a window or reset payload is exactly 4 bytes, a drain
-//! payload empty; anything else is a [`WireError`] and the connection closes. The daemon
-//! holds a worker to more:
-//!
-//! - a **data** frame on an open stream carries at most the stream's remaining window
-//!   (so never more than [`INITIAL_WINDOW`]); a longer one resets the stream (`Protocol`)
-//!   and disconnects the worker as soon as its header arrives;
-//! - a **data** frame on a stream the daemon has already forgotten (it reset it, or the
-//!   client left) carries at most [`INITIAL_WINDOW`], and is discarded;
-//! - a **head** carries at most [`MAX_RESPONSE_HEAD`]; a longer one disconnects the worker;
-//! - a head or data frame after the response's `END` is dropped with a warning: the client
-//!   gets the finished response intact.
-//!
-//! A worker disconnected this way ends its requests as if its process had died: their
-//! clients' connections are reset. The daemon grants a stream's window back only once the
-//! bytes are written to the client, so what a worker has sent and its client has not taken
-//! is at most one window per stream. The daemon also bounds what it holds for each worker
-//! connection and in all: a worker at its bound is not read until its clients take some of
-//! what it holds, which stalls that worker's streams and no one else's.
-//!
-//! In the other direction, the daemon sends request body data frames of at most
-//! [`INITIAL_WINDOW`] bytes within the windows the worker granted, and stops sending body
-//! to a worker connection while 4 MiB of what it was sent wait unread: a worker that grants
-//! windows and does not read holds its clients' uploads back in their own sockets, not in
-//! the daemon.
+//! A worker offers the versions it speaks in the attach's `Upgrade` ([`offer`]); the
+//! daemon takes the highest in common ([`negotiate`]) and names it in its `101`
+//! ([`chosen`]). Version 2 adds opaque streams: after a `101` head, data frames carry a
+//! connection's raw bytes both ways under the same windows.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::fmt;
 
-/// The `Upgrade` token a worker asks for on the control socket.
+/// The `Upgrade` token of version 1 of the wire, which every daemon speaks.
 pub const UPGRADE_PROTOCOL: &str = "portshare-worker/1";
+
+/// The name of the wire's `Upgrade` tokens, `portshare-worker/N` for version N.
+pub const PROTOCOL_NAME: &str = "portshare-worker";
+
+/// The versions of the wire this crate speaks, highest first.
+///
+/// - 1: requests and responses;
+/// - 2: as 1, and opaque streams: a `101` answer to a request that asked to upgrade its
+///   connection turns the stream into a two-way byte stream (`docs/worker-protocol.md`).
+pub const VERSIONS: &[u32] = &[2, 1];
+
+/// The `Upgrade` value offering every version in [`VERSIONS`], highest first:
+/// `portshare-worker/2, portshare-worker/1`.
+pub fn offer() -> String {
+    VERSIONS
+        .iter()
+        .map(|v| format!("{PROTOCOL_NAME}/{v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The version an `Upgrade` value names, for one of its comma-separated tokens:
+/// `portshare-worker/N` (the name compared case-insensitively, N decimal without sign).
+fn token_version(token: &str) -> Option<u32> {
+    let (name, v) = token.trim().split_once('/')?;
+    if !name.eq_ignore_ascii_case(PROTOCOL_NAME) || v.is_empty() || v.len() > 9 {
+        return None;
+    }
+    if !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// The version both sides speak: the highest of those `offered` (the worker's `Upgrade`
+/// value, a comma-separated list in any order) that is also in `spoken`. Tokens that are
+/// not `portshare-worker/N`, and versions not in `spoken`, are ignored, so a worker may
+/// offer versions newer than a daemon knows. `None` when nothing is in common.
+pub fn negotiate(offered: &str, spoken: &[u32]) -> Option<u32> {
+    offered
+        .split(',')
+        .filter_map(token_version)
+        .filter(|v| spoken.contains(v))
+        .max()
+}
+
+/// The version a daemon chose, from the `Upgrade` value of its `101` answer: exactly one
+/// token, one of the versions `offered`.
+pub fn chosen(answer: &str, offered: &[u32]) -> Option<u32> {
+    let v = token_version(answer)?;
+    offered.contains(&v).then_some(v)
+}
 
 /// The header in which a worker declares how many requests it will hold at once.
 pub const SLOTS_HEADER: &str = "portshare-slots";
@@ -776,6 +790,44 @@ mod tests {
         ResponseHead::encode_parts(&mut buf, 1, true, 200, headers);
         assert_eq!(ResponseHead::payload_len(headers), buf.len() - HEADER_LEN);
         assert_eq!(ResponseHead::payload_len([]), 6);
+    }
+
+    #[test]
+    fn the_highest_common_version_wins() {
+        assert_eq!(offer(), "portshare-worker/2, portshare-worker/1");
+        assert_eq!(negotiate(&offer(), VERSIONS), Some(2));
+        assert_eq!(negotiate("portshare-worker/1", VERSIONS), Some(1));
+        // Order, case and spaces do not matter; unknown tokens and versions are ignored.
+        assert_eq!(
+            negotiate(" PortShare-Worker/1 ,portshare-worker/2", VERSIONS),
+            Some(2)
+        );
+        assert_eq!(
+            negotiate(
+                "websocket, portshare-worker/9, portshare-worker/1",
+                VERSIONS
+            ),
+            Some(1)
+        );
+        assert_eq!(negotiate("portshare-worker/2", &[1]), None);
+        for bad in [
+            "",
+            "portshare-worker",
+            "portshare-worker/",
+            "portshare-worker/+1",
+            "portshare-worker/1.0",
+            "portshare-worker/99999999999999999999",
+            "other/1",
+            ",,,",
+        ] {
+            assert_eq!(negotiate(bad, VERSIONS), None, "{bad:?}");
+        }
+        assert_eq!(chosen("portshare-worker/2", &[2, 1]), Some(2));
+        assert_eq!(chosen("portshare-worker/3", &[2, 1]), None);
+        assert_eq!(
+            chosen("portshare-worker/2, portshare-worker/1", &[2, 1]),
+            None
+        );
     }
 
     #[test]

@@ -62,6 +62,7 @@
 //! drain_entity_body = 120     # seconds; default: timers.drain_entity_body
 //! min_send_rate = 150         # bytes per second; default: timers.min_send_rate
 //! max_connections = 100       # client connections its requests may hold; default unlimited
+//! max_opaque = 10000          # upgraded (WebSocket) connections open at once; default 10000
 //! owner = "alice"              # who may open it and attach workers (default: the daemon's user)
 //! upstream = "unix:/run/legacy.sock"   # or "127.0.0.1:9000", or another host's IP:port
 //! connections = 256           # most upstream connections (the queue's slots)
@@ -322,6 +323,10 @@ pub struct QueueConfig {
     /// `MaxConnections`); a connection beyond it gets 503 `ConnLimit`. Default unlimited.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Most opaque connections (a worker's `101`: WebSockets) open at once, 1 to 1000000;
+    /// one more is refused with 503. Default 10000.
+    #[serde(default)]
+    pub max_opaque: Option<u32>,
     /// How long, in seconds, the queue keeps its URLs and waiting requests after the last
     /// process that opened it lets go; default 0.
     #[serde(default)]
@@ -405,6 +410,7 @@ impl QueueConfig {
             drain_entity_body_ms: ms(self.drain_entity_body),
             min_send_rate: Some(self.min_send_rate.unwrap_or(0)),
             max_connections: Some(self.max_connections.unwrap_or(0)),
+            max_opaque: Some(self.max_opaque.unwrap_or(QueueProps::DEFAULT_MAX_OPAQUE)),
         }
     }
 
@@ -419,6 +425,7 @@ impl QueueConfig {
             || self.drain_entity_body != q.drain_entity_body
             || self.min_send_rate != q.min_send_rate
             || self.max_connections != q.max_connections
+            || self.max_opaque != q.max_opaque
     }
 }
 
@@ -924,6 +931,10 @@ mod tests {
             (
                 "[[queue]]\nname = \"q\"\nmax_connections = 0\n",
                 "max_connections",
+            ),
+            (
+                "[[queue]]\nname = \"q\"\nmax_opaque = 0\n",
+                "max_opaque = 0: expected 1 to 1000000",
             ),
             (
                 "[[queue]]\nname = \"q\"\nmin_send_rate = 0\n",

@@ -26,7 +26,7 @@ use portshare_proto::control::{
     RemoveReservation, RemoveUrl, SetReady,
 };
 use portshare_proto::sslcert::{AddSslCert, DeleteSslCert};
-use portshare_proto::wire::{SLOTS_HEADER, UPGRADE_PROTOCOL};
+use portshare_proto::wire::{self, SLOTS_HEADER};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::{UnixListener, UnixStream};
@@ -630,17 +630,26 @@ fn attach(
     name: &str,
     req: Request<Incoming>,
 ) -> Reply {
-    let upgrade = req
+    // The highest version of the wire both sides speak; several `Upgrade` fields are one
+    // list.
+    let offered = req
         .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case(UPGRADE_PROTOCOL))
-        });
-    if !upgrade {
-        return bad(format!("attach needs `Upgrade: {UPGRADE_PROTOCOL}`"));
-    }
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let Some(version) = wire::negotiate(&offered, wire::VERSIONS) else {
+        let mut r = bad(format!(
+            "attach needs `Upgrade: {}` (one or more of these versions of the worker wire, \
+             which this daemon speaks)",
+            wire::offer()
+        ));
+        if let Ok(v) = header::HeaderValue::from_str(&wire::offer()) {
+            r.headers_mut().insert(header::UPGRADE, v);
+        }
+        return r;
+    };
     let slots = match req
         .headers()
         .get(SLOTS_HEADER)
@@ -662,11 +671,13 @@ fn attach(
         daemon.next_id(),
         session.peer.clone(),
         &daemon.shared.buffers,
+        version,
     );
     tracing::info!(
         queue = name,
         pid = session.peer.pid,
         slots,
+        version,
         worker = worker.id,
         "worker attached"
     );
@@ -695,9 +706,11 @@ fn attach(
         header::CONNECTION,
         header::HeaderValue::from_static("upgrade"),
     );
+    let chosen = format!("{}/{version}", wire::PROTOCOL_NAME);
     r.headers_mut().insert(
         header::UPGRADE,
-        header::HeaderValue::from_static(UPGRADE_PROTOCOL),
+        header::HeaderValue::from_str(&chosen)
+            .unwrap_or(header::HeaderValue::from_static(wire::UPGRADE_PROTOCOL)),
     );
     r
 }

@@ -39,6 +39,8 @@ pub(crate) struct Props {
     pub(crate) timers: QueueTimers,
     /// Most client connections; 0 for no limit.
     pub(crate) max_connections: u32,
+    /// Most opaque connections at once.
+    pub(crate) max_opaque: u32,
 }
 
 impl Default for Props {
@@ -50,6 +52,7 @@ impl Default for Props {
             linger: Duration::ZERO,
             timers: QueueTimers::default(),
             max_connections: 0,
+            max_opaque: QueueProps::DEFAULT_MAX_OPAQUE,
         }
     }
 }
@@ -75,6 +78,9 @@ impl Props {
         if let Some(v) = p.max_connections {
             self.max_connections = v;
         }
+        if let Some(v) = p.max_opaque {
+            self.max_opaque = v;
+        }
         Ok(())
     }
 
@@ -87,6 +93,7 @@ impl Props {
             drain_entity_body_ms: ms(self.timers.drain_entity_body),
             min_send_rate: self.timers.min_send_rate.unwrap_or(0),
             max_connections: self.max_connections,
+            max_opaque: self.max_opaque,
         }
     }
 }
@@ -110,6 +117,20 @@ pub(crate) struct Queue {
     max_connections: AtomicU32,
     /// The https port requests are redirected to; 0 for a queue that serves them.
     https_redirect: AtomicU32,
+    /// Opaque connections open now, against `max_opaque`.
+    opaque: AtomicU64,
+    /// `Props::max_opaque`, read without the lock.
+    max_opaque: AtomicU32,
+}
+
+/// An opaque connection counted against its queue's `max_opaque` until dropped.
+#[derive(Debug)]
+pub(crate) struct Opaque(Arc<Queue>);
+
+impl Drop for Opaque {
+    fn drop(&mut self) {
+        self.0.opaque.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A client connection counted against its queue's connection limit until dropped.
@@ -267,6 +288,7 @@ impl Queue {
         upstream: Option<Arc<Upstream>>,
     ) -> Arc<Queue> {
         let max = props.max_connections;
+        let max_opaque = props.max_opaque;
         Arc::new(Queue {
             name,
             owner_uid,
@@ -290,6 +312,8 @@ impl Queue {
             connections: AtomicU64::new(0),
             max_connections: AtomicU32::new(max),
             https_redirect: AtomicU32::new(0),
+            opaque: AtomicU64::new(0),
+            max_opaque: AtomicU32::new(max_opaque),
         })
     }
 
@@ -338,7 +362,25 @@ impl Queue {
         inner.props = props;
         self.max_connections
             .store(props.max_connections, Ordering::Relaxed);
+        self.max_opaque.store(props.max_opaque, Ordering::Relaxed);
         Ok(props)
+    }
+
+    /// Counts an opaque connection against `max_opaque`; `None` when the queue holds as
+    /// many as it may.
+    pub(crate) fn count_opaque(self: &Arc<Queue>) -> Option<Opaque> {
+        let max = u64::from(self.max_opaque.load(Ordering::Relaxed));
+        let prev = self.opaque.fetch_add(1, Ordering::Relaxed);
+        if prev >= max {
+            self.opaque.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Opaque(self.clone()))
+    }
+
+    /// Opaque connections open now.
+    pub(crate) fn opaque(&self) -> u64 {
+        self.opaque.load(Ordering::Relaxed)
     }
 
     /// Counts a client connection against the connection limit; `None` (counted as a

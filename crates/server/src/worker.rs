@@ -81,6 +81,9 @@ pub(crate) struct Peer {
 pub(crate) struct WorkerConn {
     pub(crate) id: u64,
     pub(crate) peer: Peer,
+    /// The version of the wire agreed at the upgrade ([`wire::VERSIONS`]): opaque streams
+    /// from 2 on.
+    pub(crate) version: u32,
     out: Mutex<BytesMut>,
     wake: Notify,
     /// Bytes appended to `out` and not yet written to the worker's socket.
@@ -135,10 +138,11 @@ enum Step {
 }
 
 impl WorkerConn {
-    pub(crate) fn new(id: u64, peer: Peer, budget: &Arc<Buffers>) -> Arc<WorkerConn> {
+    pub(crate) fn new(id: u64, peer: Peer, budget: &Arc<Buffers>, version: u32) -> Arc<WorkerConn> {
         Arc::new(WorkerConn {
             id,
             peer,
+            version,
             out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
             wake: Notify::new(),
             queued: AtomicUsize::new(0),

@@ -128,24 +128,37 @@ impl WireWorker {
     /// Attaches to queue `queue` with `slots` slots (the queue must exist and be this
     /// process's to attach to).
     pub fn attach(control: &Path, queue: &str, slots: u32) -> WireWorker {
+        WireWorker::attach_offering(control, queue, slots, wire::UPGRADE_PROTOCOL)
+            .unwrap_or_else(|(status, head)| panic!("attach: {status}\n{head}"))
+    }
+
+    /// Attaches offering `upgrade` as the `Upgrade` value (the versions of the wire it
+    /// speaks): the worker once the daemon answered 101, else the status and head it got.
+    pub fn attach_offering(
+        control: &Path,
+        queue: &str,
+        slots: u32,
+        upgrade: &str,
+    ) -> Result<WireWorker, (u16, String)> {
         let mut sock = UnixStream::connect(control).expect("connect to the control socket");
         sock.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         write!(
             sock,
             "POST /v1/queues/{queue}/attach HTTP/1.1\r\nHost: portshare\r\n\
-             Connection: upgrade\r\nUpgrade: {}\r\n{}: {slots}\r\nContent-Length: 0\r\n\r\n",
-            wire::UPGRADE_PROTOCOL,
+             Connection: upgrade\r\nUpgrade: {upgrade}\r\n{}: {slots}\r\nContent-Length: 0\r\n\r\n",
             wire::SLOTS_HEADER
         )
         .expect("attach");
         let mut pre = Vec::new();
         let (status, head, _) = read_response(&mut sock, &mut pre, false);
-        assert_eq!(status, 101, "{head}");
-        WireWorker {
+        if status != 101 {
+            return Err((status, head));
+        }
+        Ok(WireWorker {
             sock,
             buf: BytesMut::from(&pre[..]),
-        }
+        })
     }
 
     /// The next frame from the daemon; `None` once it has closed the connection (or the

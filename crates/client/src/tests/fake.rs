@@ -48,6 +48,9 @@ pub(super) struct Behaviour {
     pub(super) warnings: Vec<String>,
     /// URLs containing this are refused with 183.
     pub(super) taken: Option<String>,
+    /// The version of the wire the attach answers with; 0 is 1, as a daemon from before
+    /// version 2 answers.
+    pub(super) wire_version: u32,
 }
 
 struct State {
@@ -205,8 +208,11 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
                 ),
             }
         } else if req.path.ends_with("/attach") {
-            let head = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
-                        Upgrade: portshare-worker/1\r\n\r\n";
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                 Upgrade: portshare-worker/{}\r\n\r\n",
+                state.behaviour.wire_version.max(1)
+            );
             io.write_all(head.as_bytes()).await.unwrap();
             let _ = state.workers.send(Wire { io, buf });
             return;

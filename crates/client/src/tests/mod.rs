@@ -181,7 +181,12 @@ async fn registers_attaches_and_answers_a_get() {
         serde_json::json!({"url": "http://+:8080/App/", "context": 7})
     );
     assert_eq!(seen[2].path, "/v1/queues/my%20app/attach");
-    assert_eq!(seen[2].header("upgrade"), Some("portshare-worker/1"));
+    // Every version the SDK speaks; the fake daemon, like one from before version 2,
+    // answers `portshare-worker/1`.
+    assert_eq!(
+        seen[2].header("upgrade"),
+        Some("portshare-worker/2, portshare-worker/1")
+    );
     assert_eq!(seen[2].header("connection"), Some("Upgrade"));
     assert_eq!(seen[2].header("portshare-slots"), Some("8"));
     assert_eq!(seen[2].header("host"), Some("portshare"));
@@ -622,4 +627,126 @@ async fn a_service_that_fails_for_good_ends_wait() {
     let err = within(running.wait()).await.unwrap_err();
     assert!(matches!(err, Error::Service(_)), "{err:?}");
     assert_eq!(err.to_string(), "the service failed: broken for good");
+}
+
+/// A service that accepts upgrades through hyper's `OnUpgrade` and echoes the bytes.
+async fn upgrade_echo(mut req: Request<Body>) -> Result<Response<Empty<Bytes>>, Infallible> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(on) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        let mut r = Response::new(Empty::new());
+        *r.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        return Ok(r);
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = on.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut buf = [0u8; 1024];
+        loop {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = io.shutdown().await;
+    });
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("echo"),
+    );
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    Ok(r)
+}
+
+const OFFER: &[(&str, &str)] = &[
+    ("host", "x"),
+    ("connection", "upgrade"),
+    ("upgrade", "echo"),
+];
+
+/// On version 2, a request that offers to upgrade reaches the service with hyper's
+/// `OnUpgrade`; its `101` goes out as a head, and the stream carries the bytes both ways
+/// within the windows, half-closed by `END` each way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_version_2_is_served_through_hyper_and_relayed() {
+    let mut fake = Fake::start(Behaviour {
+        wire_version: 2,
+        ..Behaviour::default()
+    });
+    let running = within(builder(&fake).serve(service_fn(upgrade_echo)))
+        .await
+        .unwrap();
+    let mut wire = fake.worker().await;
+    wire.request(1, true, "GET", "/app/ws", OFFER).await;
+    let Frame::Head {
+        stream: 1,
+        end: false,
+        payload,
+    } = wire.frame().await
+    else {
+        panic!("no 101 head");
+    };
+    let head = wire::ResponseHead::decode(payload).unwrap();
+    assert_eq!(head.status, 101);
+    assert!(
+        head.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(b"upgrade") && &v[..] == b"echo")
+    );
+    wire.send(|b| wire::encode_data(b, 1, false, b"hello"))
+        .await;
+    let mut echoed = Vec::new();
+    while echoed.len() < 5 {
+        match wire.frame().await {
+            Frame::Data {
+                stream: 1, data, ..
+            } => echoed.extend_from_slice(&data),
+            Frame::Window { stream: 1, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(echoed, b"hello");
+    // The client half-closes; the application's echo ends, and so does its half.
+    wire.send(|b| wire::encode_data(b, 1, true, b"")).await;
+    loop {
+        match wire.frame().await {
+            Frame::Data {
+                stream: 1,
+                end: true,
+                data,
+            } => {
+                assert!(data.is_empty());
+                break;
+            }
+            Frame::Window { stream: 1, .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Plain requests go on as before.
+    wire.request(3, true, "GET", "/app/plain", &[("host", "x")])
+        .await;
+    assert_eq!(wire.answer(3).await.head.status, 426);
+    shut_down(running, vec![wire]).await;
+}
+
+/// On version 1 (a daemon without opaque streams), the same request is a plain one: the
+/// service finds no `OnUpgrade`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_on_version_1_is_a_plain_request() {
+    let mut fake = Fake::start(Behaviour::default());
+    let running = within(builder(&fake).serve(service_fn(upgrade_echo)))
+        .await
+        .unwrap();
+    let mut wire = fake.worker().await;
+    wire.request(1, true, "GET", "/app/ws", OFFER).await;
+    assert_eq!(wire.answer(1).await.head.status, 426);
+    shut_down(running, vec![wire]).await;
 }

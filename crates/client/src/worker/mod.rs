@@ -12,6 +12,7 @@
 //! what the last sweep left.
 
 mod respond;
+mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -158,12 +159,14 @@ impl Stream {
 }
 
 /// Runs a worker connection until the daemon closes it or, after a drain, until it holds
-/// no more requests. `pre` holds bytes that arrived with the upgrade answer.
+/// no more requests. `pre` holds bytes that arrived with the upgrade answer; `version` is
+/// the wire's, as agreed then (opaque streams from 2 on).
 ///
 /// Returns `Ok` after a completed drain; an error when the connection was lost.
 pub(crate) async fn run<S, B>(
     mut io: UnixStream,
     pre: Bytes,
+    version: u32,
     service: S,
     drain: watch::Receiver<bool>,
     fatal: mpsc::UnboundedSender<BoxError>,
@@ -179,6 +182,7 @@ where
         conn: conn.clone(),
         streams: HashMap::default(),
         sweep_at: SWEEP_MIN,
+        version,
     };
     let reading = reader.run(&mut rd, pre, drain);
     let writing = write_loop(&mut wr, &conn);
@@ -226,6 +230,9 @@ struct Entry {
     stream: Arc<Stream>,
     /// Where body bytes go until the request's end arrives.
     body: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Where the daemon's bytes go once a request that offered to upgrade has its body
+    /// in: those of the opaque stream, after a `101`.
+    opaque: Option<mpsc::UnboundedSender<(Bytes, bool)>>,
     task: Option<AbortHandle>,
 }
 
@@ -234,6 +241,22 @@ impl Entry {
     fn finished(&self) -> bool {
         self.body.is_none() && self.stream.done.load(Ordering::Acquire)
     }
+
+    /// Where the daemon's data frames for this stream go: the body while it lasts, then
+    /// the opaque stream's bytes.
+    fn sink(&mut self) -> Option<Sink<'_>> {
+        match (&self.body, &self.opaque) {
+            (Some(tx), _) => Some(Sink::Body(tx)),
+            (None, Some(tx)) => Some(Sink::Opaque(tx)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Where a data frame goes.
+enum Sink<'a> {
+    Body(&'a mpsc::UnboundedSender<Bytes>),
+    Opaque(&'a mpsc::UnboundedSender<(Bytes, bool)>),
 }
 
 impl Drop for Entry {
@@ -250,6 +273,8 @@ struct Reader<S> {
     conn: Arc<Conn>,
     streams: HashMap<u32, Entry, foldhash::fast::RandomState>,
     sweep_at: usize,
+    /// The wire's version.
+    version: u32,
 }
 
 impl<S> Reader<S> {
@@ -369,7 +394,24 @@ impl<S> Reader<S> {
             let body = Body::wire(rx, stream.clone(), self.conn.clone(), length);
             (body, Some(tx))
         };
+        // A request that offers to upgrade, with no body, is served through hyper so the
+        // service may accept it (see `upgrade`).
+        let upgrading = self.version >= 2 && end && upgrade::offered(&head.headers);
+        let mut opaque = None;
         let task = match request(head, body) {
+            Ok(req) if upgrading => {
+                self.conn.in_flight.fetch_add(1, Ordering::SeqCst);
+                let (tx, rx) = mpsc::unbounded_channel();
+                opaque = Some(tx);
+                let call = upgrade::respond(
+                    self.service.clone(),
+                    req,
+                    stream.clone(),
+                    self.conn.clone(),
+                    rx,
+                );
+                Some(tokio::spawn(call).abort_handle())
+            }
             Ok(req) => {
                 self.conn.in_flight.fetch_add(1, Ordering::SeqCst);
                 let call =
@@ -393,6 +435,7 @@ impl<S> Reader<S> {
             Entry {
                 stream,
                 body: sender,
+                opaque,
                 task,
             },
         );
@@ -407,8 +450,18 @@ impl<S> Reader<S> {
             return;
         };
         let len = data.len();
+        if let Some(Sink::Opaque(tx)) = entry.sink() {
+            // The task grants these back as it writes them.
+            if tx.send((data, end)).is_err() && !end && len > 0 {
+                entry.stream.grant(&self.conn, len);
+            }
+            if end {
+                entry.opaque = None;
+            }
+            return;
+        }
         if len > 0 {
-            let taken = entry.body.as_ref().is_some_and(|tx| tx.send(data).is_ok());
+            let taken = matches!(entry.sink(), Some(Sink::Body(tx)) if tx.send(data).is_ok());
             if !taken && !end {
                 // Nobody will read these bytes: give their credit straight back so the
                 // daemon can finish the body and free the slot.

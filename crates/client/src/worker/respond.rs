@@ -28,11 +28,7 @@ pub(super) async fn respond<S, B>(
     S: AppService<B>,
     B: AppBody,
 {
-    let mut guard = Guard {
-        stream: &stream,
-        conn: &conn,
-        answered: false,
-    };
+    let mut guard = Guard::new(&stream, &conn);
     if let Err(e) = poll_fn(|cx| service.poll_ready(cx)).await {
         let e = e.into();
         tracing::error!(error = %e, "the service can take no more requests");
@@ -54,10 +50,21 @@ pub(super) async fn respond<S, B>(
 
 /// Ends a request task however it ends, returning early, panicking or aborted: resets a
 /// stream left unanswered and counts the task out.
-struct Guard<'a> {
+pub(super) struct Guard<'a> {
     stream: &'a Stream,
     conn: &'a Conn,
-    answered: bool,
+    /// Set once the stream has been answered: nothing to reset then.
+    pub(super) answered: bool,
+}
+
+impl<'a> Guard<'a> {
+    pub(super) fn new(stream: &'a Stream, conn: &'a Conn) -> Guard<'a> {
+        Guard {
+            stream,
+            conn,
+            answered: false,
+        }
+    }
 }
 
 impl Drop for Guard<'_> {
@@ -76,7 +83,7 @@ impl Drop for Guard<'_> {
 /// Sends a response: the head, then the body within the stream's credit. A body that is
 /// complete at once leaves with its head in one batch; a body known to be empty leaves as a
 /// head marked `END`. A head larger than the wire allows is an error, sent as nothing.
-async fn send<B: AppBody>(
+pub(super) async fn send<B: AppBody>(
     stream: &Stream,
     conn: &Conn,
     response: http::Response<B>,
@@ -201,7 +208,7 @@ fn encode_head(buf: &mut BytesMut, stream: u32, parts: &Parts, end: bool) {
     );
 }
 
-fn header_fields(parts: &Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(super) fn header_fields(parts: &Parts) -> impl Iterator<Item = (&[u8], &[u8])> {
     parts
         .headers
         .iter()

@@ -80,6 +80,44 @@ pub(super) fn write_joined<'h>(
     }
 }
 
+/// The protocols an HTTP/1.1 request offers to switch to (spec §16): its `Upgrade` values,
+/// joined, when its `Connection` lists `upgrade`; `h2c` left out, as HTTP.sys does not
+/// speak it, so no application is ever offered it. `None` when nothing is offered: the
+/// request is plain HTTP, and a worker's `101` to it is refused.
+pub(crate) fn upgrade_offer(head: &Head<'_>) -> Option<Vec<u8>> {
+    if head.version() != portshare_router::Version::Http11 {
+        return None;
+    }
+    fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+        v.split(|&b| b == b',')
+            .map(|t| t.trim_ascii())
+            .filter(|t| !t.is_empty())
+    }
+    let asked = head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")));
+    if !asked {
+        return None;
+    }
+    let mut offer = Vec::new();
+    for (_, v) in head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"upgrade"))
+    {
+        for t in tokens(v) {
+            if t.eq_ignore_ascii_case(b"h2c") {
+                continue;
+            }
+            if !offer.is_empty() {
+                offer.extend_from_slice(b", ");
+            }
+            offer.extend_from_slice(t);
+        }
+    }
+    (!offer.is_empty()).then_some(offer)
+}
+
 /// Whether two header names of `head` may be the same: exact for up to 32 headers (names
 /// compared in place, mostly by length alone), and assumed beyond.
 pub(super) fn may_repeat(head: &Head<'_>) -> bool {
@@ -124,6 +162,37 @@ pub(super) fn passes(name: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::head::{Parsed, parse_head};
+
+    #[test]
+    fn an_upgrade_is_offered_without_h2c() {
+        let offer = |text: &str| {
+            let limits = crate::HeadLimits::default();
+            let Ok(Parsed::Complete { head, .. }) = parse_head(text.as_bytes(), &limits) else {
+                panic!("head: {text}");
+            };
+            upgrade_offer(&head).map(|o| String::from_utf8(o).unwrap())
+        };
+        let ws = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\n";
+        assert_eq!(
+            offer(&format!("{ws}Upgrade: websocket\r\n\r\n")).as_deref(),
+            Some("websocket")
+        );
+        assert_eq!(
+            offer(&format!("{ws}Upgrade: h2c, foo/2\r\nUpgrade: bar\r\n\r\n")).as_deref(),
+            Some("foo/2, bar")
+        );
+        assert_eq!(offer(&format!("{ws}Upgrade: h2c\r\n\r\n")), None);
+        assert_eq!(offer(&format!("{ws}\r\n")), None);
+        // No `Connection: upgrade`, or HTTP/1.0: no offer.
+        assert_eq!(
+            offer("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            offer("GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            None
+        );
+    }
 
     #[test]
     fn repeated_names_are_found_case_insensitively() {

@@ -14,6 +14,7 @@
 //!
 //! - [`to_worker`]: the exchange with an attached worker, and the request-head frame;
 //! - [`to_upstream`]: the exchange with an upstream server, and the request it gets;
+//! - [`ws`]: a connection a worker upgraded with `101` (WebSocket), opaque from then on;
 //! - [`headers`]: what an application receives of the client's headers;
 //! - [`encode`]: the response as the client gets it: head, framing, numbers;
 //! - [`refuse`]: the answers of a request that is not served, and their error-log lines;
@@ -55,6 +56,7 @@ mod refuse;
 pub(crate) mod tls_info;
 pub(crate) mod to_upstream;
 pub(crate) mod to_worker;
+mod ws;
 
 /// How a request left the connection.
 enum Next {
@@ -588,15 +590,17 @@ impl Conn {
         // The request is built for the target it goes to, now that it is known.
         let next = match taken {
             Taken::Worker(stream) => {
+                let upgrade = headers::upgrade_offer(&head);
                 let frame = self.worker_frame(
                     &head,
                     authority,
+                    upgrade.as_deref(),
                     &binding,
                     request_id,
                     stream.id(),
                     body.is_done(),
                 );
-                self.exchange_worker(frame, stream, &mut body, facts, &queue)
+                self.exchange_worker(frame, stream, &mut body, facts, upgrade.as_deref(), &queue)
                     .await
             }
             Taken::Upstream(up) => {

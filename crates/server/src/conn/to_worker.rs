@@ -2,7 +2,8 @@
 //! body forwarded within the stream's window, the response relayed back to the client.
 //!
 //! This module owns the request-head frame a worker gets and one stream's life on the
-//! worker connection, from the head to its forgetting. It must not touch the frames' byte
+//! worker connection, from the head to its forgetting; a `101` answer hands the stream to
+//! [`ws`](super::ws). It must not touch the frames' byte
 //! layout (the writers of `portshare_proto::wire` are the only ones that know it), the
 //! worker connection's reader and writer (`crate::worker`), or the response's framing
 //! ([`encode`](super::encode)).
@@ -70,11 +71,14 @@ pub(crate) struct Origin<'a> {
 /// The request head as a worker-wire frame on `stream`, `end` when no body follows, for
 /// either protocol: `head`'s headers as the application gets them ([`app_headers`], with
 /// the `authority` routing used), `target` as routing cooked it, and the daemon's
-/// metadata, `extra` among it.
+/// metadata, `extra` among it. `upgrade` is what the request offers to switch to
+/// ([`upgrade_offer`](super::headers::upgrade_offer)), given to the application as
+/// `Connection: upgrade` and `Upgrade` (hop-by-hop headers, otherwise dropped).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn request_frame(
     head: &Head<'_>,
     authority: Option<&[u8]>,
+    upgrade: Option<&[u8]>,
     target: &[u8],
     version: wire::Version,
     from: Origin<'_>,
@@ -92,6 +96,10 @@ pub(crate) fn request_frame(
         for (name, value) in app_headers(head, authority) {
             w.header(name, value);
         }
+    }
+    if let Some(offer) = upgrade {
+        w.header(b"Connection", b"upgrade");
+        w.header(b"Upgrade", offer);
     }
     let mut num = itoa_buf();
     w.header(header::RAW_URL.as_bytes(), head.target());
@@ -116,10 +124,12 @@ pub(crate) fn request_frame(
 impl Conn {
     /// The request head as a worker-wire frame on `stream`, `end` when no body follows.
     /// `authority` is that of an absolute-form target routing used (see [`app_headers`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn worker_frame(
         &self,
         head: &Head<'_>,
         authority: Option<&[u8]>,
+        upgrade: Option<&[u8]>,
         binding: &crate::shared::Destination,
         id: u64,
         stream: u32,
@@ -137,6 +147,7 @@ impl Conn {
         request_frame(
             head,
             authority,
+            upgrade,
             &self.scratch,
             version,
             from,
@@ -149,13 +160,16 @@ impl Conn {
     }
 
     /// Hands the request to an attached worker and relays until both directions end.
+    /// `upgrade` is what the request offered to switch to, if anything: a `101` from the
+    /// worker to one of those makes the connection opaque ([`ws`](super::ws)).
     pub(super) async fn exchange_worker(
         &mut self,
         frame: BytesMut,
         mut open: Stream,
         body: &mut BodyIn,
         facts: Facts,
-        queue: &Queue,
+        upgrade: Option<&[u8]>,
+        queue: &Arc<Queue>,
     ) -> Next {
         let worker = &open.worker;
         let stream = open.id;
@@ -237,6 +251,14 @@ impl Conn {
                                         return Next::Abort;
                                     }
                                 };
+                                // A 101 in the middle of a response is refused below,
+                                // as any second head.
+                                if h.status == 101 && !resp.started {
+                                    drop(held);
+                                    return self
+                                        .upgraded(worker, stream, rx, h, upgrade, body.is_done(), end, queue)
+                                        .await;
+                                }
                                 // A body that is already here whole becomes a Content-Length.
                                 let mut exact = None;
                                 if !end && let Ok(d) = rx.try_recv() {

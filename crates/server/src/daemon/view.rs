@@ -112,6 +112,7 @@ impl Daemon {
                     depth,
                     oldest_wait_ms: oldest.map_or(0, |d| d.as_millis() as u64),
                     in_flight,
+                    opaque: q.opaque(),
                     urls,
                     processes_hidden: !shown,
                     processes,

@@ -266,9 +266,11 @@ pub(super) async fn serve(
     };
     match taken {
         Taken::Worker(mut stream) => {
+            // No upgrade over HTTP/2 (RFC 9113 §8.2.2): a worker's `101` resets the stream.
             let frame = request_frame(
                 &head,
                 authority,
+                None,
                 &target,
                 wire::Version::Http11,
                 from,

@@ -88,7 +88,7 @@ impl Worker {
             user: "root".into(),
             command: "test".into(),
         };
-        let conn = WorkerConn::new(1, peer, &shared.buffers);
+        let conn = WorkerConn::new(1, peer, &shared.buffers, 2);
         tokio::spawn(conn.run(ours, Bytes::new(), queue.clone(), slots));
         let (mut rd, out) = theirs.into_split();
         let (tx, frames) = mpsc::unbounded_channel();
@@ -795,4 +795,42 @@ async fn a_continuation_flood_is_bounded_and_a_header_block_that_never_ends_is_t
         "nothing reached the worker"
     );
     let _ = DATA;
+}
+
+/// HTTP/2 has no upgrade (RFC 9113 §8.2.2) and the daemon offers no extended CONNECT (spec
+/// §16): a worker's `101` on a stream resets that stream alone, and the connection goes on.
+#[tokio::test]
+async fn a_101_on_an_h2_stream_resets_it_and_extended_connect_is_not_offered() {
+    let (shared, queue) = daemon("", Props::default());
+    let mut worker = Worker::attach(&shared, &queue, 10).await;
+    let (mut h2, conn) = h2::client::handshake(connect(&shared))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    h2 = timeout(WAIT, h2.ready())
+        .await
+        .expect("ready")
+        .expect("ready");
+    assert!(!h2.is_extended_connect_protocol_enabled());
+    let (resp, _) = h2.send_request(get("/ws"), true).expect("sent");
+    let (stream, head) = worker.head().await;
+    assert!(header(&head, "upgrade").is_none() && header(&head, "connection").is_none());
+    worker
+        .respond(stream, 101, &[("upgrade", "websocket")], b"")
+        .await;
+    let err = timeout(WAIT, resp)
+        .await
+        .expect("in time")
+        .expect_err("the stream is reset");
+    assert!(err.is_reset(), "{err:?}");
+    let (resp, _) = h2.send_request(get("/after"), true).expect("sent");
+    let (stream, _) = worker.head().await;
+    worker.respond(stream, 204, &[], b"").await;
+    let resp = timeout(WAIT, resp)
+        .await
+        .expect("in time")
+        .expect("response");
+    assert_eq!(resp.status(), 204);
 }
