@@ -23,8 +23,8 @@ use tokio::time::timeout;
 use tokio_rustls::client::TlsStream;
 
 use crate::harness::{
-    AnyListener, App, Daemon, EchoServer, Echoed, TempDir, WireWorker, eventually, free_port,
-    pattern,
+    AnyListener, App, Daemon, EchoServer, Echoed, Scripted, TempDir, WireWorker, eventually,
+    free_port, pattern,
 };
 use crate::tls::{AnyCert, Cert, cert, pair, provider};
 
@@ -639,6 +639,54 @@ fn an_upstream_queue_gets_http11_with_the_https_scheme() {
         assert_eq!(parts.status, 200);
         let e = Echoed::parse(&body);
         assert!(e.body == sent, "the body reached the upstream changed");
+    });
+}
+
+/// The relay over HTTP/2: a close-delimited answer arrives whole, a HEAD answer has no
+/// body, and a head with two different lengths gets 502.
+#[test]
+fn an_upstream_behind_h2_is_relayed_with_the_same_framing_rules() {
+    let dir = TempDir::new("h2-relay");
+    let a = cert(&dir.0, "a", &["a.example"]);
+    let up = Scripted::start(|x| {
+        let text: &[u8] = if x.head.contains("/close") {
+            b"HTTP/1.1 200 OK\r\n\r\nuntil the end"
+        } else if x.head.starts_with("HEAD") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!"
+        };
+        std::io::Write::write_all(x.s, text).expect("answer");
+        !x.head.contains("/close")
+    });
+    let up_addr = up.addr.clone();
+    let (_d, port) = Daemon::builder()
+        .tag("h2-relay")
+        .spawn_on_free_port(|port| {
+            format!(
+                "iplisten = [\"127.0.0.1\"]\n\n{}\n[[queue]]\nname = \"s\"\n\
+             urls = [\"https://+:{port}/s/\"]\nupstream = \"{up_addr}\"\n",
+                pair(&format!("hostnameport = \"a.example:{port}\""), &a)
+            )
+        });
+    runtime().block_on(async {
+        let (send, _conn) = h2_open(port, "a.example").await;
+        let get = |path: &str, method: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(format!("https://a.example:{port}/s/{path}"))
+                .body(())
+                .expect("a request")
+        };
+        let (parts, body) = fetch(&send, get("close", "GET")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, b"until the end");
+        let (parts, body) = fetch(&send, get("head", "HEAD")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["content-length"], "10");
+        assert!(body.is_empty());
+        let (parts, _) = fetch(&send, get("two-lengths", "GET")).await;
+        assert_eq!(parts.status, 502);
     });
 }
 

@@ -41,3 +41,4 @@ mod upstream;
 mod upstream_owner;
 mod urlacl;
 mod websocket;
+mod websocket_upstream;

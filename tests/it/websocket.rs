@@ -16,9 +16,9 @@ use portshare_proto::wire::{self, Frame, RequestHead, ResetCode, ResponseHead};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -39,10 +39,15 @@ fn echo_app(d: &Daemon, port: u16) -> App {
 
 /// A WebSocket client connected to the echo through the daemon.
 async fn open(port: u16) -> Ws {
+    open_at(port, "/ws_echo/ws").await
+}
+
+/// A WebSocket client connected to `target` through the daemon on `port`.
+pub(crate) async fn open_at(port: u16, target: &str) -> Ws {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let url = format!("ws://127.0.0.1:{port}/ws_echo/ws");
+    let url = format!("ws://127.0.0.1:{port}{target}");
     let (ws, response) = tokio_tungstenite::client_async(url, tcp)
         .await
         .expect("the WebSocket handshake");
@@ -51,7 +56,7 @@ async fn open(port: u16) -> Ws {
 }
 
 /// Sends `message` and returns the next data message that comes back.
-async fn round_trip(ws: &mut Ws, message: Message) -> Message {
+pub(crate) async fn round_trip(ws: &mut Ws, message: Message) -> Message {
     ws.send(message).await.expect("send");
     loop {
         match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
@@ -72,7 +77,7 @@ fn queue_state(d: &Daemon, name: &str) -> serde_json::Value {
 
 /// The queue `name`'s opaque connections; 0 once the queue is gone (its app's session
 /// closed).
-fn opaque(d: &Daemon, name: &str) -> u64 {
+pub(crate) fn opaque(d: &Daemon, name: &str) -> u64 {
     d.state()["queues"]
         .as_array()
         .and_then(|qs| qs.iter().find(|q| q["name"] == name))
@@ -80,7 +85,7 @@ fn opaque(d: &Daemon, name: &str) -> u64 {
 }
 
 /// A WebSocket handshake by hand, for tests that need the raw socket after it.
-fn raw_upgrade(port: u16, target: &str) -> TcpStream {
+pub(crate) fn raw_upgrade(port: u16, target: &str) -> TcpStream {
     let mut s = connect(port);
     write!(
         s,

@@ -162,6 +162,7 @@ impl QueueBuilder {
                 props: self.props,
                 upstream: None,
                 https_redirect: None,
+                strip_prefix: false,
                 ..QueueSpec::default()
             },
             name: self.name,

@@ -282,12 +282,14 @@ pub struct QueueSpec {
     /// requests until its application receives them.
     #[serde(default, skip_serializing_if = "is_false")]
     pub held: bool,
-    /// For an upstream queue: the upstream sees the request's path below the URL prefix
-    /// that won it, and the prefix in `X-Forwarded-Prefix`.
+    /// For an upstream queue: the upstream gets the request target without the
+    /// registration's path prefix (`/py/a?x` -> `/a?x` for `http://+:80/py/`), and
+    /// `X-Forwarded-Prefix: /py`. Refused on other queues.
     #[serde(default, skip_serializing_if = "is_false")]
     pub strip_prefix: bool,
 }
 
+/// For `skip_serializing_if`.
 fn is_false(b: &bool) -> bool {
     !*b
 }

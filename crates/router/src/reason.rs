@@ -15,6 +15,9 @@ pub enum Reason {
     AppShutdown,
     /// `BadRequest` (400): a generic parse error.
     BadRequest,
+    /// `Bad_Gateway` (502): an upstream server failed before its response, or sent one
+    /// the daemon refuses (not HTTP.sys's: it has no upstreams).
+    BadGateway,
     /// `Client_Reset`: the client left before the request reached an application.
     ClientReset,
     /// `Connection_Abandoned_By_AppPool`.
@@ -103,6 +106,7 @@ impl Reason {
             Reason::AppPoolTimer => "AppPoolTimer",
             Reason::AppShutdown => "AppShutdown",
             Reason::BadRequest => "BadRequest",
+            Reason::BadGateway => "Bad_Gateway",
             Reason::ClientReset => "Client_Reset",
             Reason::ConnectionAbandonedByAppPool => "Connection_Abandoned_By_AppPool",
             Reason::ConnectionAbandonedByReqQueue => "Connection_Abandoned_By_ReqQueue",

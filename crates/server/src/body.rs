@@ -1,5 +1,6 @@
 //! Request bodies as they arrive from the client: a Content-Length count or a chunked
 //! decoder, taking body bytes out of the connection's read buffer without copying them.
+//! `crate::relay` reads upstreams' response bodies with the same decoder, as strictly.
 //!
 //! # Chunk framing is strict
 //!

@@ -348,6 +348,10 @@ pub struct QueueConfig {
     /// same host and target over https on this port, for sites that serve both.
     #[serde(default)]
     pub https_redirect: Option<u16>,
+    /// For an upstream queue: forward targets without the URL's path prefix, with
+    /// `X-Forwarded-Prefix` naming it.
+    #[serde(default)]
+    pub strip_prefix: bool,
 }
 
 /// An entry of a queue's access list in the configuration file.
@@ -682,6 +686,15 @@ impl Config {
                         format!("queue {:?}: upstream = {up:?}: {e}", q.name),
                     )
                 })?;
+            }
+            if q.strip_prefix && q.upstream.is_none() {
+                return Err(at(
+                    "strip_prefix",
+                    format!(
+                        "queue {:?}: strip_prefix applies to upstream queues only",
+                        q.name
+                    ),
+                ));
             }
             match q.https_redirect {
                 Some(0) => {

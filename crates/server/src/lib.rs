@@ -83,6 +83,7 @@ mod procfs;
 mod proxy;
 mod queue;
 mod quota;
+mod relay;
 mod shared;
 mod timers;
 mod tls;

@@ -88,15 +88,20 @@ fn wording(status: u16, reason: Reason) -> (&'static str, &'static str, &'static
             "Request URL Too Long",
             "The request URL is too long.",
         ),
-        (501, _) => (
-            "Not Implemented",
-            "Not Implemented",
-            "The request is not supported by this server.",
+        (502, Reason::UpstreamOwner) => (
+            "Bad Gateway",
+            "Bad Gateway",
+            "The server this request is forwarded to may not serve it.",
         ),
         (502, _) => (
             "Bad Gateway",
             "Bad Gateway",
-            "The server this request is forwarded to may not serve it.",
+            "The upstream server did not answer as HTTP/1.1 asks.",
+        ),
+        (501, _) => (
+            "Not Implemented",
+            "Not Implemented",
+            "The request is not supported by this server.",
         ),
         (503, Reason::QueueFull) => (
             "Service Unavailable",

@@ -8,18 +8,17 @@
 //! and once the share is three quarters used, a connection that falls idle is closed
 //! instead of kept, so that idle pools do not hold descriptors other queues need.
 
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-
-/// The body type the daemon sends upstream.
-pub(crate) type UpBody = BoxBody<Bytes, std::io::Error>;
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 /// Where an upstream queue forwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,18 +73,21 @@ impl std::fmt::Display for Address {
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub(crate) address: Address,
+    /// The upstream gets targets without the registration's path prefix.
+    pub(crate) strip_prefix: bool,
     /// The account every new connection's server must run as ([`crate::owner`]); `None`
     /// for queues root or the configuration file made, which may point anywhere.
     owner: Option<u32>,
     /// Why the last new connection was refused for its owner, until one passes again.
     refused: Mutex<Option<String>>,
-    idle: Mutex<Vec<SendRequest<UpBody>>>,
+    idle: Mutex<Vec<UpConn>>,
 }
 
 impl Upstream {
-    pub(crate) fn new(address: Address, owner: Option<u32>) -> Upstream {
+    pub(crate) fn new(address: Address, strip_prefix: bool, owner: Option<u32>) -> Upstream {
         Upstream {
             address,
+            strip_prefix,
             owner,
             refused: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
@@ -102,28 +104,28 @@ impl Upstream {
 
     /// A new connection to the upstream, its server checked against the queue owner. Every
     /// new connection is checked: a port can change hands.
-    pub(crate) async fn connect(&self) -> std::io::Result<Stream> {
+    async fn open(&self) -> io::Result<UpIo> {
         let stream = match &self.address {
-            Address::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await?),
+            Address::Unix(p) => UpIo::Unix(UnixStream::connect(p).await?),
             Address::Tcp(a) => {
-                let s = tokio::net::TcpStream::connect(a).await?;
+                let s = TcpStream::connect(a).await?;
                 s.set_nodelay(true)?;
-                Stream::Tcp(s)
+                UpIo::Tcp(s)
             }
         };
         let Some(owner) = self.owner else {
             return Ok(stream);
         };
         let verdict = match &stream {
-            Stream::Unix(s) => crate::owner::check_unix(s, owner).await,
-            Stream::Tcp(s) => crate::owner::check_tcp(s, owner).await,
+            UpIo::Unix(s) => crate::owner::check_unix(s, owner).await,
+            UpIo::Tcp(s) => crate::owner::check_tcp(s, owner).await,
         };
         self.judged(&verdict);
         verdict.map(|()| stream)
     }
 
     /// Keeps the mark of the state view, and logs when it changes.
-    fn judged(&self, verdict: &std::io::Result<()>) {
+    fn judged(&self, verdict: &io::Result<()>) {
         let now = verdict
             .as_ref()
             .err()
@@ -144,51 +146,242 @@ impl Upstream {
         *refused = now;
     }
 
-    /// An idle connection, or a new one out of `share`.
-    pub(crate) async fn connection(
-        &self,
-        share: &Arc<Share>,
-    ) -> std::io::Result<SendRequest<UpBody>> {
+    /// An idle connection that has not been closed meanwhile, or a new one out of `share`.
+    pub(crate) async fn connection(&self, share: &Arc<Share>) -> io::Result<UpConn> {
+        if share.low() {
+            // Idle connections the upstream has closed still hold their places: let them go.
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.retain(UpConn::still_open);
+        }
         loop {
             let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             match idle {
-                Some(mut c) if !c.is_closed() => {
-                    if c.ready().await.is_ok() {
+                Some(mut c) => {
+                    if c.still_open() {
+                        c.reused = true;
                         return Ok(c);
                     }
                 }
-                Some(_) => {}
                 None => break,
             }
         }
+        self.connect(share).await
+    }
+
+    /// Opens a new connection out of `share`: the one place where the daemon connects to
+    /// an upstream. The stream comes back before any byte is written on it.
+    pub(crate) async fn connect(&self, share: &Arc<Share>) -> io::Result<UpConn> {
         let Some(counted) = share.take() else {
-            return Err(std::io::Error::other(format!(
+            return Err(io::Error::other(format!(
                 "all {} upstream connections of the descriptor budget are open",
                 share.max
             )));
         };
-        match self.connect().await? {
-            Stream::Unix(s) => handshake(s, counted).await,
-            Stream::Tcp(s) => handshake(s, counted).await,
-        }
+        let io = self.open().await?;
+        Ok(UpConn {
+            io,
+            rd: BytesMut::new(),
+            wr: Vec::new(),
+            sent: 0,
+            reused: false,
+            spare: Default::default(),
+            broken: false,
+            _counted: counted,
+        })
     }
 
     /// Gives a connection back for the next request; closes it instead when `share` runs
     /// low.
-    pub(crate) fn put_back(&self, c: SendRequest<UpBody>, share: &Share) {
-        if !c.is_closed() && !share.low() {
+    pub(crate) fn put_back(&self, mut c: UpConn, share: &Share) {
+        if !share.low() && !c.broken {
+            // Buffers a large body grew are let go: an idle connection holds little.
+            const KEEP: usize = 16 * 1024;
+            if c.wr.capacity() > KEEP {
+                c.wr = Vec::new();
+            }
+            if c.rd.is_empty() && c.rd.capacity() > 2 * KEEP {
+                c.rd = BytesMut::new();
+            }
+            c.wr.clear();
+            c.sent = 0;
+            c.reused = false;
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(c);
         }
     }
 }
 
-/// A connection to an upstream.
+/// The byte stream to an upstream server.
 #[derive(Debug)]
-pub(crate) enum Stream {
-    /// To `unix:PATH`.
-    Unix(tokio::net::UnixStream),
-    /// To an `IP:port`.
-    Tcp(tokio::net::TcpStream),
+pub(crate) enum UpIo {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl UpIo {
+    /// Waits until the stream is readable, or writable too when `write`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn ready(&self, write: bool) -> io::Result<()> {
+        let interest = if write {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        match self {
+            UpIo::Tcp(s) => s.ready(interest).await.map(drop),
+            UpIo::Unix(s) => s.ready(interest).await.map(drop),
+        }
+    }
+
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            UpIo::Tcp(s) => s.try_read_buf(buf),
+            UpIo::Unix(s) => s.try_read_buf(buf),
+        }
+    }
+
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            UpIo::Tcp(s) => s.try_write(buf),
+            UpIo::Unix(s) => s.try_write(buf),
+        }
+    }
+}
+
+impl AsyncRead for UpIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            UpIo::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            UpIo::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_flush(cx),
+            UpIo::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            UpIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// What a turn of an upstream connection's I/O came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// Bytes moved, or nothing was ready after all.
+    Moved,
+    /// The upstream closed its side (bytes read before stay in `rd`).
+    Eof,
+}
+
+/// One connection to an upstream server, with its buffers, counted in its [`Share`] until
+/// dropped. The request bytes not yet written wait in `wr` (from `sent` on); what the
+/// upstream sent and the relay has not taken waits in `rd`.
+#[derive(Debug)]
+pub(crate) struct UpConn {
+    pub(crate) io: UpIo,
+    pub(crate) rd: BytesMut,
+    pub(crate) wr: Vec<u8>,
+    pub(crate) sent: usize,
+    /// Taken from the idle pool: it may turn out to have been closed meanwhile.
+    pub(crate) reused: bool,
+    /// Room for the next response head's field positions.
+    pub(crate) spare: crate::relay::Spare,
+    /// A write failed: the request did not reach the upstream whole, and the connection
+    /// serves no other.
+    pub(crate) broken: bool,
+    _counted: Counted,
+}
+
+/// Read at most this much of an upstream's bytes ahead of the relay.
+const READ_AHEAD: usize = 16 * 1024;
+
+impl UpConn {
+    /// Request bytes still to write.
+    pub(crate) fn pending(&self) -> usize {
+        self.wr.len() - self.sent
+    }
+
+    /// Room to append more request bytes: what was written is let go first. (A request
+    /// without a body keeps its head in `wr` until the response, for a retry.)
+    pub(crate) fn room(&mut self) -> &mut Vec<u8> {
+        if self.sent == self.wr.len() {
+            self.wr.clear();
+            self.sent = 0;
+        }
+        &mut self.wr
+    }
+
+    /// Writes what it can of the pending request bytes, without waiting. Once a write has
+    /// failed (the upstream stopped reading: it may have answered already, a 413 say), what
+    /// is pending is let go and nothing more is written; the response is still read.
+    pub(crate) fn push(&mut self) {
+        while self.sent < self.wr.len() && !self.broken {
+            match self.io.try_write(&self.wr[self.sent..]) {
+                Ok(n) if n > 0 => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                _ => self.broken = true,
+            }
+        }
+        if self.broken {
+            self.sent = self.wr.len();
+        }
+    }
+
+    /// Writes what it can of the pending request bytes and reads what the upstream sent,
+    /// without waiting (call after [`UpIo::ready`]). Reads only while `read` and the read
+    /// buffer is under `limit`.
+    pub(crate) fn turn(&mut self, limit: usize) -> io::Result<Turn> {
+        self.push();
+        if self.rd.len() >= limit {
+            return Ok(Turn::Moved);
+        }
+        if self.rd.capacity() - self.rd.len() < 1024 {
+            self.rd.reserve(READ_AHEAD);
+        }
+        match self.io.try_read_buf(&mut self.rd) {
+            Ok(0) => Ok(Turn::Eof),
+            Ok(_) => Ok(Turn::Moved),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Turn::Moved),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether an idle connection is still usable: the upstream has neither closed it nor
+    /// sent anything unasked.
+    fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let r = match &self.io {
+            UpIo::Tcp(s) => s.try_read(&mut probe),
+            UpIo::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 /// Upstream connections open, all queues together, against the budget's upstream share.
@@ -235,22 +428,6 @@ impl Drop for Counted {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// An HTTP/1 client connection on `io`, driven by a task of its own, which holds the
-/// connection's place in the share until the connection closes.
-async fn handshake<I>(io: I, counted: Counted) -> std::io::Result<SendRequest<UpBody>>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-        drop(counted);
-    });
-    Ok(send)
 }
 
 #[cfg(test)]
@@ -300,7 +477,7 @@ mod tests {
     async fn no_connection_beyond_the_share() {
         let share = Share::new(1);
         let _held = share.take().unwrap();
-        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap(), None);
+        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap(), false, None);
         let e = up.connection(&share).await.unwrap_err();
         assert!(e.to_string().contains("descriptor budget"), "{e}");
     }

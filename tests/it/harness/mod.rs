@@ -31,7 +31,7 @@ pub use process::{
     alone_in_a_process, as_uid, can_switch_uid, copy_executable, have_prlimit, only_test,
     run_to_exit, strip_ansi, vm_rss_kib,
 };
-pub use upstream::{AnyListener, EchoServer, Echoed, daemon_with_upstream};
+pub use upstream::{AnyListener, EchoServer, Echoed, Exchange, Scripted, daemon_with_upstream};
 
 /// A free TCP port on 127.0.0.1 (free when asked; callers retry on a race).
 pub fn free_port() -> u16 {

@@ -233,3 +233,158 @@ impl Echoed {
         all[0]
     }
 }
+
+/// One request as a [`Scripted`] upstream got it: its head, and the connection to read the
+/// rest from and answer on.
+pub struct Exchange<'a> {
+    /// The connection's number, from 0.
+    pub conn: usize,
+    pub head: String,
+    /// Bytes read past the head.
+    pub rest: &'a mut Vec<u8>,
+    pub s: &'a mut std::net::TcpStream,
+}
+
+impl Exchange<'_> {
+    /// Reads the request body as its head frames it (Content-Length or chunked), de-chunked.
+    pub fn body(&mut self) -> Vec<u8> {
+        let lower = self.head.to_ascii_lowercase();
+        let mut chunk = [0u8; 16384];
+        let mut more = |s: &mut std::net::TcpStream, rest: &mut Vec<u8>| {
+            let n = s.read(&mut chunk).expect("read the request body");
+            assert!(n > 0, "closed mid-body");
+            rest.extend_from_slice(&chunk[..n]);
+        };
+        if let Some(n) = header_in(&lower, "content-length") {
+            let n: usize = n.parse().expect("a length");
+            while self.rest.len() < n {
+                more(self.s, self.rest);
+            }
+            return self.rest.drain(..n).collect();
+        }
+        if !lower.contains("transfer-encoding: chunked") {
+            return Vec::new();
+        }
+        let mut body = Vec::new();
+        loop {
+            let Some(end) = find(self.rest, b"\r\n") else {
+                more(self.s, self.rest);
+                continue;
+            };
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&self.rest[..end])
+                    .expect("ascii")
+                    .trim(),
+                16,
+            )
+            .expect("chunk size");
+            if size == 0 {
+                while find(self.rest, b"\r\n\r\n").is_none() && self.rest.len() < end + 4 {
+                    more(self.s, self.rest);
+                }
+                let _ = self.rest.drain(..end + 4);
+                return body;
+            }
+            while self.rest.len() < end + 2 + size + 2 {
+                more(self.s, self.rest);
+            }
+            body.extend_from_slice(&self.rest[end + 2..end + 2 + size]);
+            self.rest.drain(..end + 2 + size + 2);
+        }
+    }
+}
+
+/// A header's value in a lower-cased head.
+fn header_in<'a>(lower: &'a str, name: &str) -> Option<&'a str> {
+    lower.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        (n.trim() == name).then(|| v.trim())
+    })
+}
+
+/// A test upstream that answers by script, misbehaving on purpose: on 127.0.0.1, a thread
+/// per connection, which reads each request head and hands it to `answer`; `answer` says
+/// whether the connection goes on (`true`) or closes. Every head received is kept.
+pub struct Scripted {
+    pub addr: String,
+    pub heads: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scripted {
+    pub fn start(answer: impl Fn(&mut Exchange<'_>) -> bool + Send + Sync + 'static) -> Scripted {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+        l.set_nonblocking(true).expect("nonblocking");
+        let addr = l.local_addr().expect("addr").to_string();
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answer = Arc::new(answer);
+        let (flag, seen) = (stop.clone(), heads.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conns = 0;
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((mut s, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                s.set_nonblocking(false).expect("blocking");
+                s.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                let (answer, seen, conn) = (answer.clone(), seen.clone(), conns);
+                conns += 1;
+                std::thread::spawn(move || {
+                    let mut rest = Vec::new();
+                    let mut chunk = [0u8; 16384];
+                    loop {
+                        let end = loop {
+                            if let Some(i) = find(&rest, b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            match s.read(&mut chunk) {
+                                Ok(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+                                _ => return,
+                            }
+                        };
+                        let raw: Vec<u8> = rest.drain(..end).collect();
+                        let head = String::from_utf8_lossy(&raw).into_owned();
+                        seen.lock().expect("heads").push(raw);
+                        let mut x = Exchange {
+                            conn,
+                            head,
+                            rest: &mut rest,
+                            s: &mut s,
+                        };
+                        if !answer(&mut x) {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Scripted {
+            addr,
+            heads,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The request heads received so far, lossily as text.
+    pub fn heads(&self) -> Vec<String> {
+        let heads = self.heads.lock().expect("heads");
+        heads
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .collect()
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

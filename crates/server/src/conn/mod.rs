@@ -15,6 +15,7 @@
 //! - [`to_worker`]: the exchange with an attached worker, and the request-head frame;
 //! - [`to_upstream`]: the exchange with an upstream server, and the request it gets;
 //! - [`ws`]: a connection a worker upgraded with `101` (WebSocket), opaque from then on;
+//!   [`opaque`]: the bytes both ways once an upgrade is accepted;
 //! - [`headers`]: what an application receives of the client's headers;
 //! - [`encode`]: the response as the client gets it: head, framing, numbers;
 //! - [`refuse`]: the answers of a request that is not served, and their error-log lines;
@@ -52,6 +53,7 @@ pub(crate) mod admit;
 pub(crate) mod encode;
 pub(crate) mod headers;
 mod io;
+pub(crate) mod opaque;
 mod refuse;
 pub(crate) mod tls_info;
 pub(crate) mod to_upstream;
@@ -604,9 +606,10 @@ impl Conn {
                     .await
             }
             Taken::Upstream(up) => {
-                let req = self.upstream_request(&head, authority, &binding, request_id);
-                self.exchange_upstream(req, &up, &mut body, facts, &queue)
-                    .await
+                self.exchange_upstream(
+                    &head, authority, &binding, request_id, &up, &mut body, facts, &queue,
+                )
+                .await
             }
         };
         drop(slot);

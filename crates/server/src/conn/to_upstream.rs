@@ -1,32 +1,107 @@
 //! The upstream exchange: a request forwarded to an upstream server over HTTP/1.1 with the
-//! daemon's forwarding headers, its body pumped from the client, the response relayed back.
+//! daemon's forwarding headers, its body streamed from the client, the response relayed
+//! back; and an accepted upgrade, after which the bytes pass both ways untouched
+//! ([`opaque`](super::opaque)).
 //!
-//! This module owns the request an upstream gets and the pumping of both bodies. It must not
-//! touch the upstream's connections (`crate::upstream` keeps and reuses them) or the
-//! response's framing ([`encode`](super::encode)).
+//! This module owns the request head an upstream gets (for both protocols) and the HTTP/1
+//! side of the exchange. It must not keep the upstream's connections (`crate::upstream`
+//! does), decide the framing rules (`crate::relay`), or frame the response for the client
+//! ([`encode`](super::encode)).
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use bytes::BufMut;
 use portshare_proto::header;
-use tokio::sync::mpsc;
+use portshare_router::{Reason, Rejection, Version};
 use tokio::time::Instant;
 
-use super::encode::Response;
+use super::encode::{Response, fmt_u64, itoa_buf};
 use super::headers::{app_headers, routed_host};
 use super::tls_info::TlsInfo;
 use super::to_worker::Origin;
-use super::{Conn, Facts, Next, poll_once};
+use super::{Conn, Facts, Next};
 use crate::body::BodyIn;
-use crate::head::Head;
+use crate::head::{Body, Head};
+use crate::pages::{self, Detail};
 use crate::queue::Queue;
-use crate::upstream::{UpBody, Upstream};
+use crate::relay::{self, Delimit, ReqFraming, ResponseHead, put_field, tokens};
+use crate::upstream::{Turn, UpConn, Upstream};
 
-/// The request an upstream gets, for either protocol: `head`'s headers as the application
-/// gets them ([`app_headers`], with the `authority` routing used), `target` as routing
-/// cooked it, the forwarding headers for a client at `peer` over `proto` (`http` or
-/// `https`), and the daemon's metadata.
+/// Request body bytes held for the upstream before the client is read again.
+const BODY_AHEAD: usize = 64 * 1024;
+
+/// How a request body goes to the upstream: one Content-Length, or chunked.
+pub(crate) fn req_framing(head: &Head<'_>, has_body: bool) -> ReqFraming {
+    match head.body() {
+        Body::Length(n) if n > 0 => ReqFraming::Length(n),
+        Body::Length(_) | Body::None if !has_body => ReqFraming::None,
+        Body::Chunked => ReqFraming::Chunked,
+        _ => ReqFraming::Chunked,
+    }
+}
+
+/// The client's `Upgrade` tokens to forward, joined, for an HTTP/1.1 request that asks for
+/// an upgrade (`Connection: upgrade`); `h2c` is never forwarded (HTTP.sys has no
+/// cleartext HTTP/2): a request that asks for it alone is served as a plain request.
+pub(crate) fn upgrade_tokens(head: &Head<'_>) -> Option<Vec<u8>> {
+    if head.version() != Version::Http11 {
+        return None;
+    }
+    let asked = head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")));
+    if !asked {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (_, v) in head
+        .headers()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"upgrade"))
+    {
+        for t in tokens(v).filter(|t| !t.eq_ignore_ascii_case(b"h2c")) {
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(t);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The path of a registration's prefix (`http://+:80/py/` -> `/py/`).
+fn prefix_path(prefix: &str) -> &str {
+    let rest = prefix.split_once("://").map_or(prefix, |(_, r)| r);
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
+/// `target` without the prefix path `path` (which ends in `/`): `/py/a?x` -> `/a?x`,
+/// `/py` and `/py/` -> `/`. A target that does not begin with it goes as it is.
+pub(crate) fn strip(target: &[u8], path: &str) -> (usize, bool) {
+    let path = path.as_bytes();
+    let bare = &path[..path.len() - 1];
+    if target.len() >= path.len() && target[..path.len()].eq_ignore_ascii_case(path) {
+        return (path.len(), true);
+    }
+    if target.len() >= bare.len()
+        && target[..bare.len()].eq_ignore_ascii_case(bare)
+        && matches!(target.get(bare.len()), None | Some(b'?'))
+    {
+        return (bare.len(), true);
+    }
+    (0, false)
+}
+
+/// The request head an upstream gets, for either protocol, appended to `out`: the method,
+/// `target` as routing cooked it (the canonical path, the query as received; without the
+/// prefix's path when `strip_prefix`), `head`'s headers as the application gets them
+/// ([`app_headers`], with the `authority` routing used) less the hop-by-hop ones and those
+/// the client's `Connection` names, the forwarding headers for a client at `peer`, the
+/// daemon's metadata, the body's `framing` and the `upgrade` asked for.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn upstream_request(
+pub(crate) fn upstream_head(
+    out: &mut Vec<u8>,
     head: &Head<'_>,
     authority: Option<&[u8]>,
     target: &[u8],
@@ -35,62 +110,147 @@ pub(crate) fn upstream_request(
     tls: Option<&TlsInfo>,
     binding: &crate::shared::Destination,
     id: u64,
-) -> http::request::Builder {
+    strip_prefix: bool,
+    framing: ReqFraming,
+    upgrade: Option<&[u8]>,
+) {
     let proto = from
         .proto
         .unwrap_or(if tls.is_some() { "https" } else { "http" });
-    let mut req = http::Request::builder()
-        .method(head.method())
-        .uri(target)
-        .version(http::Version::HTTP_11);
+    out.extend_from_slice(head.method());
+    out.push(b' ');
+    let path = prefix_path(&binding.prefix);
+    let stripped = if strip_prefix && path.len() > 1 {
+        match strip(target, path) {
+            (n, true) => {
+                let rest = &target[n..];
+                if !rest.starts_with(b"/") {
+                    out.push(b'/');
+                }
+                out.extend_from_slice(rest);
+                true
+            }
+            _ => false,
+        }
+    } else {
+        false
+    };
+    if !stripped {
+        out.extend_from_slice(target);
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Fields the client's Connection names do not cross (RFC 9110 §7.6.1); Host stays.
+    let named = |n: &[u8]| {
+        !n.eq_ignore_ascii_case(b"host")
+            && head
+                .headers()
+                .filter(|(c, _)| c.eq_ignore_ascii_case(b"connection"))
+                .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(n)))
+    };
     for (name, value) in app_headers(head, authority) {
-        req = req.header(name, value);
+        if name.eq_ignore_ascii_case(b"content-length") || relay::hop_by_hop(name) || named(name) {
+            continue;
+        }
+        put_field(out, name, value);
     }
     let client = peer.ip();
-    let host = routed_host(head, authority).map(String::from_utf8_lossy);
-    let mut forwarded = match client {
-        std::net::IpAddr::V4(a) => format!("for={a};proto={proto}"),
-        std::net::IpAddr::V6(a) => format!("for=\"[{a}]\";proto={proto}"),
-    };
-    if let Some(h) = &host {
-        forwarded.push_str(";host=\"");
-        forwarded.extend(h.chars().filter(|c| *c != '"' && *c != '\\'));
-        forwarded.push('"');
-        req = req.header("x-forwarded-host", h.as_ref());
-    }
-    if let Some(tls) = tls {
-        req = req.header(header::TLS, tls.header.as_ref());
-        if let Some(cert) = &tls.client_cert {
-            req = req.header(header::CLIENT_CERT, cert.as_ref());
+    let host = routed_host(head, authority);
+    out.extend_from_slice(b"Forwarded: ");
+    match client {
+        std::net::IpAddr::V4(a) => {
+            let _ = write!(out, "for={a}");
+        }
+        std::net::IpAddr::V6(a) => {
+            let _ = write!(out, "for=\"[{a}]\"");
         }
     }
-    req.header("forwarded", forwarded)
-        .header("x-forwarded-for", client.to_string())
-        .header("x-forwarded-proto", proto)
-        .header(header::RAW_URL, head.target())
-        .header(header::CLIENT_ADDR, from.peer)
-        .header(header::LOCAL_ADDR, from.local)
-        .header(header::URL_PREFIX, &binding.prefix)
-        .header(header::URL_CONTEXT, binding.context)
-        .header(header::REQUEST_ID, id)
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(proto.as_bytes());
+    if let Some(h) = host {
+        out.extend_from_slice(b";host=\"");
+        out.extend(h.iter().filter(|&&c| c != b'"' && c != b'\\'));
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(h) = host {
+        put_field(out, b"X-Forwarded-Host", h);
+    }
+    let _ = write!(out, "X-Forwarded-For: {client}\r\n");
+    put_field(out, b"X-Forwarded-Proto", proto.as_bytes());
+    if stripped {
+        put_field(
+            out,
+            b"X-Forwarded-Prefix",
+            &path.as_bytes()[..path.len() - 1],
+        );
+    }
+    if let Some(tls) = tls {
+        put_field(out, header::TLS.as_bytes(), &tls.header);
+        if let Some(cert) = &tls.client_cert {
+            put_field(out, header::CLIENT_CERT.as_bytes(), cert);
+        }
+    }
+    put_field(out, header::RAW_URL.as_bytes(), head.target());
+    put_field(out, header::CLIENT_ADDR.as_bytes(), from.peer.as_bytes());
+    put_field(out, header::LOCAL_ADDR.as_bytes(), from.local.as_bytes());
+    put_field(
+        out,
+        header::URL_PREFIX.as_bytes(),
+        binding.prefix.as_bytes(),
+    );
+    let mut num = itoa_buf();
+    put_field(
+        out,
+        header::URL_CONTEXT.as_bytes(),
+        fmt_u64(&mut num, binding.context),
+    );
+    put_field(out, header::REQUEST_ID.as_bytes(), fmt_u64(&mut num, id));
+    match framing {
+        ReqFraming::None => {}
+        ReqFraming::Length(n) => put_field(out, b"Content-Length", fmt_u64(&mut num, n)),
+        ReqFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+    }
+    if let Some(u) = upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        put_field(out, b"Upgrade", u);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 impl Conn {
-    /// The request an upstream gets; `authority` is that of an absolute-form target
-    /// routing used (see [`app_headers`]).
-    pub(super) fn upstream_request(
-        &self,
+    /// Forwards the request to an upstream server and relays its response; an upgrade
+    /// the upstream accepts turns the connection opaque.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn exchange_upstream(
+        &mut self,
         head: &Head<'_>,
         authority: Option<&[u8]>,
         binding: &crate::shared::Destination,
         id: u64,
-    ) -> http::request::Builder {
+        up: &Upstream,
+        body: &mut BodyIn,
+        facts: Facts,
+        queue: &Arc<Queue>,
+    ) -> Next {
+        let share = self.shared.upstreams.clone();
+        let mut c = match up.connection(&share).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
+                return self.unreachable(queue, &e);
+            }
+        };
+        let framing = req_framing(head, !body.is_done());
+        let upgrade = upgrade_tokens(head);
         let from = Origin {
             peer: &self.peer_text,
             local: &self.local_text,
             proto: self.proto,
         };
-        upstream_request(
+        c.wr.clear();
+        c.sent = 0;
+        upstream_head(
+            &mut c.wr,
             head,
             authority,
             &self.scratch,
@@ -99,140 +259,167 @@ impl Conn {
             self.tls.as_deref(),
             binding,
             id,
-        )
-    }
-
-    /// Forwards the request to an upstream server and relays its response.
-    pub(super) async fn exchange_upstream(
-        &mut self,
-        req: http::request::Builder,
-        up: &Upstream,
-        body: &mut BodyIn,
-        facts: Facts,
-        queue: &Queue,
-    ) -> Next {
-        let mut sender = match up.connection(&self.shared.upstreams).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
-                return self.unreachable(queue, &e);
-            }
-        };
-        let (tx, up_body): (Option<mpsc::Sender<Bytes>>, UpBody) = if body.is_done() {
-            (
-                None,
-                http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
-            )
-        } else {
-            let (tx, rx) = mpsc::channel::<Bytes>(4);
-            (Some(tx), ChannelBody(rx).boxed())
-        };
-        // What the `http` crate takes for no request (a method it cannot hold, say).
-        let Ok(req) = req.body(up_body) else {
-            return self.bad_request(queue);
-        };
-        let mut tx = tx;
+            up.strip_prefix,
+            framing,
+            upgrade.as_deref(),
+        );
+        // A request without a body may go again on a new connection if the pooled one
+        // turns out closed before any byte of the response (RFC 9112 §9.3.1).
+        let mut retry = c.reused && body.is_done() && relay::idempotent(head.method());
+        // Body bytes already read leave with the head, in one write.
+        if self.feed_up(&mut c, body, framing).is_err() {
+            return self.bad_body(false, queue);
+        }
         let mut body_until = self.timers.entity_body.fires_at(Instant::now());
-        let response = sender.send_request(req);
-        tokio::pin!(response);
-        let resp = loop {
-            // Pump the body while waiting for the response head.
-            match self.feed(body, &mut tx).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(()) => return self.bad_body(false, queue),
-            }
-            // The response head, or more of the body while the upstream reads it. The
-            // response future loses nothing when it loses: it is pinned outside the loop and
-            // polled again; a read of more body that loses has read nothing.
-            tokio::select! {
-                r = &mut response => break r,
-                r = self.more_body(&mut body_until, queue), if tx.is_some() => {
-                    if let Err(next) = r {
-                        return next;
-                    }
-                }
-            }
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
-                return self.abandoned(None, queue);
-            }
-        };
-        let (parts, mut incoming) = resp.into_parts();
         let mut out = Response::new(facts);
         out.close |= self.shared.stopping();
-        let end = http_body::Body::is_end_stream(&incoming);
-        let hint = http_body::Body::size_hint(&incoming).exact();
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        if !out.head(&mut self.wr, parts.status.as_u16(), headers, end, hint) {
-            return Next::Abort;
-        }
-        while !out.finished {
-            // Keep feeding the request body while the response streams.
-            match self.feed(body, &mut tx).await {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(()) => return self.bad_body(true, queue),
-            }
-            // Write out only when the next frame is not already here: a small response
-            // leaves in one write, head and body together.
-            let next = {
-                let mut frame = std::pin::pin!(incoming.frame());
-                match poll_once(frame.as_mut()).await {
-                    Some(f) => f,
-                    None => {
+        // The head goes out at once; a failure shows at the first turn.
+        c.push();
+        // The response head, after any interim ones.
+        let resp = loop {
+            match relay::parse_response(&c.rd, facts.head_method, &mut c.spare) {
+                Ok(None) => {}
+                Ok(Some(h)) if h.status == 101 => {
+                    if upgrade.is_none() {
+                        return self.bad_gateway(queue, up, "101 to a request without Upgrade");
+                    }
+                    return self.upgraded_upstream(c, h, queue).await;
+                }
+                Ok(Some(h)) if h.status < 200 => {
+                    // 100 Continue was the daemon's to send (spec Q12); 103 and others
+                    // go to an HTTP/1.1 client as they are.
+                    if h.status != 100 && facts.version == Version::Http11 {
+                        self.interim(&c.rd, &h);
                         if !self.send(queue).await {
                             return Next::Abort;
                         }
-                        if tx.is_none() {
-                            frame.await
-                        } else {
-                            // The upstream may want more body before it says more. The
-                            // loser is dropped: polling for a frame takes none until one
-                            // is ready, and a read of more body that loses read nothing.
-                            tokio::select! {
-                                f = frame => f,
-                                r = self.more_body(&mut body_until, queue) => match r {
-                                    Ok(()) => continue,
-                                    Err(next) => return next,
-                                },
-                            }
+                    }
+                    let _ = c.rd.split_to(h.len);
+                    h.recycle(&mut c.spare);
+                    retry = false;
+                    continue;
+                }
+                Ok(Some(h)) => break h,
+                Err(e) => return self.bad_gateway(queue, up, e.0),
+            }
+            tokio::select! {
+                r = c.io.ready(c.pending() > 0) => {
+                    let turned = r.and_then(|()| c.turn(relay::MAX_RESPONSE_HEAD + 1));
+                    match turned {
+                        Ok(Turn::Moved) => {}
+                        Ok(Turn::Eof) | Err(_) if retry && c.rd.is_empty() => {
+                            // A stale pooled connection: once more on a new one.
+                            retry = false;
+                            let mut fresh = match up.connect(&share).await {
+                                Ok(f) => f,
+                                Err(e) => {
+                                    tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
+                                    return self.unreachable(queue, &e);
+                                }
+                            };
+                            std::mem::swap(&mut fresh.wr, &mut c.wr);
+                            c = fresh;
                         }
+                        // Closed with the request in hand on a new connection, as a worker
+                        // may leave; on a kept one, the request may not be sent again: 502.
+                        Ok(Turn::Eof) | Err(_) if c.rd.is_empty() && !c.reused => {
+                            tracing::warn!(queue = queue.name(), upstream = %up.address, "upstream closed before a response");
+                            return self.abandoned(None, queue);
+                        }
+                        Ok(Turn::Eof) => return self.bad_gateway(queue, up, "closed before a response"),
+                        Err(e) => return self.bad_gateway(queue, up, &e.to_string()),
                     }
                 }
-            };
-            match next {
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        let end = http_body::Body::is_end_stream(&incoming);
-                        if !out.data(&mut self.wr, &data, end) {
-                            return Next::Abort;
-                        }
+                r = self.more_body(&mut body_until, queue), if !body.is_done() && c.pending() < BODY_AHEAD => {
+                    if let Err(next) = r {
+                        return next;
+                    }
+                    if self.feed_up(&mut c, body, framing).is_err() {
+                        return self.bad_body(false, queue);
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(queue = queue.name(), upstream = %up.address, error = %e, "upstream body failed");
-                    return self.abandoned(None, queue);
+            }
+        };
+        let status = resp.status;
+        let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
+        // One Content-Length, normalized, for the encoder to write with its framing (none
+        // on a 204, whatever the upstream said).
+        let mut num = itoa_buf();
+        let length = resp
+            .length
+            .filter(|_| status != 204)
+            .map(|n| (&b"Content-Length"[..], fmt_u64(&mut num, n)));
+        let headers = resp.fields(&c.rd[..resp.len]).chain(length);
+        let mut delimit = resp.delimit.clone();
+        if !out.head(&mut self.wr, status, headers, end, None) {
+            return self.bad_gateway(queue, up, "a response the client cannot be given");
+        }
+        let upstream_close = resp.close;
+        let _ = c.rd.split_to(resp.len);
+        resp.recycle(&mut c.spare);
+        let mut upstream_ended = false;
+        while !out.finished {
+            // What the upstream sent of the body so far goes out framed for the client.
+            loop {
+                match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
+                    Ok((data, done)) => {
+                        if !out.data(&mut self.wr, &data, done) {
+                            tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream broke its framing");
+                            return self.abandoned(None, queue);
+                        }
+                        if done || data.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(queue = queue.name(), upstream = %up.address, error = e, "upstream body failed");
+                        return self.abandoned(None, queue);
+                    }
                 }
-                None => {
-                    if !out.data(&mut self.wr, &[], true) {
-                        return Next::Abort;
+            }
+            if out.finished {
+                break;
+            }
+            if upstream_ended {
+                if delimit == Delimit::Close && out.data(&mut self.wr, &[], true) {
+                    break;
+                }
+                tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream closed mid-body");
+                return self.abandoned(None, queue);
+            }
+            if !self.wr.is_empty() && !self.send(queue).await {
+                return Next::Abort;
+            }
+            tokio::select! {
+                r = c.io.ready(c.pending() > 0) => match r.and_then(|()| c.turn(usize::MAX)) {
+                    Ok(Turn::Moved) => {}
+                    Ok(Turn::Eof) => upstream_ended = true,
+                    Err(e) => {
+                        tracing::debug!(queue = queue.name(), upstream = %up.address, error = %e, "upstream body failed");
+                        return self.abandoned(None, queue);
+                    }
+                },
+                r = self.more_body(&mut body_until, queue), if !body.is_done() && c.pending() < BODY_AHEAD => {
+                    if let Err(next) = r {
+                        return next;
+                    }
+                    if self.feed_up(&mut c, body, framing).is_err() {
+                        return self.bad_body(true, queue);
                     }
                 }
             }
         }
-        drop(tx);
         if !self.send(queue).await {
             return Next::Abort;
         }
-        if body.is_done() {
-            up.put_back(sender, &self.shared.upstreams);
+        if body.is_done()
+            && c.pending() == 0
+            && c.rd.is_empty()
+            && !upstream_close
+            && !upstream_ended
+            && !self.shared.stopping()
+        {
+            up.put_back(c, &share);
         }
         if out.close {
             Next::Close
@@ -241,40 +428,177 @@ impl Conn {
         }
     }
 
-    /// Moves body bytes already read from the client on to an upstream request. `Ok(true)`
-    /// when it moved some (or finished the body), `Err` when the client framed it wrongly.
-    async fn feed(
+    /// Moves body bytes already read from the client on to the upstream's write buffer,
+    /// framed; `Err` when the client framed them wrongly.
+    fn feed_up(
         &mut self,
+        c: &mut UpConn,
         body: &mut BodyIn,
-        tx: &mut Option<mpsc::Sender<Bytes>>,
-    ) -> Result<bool, ()> {
-        let Some(sink) = tx else {
-            return Ok(false);
+        framing: ReqFraming,
+    ) -> Result<(), ()> {
+        while !body.is_done() && !self.rd.is_empty() && c.pending() < BODY_AHEAD {
+            let (data, done) = body.take(&mut self.rd, BODY_AHEAD).map_err(|_| ())?;
+            relay::frame_body(c.room(), framing, &data, done);
+            if data.is_empty() && !done {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an interim (1xx) response head for the client.
+    fn interim(&mut self, rd: &[u8], h: &ResponseHead) {
+        self.wr
+            .put_slice(format!("HTTP/1.1 {} ", h.status).as_bytes());
+        self.wr.put_slice(
+            http::StatusCode::from_u16(h.status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Informational")
+                .as_bytes(),
+        );
+        self.wr.put_slice(b"\r\n");
+        for (n, v) in h.fields(&rd[..h.len]) {
+            if matches!(super::encode::field(n, v), super::encode::Field::Keep) {
+                self.wr.put_slice(n);
+                self.wr.put_slice(b": ");
+                self.wr.put_slice(v);
+                self.wr.put_slice(b"\r\n");
+            }
+        }
+        self.wr.put_slice(b"\r\n");
+    }
+
+    /// The upstream failed before its response began, or sent a head the daemon refuses:
+    /// 502, logged, and the connection to it closed (dropped by the caller).
+    fn bad_gateway(&mut self, queue: &Queue, up: &Upstream, why: &str) -> Next {
+        tracing::warn!(queue = queue.name(), upstream = %up.address, error = why, "upstream failed");
+        self.wr.clear();
+        let rejection = Rejection {
+            status: 502,
+            reason: Reason::BadGateway,
         };
-        if self.rd.is_empty() {
-            return Ok(false);
+        self.log(None, Some(502), Reason::BadGateway, Some(queue.name()));
+        let server = self.settings.server_header.own();
+        pages::error_page(&mut self.wr, rejection, Detail::Standard, None, server);
+        Next::Close
+    }
+
+    /// The upstream accepted an upgrade: its 101 goes to the client, then the bytes pass
+    /// both ways until either side is done; neither connection serves another request.
+    /// Beyond the queue's `max_opaque`, the client gets 503 and the upstream connection is
+    /// closed instead.
+    async fn upgraded_upstream(
+        &mut self,
+        mut c: UpConn,
+        h: ResponseHead,
+        queue: &Arc<Queue>,
+    ) -> Next {
+        let Some(_counted) = queue.count_opaque() else {
+            tracing::warn!(
+                queue = queue.name(),
+                max_opaque = queue.props().max_opaque,
+                "an upgrade beyond the queue's opaque connections refused"
+            );
+            let rejection = Rejection {
+                status: 503,
+                reason: Reason::NotAvailable,
+            };
+            self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
+            let server = self.settings.server_header.own();
+            pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1), server);
+            return Next::Close;
+        };
+        self.wr.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (n, v) in h.fields(&c.rd[..h.len]) {
+            if matches!(
+                super::encode::field(n, v),
+                super::encode::Field::Keep | super::encode::Field::Server
+            ) {
+                self.wr.put_slice(n);
+                self.wr.put_slice(b": ");
+                self.wr.put_slice(v);
+                self.wr.put_slice(b"\r\n");
+            }
         }
-        let (data, done) = body.take(&mut self.rd, 64 * 1024).map_err(|_| ())?;
-        if (!data.is_empty() && sink.send(data).await.is_err()) || done {
-            *tx = None;
+        self.wr.put_slice(b"Connection: upgrade\r\n");
+        if let Some(u) = &h.upgrade {
+            let u = &c.rd[u.clone()];
+            self.wr.put_slice(b"Upgrade: ");
+            self.wr.put_slice(u);
+            self.wr.put_slice(b"\r\n");
         }
-        Ok(true)
+        self.wr.put_slice(b"\r\n");
+        let _ = c.rd.split_to(h.len);
+        // What the upstream sent after its head follows the 101 at once.
+        self.wr.put_slice(&c.rd);
+        c.rd.clear();
+        // Request bytes not yet written go first, then what the client sent after its head.
+        let mut to_upstream = c.wr.split_off(c.sent);
+        to_upstream.extend_from_slice(&self.rd);
+        self.rd.clear();
+        if !self.send(queue).await {
+            return Next::Abort;
+        }
+        let r = super::opaque::pump(&mut self.io, &mut c.io, &to_upstream, &[]).await;
+        match r {
+            Ok(()) => Next::Close,
+            Err(e) => {
+                // A side reset or failed: the other is reset too, as when a worker dies.
+                tracing::debug!(queue = queue.name(), error = %e, "opaque connection failed");
+                Next::Abort
+            }
+        }
     }
 }
 
-/// A request body fed from a channel, for upstream requests.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
+    #[test]
+    fn the_prefix_path_is_stripped_from_targets_it_begins() {
+        assert_eq!(prefix_path("http://+:80/py/"), "/py/");
+        assert_eq!(prefix_path("https://a.example:443/"), "/");
+        let path = "/py/";
+        assert_eq!(strip(b"/py/a/b?x", path), (4, true));
+        assert_eq!(strip(b"/PY/a", path), (4, true));
+        assert_eq!(strip(b"/py", path), (3, true));
+        assert_eq!(strip(b"/py?x", path), (3, true));
+        assert_eq!(strip(b"/pyx", path), (0, false));
+        assert_eq!(strip(b"/other", path), (0, false));
+    }
 
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    #[test]
+    fn upgrades_are_asked_with_connection_upgrade_on_http11_and_never_for_h2c() {
+        let limits = crate::HeadLimits::default();
+        let tokens = |text: &str| {
+            let Ok(crate::head::Parsed::Complete { head, .. }) =
+                crate::head::parse_head(text.as_bytes(), &limits)
+            else {
+                panic!("{text:?} did not parse");
+            };
+            upgrade_tokens(&head).map(|t| String::from_utf8(t).unwrap())
+        };
+        let ask = |version: &str, connection: &str, upgrade: &str| {
+            tokens(&format!(
+                "GET / {version}\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\r\n"
+            ))
+        };
+        assert_eq!(
+            ask("HTTP/1.1", "Upgrade", "websocket"),
+            Some("websocket".into())
+        );
+        assert_eq!(
+            ask("HTTP/1.1", "keep-alive, upgrade", "a, b"),
+            Some("a, b".into())
+        );
+        assert_eq!(ask("HTTP/1.1", "keep-alive", "websocket"), None);
+        assert_eq!(ask("HTTP/1.0", "upgrade", "websocket"), None);
+        assert_eq!(ask("HTTP/1.1", "upgrade", "h2c"), None);
+        assert_eq!(
+            ask("HTTP/1.1", "upgrade", "H2C, websocket"),
+            Some("websocket".into())
+        );
     }
 }

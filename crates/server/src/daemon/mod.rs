@@ -148,12 +148,16 @@ impl QueueEntry {
 /// naming the process, when another account holds the address. Run on the blocking pool,
 /// never under the lock. A server that does not answer yet is no refusal: its requests get
 /// 503 until it does, as any upstream's.
-fn check_upstream_owner(name: &str, up: &Upstream) -> Result<(), ApiError> {
+fn check_upstream_owner(
+    name: &str,
+    up: &Upstream,
+    share: &Arc<crate::upstream::Share>,
+) -> Result<(), ApiError> {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return Ok(());
     };
     let connected = runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(5), up.connect()).await });
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), up.connect(share)).await });
     match connected {
         Ok(Err(e)) => match crate::owner::not_owner(&e) {
             Some(refused) => Err(api(
@@ -405,9 +409,15 @@ impl Daemon {
                 // Root may point anywhere; anyone else's upstream must be served by them,
                 // which every new connection checks.
                 let owner = (!root).then_some(session.peer.uid);
-                Some(Arc::new(Upstream::new(address, owner)))
+                Some(Arc::new(Upstream::new(address, spec.strip_prefix, owner)))
             }
         };
+        if spec.strip_prefix && upstream.is_none() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "strip_prefix applies to upstream queues only: workers get the whole target",
+            ));
+        }
         match spec.https_redirect {
             Some(0) => {
                 return Err(api(
@@ -511,7 +521,7 @@ impl Daemon {
     ) -> Result<QueueInfo, ApiError> {
         if ready {
             let up = self.ready_target(session, name)?;
-            check_upstream_owner(name, &up)?;
+            check_upstream_owner(name, &up, &self.shared.upstreams)?;
         }
         let mut st = self.lock();
         let (entry, up) = Daemon::ready_target_locked(&mut st, session, name)?;

@@ -262,6 +262,7 @@ impl Daemon {
                         props,
                         upstream: q.upstream.clone(),
                         https_redirect: q.https_redirect,
+                        strip_prefix: q.strip_prefix,
                         ..QueueSpec::default()
                     };
                     if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
@@ -276,9 +277,13 @@ impl Daemon {
                 }
                 Some((true, _)) => {
                     let b = before.cloned().unwrap_or_else(|| q.clone());
-                    if b.upstream != q.upstream || b.connections != q.connections {
+                    if b.upstream != q.upstream
+                        || b.connections != q.connections
+                        || b.strip_prefix != q.strip_prefix
+                    {
                         report.warn(format!(
-                            "queue {:?}: upstream and connections apply when the daemon restarts",
+                            "queue {:?}: upstream, connections and strip_prefix apply when the \
+                             daemon restarts",
                             q.name
                         ));
                     }

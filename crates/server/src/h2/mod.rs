@@ -28,7 +28,6 @@ use crate::errlog::Entry;
 use crate::queue::{Counted, Queue};
 use crate::shared::{Settings, Shared};
 
-mod body;
 mod guard;
 mod head;
 mod stream;

@@ -20,24 +20,27 @@ use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER, SERVER};
 use http::{HeaderName, HeaderValue};
-use http_body_util::BodyExt;
 use portshare_proto::wire::{self, INITIAL_WINDOW, ResetCode, ResponseHead};
 use portshare_router::{Endpoint, Reason, Rejection, Scheme};
 use tokio::time::{Instant, timeout_at};
 
 use super::Link;
-use super::body::InBody;
 use super::head::rebuild;
+use crate::body::BodyIn;
 use crate::conn::admit::{self, Refused, Routed, Taken};
-use crate::conn::encode::{Field, field};
-use crate::conn::to_upstream::upstream_request;
+use crate::conn::encode::{Field, field, fmt_u64, itoa_buf};
+use crate::conn::to_upstream::{req_framing, upstream_head};
 use crate::conn::to_worker::{Origin, Stream, request_frame};
 use crate::head::{Parsed, parse_head};
 use crate::pages::{self, Detail};
 use crate::queue::Queue;
+use crate::relay::{self, Delimit, ReqFraming};
 use crate::shared::Settings;
 use crate::timers::RequestTimers;
-use crate::upstream::{UpBody, Upstream};
+use crate::upstream::{Turn, UpConn, Upstream};
+
+/// Request body bytes held for the upstream before the client is read again.
+const BODY_AHEAD: usize = 64 * 1024;
 use crate::worker::{BODY_FRAME, Event};
 
 /// What a waiting write may be allowed beyond the bytes the client has taken, as HTTP/1's
@@ -284,7 +287,10 @@ pub(super) async fn serve(
                 .await;
         }
         Taken::Upstream(up) => {
-            let req = upstream_request(
+            let framing = req_framing(&head, has_body);
+            let mut req = Vec::with_capacity(512 + target.len());
+            upstream_head(
+                &mut req,
                 &head,
                 authority,
                 &target,
@@ -293,8 +299,13 @@ pub(super) async fn serve(
                 Some(&link.tls),
                 &binding,
                 request_id,
+                up.strip_prefix,
+                framing,
+                None,
             );
-            ctx.to_upstream(&mut out, &up, req, body, has_body).await;
+            let idempotent = relay::idempotent(head.method());
+            ctx.to_upstream(&mut out, &up, req, framing, body, has_body, idempotent)
+                .await;
         }
     }
     drop(slot);
@@ -632,112 +643,290 @@ impl Ctx<'_> {
         }
     }
 
-    /// Forwards the request to an upstream server over HTTP/1.1 and relays its response.
+    /// Answers 503 for an upstream that cannot be reached.
+    fn not_available(&self, out: &mut Out, up: &Upstream, e: &std::io::Error) {
+        tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
+        let rejection = crate::owner::rejection(e);
+        self.log(Some(rejection.status), rejection.reason);
+        out.page(self.settings, rejection, Detail::Standard, Some(1));
+    }
+
+    /// Answers 502 for an upstream that failed before its response or sent a head the
+    /// daemon refuses.
+    fn bad_gateway(&self, out: &mut Out, up: &Upstream, why: &str) {
+        tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = why, "upstream failed");
+        self.log(Some(502), Reason::BadGateway);
+        let rejection = Rejection {
+            status: 502,
+            reason: Reason::BadGateway,
+        };
+        out.page(self.settings, rejection, Detail::Standard, None);
+    }
+
+    /// Forwards the request (its head in `req`) to an upstream server over HTTP/1.1,
+    /// streaming the body in `framing`, and relays its response.
+    #[allow(clippy::too_many_arguments)]
     async fn to_upstream(
         &self,
         out: &mut Out,
         up: &Upstream,
-        req: http::request::Builder,
-        body: RecvStream,
+        req: Vec<u8>,
+        framing: ReqFraming,
+        mut body: RecvStream,
         has_body: bool,
+        idempotent: bool,
     ) {
-        let shared = &self.link.shared;
-        let mut sender = match up.connection(&shared.upstreams).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
-                let rejection = crate::owner::rejection(&e);
-                self.log(Some(rejection.status), rejection.reason);
-                out.page(self.settings, rejection, Detail::Standard, Some(1));
-                return;
+        let share = self.link.shared.upstreams.clone();
+        let mut c = match up.connection(&share).await {
+            Ok(c) => c,
+            Err(e) => return self.not_available(out, up, &e),
+        };
+        c.wr = req;
+        c.sent = 0;
+        // As on HTTP/1: once more on a new connection if a pooled one was closed.
+        let mut retry = c.reused && !has_body && idempotent;
+        let mut body_done = !has_body;
+        let mut body_until = self.timers.entity_body.fires_at(Instant::now());
+        // The head goes out at once; a failure shows at the first turn.
+        c.push();
+        let resp = loop {
+            match relay::parse_response(&c.rd, self.head_method, &mut c.spare) {
+                Ok(None) => {}
+                Ok(Some(h)) if h.status == 101 => {
+                    return self.bad_gateway(out, up, "101 over HTTP/2");
+                }
+                Ok(Some(h)) if h.status < 200 => {
+                    // Interim responses are not relayed over HTTP/2 (the daemon sent its
+                    // own 100 Continue).
+                    let _ = c.rd.split_to(h.len);
+                    h.recycle(&mut c.spare);
+                    retry = false;
+                    continue;
+                }
+                Ok(Some(h)) => break h,
+                Err(e) => return self.bad_gateway(out, up, e.0),
+            }
+            match wait(
+                &mut c,
+                &mut body,
+                out,
+                body_done,
+                body_until,
+                relay::MAX_RESPONSE_HEAD + 1,
+            )
+            .await
+            {
+                Got::Upstream(Ok(Turn::Moved)) => {}
+                Got::Upstream(Ok(Turn::Eof) | Err(_)) if retry && c.rd.is_empty() => {
+                    retry = false;
+                    let mut fresh = match up.connect(&share).await {
+                        Ok(f) => f,
+                        Err(e) => return self.not_available(out, up, &e),
+                    };
+                    std::mem::swap(&mut fresh.wr, &mut c.wr);
+                    c = fresh;
+                }
+                // Closed with the request in hand on a new connection, as a worker may
+                // leave; on a kept one, the request may not be sent again: 502.
+                Got::Upstream(Ok(Turn::Eof) | Err(_)) if c.rd.is_empty() && !c.reused => {
+                    tracing::warn!(queue = self.queue.name(), upstream = %up.address, "upstream closed before a response");
+                    self.log(None, Reason::ConnectionAbandonedByReqQueue);
+                    out.reset(h2::Reason::INTERNAL_ERROR);
+                    return;
+                }
+                Got::Upstream(Ok(Turn::Eof)) => {
+                    return self.bad_gateway(out, up, "closed before a response");
+                }
+                Got::Upstream(Err(e)) => return self.bad_gateway(out, up, &e.to_string()),
+                Got::Body(d) => {
+                    if !self.body_up(
+                        &mut c,
+                        &mut body,
+                        framing,
+                        d,
+                        &mut body_done,
+                        &mut body_until,
+                    ) {
+                        out.reset(h2::Reason::CANCEL);
+                        return;
+                    }
+                }
+                Got::Gap => {
+                    self.log(None, Reason::TimerEntityBody);
+                    out.reset(h2::Reason::CANCEL);
+                    return;
+                }
+                Got::Reset => return,
             }
         };
-        let up_body: UpBody = if has_body {
-            let gap = self.timers.entity_body;
-            InBody {
-                recv: body,
-                gap: gap.armed(),
-                timer: Box::pin(tokio::time::sleep_until(gap.fires_at(Instant::now()))),
-            }
-            .boxed()
-        } else {
-            http_body_util::Empty::new().map_err(|n| match n {}).boxed()
+        let status = resp.status;
+        let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
+        // One Content-Length, normalized (none on a 204), judged as an application's.
+        let mut num = itoa_buf();
+        let length = resp
+            .length
+            .filter(|_| status != 204)
+            .map(|n| (&b"content-length"[..], fmt_u64(&mut num, n)));
+        let mut delimit = resp.delimit.clone();
+        let mut relay = Relay::default();
+        let head = self.response_head(
+            &mut relay,
+            status,
+            resp.fields(&c.rd[..resp.len]).chain(length),
+            end,
+            None,
+        );
+        let Some(head) = head else {
+            return self.bad_gateway(out, up, "a response the client cannot be given");
         };
-        let Ok(req) = req.body(up_body) else {
-            self.log(Some(400), Reason::BadRequest);
-            let rejection = Rejection {
-                status: 400,
-                reason: Reason::BadRequest,
-            };
-            out.page(self.settings, rejection, Detail::Standard, None);
+        let upstream_close = resp.close;
+        let _ = c.rd.split_to(resp.len);
+        resp.recycle(&mut c.spare);
+        if !self.send_head(out, &mut relay, head, end) {
             return;
-        };
-        let resp = tokio::select! {
-            r = sender.send_request(req) => r,
-            () = out.client_reset() => return,
-        };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
+        }
+        let mut ended = false;
+        while !relay.finished {
+            loop {
+                let (data, done) = match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::debug!(queue = self.queue.name(), upstream = %up.address, error = e, "upstream body failed");
+                        self.log(None, Reason::ConnectionAbandonedByReqQueue);
+                        out.reset(h2::Reason::INTERNAL_ERROR);
+                        return;
+                    }
+                };
+                if data.is_empty() && !done {
+                    break;
+                }
+                match self.send_body(out, &mut relay, data, done).await {
+                    Ok(()) => {}
+                    Err(None) => {
+                        out.reset(h2::Reason::INTERNAL_ERROR);
+                        return;
+                    }
+                    Err(Some(f)) => {
+                        self.failed(f);
+                        out.reset(h2::Reason::CANCEL);
+                        return;
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            if relay.finished {
+                break;
+            }
+            if ended {
+                if delimit == Delimit::Close
+                    && self
+                        .send_body(out, &mut relay, Bytes::new(), true)
+                        .await
+                        .is_ok()
+                {
+                    break;
+                }
+                tracing::debug!(queue = self.queue.name(), upstream = %up.address, "upstream closed mid-body");
                 self.log(None, Reason::ConnectionAbandonedByReqQueue);
                 out.reset(h2::Reason::INTERNAL_ERROR);
                 return;
             }
-        };
-        let (parts, mut incoming) = resp.into_parts();
-        let end = http_body::Body::is_end_stream(&incoming);
-        let hint = http_body::Body::size_hint(&incoming).exact();
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
-        let mut relay = Relay::default();
-        let Some(head) = self.response_head(&mut relay, parts.status.as_u16(), headers, end, hint)
-        else {
-            out.reset(h2::Reason::INTERNAL_ERROR);
-            return;
-        };
-        if !self.send_head(out, &mut relay, head, end) {
-            return;
-        }
-        while !relay.finished {
-            let frame = tokio::select! {
-                f = incoming.frame() => f,
-                () = out.client_reset() => return,
-            };
-            let sent = match frame {
-                Some(Ok(f)) => match f.into_data() {
-                    Ok(data) => {
-                        let end = http_body::Body::is_end_stream(&incoming);
-                        self.send_body(out, &mut relay, data, end).await
-                    }
-                    Err(_) => Ok(()),
-                },
-                Some(Err(e)) => {
+            match wait(&mut c, &mut body, out, body_done, body_until, usize::MAX).await {
+                Got::Upstream(Ok(Turn::Moved)) => {}
+                Got::Upstream(Ok(Turn::Eof)) => ended = true,
+                Got::Upstream(Err(e)) => {
                     tracing::debug!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream body failed");
                     self.log(None, Reason::ConnectionAbandonedByReqQueue);
                     out.reset(h2::Reason::INTERNAL_ERROR);
                     return;
                 }
-                None => self.send_body(out, &mut relay, Bytes::new(), true).await,
-            };
-            match sent {
-                Ok(()) => {}
-                Err(None) => {
-                    out.reset(h2::Reason::INTERNAL_ERROR);
-                    return;
+                Got::Body(d) => {
+                    if !self.body_up(
+                        &mut c,
+                        &mut body,
+                        framing,
+                        d,
+                        &mut body_done,
+                        &mut body_until,
+                    ) {
+                        out.reset(h2::Reason::CANCEL);
+                        return;
+                    }
                 }
-                Err(Some(f)) => {
-                    self.failed(f);
+                Got::Gap => {
+                    self.log(None, Reason::TimerEntityBody);
                     out.reset(h2::Reason::CANCEL);
                     return;
                 }
+                Got::Reset => return,
             }
         }
-        if !has_body || sender.is_ready() {
-            up.put_back(sender, &shared.upstreams);
+        if body_done && c.pending() == 0 && c.rd.is_empty() && !upstream_close && !ended {
+            up.put_back(c, &share);
         }
+    }
+
+    /// Frames a piece of the request body (or its end) for the upstream; false when the
+    /// client's stream failed.
+    fn body_up(
+        &self,
+        c: &mut UpConn,
+        body: &mut RecvStream,
+        framing: ReqFraming,
+        d: Option<Result<Bytes, h2::Error>>,
+        body_done: &mut bool,
+        body_until: &mut Instant,
+    ) -> bool {
+        match d {
+            None => {
+                *body_done = true;
+                relay::frame_body(c.room(), framing, &[], true);
+                true
+            }
+            Some(Ok(data)) => {
+                let _ = body.flow_control().release_capacity(data.len());
+                *body_until = self.timers.entity_body.fires_at(Instant::now());
+                *body_done = body.is_end_stream();
+                relay::frame_body(c.room(), framing, &data, *body_done);
+                true
+            }
+            Some(Err(_)) => false,
+        }
+    }
+}
+
+/// What happened while an upstream exchange waited.
+enum Got {
+    /// The upstream connection turned.
+    Upstream(std::io::Result<Turn>),
+    /// A piece of the request body, its end, or the stream's failure.
+    Body(Option<Result<Bytes, h2::Error>>),
+    /// The EntityBody gap passed without body bytes.
+    Gap,
+    /// The client reset the stream.
+    Reset,
+}
+
+/// Waits for the upstream (readable, or writable while request bytes wait), for more of
+/// the request body while there is room for it, or for the client's reset.
+async fn wait(
+    c: &mut UpConn,
+    body: &mut RecvStream,
+    out: &mut Out,
+    body_done: bool,
+    body_until: Instant,
+    limit: usize,
+) -> Got {
+    let want_body = !body_done && c.pending() < BODY_AHEAD;
+    tokio::select! {
+        r = c.io.ready(c.pending() > 0) => Got::Upstream(r.and_then(|()| c.turn(limit))),
+        d = timeout_at(body_until, body.data()), if want_body => match d {
+            Ok(d) => Got::Body(d),
+            Err(_) => Got::Gap,
+        },
+        () = out.client_reset() => Got::Reset,
     }
 }
 
