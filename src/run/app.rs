@@ -50,35 +50,22 @@ impl Address {
     }
 
     /// A socket path in a new directory only this user may enter (0700), under
-    /// `$XDG_RUNTIME_DIR` when set, else the temporary directory.
+    /// `$XDG_RUNTIME_DIR` when set and writable, else the temporary directory.
     pub(super) fn private_socket() -> io::Result<Address> {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|p| p.is_absolute() && p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        for n in 0..100u32 {
-            let dir = base.join(format!(
-                "portshare-run-{}-{:08x}",
-                std::process::id(),
-                nanos.wrapping_add(n.wrapping_mul(0x9E37_79B9))
-            ));
-            // mkdir makes a new directory or fails: never one somebody else prepared.
-            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => {
+            .filter(|p| p.is_absolute() && p.is_dir());
+        let mut failed = None;
+        for base in runtime.into_iter().chain([std::env::temp_dir()]) {
+            match private_dir(&base) {
+                Ok(dir) => {
                     let path = dir.join("app.sock");
                     return Ok(Address::Unix { dir, path });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
+                Err(e) => failed = Some(e),
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::AlreadyExists,
-            format!("no new directory could be made in {}", base.display()),
-        ))
+        Err(failed.unwrap_or_else(|| io::Error::other("no folder for the socket")))
     }
 
     /// For socket activation: the listening socket run makes and hands to each start of
@@ -186,6 +173,30 @@ impl Address {
             )),
         }
     }
+}
+
+/// A new directory in `base`, mode 0700.
+fn private_dir(base: &Path) -> io::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    for n in 0..100u32 {
+        let dir = base.join(format!(
+            "portshare-run-{}-{:08x}",
+            std::process::id(),
+            nanos.wrapping_add(n.wrapping_mul(0x9E37_79B9))
+        ));
+        // mkdir makes a new directory or fails: never one somebody else prepared.
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", base.display()))),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!("no new directory could be made in {}", base.display()),
+    ))
 }
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -735,7 +735,8 @@ fn another_account_with_a_reservation_serves_through_run() {
     let d = Daemon::builder()
         .dir(TempDir::open_to_all("run-uid"))
         .config(format!(
-            "[[urlacl]]\nurl = \"http://+:{port}/py/\"\nusers = [\"uid:1001\"]\n"
+            "[[urlacl]]\nurl = \"http://+:{port}/py/\"\nusers = [\"uid:1001\"]\n\n\
+             [[urlacl]]\nurl = \"http://+:{port}/u/\"\nusers = [\"uid:1001\"]\n"
         ))
         .spawn();
     let exe = d.dir.0.join("portshare-copy");
@@ -753,6 +754,18 @@ fn another_account_with_a_reservation_serves_through_run() {
     assert_eq!(served(port, "/py/hello.txt", &run), "hello from python\n");
     let state = d.state();
     assert_eq!(state["queues"][0]["owner_uid"], 1001, "{state}");
+    // A Unix socket the account's server binds in run's private folder.
+    let unix_url = format!("http://+:{port}/u/");
+    let mut unix = Runner::spawn_from(
+        &exe,
+        &as_uid(1001),
+        &d.control,
+        &site.0,
+        &["--url", &unix_url, "--unix", "--", python(), "-c", ECHO_PY],
+    );
+    assert_eq!(served(port, "/u/x", &unix), "echo /u/x prefix=-\n");
+    signal(unix.pid(), "TERM");
+    assert_eq!(unix.exit_code(20), Some(143), "{}", unix.text());
     let child = run.child();
     signal(child, "KILL");
     assert_eq!(run.exit_code(20), Some(137), "{}", run.text());
