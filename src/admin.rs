@@ -424,6 +424,7 @@ mod tests {
             queue_timer_ms: 120_000,
             limits: Default::default(),
             upstream: None,
+            held: false,
             urls: vec![],
             access: vec![],
         };

@@ -574,6 +574,7 @@ mod tests {
             config: false,
             access: vec![],
             upstream: None,
+            held: false,
             upstream_refused: None,
             https_redirect: None,
             depth: 0,

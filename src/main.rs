@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod client;
 mod explain;
+mod run;
 mod serve;
 mod show;
 mod sslcert;
@@ -33,6 +34,9 @@ enum Command {
     Queue(admin::QueueArgs),
     /// Have the daemon read its configuration file again and apply it (as SIGHUP does).
     Reload(admin::ReloadArgs),
+    /// Start a server, in any language, behind URLs of the daemon: it serves on a port (or
+    /// Unix socket) of its own, and its requests are forwarded to it once it accepts them.
+    Run(run::Args),
     /// Run the daemon: own the ports, route requests to the applications that registered.
     Serve(serve::Args),
     /// Show what a running daemon holds.
@@ -42,6 +46,9 @@ enum Command {
     Sslcert(sslcert::Args),
     /// Add or delete URL reservations (`netsh http add|delete urlacl`).
     Urlacl(admin::UrlaclArgs),
+    /// The first steps of an application `portshare run` starts (not for direct use).
+    #[command(name = "__exec", hide = true)]
+    Exec(run::ExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +59,8 @@ fn main() -> ExitCode {
         Command::Iplisten(args) => admin::iplisten(args),
         Command::Queue(args) => admin::queue(args),
         Command::Reload(args) => admin::reload(args),
+        Command::Run(args) => run::run(args),
+        Command::Exec(args) => run::exec(args),
         Command::Serve(args) => serve::run(args),
         Command::Show(args) => show::run(args),
         Command::Sslcert(args) => sslcert::run(args),
@@ -93,6 +102,36 @@ mod tests {
             ],
             &["portshare", "show", "sslcert", "--json", "--control", "/s"],
             &["portshare", "explain", "--live", "--control", "/s", "/"],
+            &[
+                "portshare",
+                "run",
+                "--control",
+                "/s",
+                "--url",
+                "http://+:80/",
+                "--",
+                "a",
+            ],
+            &[
+                "portshare",
+                "run",
+                "--url",
+                "http://+:80/a/",
+                "--url",
+                "http://+:80/b/",
+                "--socket-activation",
+                "--unix",
+                "--restart",
+                "on-failure",
+                "--ready-path",
+                "/health",
+                "--grace",
+                "0.5",
+                "--",
+                "app",
+                "--flag",
+                "{port}",
+            ],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
@@ -121,6 +160,49 @@ mod tests {
             ],
             &["portshare", "explain", "--control", "/s", "/"],
             &["portshare", "check-config"],
+            &["portshare", "run", "--", "app"],
+            &["portshare", "run", "--url", "http://+:80/"],
+            &[
+                "portshare",
+                "run",
+                "--url",
+                "http://+:80/",
+                "--unix",
+                "--port-env",
+                "P",
+                "--",
+                "a",
+            ],
+            &[
+                "portshare",
+                "run",
+                "--url",
+                "http://+:80/",
+                "--ready-timeout",
+                "0",
+                "--",
+                "a",
+            ],
+            &[
+                "portshare",
+                "run",
+                "--url",
+                "http://+:80/",
+                "--ready-path",
+                "x",
+                "--",
+                "a",
+            ],
+            &[
+                "portshare",
+                "run",
+                "--url",
+                "http://+:80/",
+                "--restart",
+                "always",
+                "--",
+                "a",
+            ],
         ] {
             let err = Cli::try_parse_from(args).expect_err("a usage error");
             assert_eq!(err.exit_code(), 2, "{args:?}");

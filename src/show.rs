@@ -313,7 +313,12 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
     let _ = writeln!(out, "        Connections: {}", q.connections);
     let _ = writeln!(out, "        Linger time (ms): {}", q.linger_ms);
     if let Some(up) = &q.upstream {
-        let _ = writeln!(out, "        Upstream: {up}");
+        let state = if q.held {
+            "held (requests wait until it is ready)"
+        } else {
+            "ready"
+        };
+        let _ = writeln!(out, "        Upstream: {up}, {state}");
     }
     if let Some(why) = &q.upstream_refused {
         let _ = writeln!(out, "        Upstream refused: {why}");
@@ -614,6 +619,7 @@ mod tests {
                 config: false,
                 access: Vec::new(),
                 upstream: None,
+                held: false,
                 upstream_refused: None,
                 https_redirect: None,
                 depth: 3,
@@ -767,7 +773,15 @@ URL reservations (taking part in routing):
         assert!(text.contains("Owner: uid:1000 (uid 1000)"), "{text}");
         assert!(text.contains("ID: 2668, user: uid:1000,"), "{text}");
         assert!(
-            text.contains("        Upstream: unix:/run/legacy.sock\n"),
+            text.contains("        Upstream: unix:/run/legacy.sock, ready\n"),
+            "{text}"
+        );
+        s.queues[0].held = true;
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains(
+                "        Upstream: unix:/run/legacy.sock, held (requests wait until it is ready)\n"
+            ),
             "{text}"
         );
     }

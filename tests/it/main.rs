@@ -33,6 +33,7 @@ mod redirect;
 mod registrations;
 mod reload;
 mod routing;
+mod run;
 mod shutdown;
 mod sslcert;
 mod tls;

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use portshare_proto::control::{
-    AddUrl, ApiError, QueueInfo, QueueSpec, ServiceState, UrlAdded, path,
+    AddUrl, ApiError, QueueInfo, QueueSpec, ServiceState, SetReady, UrlAdded, path,
 };
 use portshare_proto::wire;
 use serde::Serialize;
@@ -237,6 +237,22 @@ impl Control {
     pub async fn add_url(&mut self, queue: &str, url: &AddUrl) -> Result<UrlAdded, Error> {
         self.call(Method::POST, &path::queue(queue, path::URLS), Some(url))
             .await
+    }
+
+    /// `POST /v1/queues/{name}/ready`: declares the held upstream queue `queue` ready (its
+    /// waiting requests go to the upstream) or holds it again. Only its owner may.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Api`] with ERROR_ACCESS_DENIED for anyone but the owner,
+    /// ERROR_INVALID_PARAMETER for a queue without an upstream.
+    pub async fn set_ready(&mut self, queue: &str, ready: bool) -> Result<QueueInfo, Error> {
+        self.call(
+            Method::POST,
+            &path::queue(queue, path::READY),
+            Some(&SetReady { ready }),
+        )
+        .await
     }
 
     /// Resolves when the daemon closes the connection, or it fails.

@@ -163,6 +163,7 @@ impl QueueBuilder {
                 upstream: None,
                 https_redirect: None,
                 strip_prefix: false,
+                ..QueueSpec::default()
             },
             name: self.name,
             urls: self.urls,

@@ -9,6 +9,7 @@
 //! | `POST /v1/queues/{name}/urls` | [`AddUrl`] | [`UrlAdded`] |
 //! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`] | `204` |
 //! | `POST /v1/queues/{name}/access` | [`GrantAccess`] | [`QueueInfo`]: the accounts' rights set |
+//! | `POST /v1/queues/{name}/ready` | [`SetReady`] | [`QueueInfo`]: a held upstream queue ready, or held again |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
 //! | `GET /v1/state` | – | [`ServiceState`] |
 //! | `GET /v1/urlacl` | – | [`UrlAclList`] |
@@ -275,6 +276,12 @@ pub struct QueueSpec {
     /// the same host and target over https, on this port; no worker is involved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<u16>,
+    /// For an upstream queue: start held, not ready. The queue takes registrations and
+    /// holds arriving requests in its FIFO (under its length and request-queue timer)
+    /// until its owner declares it ready ([`SetReady`]), as an HTTP.sys queue holds
+    /// requests until its application receives them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub held: bool,
     /// For an upstream queue: the upstream gets the request target without the
     /// registration's path prefix (`/py/a?x` -> `/a?x` for `http://+:80/py/`), and
     /// `X-Forwarded-Prefix: /py`. Refused on other queues.
@@ -285,6 +292,16 @@ pub struct QueueSpec {
 /// For `skip_serializing_if`.
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// `POST /v1/queues/{name}/ready`: the owner of a held upstream queue attaches its upstream
+/// (`true`: waiting requests go to it) or detaches it again (`false`: requests wait, as
+/// while the application restarts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetReady {
+    /// Ready or held.
+    pub ready: bool,
 }
 
 /// One account's rights on a queue, besides its owner's (who holds them all).
@@ -338,6 +355,9 @@ pub struct QueueInfo {
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// True while an upstream queue is held: requests wait, its upstream is not used.
+    #[serde(default)]
+    pub held: bool,
     /// URLs the queue already holds (those kept by linger, when opened).
     #[serde(default)]
     pub urls: Vec<String>,
@@ -641,6 +661,9 @@ pub struct QueueState {
     /// The upstream address, for upstream queues.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// True while an upstream queue is held (not ready): requests wait in its FIFO.
+    #[serde(default)]
+    pub held: bool,
     /// Why the upstream's new connections are refused, when its server is not run by the
     /// queue owner (its requests get 502 `Upstream_Owner` meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -840,8 +863,25 @@ pub struct ReloadReport {
 
 #[cfg(test)]
 mod tests {
-    use super::{ApiError, QueueProps};
+    use super::{ApiError, QueueProps, QueueSpec, SetReady};
     use crate::Win32Error;
+
+    #[test]
+    fn held_and_strip_prefix_are_sent_only_when_set() {
+        // A daemon older than these fields refuses unknown ones: a spec without them must
+        // read as it always did.
+        let plain = serde_json::to_string(&QueueSpec::default()).expect("serializes");
+        assert!(
+            !plain.contains("held") && !plain.contains("strip_prefix"),
+            "{plain}"
+        );
+        let spec: QueueSpec =
+            serde_json::from_str(r#"{"upstream": "127.0.0.1:1", "held": true}"#).expect("parses");
+        assert!(spec.held && !spec.strip_prefix);
+        let ready: SetReady = serde_json::from_str(r#"{"ready": false}"#).expect("parses");
+        assert!(!ready.ready);
+        assert!(serde_json::from_str::<SetReady>(r#"{"ready": true, "x": 1}"#).is_err());
+    }
 
     #[test]
     fn queue_properties_keep_their_ranges() {

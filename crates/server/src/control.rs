@@ -23,7 +23,7 @@ use portshare_proto::Win32Error;
 use portshare_proto::control::path as paths;
 use portshare_proto::control::{
     AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
-    RemoveReservation, RemoveUrl,
+    RemoveReservation, RemoveUrl, SetReady,
 };
 use portshare_proto::sslcert::{AddSslCert, DeleteSslCert};
 use portshare_proto::wire::{self, SLOTS_HEADER};
@@ -583,6 +583,20 @@ async fn handle(
                     };
                     match blocking(daemon, session, move |d, s| d.set_access(s, &name, &grant))
                         .await
+                    {
+                        Ok(info) => json(StatusCode::OK, &info),
+                        Err(e) => error(&e),
+                    }
+                }
+                (&Method::POST, paths::READY) => {
+                    let set: SetReady = match body(req, wait).await {
+                        Ok(s) => s,
+                        Err(r) => return r,
+                    };
+                    match blocking(daemon, session, move |d, s| {
+                        d.set_ready(s, &name, set.ready)
+                    })
+                    .await
                     {
                         Ok(info) => json(StatusCode::OK, &info),
                         Err(e) => error(&e),

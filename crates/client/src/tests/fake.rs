@@ -183,6 +183,7 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
                     queue_timer_ms: 120_000,
                     limits: Default::default(),
                     upstream: None,
+                    held: false,
                     urls: Vec::new(),
                     access: Vec::new(),
                 },

@@ -31,11 +31,13 @@ pub const QUEUES: &str = "/v1/queues";
 pub const URLS: &str = "/urls";
 /// After a queue's path: its access list (`POST`).
 pub const ACCESS: &str = "/access";
+/// After a queue's path: declare a held upstream queue ready, or hold it again (`POST`).
+pub const READY: &str = "/ready";
 /// After a queue's path: attach a worker (`POST` with `Upgrade`).
 pub const ATTACH: &str = "/attach";
 
 /// `/v1/queues/{name}{rest}`, the name encoded as one segment; `rest` is empty or one of
-/// [`URLS`], [`ACCESS`], [`ATTACH`].
+/// [`URLS`], [`ACCESS`], [`READY`], [`ATTACH`].
 pub fn queue(name: &str, rest: &str) -> String {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut path = String::with_capacity(QUEUES.len() + 1 + name.len() * 3 + rest.len());

@@ -80,6 +80,27 @@ struct QueueEntry {
     access: Access,
     /// For an unnamed queue, the process that created it: no other may use it.
     creator: Option<u32>,
+    /// For an upstream queue, the seat its upstream takes while it is ready.
+    upstream_seat: Option<UpstreamSeat>,
+}
+
+/// The upstream's place among a queue's seats. A held queue has none attached: requests
+/// wait in its FIFO until its owner declares it ready.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamSeat {
+    /// The seat's id while attached; a new one each time, so that slots of an earlier
+    /// attachment, given back late, never count against this one.
+    id: u64,
+    /// Its connections.
+    slots: u32,
+    ready: bool,
+}
+
+impl QueueEntry {
+    /// True while an upstream queue is held: its requests wait.
+    fn held(&self) -> bool {
+        self.upstream_seat.is_some_and(|s| !s.ready)
+    }
 }
 
 impl QueueEntry {
@@ -119,6 +140,37 @@ impl QueueEntry {
                 self.holder()
             ),
         )
+    }
+}
+
+/// Before a held queue of an account's is declared ready: one connection to its upstream,
+/// checked as every new one is ([`crate::owner`]) and closed, so that the owner hears now,
+/// naming the process, when another account holds the address. Run on the blocking pool,
+/// never under the lock. A server that does not answer yet is no refusal: its requests get
+/// 503 until it does, as any upstream's.
+fn check_upstream_owner(
+    name: &str,
+    up: &Upstream,
+    share: &Arc<crate::upstream::Share>,
+) -> Result<(), ApiError> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return Ok(());
+    };
+    let connected = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), up.connect(share)).await });
+    match connected {
+        Ok(Err(e)) => match crate::owner::not_owner(&e) {
+            Some(refused) => Err(api(
+                Win32Error::AccessDenied,
+                format!(
+                    "queue {:?} cannot be ready: its upstream {} is {refused}",
+                    portshare_proto::text::printable(name),
+                    up.address
+                ),
+            )),
+            None => Ok(()),
+        },
+        Ok(Ok(_)) | Err(_) => Ok(()),
     }
 }
 
@@ -297,11 +349,11 @@ impl Daemon {
                     "only its owner and the accounts it granted access may open it",
                 ));
             }
-            if spec.upstream.is_some() || spec.https_redirect.is_some() {
+            if spec.upstream.is_some() || spec.https_redirect.is_some() || spec.held {
                 return Err(api(
                     Win32Error::InvalidParameter,
-                    "upstream and https_redirect are set when a queue is created, not when it \
-                     is opened",
+                    "upstream, held and https_redirect are set when a queue is created, not \
+                     when it is opened",
                 ));
             }
             let q = entry.queue.clone();
@@ -381,6 +433,12 @@ impl Daemon {
             }
             _ => {}
         }
+        if spec.held && upstream.is_none() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "held applies to upstream queues: a queue of workers waits for its workers",
+            ));
+        }
         let mut props = Props::default();
         props
             .apply(&spec.props)
@@ -388,10 +446,17 @@ impl Daemon {
         self.may_own_queue(&st, session)?;
         let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
         queue.set_https_redirect(spec.https_redirect);
-        if let Some(up) = upstream {
-            let slots = connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS);
-            queue.attach(self.next_id(), Target::Upstream(up), slots);
-        }
+        let upstream_seat = upstream.map(|up| {
+            let seat = UpstreamSeat {
+                id: self.next_id(),
+                slots: connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS),
+                ready: !spec.held,
+            };
+            if seat.ready {
+                queue.attach(seat.id, Target::Upstream(up), seat.slots);
+            }
+            seat
+        });
         let entry = QueueEntry {
             queue,
             handles: HashMap::from([(session.id, session.peer.identity.clone())]),
@@ -400,6 +465,7 @@ impl Daemon {
             config,
             access: declared.unwrap_or_default(),
             creator: spec.name.is_none().then_some(session.peer.pid),
+            upstream_seat,
         };
         let created = info(&entry, props, true, &self.shared);
         st.queues.insert(name, entry);
@@ -441,6 +507,77 @@ impl Daemon {
             .set_props(p)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
         Ok(info(entry, props, false, &self.shared))
+    }
+
+    /// `POST /v1/queues/{name}/ready`: the owner of an upstream queue attaches its
+    /// upstream (waiting requests go to it at once) or detaches it (requests wait in the
+    /// FIFO again; those the upstream holds finish). Nobody else may: not administrators,
+    /// nor the accounts on its access list, as the queue's requests are its owner's.
+    pub(crate) fn set_ready(
+        &self,
+        session: &Session,
+        name: &str,
+        ready: bool,
+    ) -> Result<QueueInfo, ApiError> {
+        if ready {
+            let up = self.ready_target(session, name)?;
+            check_upstream_owner(name, &up, &self.shared.upstreams)?;
+        }
+        let mut st = self.lock();
+        let (entry, up) = Daemon::ready_target_locked(&mut st, session, name)?;
+        let Some(seat) = entry.upstream_seat.as_mut() else {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "the queue has no upstream",
+            ));
+        };
+        if ready && !seat.ready {
+            seat.id = self.next_id();
+            entry
+                .queue
+                .attach(seat.id, Target::Upstream(up.clone()), seat.slots);
+        } else if !ready && seat.ready {
+            entry.queue.detach(seat.id);
+        }
+        if seat.ready != ready {
+            tracing::info!(
+                queue = name,
+                pid = session.peer.pid,
+                ready,
+                "upstream queue readiness changed"
+            );
+        }
+        seat.ready = ready;
+        Ok(info(entry, entry.queue.props(), false, &self.shared))
+    }
+
+    /// The upstream `POST /v1/queues/{name}/ready` would attach, once the caller may.
+    fn ready_target(&self, session: &Session, name: &str) -> Result<Arc<Upstream>, ApiError> {
+        let mut st = self.lock();
+        let (_, up) = Daemon::ready_target_locked(&mut st, session, name)?;
+        Ok(up)
+    }
+
+    fn ready_target_locked<'s>(
+        st: &'s mut State,
+        session: &Session,
+        name: &str,
+    ) -> Result<(&'s mut QueueEntry, Arc<Upstream>), ApiError> {
+        let entry = Daemon::entry(st, name)?;
+        let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
+        if entry.config || !owner {
+            return Err(entry.denied(name, "only its owner may declare it ready or hold it"));
+        }
+        let (Some(_), Some(up)) = (entry.upstream_seat, entry.queue.upstream().cloned()) else {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "queue {:?} forwards to no upstream: only upstream queues are held or ready",
+                    portshare_proto::text::printable(name)
+                ),
+            ));
+        };
+        Ok((entry, up))
     }
 
     /// `POST /v1/queues/{name}/access`: its owner and administrators set who else may use

@@ -263,6 +263,7 @@ impl Daemon {
                         upstream: q.upstream.clone(),
                         https_redirect: q.https_redirect,
                         strip_prefix: q.strip_prefix,
+                        ..QueueSpec::default()
                     };
                     if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
                         let w = format!("queue {:?}: not created: {e}", q.name);

@@ -23,6 +23,7 @@ pub(super) fn info(entry: &QueueEntry, props: Props, created: bool, shared: &Sha
             .as_millis(),
         limits: props.limits(),
         upstream: q.upstream().map(|u| u.address.to_string()),
+        held: entry.held(),
         urls,
         access: entry.access.entries(),
     }
@@ -105,6 +106,7 @@ impl Daemon {
                     config: e.config,
                     access: e.access.entries(),
                     upstream: q.upstream().map(|u| u.address.to_string()),
+                    held: e.held(),
                     upstream_refused: q.upstream().and_then(|u| u.refused()),
                     https_redirect: q.https_redirect(),
                     depth,
