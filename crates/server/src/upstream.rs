@@ -8,7 +8,7 @@
 //! and once the share is three quarters used, a connection that falls idle is closed
 //! instead of kept, so that idle pools do not hold descriptors other queues need.
 
-use std::io;
+use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -235,10 +235,30 @@ impl UpIo {
         }
     }
 
+    /// Reads what is there into `buf`'s spare room, without waiting. A read that leaves
+    /// room unfilled drained the socket: the runtime is told so (as tokio's own `poll_read`
+    /// does after a short read), and the next read waits for the socket to be readable
+    /// instead of costing a system call that finds nothing.
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            UpIo::Tcp(s) => s.try_read_buf(buf),
-            UpIo::Unix(s) => s.try_read_buf(buf),
+        let start = buf.len();
+        if buf.capacity() == start {
+            buf.reserve(READ_AHEAD);
+        }
+        buf.resize(buf.capacity(), 0);
+        let mut got = 0;
+        let r = match self {
+            UpIo::Tcp(s) => s.try_io(Interest::READABLE, || {
+                read_short(socket2::SockRef::from(s), &mut buf[start..], &mut got)
+            }),
+            UpIo::Unix(s) => s.try_io(Interest::READABLE, || {
+                read_short(socket2::SockRef::from(s), &mut buf[start..], &mut got)
+            }),
+        };
+        buf.truncate(start + got);
+        match r {
+            Ok(()) => Ok(got),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            Err(e) => Err(e),
         }
     }
 
@@ -287,6 +307,20 @@ impl AsyncWrite for UpIo {
             UpIo::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             UpIo::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// One read of `sock` into `buf`, its length in `got`; a read that filled part of `buf` is
+/// reported as `WouldBlock`, so that [`tokio::net::TcpStream::try_io`] clears the socket's
+/// readiness (the bytes are in `got`, and the caller keeps them).
+fn read_short(sock: socket2::SockRef<'_>, buf: &mut [u8], got: &mut usize) -> io::Result<()> {
+    let mut sock: &socket2::Socket = &sock;
+    let n = sock.read(buf)?;
+    *got = n;
+    if n > 0 && n < buf.len() {
+        Err(io::ErrorKind::WouldBlock.into())
+    } else {
+        Ok(())
     }
 }
 
@@ -471,6 +505,33 @@ mod tests {
         drop((a, b, c, d));
         assert_eq!(share.open(), 0);
         assert!(share.take().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_short_read_waits_for_more_and_misses_none() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let io = UpIo::Unix(a);
+        let mut buf = BytesMut::with_capacity(64);
+        for round in 0..3u8 {
+            b.write_all(&[round; 5]).await.unwrap();
+            let within = std::time::Duration::from_secs(5);
+            tokio::time::timeout(within, io.ready(false))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(io.try_read_buf(&mut buf).unwrap(), 5);
+            assert_eq!(&buf[..], &[round; 5]);
+            buf.clear();
+            // Drained: the next read finds nothing, and readiness comes back with more.
+            assert_eq!(
+                io.try_read_buf(&mut buf).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock
+            );
+        }
+        drop(b);
+        io.ready(false).await.unwrap();
+        assert_eq!(io.try_read_buf(&mut buf).unwrap(), 0);
     }
 
     #[tokio::test]
