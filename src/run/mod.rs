@@ -5,7 +5,7 @@
 //! 1. a control session creates a *held* upstream queue for the application's address and
 //!    registers every URL, so that a refusal (access denied, a URL already registered, a
 //!    port another program holds) ends run before anything starts;
-//! 2. the application starts (through `portshare __exec`, see [`exec`]) in its own
+//! 2. the application starts (through `portshare __exec`, see [`mod@exec`]) in its own
 //!    process group, tied to run's main thread by its parent-death signal;
 //! 3. once its address accepts connections (and `--ready-path` answers below 500), the
 //!    queue is declared ready: the requests it held, and those that follow, go to it;

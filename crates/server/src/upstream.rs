@@ -50,7 +50,7 @@ impl Address {
         Ok(Address::Tcp(addr))
     }
 
-    /// Whether the daemon can tell who serves this address ([`crate::owner`]): a Unix
+    /// Whether the daemon can tell who serves this address (its owner check): a Unix
     /// socket or a loopback port. Only these may be an ordinary account's upstream.
     pub fn provable(&self) -> bool {
         match self {
