@@ -219,6 +219,30 @@ pub(crate) fn redirect(out: &mut BytesMut, location: &[u8], server: Option<&str>
     out.put_slice(b"Content-Length: 0\r\n\r\n");
 }
 
+/// Appends `200 OK` with an ACME HTTP-01 key authorization (`crate::challenge`) as
+/// `text/plain`, ending with `Connection: close`; `head` leaves the body out (a HEAD
+/// request), keeping its length.
+pub(crate) fn acme_answer(out: &mut BytesMut, answer: &str, server: Option<&str>, head: bool) {
+    out.put_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
+    if let Some(server) = server {
+        out.put_slice(b"Server: ");
+        out.put_slice(server.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Date: ");
+    put_date(out);
+    out.put_slice(
+        format!(
+            "\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            answer.len()
+        )
+        .as_bytes(),
+    );
+    if !head {
+        out.put_slice(answer.as_bytes());
+    }
+}
+
 /// `HTTP/1.1 100 Continue`, sent when a request that expects it is handed to an application.
 pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -357,6 +381,22 @@ mod tests {
                 .contains("Retry-After: 3\r\n")
         );
         assert!(!page(404, Reason::NotFound).0.contains("Retry-After"));
+    }
+
+    #[test]
+    fn an_acme_answer_carries_date_and_server_like_every_page() {
+        let mut out = BytesMut::new();
+        acme_answer(&mut out, "tok.key", Some("portshare/1"), false);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("\r\nServer: portshare/1\r\n"), "{text}");
+        assert!(text.contains("\r\nDate: "), "{text}");
+        assert!(text.ends_with("Content-Length: 7\r\n\r\ntok.key"), "{text}");
+        let mut head = BytesMut::new();
+        acme_answer(&mut head, "tok.key", None, true);
+        let head = String::from_utf8(head.to_vec()).unwrap();
+        assert!(!head.contains("Server:"), "{head}");
+        assert!(head.ends_with("Content-Length: 7\r\n\r\n"), "{head}");
     }
 
     #[test]

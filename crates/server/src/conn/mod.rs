@@ -486,17 +486,8 @@ impl Conn {
                 let answer = answer.clone();
                 drop(challenges);
                 tracing::info!(peer = %self.peer, "acme: challenge answered");
-                self.wr.put_slice(
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n",
-                        answer.len()
-                    )
-                    .as_bytes(),
-                );
-                if !facts.head_method {
-                    self.wr.put_slice(answer.as_bytes());
-                }
+                let server = self.settings.server_header.own();
+                crate::pages::acme_answer(&mut self.wr, &answer, server, facts.head_method);
                 return Next::Close; // written out as the connection closes
             }
         }
