@@ -13,31 +13,6 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 use serde_json::json;
 
-/// Whether `python3` runs here: outside CI a machine without it skips the tests that
-/// start Python servers (false, with a note); under `CI` it fails them.
-fn have_python() -> bool {
-    match Command::new(python()).arg("--version").output() {
-        Ok(o) if o.status.success() => true,
-        other => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "python3 missing under CI: {other:?}"
-            );
-            eprintln!("skipped: python3 not available ({other:?})");
-            false
-        }
-    }
-}
-
-/// A Python that every uid may run (not a per-user shim).
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 /// A small HTTP server answering every GET with `echo <path> prefix=<X-Forwarded-Prefix>`,
 /// on $PORT, or on the Unix socket $PORTSHARE_SOCKET.
 const ECHO_PY: &str = r#"

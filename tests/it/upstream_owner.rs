@@ -11,7 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::harness::{
-    Daemon, TempDir, as_uid, can_switch_uid, eventually, free_port, get, try_get,
+    Daemon, TempDir, as_uid, can_switch_uid, eventually, free_port, get, have_python, python,
+    try_get,
 };
 
 /// The account that creates the queues.
@@ -82,27 +83,17 @@ impl Drop for Running {
     }
 }
 
-/// The system's `python3`, which every account may run (a `python3` earlier on root's
-/// `PATH` may live where other accounts cannot reach).
-fn python3() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
 /// Runs `python3 -c SCRIPT ARGS` as `uid` (`None`: as the test's own user) and waits for
 /// its first line to be `READY` or `DONE`; the lines before it come back too.
-fn python(uid: Option<u32>, script: &str, args: &[&str]) -> (Running, Vec<String>) {
+fn py(uid: Option<u32>, script: &str, args: &[&str]) -> (Running, Vec<String>) {
     let mut cmd = match uid {
         Some(uid) => {
             let prefix = as_uid(uid);
             let mut c = Command::new(&prefix[0]);
-            c.args(&prefix[1..]).arg(python3());
+            c.args(&prefix[1..]).arg(python());
             c
         }
-        None => Command::new(python3()),
+        None => Command::new(python()),
     };
     let mut child = cmd
         .arg("-c")
@@ -170,7 +161,7 @@ fn state_queue(d: &Daemon, name: &str) -> serde_json::Value {
 
 #[test]
 fn an_account_forwards_only_to_servers_it_runs() {
-    if !can_switch_uid() {
+    if !can_switch_uid() || !have_python() {
         return;
     }
     let (d, port, dir) = site();
@@ -181,10 +172,10 @@ fn an_account_forwards_only_to_servers_it_runs() {
         format!("127.0.0.1:{}", free_port()),
     );
     let _servers = [
-        python(Some(APP), SERVER, &[&mine_unix]).0,
-        python(Some(APP), SERVER, &[&mine_tcp]).0,
-        python(None, SERVER, &[&theirs_unix]).0,
-        python(None, SERVER, &[&theirs_tcp]).0,
+        py(Some(APP), SERVER, &[&mine_unix]).0,
+        py(Some(APP), SERVER, &[&mine_tcp]).0,
+        py(None, SERVER, &[&theirs_unix]).0,
+        py(None, SERVER, &[&theirs_tcp]).0,
     ];
     std::fs::set_permissions(
         dir.0.join("root.sock"),
@@ -209,7 +200,7 @@ fn an_account_forwards_only_to_servers_it_runs() {
     calls.push(
         serde_json::json!(["POST", "/v1/queues", { "name": "far", "upstream": "10.0.0.1:80" }]),
     );
-    let (session, lines) = python(
+    let (session, lines) = py(
         Some(APP),
         SESSION,
         &[
@@ -271,14 +262,14 @@ fn an_account_forwards_only_to_servers_it_runs() {
 
 #[test]
 fn a_port_that_changes_hands_gets_502_never_the_new_holders_answers() {
-    if !can_switch_uid() {
+    if !can_switch_uid() || !have_python() {
         return;
     }
     let (d, port, _dir) = site();
     let upstream = format!("127.0.0.1:{}", free_port());
-    let app = python(Some(APP), SERVER, &[&upstream]).0;
+    let app = py(Some(APP), SERVER, &[&upstream]).0;
     let calls = queue_calls(port, "app", &upstream);
-    let (_session, lines) = python(
+    let (_session, lines) = py(
         Some(APP),
         SESSION,
         &[d.control.to_str().unwrap(), &calls.to_string()],
@@ -292,7 +283,7 @@ fn a_port_that_changes_hands_gets_502_never_the_new_holders_answers() {
 
     // The app goes; another account's server takes its port.
     drop(app);
-    let taker = python(None, SERVER, &[&upstream]).0;
+    let taker = py(None, SERVER, &[&upstream]).0;
     for _ in 0..5 {
         if let Some((status, body)) = try_get(port, "localhost", "/app/") {
             assert!(!body.contains("served by uid 0"), "{status} {body}");
@@ -304,7 +295,7 @@ fn a_port_that_changes_hands_gets_502_never_the_new_holders_answers() {
 
     // The owner takes it back: served again, the mark gone.
     drop(taker);
-    let _app = python(Some(APP), SERVER, &[&upstream]).0;
+    let _app = py(Some(APP), SERVER, &[&upstream]).0;
     assert!(eventually(10, || {
         try_get(port, "localhost", "/app/").is_some_and(|(s, b)| s == 200 && b.contains("1001"))
     }));

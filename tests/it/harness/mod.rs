@@ -28,8 +28,8 @@ pub use http::{
     read_response, read_until_close, try_get,
 };
 pub use process::{
-    alone_in_a_process, as_uid, can_switch_uid, copy_executable, have_prlimit, only_test,
-    run_to_exit, strip_ansi, vm_rss_kib,
+    alone_in_a_process, as_uid, can_switch_uid, copy_executable, have_prlimit, have_python,
+    only_test, python, run_to_exit, strip_ansi, vm_rss_kib,
 };
 pub use upstream::{AnyListener, EchoServer, Echoed, Exchange, Scripted, daemon_with_upstream};
 

@@ -226,3 +226,28 @@ pub fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// Whether `python3` runs here: outside CI a machine without it skips the tests that
+/// start Python servers (false, with a note); under `CI` it fails them.
+pub fn have_python() -> bool {
+    match Command::new(python()).arg("--version").output() {
+        Ok(o) if o.status.success() => true,
+        other => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "python3 missing under CI: {other:?}"
+            );
+            eprintln!("skipped: python3 not available ({other:?})");
+            false
+        }
+    }
+}
+
+/// A Python that every uid may run (not a per-user shim).
+pub fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
