@@ -159,14 +159,8 @@ pub(crate) fn error_page(
     let (body, phrase) = page_body(rejection, detail);
     out.put_slice(format!("HTTP/1.1 {status} {phrase}\r\n").as_bytes());
     out.put_slice(b"Content-Type: text/html; charset=us-ascii\r\n");
-    if let Some(server) = server {
-        out.put_slice(b"Server: ");
-        out.put_slice(server.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"Date: ");
-    put_date(out);
-    out.put_slice(b"\r\nConnection: close\r\n");
+    put_server_and_date(out, server);
+    out.put_slice(b"Connection: close\r\n");
     if let Some(secs) = retry_after.filter(|_| status == 503) {
         out.put_slice(format!("Retry-After: {secs}\r\n").as_bytes());
     }
@@ -205,14 +199,7 @@ pub(crate) fn redirect(out: &mut BytesMut, location: &[u8], server: Option<&str>
     out.put_slice(b"HTTP/1.1 308 Permanent Redirect\r\nLocation: ");
     out.put_slice(location);
     out.put_slice(b"\r\n");
-    if let Some(server) = server {
-        out.put_slice(b"Server: ");
-        out.put_slice(server.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"Date: ");
-    put_date(out);
-    out.put_slice(b"\r\n");
+    put_server_and_date(out, server);
     if close {
         out.put_slice(b"Connection: close\r\n");
     }
@@ -224,16 +211,10 @@ pub(crate) fn redirect(out: &mut BytesMut, location: &[u8], server: Option<&str>
 /// request), keeping its length.
 pub(crate) fn acme_answer(out: &mut BytesMut, answer: &str, server: Option<&str>, head: bool) {
     out.put_slice(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n");
-    if let Some(server) = server {
-        out.put_slice(b"Server: ");
-        out.put_slice(server.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"Date: ");
-    put_date(out);
+    put_server_and_date(out, server);
     out.put_slice(
         format!(
-            "\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            "Connection: close\r\nContent-Length: {}\r\n\r\n",
             answer.len()
         )
         .as_bytes(),
@@ -241,6 +222,19 @@ pub(crate) fn acme_answer(out: &mut BytesMut, answer: &str, server: Option<&str>
     if !head {
         out.put_slice(answer.as_bytes());
     }
+}
+
+/// The `Server` field (when `server` is given) and the `Date` field of the daemon's own
+/// responses, each ending its line.
+fn put_server_and_date(out: &mut BytesMut, server: Option<&str>) {
+    if let Some(server) = server {
+        out.put_slice(b"Server: ");
+        out.put_slice(server.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"Date: ");
+    put_date(out);
+    out.put_slice(b"\r\n");
 }
 
 /// `HTTP/1.1 100 Continue`, sent when a request that expects it is handed to an application.

@@ -9,6 +9,7 @@ use portshare_proto::header;
 use portshare_proto::wire::RequestHeadWriter;
 
 use crate::head::Head;
+use crate::relay::tokens;
 
 /// The request headers an application gets, in order: those that [`passes`], with the
 /// host routing used as the Host header. For an absolute-form target that is its
@@ -88,11 +89,6 @@ pub(crate) fn upgrade_offer(head: &Head<'_>) -> Option<Vec<u8>> {
     if head.version() != portshare_router::Version::Http11 {
         return None;
     }
-    fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-        v.split(|&b| b == b',')
-            .map(|t| t.trim_ascii())
-            .filter(|t| !t.is_empty())
-    }
     let asked = head
         .headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
@@ -105,10 +101,7 @@ pub(crate) fn upgrade_offer(head: &Head<'_>) -> Option<Vec<u8>> {
         .headers()
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"upgrade"))
     {
-        for t in tokens(v) {
-            if t.eq_ignore_ascii_case(b"h2c") {
-                continue;
-            }
+        for t in tokens(v).filter(|t| !t.eq_ignore_ascii_case(b"h2c")) {
             if !offer.is_empty() {
                 offer.extend_from_slice(b", ");
             }
@@ -182,6 +175,10 @@ mod tests {
             Some("foo/2, bar")
         );
         assert_eq!(offer(&format!("{ws}Upgrade: h2c\r\n\r\n")), None);
+        assert_eq!(
+            offer(&format!("{ws}Upgrade: H2C, websocket\r\n\r\n")).as_deref(),
+            Some("websocket")
+        );
         assert_eq!(offer(&format!("{ws}\r\n")), None);
         // No `Connection: upgrade`, or HTTP/1.0: no offer.
         assert_eq!(

@@ -41,35 +41,6 @@ pub(crate) fn req_framing(head: &Head<'_>, has_body: bool) -> ReqFraming {
     }
 }
 
-/// The client's `Upgrade` tokens to forward, joined, for an HTTP/1.1 request that asks for
-/// an upgrade (`Connection: upgrade`); `h2c` is never forwarded (HTTP.sys has no
-/// cleartext HTTP/2): a request that asks for it alone is served as a plain request.
-pub(crate) fn upgrade_tokens(head: &Head<'_>) -> Option<Vec<u8>> {
-    if head.version() != Version::Http11 {
-        return None;
-    }
-    let asked = head
-        .headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(b"upgrade")));
-    if !asked {
-        return None;
-    }
-    let mut out = Vec::new();
-    for (_, v) in head
-        .headers()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"upgrade"))
-    {
-        for t in tokens(v).filter(|t| !t.eq_ignore_ascii_case(b"h2c")) {
-            if !out.is_empty() {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(t);
-        }
-    }
-    (!out.is_empty()).then_some(out)
-}
-
 /// The path of a registration's prefix (`http://+:80/py/` -> `/py/`).
 fn prefix_path(prefix: &str) -> &str {
     let rest = prefix.split_once("://").map_or(prefix, |(_, r)| r);
@@ -241,7 +212,7 @@ impl Conn {
             }
         };
         let framing = req_framing(head, !body.is_done());
-        let upgrade = upgrade_tokens(head);
+        let upgrade = super::headers::upgrade_offer(head);
         let from = Origin {
             peer: &self.peer_text,
             local: &self.local_text,
@@ -567,38 +538,5 @@ mod tests {
         assert_eq!(strip(b"/py?x", path), (3, true));
         assert_eq!(strip(b"/pyx", path), (0, false));
         assert_eq!(strip(b"/other", path), (0, false));
-    }
-
-    #[test]
-    fn upgrades_are_asked_with_connection_upgrade_on_http11_and_never_for_h2c() {
-        let limits = crate::HeadLimits::default();
-        let tokens = |text: &str| {
-            let Ok(crate::head::Parsed::Complete { head, .. }) =
-                crate::head::parse_head(text.as_bytes(), &limits)
-            else {
-                panic!("{text:?} did not parse");
-            };
-            upgrade_tokens(&head).map(|t| String::from_utf8(t).unwrap())
-        };
-        let ask = |version: &str, connection: &str, upgrade: &str| {
-            tokens(&format!(
-                "GET / {version}\r\nHost: x\r\nConnection: {connection}\r\nUpgrade: {upgrade}\r\n\r\n"
-            ))
-        };
-        assert_eq!(
-            ask("HTTP/1.1", "Upgrade", "websocket"),
-            Some("websocket".into())
-        );
-        assert_eq!(
-            ask("HTTP/1.1", "keep-alive, upgrade", "a, b"),
-            Some("a, b".into())
-        );
-        assert_eq!(ask("HTTP/1.1", "keep-alive", "websocket"), None);
-        assert_eq!(ask("HTTP/1.0", "upgrade", "websocket"), None);
-        assert_eq!(ask("HTTP/1.1", "upgrade", "h2c"), None);
-        assert_eq!(
-            ask("HTTP/1.1", "upgrade", "H2C, websocket"),
-            Some("websocket".into())
-        );
     }
 }
