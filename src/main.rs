@@ -12,6 +12,7 @@ mod run;
 mod serve;
 mod show;
 mod sslcert;
+mod top;
 
 #[derive(Debug, Parser)]
 #[command(name = "portshare", version, about, long_about = None)]
@@ -44,6 +45,10 @@ enum Command {
     /// Add, delete or show certificate bindings for https (`netsh http add|delete|show
     /// sslcert`).
     Sslcert(sslcert::Args),
+    /// Watch the queues of a running daemon live: arrivals, services and refusals per
+    /// second, depth, waiting time, workers and free slots (plain lines when not on a
+    /// terminal).
+    Top(top::Args),
     /// Add or delete URL reservations (`netsh http add|delete urlacl`).
     Urlacl(admin::UrlaclArgs),
     /// The first steps of an application `portshare run` starts (not for direct use).
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Show(args) => show::run(args),
         Command::Sslcert(args) => sslcert::run(args),
+        Command::Top(args) => top::run(args),
         Command::Urlacl(args) => admin::urlacl(args),
     }
 }

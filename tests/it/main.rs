@@ -37,6 +37,7 @@ mod run;
 mod shutdown;
 mod sslcert;
 mod tls;
+mod top;
 mod upstream;
 mod upstream_owner;
 mod urlacl;
