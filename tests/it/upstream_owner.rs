@@ -302,3 +302,104 @@ fn a_port_that_changes_hands_gets_502_never_the_new_holders_answers() {
     assert!(state_queue(&d, "app")["upstream_refused"].is_null());
     let _ = std::io::stderr().flush();
 }
+
+/// A server that shuts down its sending side of each connection as soon as it accepts
+/// it, reads what comes and closes, on argv[1] (`HOST:PORT`): its side of the connection
+/// is never established when the daemon looks. Prints `READY` once listening.
+const HALF_CLOSER: &str = r#"
+import socket, sys, threading
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, int(port)))
+s.listen(1024)
+print("READY", flush=True)
+def serve(c):
+    try:
+        c.recv(65536)
+    finally:
+        c.close()
+while True:
+    c, _ = s.accept()
+    c.shutdown(socket.SHUT_WR)
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// The daemon's thread count.
+fn threads(pid: u64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_server_that_closes_every_connection_at_once_holds_few_of_the_daemons_threads() {
+    if !can_switch_uid() || !have_python() {
+        return;
+    }
+    let (d, port, _dir) = site();
+    let upstream = format!("127.0.0.1:{}", free_port());
+    let _server = py(Some(APP), HALF_CLOSER, &[&upstream]).0;
+    let calls = queue_calls(port, "rst", &upstream);
+    let (_session, lines) = py(
+        Some(APP),
+        SESSION,
+        &[d.control.to_str().unwrap(), &calls.to_string()],
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("RESULT 20")).count(),
+        2,
+        "{lines:?}"
+    );
+    let pid = d.state()["pid"].as_u64().expect("the daemon's pid");
+    let before = threads(pid);
+
+    // 64 clients at once, each sending requests the upstream closes, for at most 10 s.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = {
+        let (done, most) = (done.clone(), most.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most.fetch_max(threads(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            std::thread::spawn(move || {
+                for _ in 0..8 {
+                    if std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    // Abandoned (no response) when the upstream closes after the check, 502
+                    // `Upstream_Owner` when the check found nothing.
+                    if let Some((status, body)) = try_get(port, "localhost", "/rst/") {
+                        assert_eq!(status, 502, "{body}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    watcher.join().expect("watcher");
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    // The lookups run on two threads of their own (started by the first); the control
+    // plane's pool may start a few more.
+    assert!(
+        most <= before + 2 + 4,
+        "{before} threads before the flood, {most} during it"
+    );
+    // The control plane still answers.
+    assert!(d.state()["queues"].is_array());
+}

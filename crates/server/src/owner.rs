@@ -30,7 +30,8 @@ pub(crate) const OVERFLOW_UID: u32 = 65534;
 
 /// How long to look for the server side of a fresh loopback connection. The kernel lists
 /// it once the server has the handshake's last ACK, which on loopback is almost always
-/// before `connect` returns.
+/// before `connect` returns. The look ends sooner when the client's side is no longer
+/// established: the server closed or reset the connection, and nothing will appear.
 const FIND_FOR: Duration = Duration::from_millis(200);
 
 /// An upstream served by another account than the queue owner's.
@@ -63,7 +64,9 @@ impl fmt::Display for NotOwner {
             )?,
             Found::Uid(0) => f.write_str("served by a socket root owns (uid 0)")?,
             Found::Uid(uid) => write!(f, "served by uid {uid}")?,
-            Found::Nothing => f.write_str("its server side could not be found in /proc")?,
+            Found::Nothing => f.write_str(
+                "its server side could not be found in /proc (closed or reset at once)",
+            )?,
         }
         if let Some(Holder { pid: Some(pid), .. }) = &self.holder {
             write!(f, ", PID {pid}")?;
@@ -102,7 +105,7 @@ pub(crate) async fn check_unix(stream: &tokio::net::UnixStream, owner: u32) -> i
     };
     if let Some(pid) = cred.pid().and_then(|p| u32::try_from(p).ok()) {
         let uid = cred.uid();
-        refused.holder = tokio::task::spawn_blocking(move || name_process(pid, uid))
+        refused.holder = lookups::run(move || name_process(pid, uid))
             .await
             .ok()
             .flatten();
@@ -111,13 +114,11 @@ pub(crate) async fn check_unix(stream: &tokio::net::UnixStream, owner: u32) -> i
 }
 
 /// Checks the server side of a loopback TCP connection the daemon just opened. The lookup
-/// reads `/proc` on the blocking pool.
+/// reads `/proc` on the lookup threads.
 pub(crate) async fn check_tcp(stream: &tokio::net::TcpStream, owner: u32) -> io::Result<()> {
     let client = stream.local_addr()?;
     let server = stream.peer_addr()?;
-    let verdict = tokio::task::spawn_blocking(move || check_tcp_blocking(server, client, owner))
-        .await
-        .map_err(io::Error::other)?;
+    let verdict = lookups::run(move || check_tcp_blocking(server, client, owner)).await?;
     verdict.map_err(|refused| io::Error::new(io::ErrorKind::PermissionDenied, refused))
 }
 
@@ -125,9 +126,11 @@ fn check_tcp_blocking(server: SocketAddr, client: SocketAddr, owner: u32) -> Res
     let started = std::time::Instant::now();
     let entry = loop {
         match server_side(server, client) {
-            Some(entry) => break Some(entry),
-            None if started.elapsed() < FIND_FOR => std::thread::sleep(Duration::from_millis(2)),
-            None => break None,
+            (Some(entry), _) => break Some(entry),
+            (None, true) if started.elapsed() < FIND_FOR => {
+                std::thread::sleep(Duration::from_millis(2))
+            }
+            (None, _) => break None,
         }
     };
     let found = entry.map_or(Found::Nothing, |(uid, _)| Found::Uid(uid));
@@ -137,15 +140,96 @@ fn check_tcp_blocking(server: SocketAddr, client: SocketAddr, owner: u32) -> Res
     })
 }
 
-/// The uid and inode of the server side of `client`'s connection to `server`.
+/// The threads that read `/proc` for this module. A lookup is slow (a read of every TCP
+/// socket, or of every process's descriptors) and an account decides how many happen: each
+/// new connection to its upstream makes one, and a server that closes or resets every
+/// connection at once makes the daemon open connection after connection. So the lookups
+/// run on a few threads of their own, never on the blocking pool the control plane needs,
+/// and those waiting beyond a bound wait as tasks, holding no thread.
+mod lookups {
+    use std::io;
+    use std::panic::AssertUnwindSafe;
+    use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use tokio::sync::{Semaphore, oneshot};
+
+    /// Threads reading `/proc`.
+    pub(super) const THREADS: usize = 2;
+    /// Lookups handed to the threads at once, running or queued.
+    const QUEUED: usize = 64;
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    #[derive(Debug)]
+    struct Pool {
+        permits: Semaphore,
+        jobs: SyncSender<Job>,
+    }
+
+    static POOL: OnceLock<io::Result<Pool>> = OnceLock::new();
+
+    fn start() -> io::Result<Pool> {
+        let (jobs, queue) = sync_channel::<Job>(QUEUED);
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..THREADS {
+            let queue: Arc<Mutex<Receiver<Job>>> = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("portshare-owner-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(q) => q.recv(),
+                            Err(_) => return,
+                        };
+                        let Ok(job) = job else { return };
+                        // A lookup that panics loses its answer, not the thread.
+                        let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    }
+                })?;
+        }
+        Ok(Pool {
+            permits: Semaphore::new(QUEUED),
+            jobs,
+        })
+    }
+
+    /// Runs `f` on a lookup thread, waiting (as a task) for a place when `QUEUED` are
+    /// handed over already.
+    pub(super) async fn run<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        let pool = POOL
+            .get_or_init(start)
+            .as_ref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+        let _place = pool
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| io::Error::other("the owner lookups are closed"))?;
+        let (tx, rx) = oneshot::channel();
+        pool.jobs
+            .try_send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| io::Error::other("the owner lookup threads are gone"))?;
+        rx.await
+            .map_err(|_| io::Error::other("an owner lookup failed"))
+    }
+}
+
+/// The uid and inode of the server side of `client`'s connection to `server`, and whether
+/// the client's side is still established.
 #[cfg(target_os = "linux")]
-fn server_side(server: SocketAddr, client: SocketAddr) -> Option<(u32, u64)> {
-    crate::procfs::server_side(server, client).map(|e| (e.uid, e.inode))
+fn server_side(server: SocketAddr, client: SocketAddr) -> (Option<(u32, u64)>, bool) {
+    let c = crate::procfs::connection(server, client);
+    (c.server.map(|e| (e.uid, e.inode)), c.client_open)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn server_side(_: SocketAddr, _: SocketAddr) -> Option<(u32, u64)> {
-    None
+fn server_side(_: SocketAddr, _: SocketAddr) -> (Option<(u32, u64)>, bool) {
+    (None, false)
 }
 
 #[cfg(target_os = "linux")]

@@ -64,12 +64,26 @@ pub(crate) fn find_holder(addr: SocketAddr) -> Holder {
 
 /// `st` of an established connection in `/proc/net/tcp`.
 pub(crate) const TCP_ESTABLISHED: u8 = 0x01;
+/// `st` of a socket in `TIME_WAIT`: no longer a socket of its owner's (uid 0, inode 0).
+const TCP_TIME_WAIT: u8 = 0x06;
+/// `st` of a closed socket.
+const TCP_CLOSE: u8 = 0x07;
 
-/// The other end of a TCP connection from `client` to `server` on this host: the socket
-/// whose local address is `server` and whose peer is `client`. An IPv4 connection may be
+/// Both ends of a TCP connection on this host, as one read of `/proc/net/tcp*` found them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Connection {
+    /// The server's socket, while it is its owner's: from the handshake (`SYN_RECV`)
+    /// through the states of a close, not `TIME_WAIT`.
+    pub(crate) server: Option<SockEntry>,
+    /// Whether the client's socket is still established: `false` once the server has
+    /// closed or reset the connection (or the client is not listed).
+    pub(crate) client_open: bool,
+}
+
+/// The connection from `client` to `server` on this host: the socket whose local address is
+/// `server` and whose peer is `client`, and the client's own. An IPv4 connection may be
 /// served by an IPv6 socket, where both addresses show IPv4-mapped in `/proc/net/tcp6`.
-/// `None` when neither file lists it (not yet, or no longer).
-pub(crate) fn server_side(server: SocketAddr, client: SocketAddr) -> Option<SockEntry> {
+pub(crate) fn connection(server: SocketAddr, client: SocketAddr) -> Connection {
     let mapped = |a: SocketAddr| match a {
         SocketAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
         v6 => v6,
@@ -82,14 +96,36 @@ pub(crate) fn server_side(server: SocketAddr, client: SocketAddr) -> Option<Sock
     } else {
         &[("/proc/net/tcp6", server, client)]
     };
-    wanted.iter().find_map(|&(path, server, client)| {
-        let file = fs::File::open(path).ok()?;
-        BufReader::new(file)
+    let mut found = Connection {
+        server: None,
+        client_open: false,
+    };
+    for &(path, server, client) in wanted {
+        let Ok(file) = fs::File::open(path) else {
+            continue;
+        };
+        for e in BufReader::new(file)
             .lines()
             .map_while(Result::ok)
             .filter_map(|line| parse_tcp_line(&line))
-            .find(|e| e.local == server && e.remote == client && e.state == TCP_ESTABLISHED)
-    })
+        {
+            if e.local == server && e.remote == client && is_owned_connection(e.state) {
+                found.server.get_or_insert(e);
+            } else if e.local == client && e.remote == server && e.state == TCP_ESTABLISHED {
+                found.client_open = true;
+            }
+        }
+        if found.server.is_some() {
+            break;
+        }
+    }
+    found
+}
+
+/// Whether a socket in this state is a connection its owner holds (or held until it
+/// closed it): not listening, not `TIME_WAIT`, not closed.
+fn is_owned_connection(state: u8) -> bool {
+    !matches!(state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE)
 }
 
 /// The process serving the connection whose server side is the socket `inode` at `server`:
