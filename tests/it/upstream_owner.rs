@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::harness::{
-    Daemon, TempDir, as_uid, can_switch_uid, eventually, free_port, get, have_python, python,
-    try_get,
+    Daemon, TempDir, as_uid, can_switch_uid, eventually, free_port, get, have_prlimit, have_python,
+    python, try_get,
 };
 
 /// The account that creates the queues.
@@ -402,4 +402,97 @@ fn a_server_that_closes_every_connection_at_once_holds_few_of_the_daemons_thread
     );
     // The control plane still answers.
     assert!(d.state()["queues"].is_array());
+}
+
+/// An HTTP/1.1 server that answers each GET after 4 s, on argv[1] (`HOST:PORT`), many at
+/// once. Prints `READY` once listening.
+const SLOW: &str = r#"
+import http.server, socketserver, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        time.sleep(4)
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"slow\n")
+    def log_message(self, *a):
+        pass
+class S(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 512
+host, port = sys.argv[1].rsplit(":", 1)
+srv = S((host, int(port)), H)
+print("READY", flush=True)
+srv.serve_forever()
+"#;
+
+#[test]
+fn one_accounts_busy_upstreams_leave_the_other_accounts_their_connections() {
+    if !can_switch_uid() || !have_python() || !have_prlimit() {
+        return;
+    }
+    const OTHER: u32 = 1002;
+    // 1024 open files: an upstream share of 128 connections, 32 for one account.
+    let port = free_port();
+    let d = Daemon::builder()
+        .dir(TempDir::open_to_all("upstream-share"))
+        .config(format!(
+            "[[urlacl]]\nurl = \"http://+:{port}/\"\nusers = [\"uid:{APP}\", \"uid:{OTHER}\"]\n"
+        ))
+        .wrapper(&["prlimit", "--nofile=1024:1024", "--"])
+        .spawn();
+    assert_eq!(d.state()["budget"]["upstream"]["max"], 128);
+    let (slow, fast) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let _servers = [
+        py(Some(APP), SLOW, &[&slow]).0,
+        py(Some(OTHER), SERVER, &[&fast]).0,
+    ];
+    let mut sessions = Vec::new();
+    for (uid, name, upstream) in [(APP, "slow", &slow), (OTHER, "fast", &fast)] {
+        let (session, lines) = py(
+            Some(uid),
+            SESSION,
+            &[
+                d.control.to_str().unwrap(),
+                &queue_calls(port, name, upstream).to_string(),
+            ],
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with("RESULT 20")).count(),
+            2,
+            "{lines:?}"
+        );
+        sessions.push(session);
+    }
+
+    // 160 clients at once on the slow account's queue: more than the whole share.
+    let clients: Vec<_> = (0..160)
+        .map(|_| std::thread::spawn(move || try_get(port, "localhost", "/slow/").map(|r| r.0)))
+        .collect();
+    assert!(
+        eventually(10, || d.state()["budget"]["upstream"]["open"].as_u64()
+            >= Some(32)),
+        "the slow queue never took its connections"
+    );
+    // The other account is served meanwhile, on a connection of its own.
+    let (status, _, body) = get(port, "localhost", "/fast/");
+    assert_eq!((status, body.as_str()), (200, "served by uid 1002\n"));
+    let open = d.state()["budget"]["upstream"]["open"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(open <= 33, "{open} upstream connections open");
+
+    let statuses: Vec<Option<u16>> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    let served = statuses.iter().filter(|s| **s == Some(200)).count();
+    let refused = statuses.iter().filter(|s| **s == Some(503)).count();
+    assert!(served >= 32 && refused > 0, "{statuses:?}");
+    drop(sessions);
 }

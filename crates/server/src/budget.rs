@@ -12,14 +12,15 @@
 //! | the daemon's own | 64 + limit/16 | — |
 //! | of which listening sockets | half of it | a registration that needs a new port: `ERROR_TOO_MANY_OPEN_FILES` |
 //! | control connections | limit/8, the last limit/128 (at least 8) for administrators | the connection is refused |
-//! | upstream connections | limit/8 | the request is answered 503 |
+//! | upstream connections | limit/8, of which a quarter at most for one account's queues | the request is answered 503 |
 //! | client connections | the rest, about 11/16 | `MaxConnections`: new connections wait in the backlog |
 //!
 //! The daemon's own share covers what it opens itself: the standard streams, the control
 //! socket, the spare descriptor of the accept loops, the runtime's, the error log and state
 //! files, `/proc` reads, control connections being refused, and listening sockets. The
-//! control share is further cut per user (`[control]` in the configuration), so that one
-//! account cannot take it all either. A limit of 65536 gives 44992 client connections,
+//! control share is further cut per user (`[control]` in the configuration), and the
+//! upstream share per account (`upstream::Share`), so that one account cannot take it all
+//! either. A limit of 65536 gives 44992 client connections,
 //! 8192 control connections (512 kept for administrators), 8192 upstream connections and
 //! 2080 listening sockets.
 //!

@@ -6,8 +6,12 @@
 //! All upstream connections together stay within the descriptor budget's upstream
 //! [`Share`]: a request that needs a new connection when the share is spent is answered 503,
 //! and once the share is three quarters used, a connection that falls idle is closed
-//! instead of kept, so that idle pools do not hold descriptors other queues need.
+//! instead of kept, so that idle pools do not hold descriptors other queues need. The
+//! queues one ordinary account made hold at most a quarter of the share together, so no
+//! account's upstreams (slow, or keeping every connection busy) can take the places the
+//! other accounts' need; root's and the configuration's queues count in the share alone.
 
+use std::collections::HashMap;
 use std::io::{self, Read as _};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -171,12 +175,7 @@ impl Upstream {
     /// Opens a new connection out of `share`: the one place where the daemon connects to
     /// an upstream. The stream comes back before any byte is written on it.
     pub(crate) async fn connect(&self, share: &Arc<Share>) -> io::Result<UpConn> {
-        let Some(counted) = share.take() else {
-            return Err(io::Error::other(format!(
-                "all {} upstream connections of the descriptor budget are open",
-                share.max
-            )));
-        };
+        let counted = share.take(self.owner).map_err(io::Error::other)?;
         let io = self.open().await?;
         Ok(UpConn {
             io,
@@ -418,18 +417,50 @@ impl UpConn {
     }
 }
 
-/// Upstream connections open, all queues together, against the budget's upstream share.
+/// Upstream connections open, all queues together, against the budget's upstream share;
+/// and those of each ordinary account's queues, against a quarter of it.
 #[derive(Debug)]
 pub(crate) struct Share {
     max: u64,
     open: AtomicU64,
+    /// Connections open per account, for the queues ordinary accounts made. Taken when a
+    /// connection opens or closes, never for a request on a kept one.
+    accounts: Mutex<HashMap<u32, u64>>,
 }
+
+/// Why no new upstream connection may open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spent {
+    /// The whole share is open.
+    All(u64),
+    /// The account's queues hold their quarter of the share.
+    Account { uid: u32, max: u64 },
+}
+
+impl std::fmt::Display for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Spent::All(max) => write!(
+                f,
+                "all {max} upstream connections of the descriptor budget are open"
+            ),
+            Spent::Account { uid, max } => write!(
+                f,
+                "the upstream queues of uid {uid} hold {max} connections, the most one \
+                 account's may (a quarter of the descriptor budget's upstream share)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Spent {}
 
 impl Share {
     pub(crate) fn new(max: u64) -> Arc<Share> {
         Arc::new(Share {
             max,
             open: AtomicU64::new(0),
+            accounts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -438,29 +469,65 @@ impl Share {
         self.open.load(Ordering::Acquire)
     }
 
+    /// The most connections the queues of one ordinary account may hold at once.
+    pub(crate) fn per_account(&self) -> u64 {
+        (self.max / 4).max(1)
+    }
+
     /// Whether three quarters of the share are in use.
     fn low(&self) -> bool {
         self.open() * 4 >= self.max * 3
     }
 
-    /// Counts one more connection, if the share has room.
-    fn take(self: &Arc<Share>) -> Option<Counted> {
+    /// Counts one more connection for a queue of `owner` (`None`: root's or the
+    /// configuration's), if the share and the account's part of it have room.
+    fn take(self: &Arc<Share>, owner: Option<u32>) -> Result<Counted, Spent> {
+        let mut accounts = owner.map(|_| self.accounts.lock().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(uid), Some(accounts)) = (owner, &accounts) {
+            let max = self.per_account();
+            if accounts.get(&uid).copied().unwrap_or(0) >= max {
+                return Err(Spent::Account { uid, max });
+            }
+        }
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             })
-            .ok()?;
-        Some(Counted(self.clone()))
+            .map_err(|_| Spent::All(self.max))?;
+        if let (Some(uid), Some(accounts)) = (owner, &mut accounts) {
+            *accounts.entry(uid).or_default() += 1;
+        }
+        Ok(Counted {
+            share: self.clone(),
+            owner,
+        })
     }
 }
 
-/// One upstream connection, counted in its [`Share`] until dropped.
+/// One upstream connection, counted in its [`Share`] (and its account's part) until
+/// dropped.
 #[derive(Debug)]
-struct Counted(Arc<Share>);
+struct Counted {
+    share: Arc<Share>,
+    owner: Option<u32>,
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(uid) = self.owner {
+            let mut accounts = self
+                .share
+                .accounts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = accounts.get_mut(&uid) {
+                *n -= 1;
+                if *n == 0 {
+                    accounts.remove(&uid);
+                }
+            }
+        }
+        self.share.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -494,17 +561,41 @@ mod tests {
     #[test]
     fn the_share_counts_connections_and_runs_low() {
         let share = Share::new(4);
-        let a = share.take().unwrap();
-        let b = share.take().unwrap();
+        let a = share.take(None).unwrap();
+        let b = share.take(None).unwrap();
         assert!(!share.low());
-        let c = share.take().unwrap();
+        let c = share.take(None).unwrap();
         assert!(share.low());
-        let d = share.take().unwrap();
-        assert!(share.take().is_none());
+        let d = share.take(None).unwrap();
+        assert_eq!(share.take(None).unwrap_err(), Spent::All(4));
         assert_eq!(share.open(), 4);
         drop((a, b, c, d));
         assert_eq!(share.open(), 0);
-        assert!(share.take().is_some());
+        assert!(share.take(None).is_ok());
+    }
+
+    #[test]
+    fn one_account_holds_a_quarter_of_the_share_at_most() {
+        let share = Share::new(16);
+        let alice: Vec<_> = (0..4).map(|_| share.take(Some(1001)).unwrap()).collect();
+        assert_eq!(
+            share.take(Some(1001)).unwrap_err(),
+            Spent::Account { uid: 1001, max: 4 }
+        );
+        // Another account, and root's queues, still have room.
+        let bob = share.take(Some(1002)).unwrap();
+        let root: Vec<_> = (0..11).map(|_| share.take(None).unwrap()).collect();
+        assert_eq!(share.open(), 16);
+        // The share spent: nobody gets one, and a refusal counts nothing.
+        assert_eq!(share.take(Some(1003)).unwrap_err(), Spent::All(16));
+        assert_eq!(share.accounts.lock().unwrap().get(&1003), None);
+        drop(root);
+        drop(bob);
+        assert_eq!(share.accounts.lock().unwrap().get(&1002), None);
+        drop(alice);
+        assert!(share.accounts.lock().unwrap().is_empty());
+        assert_eq!(share.open(), 0);
+        assert!(share.take(Some(1001)).is_ok());
     }
 
     #[tokio::test]
@@ -537,7 +628,7 @@ mod tests {
     #[tokio::test]
     async fn no_connection_beyond_the_share() {
         let share = Share::new(1);
-        let _held = share.take().unwrap();
+        let _held = share.take(None).unwrap();
         let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap(), false, None);
         let e = up.connection(&share).await.unwrap_err();
         assert!(e.to_string().contains("descriptor budget"), "{e}");
