@@ -85,6 +85,9 @@ pub(crate) struct Upstream {
     /// Why the last new connection was refused for its owner, until one passes again.
     refused: Mutex<Option<String>>,
     idle: Mutex<Vec<UpConn>>,
+    /// Failures are logged at most once every 10 s: the account decides how often its
+    /// upstream fails.
+    warn: crate::accept::Throttle,
 }
 
 impl Upstream {
@@ -95,6 +98,7 @@ impl Upstream {
             owner,
             refused: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            warn: crate::accept::Throttle::default(),
         }
     }
 
@@ -126,6 +130,14 @@ impl Upstream {
         };
         self.judged(&verdict);
         verdict.map(|()| stream)
+    }
+
+    /// Logs a failure of this upstream for a request of `queue`, unless one was logged in
+    /// the last 10 s; the next line says how many were held back.
+    pub(crate) fn warn_failed(&self, queue: &str, error: &dyn std::fmt::Display) {
+        if let Some(held_back) = self.warn.pass() {
+            tracing::warn!(queue, upstream = %self.address, error = %error, held_back, "upstream failed");
+        }
     }
 
     /// Keeps the mark of the state view, and logs when it changes.

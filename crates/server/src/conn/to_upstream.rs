@@ -207,7 +207,7 @@ impl Conn {
         let mut c = match up.connection(&share).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
+                up.warn_failed(queue.name(), &e);
                 return self.unreachable(queue, &e);
             }
         };
@@ -284,7 +284,7 @@ impl Conn {
                             let mut fresh = match up.connect(&share).await {
                                 Ok(f) => f,
                                 Err(e) => {
-                                    tracing::warn!(queue = queue.name(), upstream = %up.address, error = %e, "upstream failed");
+                                    up.warn_failed(queue.name(), &e);
                                     return self.unreachable(queue, &e);
                                 }
                             };
@@ -294,7 +294,7 @@ impl Conn {
                         // Closed with the request in hand on a new connection, as a worker
                         // may leave; on a kept one, the request may not be sent again: 502.
                         Ok(Turn::Eof) | Err(_) if c.rd.is_empty() && !c.reused => {
-                            tracing::warn!(queue = queue.name(), upstream = %up.address, "upstream closed before a response");
+                            up.warn_failed(queue.name(), &"closed before a response");
                             return self.abandoned(None, queue);
                         }
                         Ok(Turn::Eof) => return self.bad_gateway(queue, up, "closed before a response"),
@@ -443,7 +443,7 @@ impl Conn {
     /// The upstream failed before its response began, or sent a head the daemon refuses:
     /// 502, logged, and the connection to it closed (dropped by the caller).
     fn bad_gateway(&mut self, queue: &Queue, up: &Upstream, why: &str) -> Next {
-        tracing::warn!(queue = queue.name(), upstream = %up.address, error = why, "upstream failed");
+        up.warn_failed(queue.name(), &why);
         self.wr.clear();
         let rejection = Rejection {
             status: 502,

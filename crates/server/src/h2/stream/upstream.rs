@@ -11,7 +11,7 @@ const BODY_AHEAD: usize = 64 * 1024;
 impl Ctx<'_> {
     /// Answers 503 for an upstream that cannot be reached.
     fn not_available(&self, out: &mut Out, up: &Upstream, e: &std::io::Error) {
-        tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = %e, "upstream failed");
+        up.warn_failed(self.queue.name(), e);
         let rejection = crate::owner::rejection(e);
         self.log(Some(rejection.status), rejection.reason);
         out.page(self.settings, rejection, Detail::Standard, Some(1));
@@ -20,7 +20,7 @@ impl Ctx<'_> {
     /// Answers 502 for an upstream that failed before its response or sent a head the
     /// daemon refuses.
     fn bad_gateway(&self, out: &mut Out, up: &Upstream, why: &str) {
-        tracing::warn!(queue = self.queue.name(), upstream = %up.address, error = why, "upstream failed");
+        up.warn_failed(self.queue.name(), &why);
         self.log(Some(502), Reason::BadGateway);
         let rejection = Rejection {
             status: 502,
@@ -95,7 +95,7 @@ impl Ctx<'_> {
                 // Closed with the request in hand on a new connection, as a worker may
                 // leave; on a kept one, the request may not be sent again: 502.
                 Got::Upstream(Ok(Turn::Eof) | Err(_)) if c.rd.is_empty() && !c.reused => {
-                    tracing::warn!(queue = self.queue.name(), upstream = %up.address, "upstream closed before a response");
+                    up.warn_failed(self.queue.name(), &"closed before a response");
                     self.log(None, Reason::ConnectionAbandonedByReqQueue);
                     out.reset(h2::Reason::INTERNAL_ERROR);
                     return;
