@@ -85,6 +85,8 @@ mod queue;
 mod quota;
 mod relay;
 mod shared;
+#[cfg(target_os = "linux")]
+mod sockdiag;
 mod timers;
 mod tls;
 mod trust;

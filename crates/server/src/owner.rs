@@ -6,9 +6,10 @@
 //!
 //! - `unix:PATH`: the peer credentials of the connected socket (`SO_PEERCRED`: the process
 //!   that called `listen()` on it).
-//! - A loopback `IP:port`: the server side of *that* connection, found in `/proc/net/tcp`
-//!   (or `/proc/net/tcp6`, where a `::` socket serves IPv4 clients at IPv4-mapped addresses),
-//!   and its owner (the account that created the listening socket).
+//! - A loopback `IP:port`: the server side of *that* connection, looked up by its addresses
+//!   through sock_diag ([`crate::sockdiag`], microseconds), else found in `/proc/net/tcp`
+//!   (or `/proc/net/tcp6`, where a `::` socket serves IPv4 clients at IPv4-mapped
+//!   addresses), and its owner (the account that created the listening socket).
 //!
 //! Two uids never pass for an account other than root: the overflow uid 65534 (a socket
 //! owned by an account this user namespace cannot name) and uid 0 (a socket root or
@@ -220,11 +221,33 @@ mod lookups {
 }
 
 /// The uid and inode of the server side of `client`'s connection to `server`, and whether
-/// the client's side is still established.
+/// the client's side is still established: through sock_diag on this lookup thread's own
+/// netlink socket, else (no `inet_diag` in the kernel) from `/proc/net/tcp*`.
 #[cfg(target_os = "linux")]
 fn server_side(server: SocketAddr, client: SocketAddr) -> (Option<(u32, u64)>, bool) {
-    let c = crate::procfs::connection(server, client);
-    (c.server.map(|e| (e.uid, e.inode)), c.client_open)
+    use std::cell::RefCell;
+
+    use crate::procfs::{TCP_ESTABLISHED, is_owned_connection};
+    use crate::sockdiag::Diag;
+
+    thread_local! {
+        /// `None` once opening one failed: this kernel has no sock_diag for TCP.
+        static DIAG: RefCell<Option<io::Result<Diag>>> = const { RefCell::new(None) };
+    }
+    let by_diag = DIAG.with(|diag| {
+        let mut diag = diag.borrow_mut();
+        let d = diag.get_or_insert_with(Diag::open).as_mut().ok()?;
+        let theirs = d.find(server, client).ok()?;
+        let ours = d.find(client, server).ok()?;
+        Some((
+            theirs.filter(is_owned_connection).map(|e| (e.uid, e.inode)),
+            ours.is_some_and(|e| e.state == TCP_ESTABLISHED),
+        ))
+    });
+    by_diag.unwrap_or_else(|| {
+        let c = crate::procfs::connection(server, client);
+        (c.server.map(|e| (e.uid, e.inode)), c.client_open)
+    })
 }
 
 #[cfg(not(target_os = "linux"))]

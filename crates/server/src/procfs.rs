@@ -64,6 +64,8 @@ pub(crate) fn find_holder(addr: SocketAddr) -> Holder {
 
 /// `st` of an established connection in `/proc/net/tcp`.
 pub(crate) const TCP_ESTABLISHED: u8 = 0x01;
+/// `st` of a socket in `FIN_WAIT2`.
+const TCP_FIN_WAIT2: u8 = 0x05;
 /// `st` of a socket in `TIME_WAIT`: no longer a socket of its owner's (uid 0, inode 0).
 const TCP_TIME_WAIT: u8 = 0x06;
 /// `st` of a closed socket.
@@ -109,7 +111,7 @@ pub(crate) fn connection(server: SocketAddr, client: SocketAddr) -> Connection {
             .map_while(Result::ok)
             .filter_map(|line| parse_tcp_line(&line))
         {
-            if e.local == server && e.remote == client && is_owned_connection(e.state) {
+            if e.local == server && e.remote == client && is_owned_connection(&e) {
                 found.server.get_or_insert(e);
             } else if e.local == client && e.remote == server && e.state == TCP_ESTABLISHED {
                 found.client_open = true;
@@ -122,10 +124,12 @@ pub(crate) fn connection(server: SocketAddr, client: SocketAddr) -> Connection {
     found
 }
 
-/// Whether a socket in this state is a connection its owner holds (or held until it
-/// closed it): not listening, not `TIME_WAIT`, not closed.
-fn is_owned_connection(state: u8) -> bool {
-    !matches!(state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE)
+/// Whether a socket is a connection its owner holds (or held until it closed it): not
+/// listening, not closed, not `TIME_WAIT`, and not the kernel's stand-in for a closed one
+/// (a `FIN_WAIT2` owned by nobody and no file: uid 0, inode 0).
+pub(crate) fn is_owned_connection(e: &SockEntry) -> bool {
+    let stand_in = e.state == TCP_FIN_WAIT2 && e.uid == 0 && e.inode == 0;
+    !matches!(e.state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE) && !stand_in
 }
 
 /// The process serving the connection whose server side is the socket `inode` at `server`:
