@@ -635,12 +635,18 @@ impl Daemon {
 
     /// Begins a graceful stop: the listeners close, connections close as soon as they hold
     /// no request, and workers are told (a drain frame). Requests in progress and waiting
-    /// in queues go on. Returns how long they may take.
-    pub(crate) fn begin_stop(&self) -> Duration {
+    /// in queues go on. Returns how long they may take, and the accept loops, which end
+    /// soon: each holds a place of the connection count while it waits for a client, so
+    /// the count means client connections only once they have ended.
+    pub(crate) fn begin_stop(&self) -> (Duration, Vec<tokio::task::JoinHandle<()>>) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.stop.notify_waiters();
         let mut st = self.lock();
-        st.listeners.clear();
+        let accepting = st
+            .listeners
+            .drain()
+            .filter_map(|(_, l)| l.close())
+            .collect();
         for entry in st.queues.values() {
             for (target, _, _) in entry.queue.seats() {
                 if let Target::Worker(w) = target {
@@ -648,7 +654,7 @@ impl Daemon {
                 }
             }
         }
-        st.config.timers.shutdown.duration()
+        (st.config.timers.shutdown.duration(), accepting)
     }
 
     /// Client connections open now.
