@@ -365,12 +365,7 @@ impl Daemon {
             entry.urls.remove(p);
         }
         for p in &unregistered {
-            tracing::info!(
-                queue = name,
-                prefix = %p,
-                "URL removed: its account may no longer register"
-            );
-            self.unregister(st, p);
+            self.unregister(st, name, p, "its account may no longer register");
         }
         for session in idle {
             self.let_go(st, session, name);
@@ -565,7 +560,7 @@ impl Daemon {
             ));
         }
         entry.urls.remove(&prefix);
-        self.unregister(st, &prefix);
+        self.unregister(st, name, &prefix, "removed by a control connection");
         self.publish(st);
         Ok(())
     }
@@ -615,14 +610,20 @@ impl Daemon {
             return;
         };
         for p in entry.urls.keys() {
-            self.unregister(st, p);
+            self.unregister(st, name, p, "its queue closed");
         }
         entry.queue.close();
     }
 
-    fn unregister(&self, st: &mut State, prefix: &UrlPrefix) {
-        if st.table.remove(prefix).is_ok()
-            && !st.table.listens(prefix.scheme(), prefix.port())
+    /// Takes `prefix` of queue `name` out of the route table, logged with `reason`, and
+    /// closes its port's listeners when nothing else needs them.
+    fn unregister(&self, st: &mut State, name: &str, prefix: &UrlPrefix, reason: &str) {
+        if st.table.remove(prefix).is_ok() {
+            tracing::info!(queue = name, %prefix, reason, "unregistered");
+        } else {
+            return;
+        }
+        if !st.table.listens(prefix.scheme(), prefix.port())
             && !st.acme_ports.contains_key(&prefix.port())
         {
             Daemon::release_port(st, prefix.port());
