@@ -282,31 +282,59 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         "        Oldest waiting request age (ms): {}",
         q.oldest_wait_ms
     );
-    let _ = writeln!(
-        out,
-        "        Request queue timeout (secs): {}",
-        secs(q.queue_timer_ms)
-    );
-    // As netsh prints a URL group's values: 0 is the service's value.
+    // netsh prints a URL group's 0 for "the service's value"; this prints the value in force
+    // and whose it is.
     let l = &q.limits;
+    let service = s.service_timers;
+    let timer = |own: u64, service: Option<u64>| match (own, service) {
+        (0, Some(v)) => format!("{} (service)", secs(v)),
+        (0, None) => "0 (the service's)".to_owned(),
+        (v, _) => format!("{} (queue)", secs(v)),
+    };
+    let queue_timer = if l.request_queue_ms == 0 && service.is_none() {
+        // A daemon that does not say whose it is: the value in force, as it reports it.
+        secs(q.queue_timer_ms)
+    } else {
+        timer(l.request_queue_ms, service.map(|t| t.request_queue_ms))
+    };
+    let _ = writeln!(out, "        Request queue timeout (secs): {queue_timer}");
     let _ = writeln!(
         out,
         "        Entity body timeout (secs): {}",
-        secs(l.entity_body_ms)
+        timer(l.entity_body_ms, service.map(|t| t.entity_body_ms))
     );
     let _ = writeln!(
         out,
         "        Drain entity body timeout (secs): {}",
-        secs(l.drain_entity_body_ms)
+        timer(
+            l.drain_entity_body_ms,
+            service.map(|t| t.drain_entity_body_ms)
+        )
     );
+    let rate = |r: u32| match r {
+        u32::MAX => "not checked (4294967295)".to_owned(),
+        r => r.to_string(),
+    };
+    let min_send_rate = match (l.min_send_rate, service) {
+        (0, Some(t)) => format!("{} (service)", rate(t.min_send_rate)),
+        (0, None) => "0 (the service's)".to_owned(),
+        (r, _) => format!("{} (queue)", rate(r)),
+    };
     let _ = writeln!(
         out,
-        "        Minimum send rate (bytes/sec): {}",
-        l.min_send_rate
+        "        Minimum send rate (bytes/sec): {min_send_rate}"
     );
-    let max = match l.max_connections {
-        0 => "inherited".to_owned(),
-        n => n.to_string(),
+    let max = match (l.max_connections, service) {
+        (0, Some(t)) => format!(
+            "no limit of its own (service: {})",
+            if t.max_connections >= u64::from(u32::MAX) {
+                "no limit".to_owned()
+            } else {
+                t.max_connections.to_string()
+            }
+        ),
+        (0, None) => "no limit of its own".to_owned(),
+        (n, _) => format!("{n} (queue)"),
     };
     let _ = writeln!(out, "        Max connections: {max}");
     let _ = writeln!(out, "        Max opaque connections: {}", l.max_opaque);
@@ -563,7 +591,7 @@ mod tests {
     use portshare_proto::Win32Error;
     use portshare_proto::control::{
         AclEntry, ApiError, BindFailure, BudgetShare, BufferGauge, DescriptorBudget, IpListenEntry,
-        ListenerState, PrefixState, ProcessState, QueueCounters, QueueLimits,
+        ListenerState, PrefixState, ProcessState, QueueCounters, QueueLimits, ServiceTimers,
     };
 
     use super::*;
@@ -612,6 +640,7 @@ mod tests {
                 queue_timer_ms: 1500,
                 limits: QueueLimits {
                     max_opaque: 10000,
+                    request_queue_ms: 1500,
                     ..QueueLimits::default()
                 },
                 connections: 0,
@@ -670,6 +699,13 @@ mod tests {
                 worker_floor: 327680,
             },
             url_limits: None,
+            service_timers: Some(ServiceTimers {
+                request_queue_ms: 120_000,
+                entity_body_ms: 120_000,
+                drain_entity_body_ms: 60_000,
+                min_send_rate: 150,
+                max_connections: 44992,
+            }),
         }
     }
 
@@ -711,11 +747,11 @@ Request queues:
         Requests in flight: 1
         Opaque connections: 1
         Oldest waiting request age (ms): 250
-        Request queue timeout (secs): 1.5
-        Entity body timeout (secs): 0
-        Drain entity body timeout (secs): 0
-        Minimum send rate (bytes/sec): 0
-        Max connections: inherited
+        Request queue timeout (secs): 1.5 (queue)
+        Entity body timeout (secs): 120 (service)
+        Drain entity body timeout (secs): 60 (service)
+        Minimum send rate (bytes/sec): 150 (service)
+        Max connections: no limit of its own (service: 44992)
         Max opaque connections: 10000
         Connections: 0
         Linger time (ms): 5000

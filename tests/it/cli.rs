@@ -109,7 +109,12 @@ fn show_servicestate_text_and_json() {
         "Bind failures:\n    (none)\n".to_owned(),
         "    Request queue name: alpha\n        State: Active\n        Owner: ".to_owned(),
         "        Request queue 503 verbosity level: Basic\n        Max requests: 1000\n".to_owned(),
-        "        Request queue timeout (secs): 120\n".to_owned(),
+        // A queue's 0 is the service's value: shown as the value in force, and whose.
+        "        Request queue timeout (secs): 120 (service)\n        Entity body timeout \
+         (secs): 120 (service)\n        Drain entity body timeout (secs): 120 (service)\n        \
+         Minimum send rate (bytes/sec): 150 (service)\n        Max connections: no limit of its \
+         own (service: "
+            .to_owned(),
         "            Delivered: 1\n".to_owned(),
         format!("        Registered URLs:\n            http://+:{port}/a/\n"),
         format!("            http://127.0.0.2:{port}/far/  [NOT LISTENING]\n                "),
