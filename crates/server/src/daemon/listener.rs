@@ -303,6 +303,31 @@ impl Daemon {
         );
     }
 
+    /// Forgets the bind failures of ports nothing needs: no registration, no ACME
+    /// challenge, no URL of a configuration queue waiting for its port.
+    pub(super) fn prune_bind_failures(st: &mut State) {
+        let needed = |port: u16| {
+            st.table
+                .ports()
+                .any(|(scheme, p)| p == port && st.table.listens(scheme, p))
+                || st.acme_ports.contains_key(&port)
+                || st.config.queues.iter().any(|q| {
+                    q.urls
+                        .iter()
+                        .any(|u| UrlPrefix::parse(u).is_ok_and(|p| p.port() == port))
+                })
+        };
+        let gone: Vec<SocketAddr> = st
+            .bind_failures
+            .keys()
+            .filter(|a| !needed(a.port()))
+            .copied()
+            .collect();
+        for addr in gone {
+            st.bind_failures.remove(&addr);
+        }
+    }
+
     pub(super) fn release_port(st: &mut State, port: u16) {
         st.bind_failures.retain(|addr, _| addr.port() != port);
         st.listeners.retain(|addr, _| {

@@ -419,10 +419,16 @@ impl Daemon {
     ) -> Result<UrlAdded, ApiError> {
         let mut held = None;
         let added = self.add_url_locked(session, name, add, &mut held);
-        match held {
+        let added = match held {
             Some(e) => Err(self.name_held(e)),
             None => added,
+        };
+        if added.is_err() {
+            // The caller has the refusal; the state view keeps a failure only while
+            // something still needs its port.
+            Daemon::prune_bind_failures(&mut self.lock());
         }
+        added
     }
 
     fn add_url_locked(
