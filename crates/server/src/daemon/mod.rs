@@ -495,7 +495,7 @@ impl Daemon {
         // a duplicate is 183 whoever asks.
         st.table
             .check_add(&prefix)
-            .map_err(|e| api(e.win32(), e.to_string()))?;
+            .map_err(|e| self.registered_already(st, session, &prefix, &e))?;
         st.acl
             .check_register(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
@@ -609,6 +609,56 @@ impl Daemon {
         }
         self.publish(&mut st);
         Ok(())
+    }
+
+    /// The refusal of a prefix the table holds already (183), naming the queue that holds
+    /// it and, for a caller the state view shows them to, its processes.
+    fn registered_already(
+        &self,
+        st: &State,
+        session: &Session,
+        prefix: &UrlPrefix,
+        e: &portshare_router::TableError,
+    ) -> ApiError {
+        use std::fmt::Write as _;
+        let Some(queue) = st
+            .table
+            .get(prefix)
+            .map(|r| r.value().queue.name().to_owned())
+        else {
+            return api(e.win32(), e.to_string());
+        };
+        let mut message = format!(
+            "{e} on queue {:?}",
+            portshare_proto::text::printable(&queue)
+        );
+        if let Some(entry) = st.queues.get(&queue) {
+            if self.is_admin(st, &session.peer) || entry.rights_of(session).any() {
+                let mut processes: Vec<(u32, String)> = Vec::new();
+                for (target, _, _) in entry.queue.seats() {
+                    if let Target::Worker(w) = target
+                        && !processes.iter().any(|(pid, _)| *pid == w.peer.pid)
+                    {
+                        let command = portshare_proto::text::printable(&w.peer.command);
+                        processes.push((w.peer.pid, command.into_owned()));
+                    }
+                }
+                if processes.is_empty() {
+                    message.push_str(", which no process has attached to");
+                } else {
+                    let list: Vec<String> = processes
+                        .iter()
+                        .map(|(pid, command)| format!("PID {pid} ({command})"))
+                        .collect();
+                    let _ = write!(message, ", served by {}", list.join(", "));
+                }
+            } else {
+                message.push_str(
+                    " (its processes are shown to its owner, its grantees and administrators)",
+                );
+            }
+        }
+        api(e.win32(), message)
     }
 
     fn destroy(&self, st: &mut State, name: &str) {
