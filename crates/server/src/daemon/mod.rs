@@ -170,6 +170,9 @@ struct State {
     bind_failures: BTreeMap<SocketAddr, ApiError>,
     /// Ports ACME orders hold open for their challenges, and how many orders each.
     acme_ports: HashMap<u16, usize>,
+    /// The configuration's queues as they were created: what a reload cannot change
+    /// (upstream, connections, strip_prefix, https_redirect) is in force as written here.
+    config_queues: HashMap<String, crate::config::QueueConfig>,
 }
 
 /// The daemon.
@@ -228,6 +231,7 @@ impl Daemon {
                 foreign: Vec::new(),
                 bind_failures: BTreeMap::new(),
                 acme_ports: HashMap::new(),
+                config_queues: HashMap::new(),
             }),
             own_uid: start.own_uid,
             own_gid: start.own_gid,

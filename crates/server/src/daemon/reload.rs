@@ -226,6 +226,7 @@ impl Daemon {
         for q in old.iter().filter(|q| !new.iter().any(|n| n.name == q.name)) {
             let mut st = self.lock();
             if st.queues.get(&q.name).is_some_and(|e| e.config) {
+                st.config_queues.remove(&q.name);
                 self.destroy(&mut st, &q.name);
                 self.publish(&mut st);
                 report.changes.push(format!("queue {:?} closed", q.name));
@@ -271,12 +272,18 @@ impl Daemon {
                         failed.push(w);
                         continue;
                     }
+                    self.lock().config_queues.insert(q.name.clone(), q.clone());
                     if !initial {
                         report.changes.push(format!("queue {:?} created", q.name));
                     }
                 }
                 Some((true, _)) => {
-                    let b = before.cloned().unwrap_or_else(|| q.clone());
+                    // Compared with what is in force, not with the previous file: a change
+                    // reverted before a restart is no change.
+                    let in_force = self.lock().config_queues.get(&q.name).cloned();
+                    let b = in_force
+                        .or_else(|| before.cloned())
+                        .unwrap_or_else(|| q.clone());
                     if b.upstream != q.upstream
                         || b.connections != q.connections
                         || b.strip_prefix != q.strip_prefix
