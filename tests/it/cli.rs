@@ -549,7 +549,7 @@ fn explain_live_names_the_owner() {
     let (a_pid, b_pid) = (a.proc.child.id(), b.proc.child.id());
     for want in [
         format!(
-            "   live: 3 registrations and 1 reservations of the daemon at {} (PID {})\n",
+            "   live: 3 registrations and 1 reservation of the daemon at {} (PID {})\n",
             d.control.display(),
             d.proc.child.id()
         ),
