@@ -7,7 +7,7 @@ use portshare_proto::control::{
     AccessEntry, AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source,
     UrlAclList, Verbosity, path,
 };
-use portshare_proto::text::printable;
+use portshare_proto::text::{count, printable};
 use serde::de::DeserializeOwned;
 
 use crate::client::{Client, ControlArg};
@@ -153,7 +153,16 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
 
     let _ = writeln!(out, "\nListeners:");
     if s.listeners.is_empty() {
-        let _ = writeln!(out, "    (none: no URL is registered)");
+        let _ = match s.prefixes.len() {
+            0 => writeln!(out, "    (none: no URL is registered)"),
+            n => writeln!(
+                out,
+                "    (none: {} registered, but no address {} is bound; the reason is under each \
+                 URL below)",
+                count(n as u64, "URL is", "URLs are"),
+                if n == 1 { "it needs" } else { "they need" },
+            ),
+        };
     }
     for l in &s.listeners {
         let _ = writeln!(
@@ -779,6 +788,26 @@ URL reservations (taking part in routing):
     }
 
     #[test]
+    fn servicestate_says_why_registered_urls_have_no_listener() {
+        let mut s = state();
+        s.listeners.clear();
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains(
+                "Listeners:\n    (none: 2 URLs are registered, but no address they need is \
+                 bound; the reason is under each URL below)\n"
+            ),
+            "{text}"
+        );
+        s.prefixes.truncate(1);
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains("(none: 1 URL is registered, but no address it needs is bound;"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn servicestate_of_an_idle_daemon_keeps_every_section() {
         let text = servicestate_text(&ServiceState {
             version: "0.1.0".into(),
@@ -842,6 +871,7 @@ URL reservations (taking part in routing):
                     },
                 ],
                 source: Source::Config,
+                warnings: vec![],
             }],
             admin_group: Some("portshare-admin".into()),
         };
@@ -884,6 +914,7 @@ Admin group: portshare-admin (its members hold the implicit root reservations, a
                 },
             ],
             overridden_by: vec![],
+            warnings: vec![],
         };
         let expected = "\
 IP addresses present in the IP listen list:
@@ -901,6 +932,7 @@ IP addresses present in the IP listen list:
         let text = iplisten_text(&IpListenList {
             addresses: vec![],
             overridden_by: vec!["127.0.0.1".into(), "::1".into()],
+            warnings: vec![],
         });
         assert!(
             text.contains("    (none: the daemon listens on every address, 0.0.0.0 and ::)"),

@@ -687,7 +687,6 @@ fn a_missing_daemon_is_named_and_usage_errors_exit_2() {
         &["iplisten", "add", "localhost"],
         &["queue", "pause", "q"],
         &["queue", "enable"],
-        &["check-config"],
         &["explain", "--control", "/x", "/"],
         &["reload", "now"],
     ] {

@@ -799,6 +799,10 @@ pub struct ReservationInfo {
     pub entries: Vec<AclEntry>,
     /// Where it comes from.
     pub source: Source,
+    /// After `urlacl add`: what deserves the operator's attention, such as an account that
+    /// does not exist on this machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /v1/urlacl`.
@@ -862,6 +866,10 @@ pub struct IpListenList {
     /// restarts without it: the list is then kept but not what the daemon listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overridden_by: Vec<String>,
+    /// After a change: what it broke or could not do, such as URLs no socket serves any
+    /// more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/iplisten` and `DELETE /v1/iplisten`: `netsh http add|delete iplisten`.
