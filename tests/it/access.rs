@@ -423,6 +423,48 @@ fn a_183_names_the_queue_but_shows_its_processes_only_to_those_who_may_see_them(
 }
 
 #[test]
+fn a_denial_for_a_lost_localhost_exemption_says_so() {
+    let (d, site) = open_daemon("");
+    let port = free_port();
+    let local = format!("http://localhost:{port}/");
+    // Any reservation on the port takes the exemption away (spec §9.3), even one for
+    // another account and another path.
+    let (status, body) = d.ctl().call(
+        "POST",
+        "/v1/urlacl",
+        Some(json!({
+            "url": format!("http://+:{port}/other/"),
+            "users": [format!("uid:{GRANTEE}")],
+            "listen": true,
+            "delegate": false,
+        })),
+    );
+    assert!(status == 200 || status == 201, "{body}");
+    let Some(owner) = probe(
+        &site,
+        Some(OWNER),
+        json!([
+            call("POST", "/v1/queues", json!({ "name": "exempt" })),
+            call("POST", "/v1/queues/exempt/urls", json!({ "url": local })),
+        ]),
+        &[],
+    ) else {
+        return;
+    };
+    let (status, body) = owner.result(1);
+    assert_eq!((status, body["code"].as_u64()), (403, Some(5)), "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "the localhost exemption does not apply, because the reservation \
+             http://+:{port}/other/ is on the same scheme and port"
+        )),
+        "{message}"
+    );
+    drop(owner);
+}
+
+#[test]
 fn unnamed_queues_are_their_creators_alone() {
     let (d, site) = open_daemon("");
     let mut ctl = d.ctl();
