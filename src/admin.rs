@@ -187,9 +187,10 @@ pub(crate) struct ReloadArgs {
 /// Arguments of `portshare check-config`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckConfigArgs {
-    /// The configuration file to read.
+    /// The configuration file to read. Default: the one `portshare serve` reads without
+    /// --config, /etc/portshare/portshare.toml.
     #[arg(value_name = "FILE")]
-    file: PathBuf,
+    file: Option<PathBuf>,
 }
 
 pub(crate) fn urlacl(args: UrlaclArgs) -> ExitCode {
@@ -204,10 +205,13 @@ pub(crate) fn urlacl(args: UrlaclArgs) -> ExitCode {
                 delegate: add.delegate.get(),
             };
             match client.call::<ReservationInfo>("POST", path::URLACL, Some(&body)) {
-                Ok(info) => done(&format!(
-                    "URL reservation successfully added\n\n{}",
-                    reservation_text(&info)
-                )),
+                Ok(info) => {
+                    warn("urlacl add", &info.warnings);
+                    done(&format!(
+                        "URL reservation successfully added\n\n{}",
+                        reservation_text(&info)
+                    ))
+                }
                 Err(e) => e.report("urlacl add"),
             }
         }
@@ -231,10 +235,13 @@ pub(crate) fn iplisten(args: IplistenArgs) -> ExitCode {
         address: address.to_string(),
     };
     match client.call::<IpListenList>(method, path::IPLISTEN, Some(&body)) {
-        Ok(list) => done(&format!(
-            "IP address successfully {what}\n\n{}",
-            iplisten_text(&list)
-        )),
+        Ok(list) => {
+            warn(verb, &list.warnings);
+            done(&format!(
+                "IP address successfully {what}\n\n{}",
+                iplisten_text(&list)
+            ))
+        }
         Err(e) => e.report(verb),
     }
 }
@@ -299,7 +306,21 @@ pub(crate) fn reload(args: ReloadArgs) -> ExitCode {
 }
 
 pub(crate) fn check_config(args: &CheckConfigArgs) -> ExitCode {
-    match portshare_server::Config::from_file(&args.file) {
+    let file = match &args.file {
+        Some(file) => file.clone(),
+        None => {
+            let system = PathBuf::from(portshare_server::DEFAULT_CONFIG_FILE);
+            if !system.exists() {
+                return done(&format!(
+                    "{}: no such file; `portshare serve` without --config runs on the \
+                     built-in defaults, which are valid\n",
+                    system.display()
+                ));
+            }
+            system
+        }
+    };
+    match portshare_server::Config::from_file(&file) {
         Ok(config) => {
             let files = match config.check_files() {
                 Ok(w) => w,
@@ -311,12 +332,78 @@ pub(crate) fn check_config(args: &CheckConfigArgs) -> ExitCode {
             for w in config.warnings().into_iter().chain(files) {
                 eprintln!("portshare check-config: warning: {w}");
             }
-            done(&format!("{}: ok\n", args.file.display()))
+            done(&format!("{}: ok\n", file.display()))
         }
         Err(e) => {
             eprintln!("portshare check-config: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// netsh's `key=value` arguments (`urlacl add url=... user=...`, `iplisten add
+/// ipaddress=...`) given to `urlacl` or `iplisten`: the command line to use instead, as a
+/// message for a usage error. `None` when the arguments are not in that form.
+pub(crate) fn netsh_hint(argv: &[std::ffi::OsString]) -> Option<String> {
+    let args: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    // The command comes first: `portshare run -- app user=x` is not netsh's.
+    if !matches!(
+        args.first().map(String::as_str),
+        Some("urlacl" | "iplisten")
+    ) {
+        return None;
+    }
+    let mut used = Vec::new();
+    let mut line = vec!["portshare".to_owned()];
+    for (i, arg) in args.iter().enumerate() {
+        let netsh = arg
+            .split_once('=')
+            .filter(|_| i > 1)
+            .and_then(|(key, value)| {
+                let key = key.to_ascii_lowercase();
+                let flag = match key.as_str() {
+                    "url" | "ipaddress" => None,
+                    "user" | "listen" | "delegate" => Some(format!("--{key}")),
+                    "sddl" => return Some(Err(())),
+                    _ => return None,
+                };
+                Some(Ok((flag, value.to_owned())))
+            });
+        match netsh {
+            Some(Ok((flag, value))) => {
+                used.push(arg.clone());
+                line.extend(flag);
+                line.push(value);
+            }
+            Some(Err(())) => {
+                return Some(format!(
+                    "portshare: `{arg}`: security descriptors (SDDL) are Windows'; name the \
+                     accounts with --user NAME and --group NAME instead"
+                ));
+            }
+            None => line.push(arg.clone()),
+        }
+    }
+    if used.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "portshare: {} {} netsh's form; here the URL or address comes alone and the rest \
+         are flags:\n    {}",
+        used.join(" "),
+        if used.len() == 1 { "is" } else { "are" },
+        line.join(" ")
+    ))
+}
+
+/// Prints the daemon's warnings about a change it made, one a line on stderr.
+fn warn(verb: &str, warnings: &[String]) {
+    for w in warnings {
+        eprintln!("portshare {verb}: warning: {w}");
     }
 }
 
@@ -410,6 +497,63 @@ mod tests {
         assert!(
             Cli::try_parse_from(["x", "add", "u", "--user", "a", "--listen", "maybe"]).is_err()
         );
+    }
+
+    #[test]
+    fn netsh_forms_get_the_command_line_to_use() {
+        let hint = |args: &[&str]| {
+            let argv: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            netsh_hint(&argv)
+        };
+        assert_eq!(
+            hint(&[
+                "portshare",
+                "urlacl",
+                "add",
+                "url=http://+:80/app/",
+                "user=alice",
+                "listen=yes"
+            ])
+            .as_deref(),
+            Some(
+                "portshare: url=http://+:80/app/ user=alice listen=yes are netsh's form; here \
+                 the URL or address comes alone and the rest are flags:\n    portshare urlacl \
+                 add http://+:80/app/ --user alice --listen yes"
+            )
+        );
+        assert_eq!(
+            hint(&["portshare", "iplisten", "add", "ipaddress=10.0.0.1"]).as_deref(),
+            Some(
+                "portshare: ipaddress=10.0.0.1 is netsh's form; here the URL or address comes \
+                 alone and the rest are flags:\n    portshare iplisten add 10.0.0.1"
+            )
+        );
+        assert!(
+            hint(&[
+                "portshare",
+                "urlacl",
+                "add",
+                "http://+:80/",
+                "sddl=D:(A;;GX;;;WD)"
+            ])
+            .is_some_and(|h| h.contains("--user NAME and --group NAME"))
+        );
+        for fine in [
+            &["portshare", "urlacl", "add", "http://+:80/", "--user", "a"][..],
+            &["portshare", "show", "urlacl"],
+            &[
+                "portshare",
+                "run",
+                "--url",
+                "http://+:80/",
+                "--",
+                "app",
+                "user=x",
+            ],
+            &["portshare", "explain", "/a?user=x"],
+        ] {
+            assert_eq!(hint(fine), None, "{fine:?}");
+        }
     }
 
     #[test]

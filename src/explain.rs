@@ -1,7 +1,7 @@
 //! `portshare explain`: one routing decision, evaluated offline and explained; with
 //! `--live`, over a running daemon's registrations and reservations, naming who owns each.
 
-use portshare_proto::text::printable;
+use portshare_proto::text::{count, printable};
 use std::ffi::OsString;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,10 +34,11 @@ pub(crate) struct Args {
     /// Reserve a URL prefix; reservations apply before registrations.
     #[arg(long = "reserve", value_name = "PREFIX")]
     reserve: Vec<String>,
-    /// The connection's local address; IPv6 as `[::1]:80`.
-    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:80")]
-    local: SocketAddr,
-    /// The connection is TLS (an https endpoint).
+    /// The connection's local address; IPv6 as `[::1]:80`. Default: 127.0.0.1 on the port
+    /// of an absolute target (`http://h:8080/x`; 80 for http, 443 for https), else 80.
+    #[arg(long, value_name = "IP:PORT")]
+    local: Option<SocketAddr>,
+    /// The connection is TLS (an https endpoint). Default: an `https://` absolute target.
     #[arg(long)]
     tls: bool,
     /// The Host header's value; without it the request has no Host header.
@@ -108,12 +109,9 @@ fn evaluate(args: &Args, target: &[u8], live: Option<&Live>) -> String {
         table.add(p, text).map_err(|e| (e.win32(), e.to_string()))
     });
 
-    let scheme = if args.tls {
-        Scheme::Https
-    } else {
-        Scheme::Http
-    };
-    let endpoint = Endpoint::new(scheme, args.local);
+    let conn = Connection::of(args, target);
+    let scheme = conn.scheme;
+    let endpoint = Endpoint::new(scheme, conn.local);
     let version = if args.http_version.starts_with("HTTP/") {
         args.http_version.clone()
     } else {
@@ -137,7 +135,7 @@ fn evaluate(args: &Args, target: &[u8], live: Option<&Live>) -> String {
         }
         // The request line itself is refused, unless nothing listens to read it.
         Err(rejection) => {
-            let listens = table.listens(scheme, args.local.port());
+            let listens = table.listens(scheme, conn.local.port());
             Report {
                 winner: None,
                 status: listens.then_some(rejection.status),
@@ -151,20 +149,108 @@ fn evaluate(args: &Args, target: &[u8], live: Option<&Live>) -> String {
     };
 
     if args.json {
-        report
-            .json(&registration_errors, &reservation_errors, live)
-            .to_string()
-            + "\n"
+        let mut v = report.json(&registration_errors, &reservation_errors, live);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("assumed".into(), json!(conn.assumed));
+        }
+        v.to_string() + "\n"
     } else {
         report.text(
             args,
-            &endpoint,
+            &conn,
             target,
             &registration_errors,
             &reservation_errors,
             live,
         )
     }
+}
+
+/// The connection a request is explained on: what the flags say, else what an absolute
+/// target implies, else the defaults, each default named in `assumed`.
+struct Connection {
+    scheme: Scheme,
+    local: SocketAddr,
+    /// What was not given and taken from the target or a default, for the operator.
+    assumed: Vec<String>,
+}
+
+impl Connection {
+    fn of(args: &Args, target: &[u8]) -> Connection {
+        let authority = absolute_authority(target);
+        let mut assumed = Vec::new();
+        let tls = args.tls || authority.as_ref().is_some_and(|a| a.https);
+        if tls && !args.tls {
+            assumed.push("TLS, from the target's https scheme (--tls)".to_owned());
+        }
+        let scheme = if tls { Scheme::Https } else { Scheme::Http };
+        let local = match (args.local, &authority) {
+            (Some(local), _) => local,
+            (None, Some(a)) => {
+                let port = a.port.unwrap_or(if tls { 443 } else { 80 });
+                let from = if a.port.is_some() {
+                    "the target's port"
+                } else {
+                    "the scheme's default port"
+                };
+                assumed.push(format!("local address 127.0.0.1:{port}, {from} (--local)"));
+                SocketAddr::from(([127, 0, 0, 1], port))
+            }
+            (None, None) => {
+                assumed.push("local address 127.0.0.1:80 (--local)".to_owned());
+                SocketAddr::from(([127, 0, 0, 1], 80))
+            }
+        };
+        match (&args.host, &authority) {
+            (Some(_), _) => {}
+            (None, Some(_)) => assumed.push(
+                "no Host header; routing takes the host from the target's authority (--host)"
+                    .to_owned(),
+            ),
+            (None, None) => assumed.push("no Host header (--host)".to_owned()),
+        }
+        Connection {
+            scheme,
+            local,
+            assumed,
+        }
+    }
+}
+
+/// The scheme and port of an absolute-form target (`http://h:8080/x`).
+struct Authority {
+    https: bool,
+    /// `None` when the authority has no port, or one that is not a number.
+    port: Option<u16>,
+}
+
+fn absolute_authority(target: &[u8]) -> Option<Authority> {
+    let lower = |n: usize| target.get(..n).map(<[u8]>::to_ascii_lowercase);
+    let (https, rest) = if lower(7).as_deref() == Some(b"http://") {
+        (false, &target[7..])
+    } else if lower(8).as_deref() == Some(b"https://") {
+        (true, &target[8..])
+    } else {
+        return None;
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // After an IPv6 literal's bracket, or after the last colon of a name.
+    let after_host = match authority.iter().rposition(|&b| b == b']') {
+        Some(close) => &authority[close + 1..],
+        None => authority
+            .iter()
+            .rposition(|&b| b == b':')
+            .map_or(&b""[..], |c| &authority[c..]),
+    };
+    let port = after_host
+        .strip_prefix(b":")
+        .and_then(|p| std::str::from_utf8(p).ok())
+        .and_then(|p| p.parse::<u16>().ok());
+    Some(Authority { https, port })
 }
 
 /// Parses and applies each prefix in order, collecting the ones that fail.
@@ -381,7 +467,7 @@ impl Report {
     fn text(
         &self,
         args: &Args,
-        endpoint: &Endpoint,
+        conn: &Connection,
         target: &[u8],
         registrations: &[Failure<'_>],
         reservations: &[Failure<'_>],
@@ -402,15 +488,26 @@ impl Report {
             String::from_utf8_lossy(&os_bytes(&args.method)),
             target.escape_ascii(),
             args.http_version.trim_start_matches("HTTP/"),
-            endpoint.scheme,
-            display_local(endpoint.local),
+            conn.scheme,
+            display_local(conn.local),
         );
+        if !conn.assumed.is_empty() {
+            let _ = writeln!(out, "   assumed: {}", conn.assumed.join("; "));
+        }
         if let Some(live) = live {
             let _ = writeln!(
                 out,
-                "   live: {} registrations and {} reservations of the daemon at {} (PID {})",
-                live.state.prefixes.len(),
-                live.state.reservations.len(),
+                "   live: {} and {} of the daemon at {} (PID {})",
+                count(
+                    live.state.prefixes.len() as u64,
+                    "registration",
+                    "registrations"
+                ),
+                count(
+                    live.state.reservations.len() as u64,
+                    "reservation",
+                    "reservations"
+                ),
                 live.control.display(),
                 live.state.pid
             );
@@ -435,8 +532,8 @@ impl Report {
                 let _ = writeln!(
                     out,
                     "-> connection refused: nothing is registered for {} on port {}",
-                    endpoint.scheme,
-                    endpoint.local.port()
+                    conn.scheme,
+                    conn.local.port()
                 );
             }
         }
@@ -713,7 +810,7 @@ mod tests {
         ]);
         let out = evaluate(&a, b"/other", Some(&live));
         assert!(
-            out.contains("   live: 3 registrations and 1 reservations of the daemon at /run/test.sock (PID 99)\n"),
+            out.contains("   live: 3 registrations and 1 reservation of the daemon at /run/test.sock (PID 99)\n"),
             "{out}"
         );
         assert!(
@@ -732,6 +829,59 @@ mod tests {
                 "\n    {:<14} queue idle, no process attached\n",
                 ""
             )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_gives_port_and_scheme() {
+        let a = args(&["--register", "http://+:8080/x/", "http://h:8080/x/y"]);
+        let out = evaluate(&a, b"http://h:8080/x/y", None);
+        assert!(
+            out.starts_with("GET http://h:8080/x/y HTTP/1.1  (no Host header; http connection to 127.0.0.1:8080)\n"),
+            "{out}"
+        );
+        assert!(out.contains("-> delivered to http://+:8080/x/\n"), "{out}");
+        assert!(
+            out.contains("   assumed: local address 127.0.0.1:8080, the target's port (--local); no Host header; routing takes the host from the target's authority (--host)\n"),
+            "{out}"
+        );
+        let a = args(&["--json", "--register", "https://+:443/", "HTTPS://[::1]/"]);
+        let v: Value = serde_json::from_str(&evaluate(&a, b"HTTPS://[::1]/", None)).expect("JSON");
+        assert_eq!(v["winner"], "https://+:443/", "{v}");
+        assert_eq!(
+            v["assumed"][0],
+            "TLS, from the target's https scheme (--tls)"
+        );
+        assert!(
+            v["assumed"][1]
+                .as_str()
+                .is_some_and(|s| s.contains(":443, the scheme's"))
+        );
+        // What the flags say wins, and is not listed as assumed.
+        let a = args(&[
+            "--json",
+            "--local",
+            "127.0.0.1:80",
+            "--host",
+            "h",
+            "--register",
+            "http://+:80/",
+            "http://h:8080/",
+        ]);
+        let v: Value = serde_json::from_str(&evaluate(&a, b"http://h:8080/", None)).expect("JSON");
+        assert_eq!(v["winner"], "http://+:80/", "{v}");
+        assert_eq!(v["assumed"], json!([]));
+    }
+
+    #[test]
+    fn an_origin_target_names_the_defaults() {
+        let a = args(&["--register", "http://+:80/", "/"]);
+        let out = evaluate(&a, b"/", None);
+        assert!(
+            out.contains(
+                "   assumed: local address 127.0.0.1:80 (--local); no Host header (--host)\n"
+            ),
             "{out}"
         );
     }

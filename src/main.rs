@@ -57,7 +57,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(hint) = admin::netsh_hint(&argv) {
+        eprintln!("{hint}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Command::CheckConfig(args) => admin::check_config(&args),
         Command::Explain(args) => explain::run(&args),
@@ -165,7 +170,6 @@ mod tests {
                 "/",
             ],
             &["portshare", "explain", "--control", "/s", "/"],
-            &["portshare", "check-config"],
             &["portshare", "run", "--", "app"],
             &["portshare", "run", "--url", "http://+:80/"],
             &[

@@ -31,8 +31,13 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTSHARE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
     // Without --config, the system's file if there is one, else the embedded defaults.
@@ -70,5 +75,26 @@ pub(crate) fn run(args: Args) -> ExitCode {
             eprintln!("portshare serve: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether the log is coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org). A file, a pipe or the journal gets plain
+/// text.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".into())));
+        assert!(!colour(true, Some("1".into())));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some("".into())));
     }
 }

@@ -7,7 +7,7 @@ use portshare_proto::control::{
     AccessEntry, AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source,
     UrlAclList, Verbosity, path,
 };
-use portshare_proto::text::printable;
+use portshare_proto::text::{count, printable};
 use serde::de::DeserializeOwned;
 
 use crate::client::{Client, ControlArg};
@@ -153,7 +153,16 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
 
     let _ = writeln!(out, "\nListeners:");
     if s.listeners.is_empty() {
-        let _ = writeln!(out, "    (none: no URL is registered)");
+        let _ = match s.prefixes.len() {
+            0 => writeln!(out, "    (none: no URL is registered)"),
+            n => writeln!(
+                out,
+                "    (none: {} registered, but no address {} is bound; the reason is under each \
+                 URL below)",
+                count(n as u64, "URL is", "URLs are"),
+                if n == 1 { "it needs" } else { "they need" },
+            ),
+        };
     }
     for l in &s.listeners {
         let _ = writeln!(
@@ -282,31 +291,59 @@ fn queue_text(out: &mut String, s: &ServiceState, q: &QueueState) {
         "        Oldest waiting request age (ms): {}",
         q.oldest_wait_ms
     );
-    let _ = writeln!(
-        out,
-        "        Request queue timeout (secs): {}",
-        secs(q.queue_timer_ms)
-    );
-    // As netsh prints a URL group's values: 0 is the service's value.
+    // netsh prints a URL group's 0 for "the service's value"; this prints the value in force
+    // and whose it is.
     let l = &q.limits;
+    let service = s.service_timers;
+    let timer = |own: u64, service: Option<u64>| match (own, service) {
+        (0, Some(v)) => format!("{} (service)", secs(v)),
+        (0, None) => "0 (the service's)".to_owned(),
+        (v, _) => format!("{} (queue)", secs(v)),
+    };
+    let queue_timer = if l.request_queue_ms == 0 && service.is_none() {
+        // A daemon that does not say whose it is: the value in force, as it reports it.
+        secs(q.queue_timer_ms)
+    } else {
+        timer(l.request_queue_ms, service.map(|t| t.request_queue_ms))
+    };
+    let _ = writeln!(out, "        Request queue timeout (secs): {queue_timer}");
     let _ = writeln!(
         out,
         "        Entity body timeout (secs): {}",
-        secs(l.entity_body_ms)
+        timer(l.entity_body_ms, service.map(|t| t.entity_body_ms))
     );
     let _ = writeln!(
         out,
         "        Drain entity body timeout (secs): {}",
-        secs(l.drain_entity_body_ms)
+        timer(
+            l.drain_entity_body_ms,
+            service.map(|t| t.drain_entity_body_ms)
+        )
     );
+    let rate = |r: u32| match r {
+        u32::MAX => "not checked (4294967295)".to_owned(),
+        r => r.to_string(),
+    };
+    let min_send_rate = match (l.min_send_rate, service) {
+        (0, Some(t)) => format!("{} (service)", rate(t.min_send_rate)),
+        (0, None) => "0 (the service's)".to_owned(),
+        (r, _) => format!("{} (queue)", rate(r)),
+    };
     let _ = writeln!(
         out,
-        "        Minimum send rate (bytes/sec): {}",
-        l.min_send_rate
+        "        Minimum send rate (bytes/sec): {min_send_rate}"
     );
-    let max = match l.max_connections {
-        0 => "inherited".to_owned(),
-        n => n.to_string(),
+    let max = match (l.max_connections, service) {
+        (0, Some(t)) => format!(
+            "no limit of its own (service: {})",
+            if t.max_connections >= u64::from(u32::MAX) {
+                "no limit".to_owned()
+            } else {
+                t.max_connections.to_string()
+            }
+        ),
+        (0, None) => "no limit of its own".to_owned(),
+        (n, _) => format!("{n} (queue)"),
     };
     let _ = writeln!(out, "        Max connections: {max}");
     let _ = writeln!(out, "        Max opaque connections: {}", l.max_opaque);
@@ -563,7 +600,7 @@ mod tests {
     use portshare_proto::Win32Error;
     use portshare_proto::control::{
         AclEntry, ApiError, BindFailure, BudgetShare, BufferGauge, DescriptorBudget, IpListenEntry,
-        ListenerState, PrefixState, ProcessState, QueueCounters, QueueLimits,
+        ListenerState, PrefixState, ProcessState, QueueCounters, QueueLimits, ServiceTimers,
     };
 
     use super::*;
@@ -612,6 +649,7 @@ mod tests {
                 queue_timer_ms: 1500,
                 limits: QueueLimits {
                     max_opaque: 10000,
+                    request_queue_ms: 1500,
                     ..QueueLimits::default()
                 },
                 connections: 0,
@@ -670,6 +708,13 @@ mod tests {
                 worker_floor: 327680,
             },
             url_limits: None,
+            service_timers: Some(ServiceTimers {
+                request_queue_ms: 120_000,
+                entity_body_ms: 120_000,
+                drain_entity_body_ms: 60_000,
+                min_send_rate: 150,
+                max_connections: 44992,
+            }),
         }
     }
 
@@ -711,11 +756,11 @@ Request queues:
         Requests in flight: 1
         Opaque connections: 1
         Oldest waiting request age (ms): 250
-        Request queue timeout (secs): 1.5
-        Entity body timeout (secs): 0
-        Drain entity body timeout (secs): 0
-        Minimum send rate (bytes/sec): 0
-        Max connections: inherited
+        Request queue timeout (secs): 1.5 (queue)
+        Entity body timeout (secs): 120 (service)
+        Drain entity body timeout (secs): 60 (service)
+        Minimum send rate (bytes/sec): 150 (service)
+        Max connections: no limit of its own (service: 44992)
         Max opaque connections: 10000
         Connections: 0
         Linger time (ms): 5000
@@ -740,6 +785,26 @@ URL reservations (taking part in routing):
     http://+:80/reserved/
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn servicestate_says_why_registered_urls_have_no_listener() {
+        let mut s = state();
+        s.listeners.clear();
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains(
+                "Listeners:\n    (none: 2 URLs are registered, but no address they need is \
+                 bound; the reason is under each URL below)\n"
+            ),
+            "{text}"
+        );
+        s.prefixes.truncate(1);
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains("(none: 1 URL is registered, but no address it needs is bound;"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -806,6 +871,7 @@ URL reservations (taking part in routing):
                     },
                 ],
                 source: Source::Config,
+                warnings: vec![],
             }],
             admin_group: Some("portshare-admin".into()),
         };
@@ -848,6 +914,7 @@ Admin group: portshare-admin (its members hold the implicit root reservations, a
                 },
             ],
             overridden_by: vec![],
+            warnings: vec![],
         };
         let expected = "\
 IP addresses present in the IP listen list:
@@ -865,6 +932,7 @@ IP addresses present in the IP listen list:
         let text = iplisten_text(&IpListenList {
             addresses: vec![],
             overridden_by: vec!["127.0.0.1".into(), "::1".into()],
+            warnings: vec![],
         });
         assert!(
             text.contains("    (none: the daemon listens on every address, 0.0.0.0 and ::)"),

@@ -382,6 +382,89 @@ fn root_does_not_adopt_another_accounts_queue() {
 }
 
 #[test]
+fn a_183_names_the_queue_but_shows_its_processes_only_to_those_who_may_see_them() {
+    let (d, site) = open_daemon("");
+    let (app, port) = hello_on_free_port(&d, "held", &["/held/"], &[]);
+    let url = format!("http://+:{port}/held/");
+    let pid = app.proc.child.id();
+    // Another account asks for the same prefix: 183 before any ACL check (spec §1.3), the
+    // queue named, its processes not.
+    let Some(stranger) = probe(
+        &site,
+        Some(STRANGER),
+        json!([
+            call("POST", "/v1/queues", json!({ "name": "strange" })),
+            call("POST", "/v1/queues/strange/urls", json!({ "url": url })),
+        ]),
+        &[],
+    ) else {
+        return;
+    };
+    let (status, body) = stranger.result(1);
+    assert_eq!((status, body["code"].as_u64()), (409, Some(183)), "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("on queue \"held\""), "{message}");
+    assert!(
+        message.contains("its processes are shown to its owner, its grantees and administrators"),
+        "{message}"
+    );
+    assert!(!message.contains(&format!("PID {pid}")), "{message}");
+    // An administrator is shown them.
+    let mut ctl = d.ctl();
+    ctl.create_queue(json!({ "name": "admins" }));
+    let (status, body) = ctl.add_url("admins", &url);
+    assert_eq!(status, 409, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("served by PID {pid} (")),
+        "{message}"
+    );
+    drop(stranger);
+}
+
+#[test]
+fn a_denial_for_a_lost_localhost_exemption_says_so() {
+    let (d, site) = open_daemon("");
+    let port = free_port();
+    let local = format!("http://localhost:{port}/");
+    // Any reservation on the port takes the exemption away (spec §9.3), even one for
+    // another account and another path.
+    let (status, body) = d.ctl().call(
+        "POST",
+        "/v1/urlacl",
+        Some(json!({
+            "url": format!("http://+:{port}/other/"),
+            "users": [format!("uid:{GRANTEE}")],
+            "listen": true,
+            "delegate": false,
+        })),
+    );
+    assert!(status == 200 || status == 201, "{body}");
+    let Some(owner) = probe(
+        &site,
+        Some(OWNER),
+        json!([
+            call("POST", "/v1/queues", json!({ "name": "exempt" })),
+            call("POST", "/v1/queues/exempt/urls", json!({ "url": local })),
+        ]),
+        &[],
+    ) else {
+        return;
+    };
+    let (status, body) = owner.result(1);
+    assert_eq!((status, body["code"].as_u64()), (403, Some(5)), "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!(
+            "the localhost exemption does not apply, because the reservation \
+             http://+:{port}/other/ is on the same scheme and port"
+        )),
+        "{message}"
+    );
+    drop(owner);
+}
+
+#[test]
 fn unnamed_queues_are_their_creators_alone() {
     let (d, site) = open_daemon("");
     let mut ctl = d.ctl();

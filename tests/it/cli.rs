@@ -109,7 +109,12 @@ fn show_servicestate_text_and_json() {
         "Bind failures:\n    (none)\n".to_owned(),
         "    Request queue name: alpha\n        State: Active\n        Owner: ".to_owned(),
         "        Request queue 503 verbosity level: Basic\n        Max requests: 1000\n".to_owned(),
-        "        Request queue timeout (secs): 120\n".to_owned(),
+        // A queue's 0 is the service's value: shown as the value in force, and whose.
+        "        Request queue timeout (secs): 120 (service)\n        Entity body timeout \
+         (secs): 120 (service)\n        Drain entity body timeout (secs): 120 (service)\n        \
+         Minimum send rate (bytes/sec): 150 (service)\n        Max connections: no limit of its \
+         own (service: "
+            .to_owned(),
         "            Delivered: 1\n".to_owned(),
         format!("        Registered URLs:\n            http://+:{port}/a/\n"),
         format!("            http://127.0.0.2:{port}/far/  [NOT LISTENING]\n                "),
@@ -544,7 +549,7 @@ fn explain_live_names_the_owner() {
     let (a_pid, b_pid) = (a.proc.child.id(), b.proc.child.id());
     for want in [
         format!(
-            "   live: 3 registrations and 1 reservations of the daemon at {} (PID {})\n",
+            "   live: 3 registrations and 1 reservation of the daemon at {} (PID {})\n",
             d.control.display(),
             d.proc.child.id()
         ),
@@ -682,7 +687,6 @@ fn a_missing_daemon_is_named_and_usage_errors_exit_2() {
         &["iplisten", "add", "localhost"],
         &["queue", "pause", "q"],
         &["queue", "enable"],
-        &["check-config"],
         &["explain", "--control", "/x", "/"],
         &["reload", "now"],
     ] {

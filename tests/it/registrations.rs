@@ -182,6 +182,15 @@ fn duplicate_registrations_are_refused_with_183() {
         stderr.contains("183") && stderr.contains("ERROR_ALREADY_EXISTS"),
         "{stderr}"
     );
+    // It names who holds the prefix: the queue, and (the test runs as root, who may see
+    // them) its process.
+    assert!(
+        stderr.contains(&format!(
+            "http://+:{port}/dup/ is already registered on queue \"a\", served by PID {} (",
+            _a.proc.child.id()
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]

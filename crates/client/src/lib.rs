@@ -45,9 +45,11 @@
 //! daemon chooses `Content-Length` or chunked for the client. Responses of many requests
 //! leave in one write.
 //!
-//! When the daemon restarts, the SDK reconnects (pausing 100 ms, doubling up to 2 s) and
-//! sets everything up again; a worker connection lost on its own is reattached the same
-//! way. [`Running::shutdown`] drains: the daemon stops sending, the requests in hand are
+//! A daemon that is not running yet when [`QueueBuilder::serve`] starts is waited for, with
+//! a log line saying so, for as long as [`QueueBuilder::wait_for_daemon`] allows (by
+//! default, without limit). When the daemon restarts, the SDK reconnects (pausing 100 ms,
+//! doubling up to 2 s) and sets everything up again; a worker connection lost on its own is
+//! reattached the same way. [`Running::shutdown`] drains: the daemon stops sending, the requests in hand are
 //! answered, then the connections close.
 //!
 //! A service error, a response body error or a panic resets the request's stream: the

@@ -31,6 +31,7 @@ impl Queue {
             props: QueueProps::default(),
             control: None,
             shutdown_timeout: Duration::from_secs(30),
+            wait_for_daemon: None,
         }
     }
 }
@@ -46,6 +47,7 @@ pub struct QueueBuilder {
     props: QueueProps,
     control: Option<PathBuf>,
     shutdown_timeout: Duration,
+    wait_for_daemon: Option<Duration>,
 }
 
 impl QueueBuilder {
@@ -121,6 +123,16 @@ impl QueueBuilder {
         self
     }
 
+    /// How long [`serve`](QueueBuilder::serve) waits for a daemon that is not running yet
+    /// (no control socket, or nothing accepting on it), logging once that it waits and
+    /// trying again with growing pauses (100 ms, doubling up to 2 s), as it does after a
+    /// daemon restart. [`Duration::ZERO`] fails at once with [`Error::Connect`]. Default:
+    /// no limit.
+    pub fn wait_for_daemon(mut self, limit: Duration) -> Self {
+        self.wait_for_daemon = Some(limit);
+        self
+    }
+
     /// How long [`Running::shutdown`] waits for requests in flight before it aborts them.
     /// Default: 30 s.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
@@ -129,7 +141,8 @@ impl QueueBuilder {
     }
 
     /// Creates or opens the queue, registers the URLs, attaches the workers and serves
-    /// each request with a clone of `service`. Returns once all that is done.
+    /// each request with a clone of `service`. Returns once all that is done; a daemon
+    /// not started yet is waited for (see [`wait_for_daemon`](QueueBuilder::wait_for_daemon)).
     ///
     /// Any tower service from `http::Request<Body>` to `http::Response` fits, an axum
     /// `Router` among them. The serving goes on in background tasks, reconnecting when the
@@ -137,7 +150,9 @@ impl QueueBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::Connect`] when the daemon is not there, [`Error::Api`] when it refuses the
+    /// [`Error::Connect`] when the daemon is not there once the wait for it is over (or
+    /// its socket cannot be reached at all, such as without the rights to), [`Error::Api`]
+    /// when it refuses the
     /// queue, a URL or a worker (such as 183 for a prefix another queue holds), and
     /// [`Error::Http`], [`Error::Protocol`] or [`Error::Io`] when a connection fails.
     /// Nothing stays registered after an error.
@@ -170,6 +185,7 @@ impl QueueBuilder {
             workers: self.workers,
             slots: self.slots,
             shutdown_timeout: self.shutdown_timeout,
+            wait_for_daemon: self.wait_for_daemon,
         };
         Running::start(Arc::new(setup), service).await
     }

@@ -37,7 +37,7 @@ impl Running {
         S: AppService<B>,
         B: AppBody,
     {
-        let (control, added) = setup.register().await?;
+        let (control, added) = setup.register_waiting().await?;
         let workers = setup.attach_all().await?;
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(supervise(setup, service, control, workers, stopped));
@@ -119,6 +119,9 @@ pub(crate) struct Setup {
     pub(crate) workers: usize,
     pub(crate) slots: u32,
     pub(crate) shutdown_timeout: Duration,
+    /// How long the first registration waits for a daemon not running yet; `None`: no
+    /// limit.
+    pub(crate) wait_for_daemon: Option<Duration>,
 }
 
 /// A worker connection: the socket, the wire bytes that came with the `101`, and the
@@ -135,6 +138,44 @@ impl Setup {
             added.push(control.add_url(&self.name, url).await?);
         }
         Ok((control, added))
+    }
+
+    /// [`register`](Setup::register), waiting for a daemon that is not running yet, at
+    /// most `wait_for_daemon`.
+    async fn register_waiting(&self) -> Result<(Control, Vec<UrlAdded>), Error> {
+        let deadline = self.wait_for_daemon.map(|d| Instant::now() + d);
+        let mut delay = FIRST_RETRY;
+        let mut waited = false;
+        loop {
+            let e = match self.register().await {
+                Ok(r) => {
+                    if waited {
+                        tracing::info!(queue = %self.name, "the daemon is there");
+                    }
+                    return Ok(r);
+                }
+                Err(e) if absent(&e) => e,
+                Err(e) => return Err(e),
+            };
+            let pause = match deadline {
+                None => delay,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => delay.min(left),
+                    _ => return Err(e),
+                },
+            };
+            if !waited {
+                waited = true;
+                tracing::info!(
+                    queue = %self.name,
+                    control = %self.path.display(),
+                    limit = ?self.wait_for_daemon,
+                    "waiting for the portshare daemon (start it with `portshare serve`)"
+                );
+            }
+            tokio::time::sleep(pause).await;
+            delay = (delay * 2).min(MAX_RETRY);
+        }
     }
 
     async fn attach_all(&self) -> Result<Vec<Attached>, Error> {
@@ -202,6 +243,15 @@ where
     // Closing the control connection removes the registrations.
     drop(control);
     result
+}
+
+/// True when `e` says no daemon listens on the socket (yet): no socket file, or nobody
+/// accepting on it.
+fn absent(e: &Error) -> bool {
+    matches!(e, Error::Connect { source, .. } if matches!(
+        source.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    ))
 }
 
 /// Connects again after the daemon went away, with growing pauses, until it works or

@@ -250,6 +250,26 @@ pub struct QueueLimits {
     /// Most opaque connections at once.
     #[serde(default)]
     pub max_opaque: u32,
+    /// `RequestQueue`, milliseconds, as set on the queue (the one in force is
+    /// `queue_timer_ms` beside these limits).
+    #[serde(default)]
+    pub request_queue_ms: u64,
+}
+
+/// The service's values, which a queue's 0 stands for (`[timers]` and `[limits]` of the
+/// configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceTimers {
+    /// `RequestQueue`, milliseconds.
+    pub request_queue_ms: u64,
+    /// `EntityBody`, milliseconds.
+    pub entity_body_ms: u64,
+    /// `DrainEntityBody`, milliseconds.
+    pub drain_entity_body_ms: u64,
+    /// `MinSendRate`, bytes per second; 4294967295 checks nothing.
+    pub min_send_rate: u32,
+    /// `MaxConnections` of the whole service.
+    pub max_connections: u64,
 }
 
 /// `POST /v1/queues`.
@@ -528,6 +548,9 @@ pub struct ServiceState {
     /// The URL limits requests are judged by, for `portshare explain --live`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_limits: Option<UrlLimits>,
+    /// The service's timers and connection limit, in force for queues that set none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_timers: Option<ServiceTimers>,
 }
 
 /// The limits a request's URL is judged by (`[limits]` in the configuration file).
@@ -776,6 +799,10 @@ pub struct ReservationInfo {
     pub entries: Vec<AclEntry>,
     /// Where it comes from.
     pub source: Source,
+    /// After `urlacl add`: what deserves the operator's attention, such as an account that
+    /// does not exist on this machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /v1/urlacl`.
@@ -839,6 +866,10 @@ pub struct IpListenList {
     /// restarts without it: the list is then kept but not what the daemon listens on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub overridden_by: Vec<String>,
+    /// After a change: what it broke or could not do, such as URLs no socket serves any
+    /// more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /v1/iplisten` and `DELETE /v1/iplisten`: `netsh http add|delete iplisten`.

@@ -1,6 +1,7 @@
 //! Text from other accounts, made safe to show: queue names, command lines and user names
 //! reach an administrator's terminal and the daemon's log, and a local user must not be
-//! able to put terminal escape sequences or bidirectional overrides there.
+//! able to put terminal escape sequences or bidirectional overrides there. And numbers with
+//! their nouns, singular or plural ([`count`]).
 //!
 //! ```
 //! use portshare_proto::text::{is_hidden, printable};
@@ -73,6 +74,19 @@ pub fn printable(s: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// `n` and the noun that goes with it: `1 registration`, `2 registrations`, `0 queues`.
+///
+/// ```
+/// use portshare_proto::text::count;
+///
+/// assert_eq!(count(1u32, "queue", "queues"), "1 queue");
+/// assert_eq!(count(0u64, "queue", "queues"), "0 queues");
+/// ```
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 #[cfg(test)]

@@ -177,6 +177,9 @@ pub enum AclError {
         governing: String,
         /// `"listen"` or `"delegate"`.
         right: &'static str,
+        /// A reservation on the registration's scheme and port that took the localhost
+        /// exemption away (spec §9.3): without it, the registration would have been exempt.
+        exemption_lost_to: Option<String>,
     },
     /// The port is reserved for the other scheme (`ERROR_ALREADY_EXISTS`).
     SchemeConflict {
@@ -222,10 +225,25 @@ impl AclError {
 impl fmt::Display for AclError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AclError::AccessDenied { governing, right } => write!(
+            AclError::AccessDenied {
+                governing,
+                right,
+                exemption_lost_to: None,
+            } => write!(
                 f,
                 "access denied: the governing reservation {governing} does not grant you the \
                  {right} right; ask its owner or an administrator for a reservation"
+            ),
+            AclError::AccessDenied {
+                governing,
+                right,
+                exemption_lost_to: Some(reservation),
+            } => write!(
+                f,
+                "access denied: the localhost exemption does not apply, because the \
+                 reservation {reservation} is on the same scheme and port (any reservation \
+                 there takes the exemption away), so the governing reservation is {governing}, \
+                 which does not grant you the {right} right; ask for a reservation that does"
             ),
             AclError::SchemeConflict { existing } => write!(
                 f,
@@ -312,6 +330,14 @@ impl UrlAcl {
         }
         if caller.admin {
             Ok(Governing::Implicit(prefix))
+        } else if Self::exemptable(prefix)
+            && let Some(r) = self.on_port(prefix)
+        {
+            Err(AclError::AccessDenied {
+                governing: Governing::Implicit(prefix).describe().unwrap_or_default(),
+                right: "listen",
+                exemption_lost_to: Some(r.prefix.as_str().to_owned()),
+            })
         } else {
             Err(denied(Governing::Implicit(prefix), "listen"))
         }
@@ -409,20 +435,27 @@ impl UrlAcl {
     /// The localhost exemption: non-administrators, http, port above 1024, `localhost` or a
     /// loopback literal, and no explicit reservation on that scheme and port.
     fn exempt(&self, prefix: &UrlPrefix, caller: &Caller) -> bool {
+        !caller.admin && Self::exemptable(prefix) && self.on_port(prefix).is_none()
+    }
+
+    /// What the exemption may cover: http, port above 1024, `localhost` or a loopback
+    /// literal.
+    fn exemptable(prefix: &UrlPrefix) -> bool {
         let local = match prefix.host() {
             Host::Name(n) => n.eq_ignore_ascii_case("localhost"),
             Host::Ip(IpAddr::V4(a)) => a.is_loopback(),
             Host::Ip(IpAddr::V6(a)) => a.is_loopback(),
             Host::Strong | Host::Weak => false,
         };
-        !caller.admin
-            && local
-            && prefix.scheme() == Scheme::Http
-            && prefix.port() > 1024
-            && !self
-                .reservations
-                .iter()
-                .any(|r| r.prefix.scheme() == Scheme::Http && r.prefix.port() == prefix.port())
+        local && prefix.scheme() == Scheme::Http && prefix.port() > 1024
+    }
+
+    /// An explicit reservation on `prefix`'s scheme and port, which takes the exemption
+    /// away.
+    fn on_port(&self, prefix: &UrlPrefix) -> Option<&Reservation> {
+        self.reservations
+            .iter()
+            .find(|r| r.prefix.scheme() == prefix.scheme() && r.prefix.port() == prefix.port())
     }
 }
 
@@ -430,6 +463,7 @@ fn denied(governing: Governing<'_>, right: &'static str) -> AclError {
     AclError::AccessDenied {
         governing: governing.describe().unwrap_or_default(),
         right,
+        exemption_lost_to: None,
     }
 }
 
@@ -512,8 +546,9 @@ mod tests {
         assert!(register(&none, "https://localhost:8443/", &alice).is_err());
         assert!(register(&none, "http://+:8080/", &alice).is_err());
         assert!(register(&none, "http://10.1.2.3:8080/", &alice).is_err());
-        // Any explicit reservation on the port turns the exemption off.
-        let other = acl(&[("http://+:8080/", "alice", true, false)]);
+        // Any explicit reservation on the port turns the exemption off, and the denial
+        // says so.
+        let other = acl(&[("http://+:8080/app/", "alice", true, false)]);
         assert_eq!(
             register(&other, "http://localhost:8080/", &alice)
                 .unwrap_err()
@@ -521,6 +556,21 @@ mod tests {
                 .as_deref(),
             Some("implicit http://localhost:8080/")
         );
+        let err = other
+            .check_register(&p("http://localhost:8080/"), &alice)
+            .expect_err("denied");
+        assert_eq!(
+            err.to_string(),
+            "access denied: the localhost exemption does not apply, because the reservation \
+             http://+:8080/app/ is on the same scheme and port (any reservation there takes the \
+             exemption away), so the governing reservation is implicit http://localhost:8080/, \
+             which does not grant you the listen right; ask for a reservation that does"
+        );
+        // A denial with no exemption to lose does not mention it.
+        let err = other
+            .check_register(&p("http://+:8081/"), &alice)
+            .expect_err("denied");
+        assert!(!err.to_string().contains("exemption"), "{err}");
     }
 
     #[test]

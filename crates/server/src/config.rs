@@ -104,6 +104,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use portshare_proto::control::{AccessEntry, AccountKind, QueueProps, Verbosity};
+use portshare_router::UrlPrefix;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -462,19 +463,15 @@ impl Config {
     }
 
     /// What a valid file may still get wrong on this machine: users and groups that resolve
-    /// to nobody (a reservation naming them grants nobody).
+    /// to nobody (a reservation naming them grants nobody), an admin group that does not
+    /// exist, addresses of the listen list that are not this machine's. The daemon reports
+    /// the same at start and on each reload; `portshare check-config` prints them.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for a in &self.urlacls {
-            let unknown = unknown_names(a);
-            if !unknown.is_empty() {
-                out.push(format!(
-                    "reservation {}: no {} on this machine, so it grants them nothing",
-                    a.url,
-                    unknown.join(", no ")
-                ));
-            }
-        }
+        let mut out: Vec<String> = self
+            .urlacls
+            .iter()
+            .filter_map(unknown_names_warning)
+            .collect();
         if let Some(g) = &self.admin_group
             && crate::identity::resolve_group(g).is_none()
         {
@@ -496,6 +493,16 @@ impl Config {
                         q.name, e.name
                     ));
                 }
+            }
+        }
+        for ip in &self.iplisten {
+            if !ip.is_unspecified()
+                && matches!(
+                    crate::bind::check_local(*ip),
+                    Err(crate::bind::BindError::NotLocal { .. })
+                )
+            {
+                out.push(foreign_address_warning(*ip));
             }
         }
         out
@@ -793,7 +800,27 @@ fn config_key(field: &'static str) -> &'static str {
 
 /// The users and groups of a reservation that resolve to nobody (`Everyone` always
 /// resolves), each as `user NAME` or `group NAME`.
-pub(crate) fn unknown_names(a: &UrlAclConfig) -> Vec<String> {
+/// The warning for a reservation naming accounts this machine does not have, if it does.
+pub(crate) fn unknown_names_warning(a: &UrlAclConfig) -> Option<String> {
+    let unknown = unknown_names(a);
+    let url = UrlPrefix::parse(&a.url).map_or_else(|_| a.url.clone(), |p| p.to_string());
+    (!unknown.is_empty()).then(|| {
+        format!(
+            "reservation {url}: no {} on this machine, so it grants them nothing",
+            unknown.join(", no ")
+        )
+    })
+}
+
+/// The warning for an address of the listen list this machine does not have.
+pub(crate) fn foreign_address_warning(ip: IpAddr) -> String {
+    format!(
+        "{ip} is in the IP listen list but is no address of this machine: it is skipped until \
+         a reload finds it here"
+    )
+}
+
+fn unknown_names(a: &UrlAclConfig) -> Vec<String> {
     let everyone = |n: &String| n.eq_ignore_ascii_case("everyone");
     let users = a
         .users

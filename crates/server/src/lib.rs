@@ -223,7 +223,11 @@ pub async fn serve_until(
     reloads.abort();
     // Stop accepting, let every request in progress or waiting in a queue finish within
     // the shutdown timer, then close what is left: each request cut short is logged.
-    let grace = daemon.begin_stop();
+    let (grace, accepting) = daemon.begin_stop();
+    for task in accepting {
+        // Aborted: each ends at its next poll, giving back the place it held.
+        let _ = task.await;
+    }
     let open = daemon.open_connections();
     if open > 0 {
         tracing::info!(

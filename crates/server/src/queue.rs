@@ -94,6 +94,7 @@ impl Props {
             min_send_rate: self.timers.min_send_rate.unwrap_or(0),
             max_connections: self.max_connections,
             max_opaque: self.max_opaque,
+            request_queue_ms: ms(self.timers.request_queue),
         }
     }
 }

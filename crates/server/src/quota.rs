@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use portshare_proto::text::count;
 use portshare_router::Win32Error;
 
 use crate::budget::Budget;
@@ -78,9 +79,10 @@ impl Quota {
                 return Err(Refusal {
                     error: Win32Error::TooManyOpenFiles,
                     message: format!(
-                        "the daemon holds {} control connections; the {} places left are kept \
-                         for administrators; try again when some have closed",
-                        c.open, self.admin
+                        "the daemon holds {}; the last {} kept for administrators; try \
+                         again when some have closed",
+                        count(c.open, "control connection", "control connections"),
+                        count(self.admin, "place is", "places are")
                     ),
                 });
             }
@@ -89,8 +91,9 @@ impl Quota {
                 return Err(Refusal {
                     error: Win32Error::NotEnoughQuota,
                     message: format!(
-                        "uid {uid} holds {mine} control connections, the most one user may \
-                         (control.max_connections_per_uid); close some first"
+                        "uid {uid} holds {}, the most one user may \
+                         (control.max_connections_per_uid); close some first",
+                        count(mine, "control connection", "control connections")
                     ),
                 });
             }

@@ -332,9 +332,12 @@ impl WorkerConn {
             self.wake.notify_one();
             let _ = tokio::time::timeout(PARTING, writer).await;
         }
-        tracing::debug!(
+        // At the level and with the fields of "worker attached", so an operator sees both.
+        tracing::info!(
             queue = queue.name(),
             pid = self.peer.pid,
+            slots,
+            version = self.version,
             worker = self.id,
             "worker detached"
         );

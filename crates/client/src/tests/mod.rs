@@ -534,6 +534,7 @@ async fn no_daemon_is_a_connect_error_naming_the_socket() {
     let path = std::env::temp_dir().join("portshare-client-nobody-here.sock");
     let err = Queue::builder("q")
         .control(&path)
+        .wait_for_daemon(std::time::Duration::ZERO)
         .serve(service_fn(|_req: Request<Body>| async {
             Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
         }))
@@ -543,6 +544,35 @@ async fn no_daemon_is_a_connect_error_naming_the_socket() {
     let message = err.to_string();
     assert!(message.contains(&*path.to_string_lossy()), "{message}");
     assert!(message.contains("PORTSHARE_CONTROL"), "{message}");
+    // A bounded wait ends in the same error.
+    let err = within(
+        Queue::builder("q")
+            .control(&path)
+            .wait_for_daemon(std::time::Duration::from_millis(300))
+            .serve(service_fn(|_req: Request<Body>| async {
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            })),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_connect(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_waits_for_a_daemon_started_after_it() {
+    let mut fake = Fake::start(Behaviour::default());
+    // The daemon's socket is not there yet: serve waits for it, as after a restart.
+    let away = fake.path.with_extension("away");
+    std::fs::rename(&fake.path, &away).expect("hide the socket");
+    let (app, _probes) = app(1);
+    let serving = tokio::spawn(builder(&fake).serve(app));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!serving.is_finished(), "serve gave up without a daemon");
+    assert!(fake.seen().is_empty());
+    std::fs::rename(&away, &fake.path).expect("the daemon comes");
+    let running = within(serving).await.expect("the task").expect("serving");
+    assert_eq!(running.urls(), ["http://+:8080/app/"]);
+    let _worker = fake.worker().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use portshare_proto::control::{ApiError, BudgetShare, DescriptorBudget};
+use portshare_proto::text::count;
 use portshare_router::Win32Error;
 
 use super::{CONFIG_SESSION, Daemon, Session, State, api};
@@ -58,8 +59,9 @@ impl Daemon {
             return Err(api(
                 Win32Error::NotEnoughQuota,
                 format!(
-                    "uid {uid} has {mine} control connections holding queues, the most one user \
-                     may (control.max_sessions_per_uid); open this queue on one of them"
+                    "uid {uid} has {} holding queues, the most one user may \
+                     (control.max_sessions_per_uid); open this queue on one of them",
+                    count(mine as u64, "control connection", "control connections")
                 ),
             ));
         }
@@ -83,8 +85,9 @@ impl Daemon {
             return Err(api(
                 Win32Error::NotEnoughQuota,
                 format!(
-                    "uid {uid} owns {mine} queues, the most one user may \
-                     (control.max_queues_per_uid); close one first"
+                    "uid {uid} owns {}, the most one user may \
+                     (control.max_queues_per_uid); close one first",
+                    count(mine as u64, "queue", "queues")
                 ),
             ));
         }
@@ -99,9 +102,10 @@ impl Daemon {
             return Err(api(
                 Win32Error::TooManyOpenFiles,
                 format!(
-                    "the daemon listens on {open} sockets and may listen on {max} (its \
+                    "the daemon listens on {} and may listen on {max} (its \
                      descriptor budget); register on a port already in use, or raise the \
-                     open-file limit"
+                     open-file limit",
+                    count(open, "socket", "sockets")
                 ),
             ));
         }

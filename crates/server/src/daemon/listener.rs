@@ -216,10 +216,7 @@ impl Daemon {
             .copied()
             .collect();
         for ip in &foreign {
-            report.warn(format!(
-                "{ip} is in the IP listen list but is no address of this machine: it is \
-                 skipped until a reload finds it here"
-            ));
+            report.warn(crate::config::foreign_address_warning(*ip));
         }
         foreign
     }
@@ -303,6 +300,31 @@ impl Daemon {
         );
     }
 
+    /// Forgets the bind failures of ports nothing needs: no registration, no ACME
+    /// challenge, no URL of a configuration queue waiting for its port.
+    pub(super) fn prune_bind_failures(st: &mut State) {
+        let needed = |port: u16| {
+            st.table
+                .ports()
+                .any(|(scheme, p)| p == port && st.table.listens(scheme, p))
+                || st.acme_ports.contains_key(&port)
+                || st.config.queues.iter().any(|q| {
+                    q.urls
+                        .iter()
+                        .any(|u| UrlPrefix::parse(u).is_ok_and(|p| p.port() == port))
+                })
+        };
+        let gone: Vec<SocketAddr> = st
+            .bind_failures
+            .keys()
+            .filter(|a| !needed(a.port()))
+            .copied()
+            .collect();
+        for addr in gone {
+            st.bind_failures.remove(&addr);
+        }
+    }
+
     pub(super) fn release_port(st: &mut State, port: u16) {
         st.bind_failures.retain(|addr, _| addr.port() != port);
         st.listeners.retain(|addr, _| {
@@ -347,14 +369,66 @@ impl Daemon {
             ));
         }
         if listening.is_empty() {
-            let list: Vec<String> = st.iplisten.iter().map(|i| i.to_string()).collect();
             out.push(format!(
-                "nothing listens for {prefix}: its address is not in the IP listen list ({}); \
-                 the registration stands, but clients cannot reach it",
-                list.join(", ")
+                "nothing listens for {prefix}: {}; the registration stands, but clients cannot \
+                 reach it",
+                Daemon::why_not_listening(st, prefix)
             ));
         }
         out
+    }
+
+    /// Why no socket serves `prefix`: the bind failures of its port, its address missing
+    /// from the listen list, or a list with no address of this machine.
+    fn why_not_listening(st: &State, prefix: &UrlPrefix) -> String {
+        let list = match st.iplisten.as_slice() {
+            [] => "empty: every address".to_owned(),
+            l => l
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let mut failed: Vec<String> = st
+            .bind_failures
+            .keys()
+            .filter(|a| a.port() == prefix.port())
+            .map(ToString::to_string)
+            .collect();
+        failed.sort();
+        if !failed.is_empty() {
+            return format!(
+                "{} cannot be bound (see Bind failures)",
+                failed.join(" and ")
+            );
+        }
+        let listed =
+            |ip: &IpAddr| st.iplisten.is_empty() || st.iplisten.iter().any(|l| serves(*l, *ip));
+        match prefix.host() {
+            Host::Ip(ip) if st.foreign.contains(ip) => {
+                format!("{ip} is in the IP listen list but is no address of this machine")
+            }
+            Host::Ip(ip) if !listed(ip) => {
+                format!("{ip} is not in the IP listen list ({list})")
+            }
+            _ if !st.iplisten.is_empty() && st.iplisten.iter().all(|i| st.foreign.contains(i)) => {
+                format!("the IP listen list ({list}) holds no address of this machine")
+            }
+            _ => format!(
+                "no address of the IP listen list ({list}) is bound on port {}",
+                prefix.port()
+            ),
+        }
+    }
+
+    /// The registered prefixes some socket serves now.
+    fn reachable(&self, st: &State) -> Vec<UrlPrefix> {
+        st.table
+            .iter()
+            .map(|r| r.prefix())
+            .filter(|p| !self.listening_for(st, p).is_empty())
+            .cloned()
+            .collect()
     }
 
     /// The listen list in force: the `--iplisten` flags, else the configuration's list and
@@ -379,8 +453,9 @@ impl Daemon {
     /// through `/proc`. Call it on the blocking pool; the lock is held only to decide and to
     /// bind, never while waiting or scanning.
     pub(super) fn apply_listen_list(self: &Arc<Self>, report: &mut Report) {
-        let closing: Vec<JoinHandle<()>> = {
+        let (closing, reachable): (Vec<JoinHandle<()>>, Vec<UrlPrefix>) = {
             let mut st = self.lock();
+            let reachable = self.reachable(&st);
             let new = self.listen_list(&st);
             let same =
                 new.len() == st.iplisten.len() && new.iter().all(|a| st.iplisten.contains(a));
@@ -412,12 +487,14 @@ impl Daemon {
                 .filter(|a| !Daemon::addresses(&iplisten, &foreign, a.port()).contains(a))
                 .copied()
                 .collect();
-            gone.into_iter()
+            let closing = gone
+                .into_iter()
                 .filter_map(|a| {
                     tracing::info!(addr = %a, "closing: not in the listen list any more");
                     st.listeners.remove(&a).and_then(Listener::close)
                 })
-                .collect()
+                .collect();
+            (closing, reachable)
         };
         if !closing.is_empty() {
             let runtime = tokio::runtime::Handle::current();
@@ -460,6 +537,18 @@ impl Daemon {
             let refusal = self.name_held(e);
             report.warn(format!("cannot listen: {}", refusal.message));
         }
+        // Say which URLs the change left unreachable: the registrations stand, and nothing
+        // else would tell.
+        let st = self.lock();
+        for prefix in reachable {
+            if st.table.get(&prefix).is_some() && self.listening_for(&st, &prefix).is_empty() {
+                report.warn(format!(
+                    "{prefix} stops listening: {}; the registration stands, but clients cannot \
+                     reach it",
+                    Daemon::why_not_listening(&st, &prefix)
+                ));
+            }
+        }
     }
 
     /// `GET /v1/iplisten`.
@@ -485,6 +574,7 @@ impl Daemon {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            warnings: Vec::new(),
         }
     }
 
@@ -555,7 +645,10 @@ impl Daemon {
         let change = if add { "added" } else { "deleted" };
         tracing::info!(pid = session.peer.pid, user = %session.peer.user, %ip, change,
             "listen list changed");
-        Ok(self.iplisten_list())
+        Ok(IpListenList {
+            warnings: report.warnings,
+            ..self.iplisten_list()
+        })
     }
 }
 

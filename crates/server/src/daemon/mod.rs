@@ -170,6 +170,9 @@ struct State {
     bind_failures: BTreeMap<SocketAddr, ApiError>,
     /// Ports ACME orders hold open for their challenges, and how many orders each.
     acme_ports: HashMap<u16, usize>,
+    /// The configuration's queues as they were created: what a reload cannot change
+    /// (upstream, connections, strip_prefix, https_redirect) is in force as written here.
+    config_queues: HashMap<String, crate::config::QueueConfig>,
 }
 
 /// The daemon.
@@ -228,6 +231,7 @@ impl Daemon {
                 foreign: Vec::new(),
                 bind_failures: BTreeMap::new(),
                 acme_ports: HashMap::new(),
+                config_queues: HashMap::new(),
             }),
             own_uid: start.own_uid,
             own_gid: start.own_gid,
@@ -365,12 +369,7 @@ impl Daemon {
             entry.urls.remove(p);
         }
         for p in &unregistered {
-            tracing::info!(
-                queue = name,
-                prefix = %p,
-                "URL removed: its account may no longer register"
-            );
-            self.unregister(st, p);
+            self.unregister(st, name, p, "its account may no longer register");
         }
         for session in idle {
             self.let_go(st, session, name);
@@ -424,10 +423,16 @@ impl Daemon {
     ) -> Result<UrlAdded, ApiError> {
         let mut held = None;
         let added = self.add_url_locked(session, name, add, &mut held);
-        match held {
+        let added = match held {
             Some(e) => Err(self.name_held(e)),
             None => added,
+        };
+        if added.is_err() {
+            // The caller has the refusal; the state view keeps a failure only while
+            // something still needs its port.
+            Daemon::prune_bind_failures(&mut self.lock());
         }
+        added
     }
 
     fn add_url_locked(
@@ -494,7 +499,7 @@ impl Daemon {
         // a duplicate is 183 whoever asks.
         st.table
             .check_add(&prefix)
-            .map_err(|e| api(e.win32(), e.to_string()))?;
+            .map_err(|e| self.registered_already(st, session, &prefix, &e))?;
         st.acl
             .check_register(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
@@ -565,7 +570,7 @@ impl Daemon {
             ));
         }
         entry.urls.remove(&prefix);
-        self.unregister(st, &prefix);
+        self.unregister(st, name, &prefix, "removed by a control connection");
         self.publish(st);
         Ok(())
     }
@@ -610,19 +615,75 @@ impl Daemon {
         Ok(())
     }
 
+    /// The refusal of a prefix the table holds already (183), naming the queue that holds
+    /// it and, for a caller the state view shows them to, its processes.
+    fn registered_already(
+        &self,
+        st: &State,
+        session: &Session,
+        prefix: &UrlPrefix,
+        e: &portshare_router::TableError,
+    ) -> ApiError {
+        use std::fmt::Write as _;
+        let Some(queue) = st
+            .table
+            .get(prefix)
+            .map(|r| r.value().queue.name().to_owned())
+        else {
+            return api(e.win32(), e.to_string());
+        };
+        let mut message = format!(
+            "{e} on queue {:?}",
+            portshare_proto::text::printable(&queue)
+        );
+        if let Some(entry) = st.queues.get(&queue) {
+            if self.is_admin(st, &session.peer) || entry.rights_of(session).any() {
+                let mut processes: Vec<(u32, String)> = Vec::new();
+                for (target, _, _) in entry.queue.seats() {
+                    if let Target::Worker(w) = target
+                        && !processes.iter().any(|(pid, _)| *pid == w.peer.pid)
+                    {
+                        let command = portshare_proto::text::printable(&w.peer.command);
+                        processes.push((w.peer.pid, command.into_owned()));
+                    }
+                }
+                if processes.is_empty() {
+                    message.push_str(", which no process has attached to");
+                } else {
+                    let list: Vec<String> = processes
+                        .iter()
+                        .map(|(pid, command)| format!("PID {pid} ({command})"))
+                        .collect();
+                    let _ = write!(message, ", served by {}", list.join(", "));
+                }
+            } else {
+                message.push_str(
+                    " (its processes are shown to its owner, its grantees and administrators)",
+                );
+            }
+        }
+        api(e.win32(), message)
+    }
+
     fn destroy(&self, st: &mut State, name: &str) {
         let Some(entry) = st.queues.remove(name) else {
             return;
         };
         for p in entry.urls.keys() {
-            self.unregister(st, p);
+            self.unregister(st, name, p, "its queue closed");
         }
         entry.queue.close();
     }
 
-    fn unregister(&self, st: &mut State, prefix: &UrlPrefix) {
-        if st.table.remove(prefix).is_ok()
-            && !st.table.listens(prefix.scheme(), prefix.port())
+    /// Takes `prefix` of queue `name` out of the route table, logged with `reason`, and
+    /// closes its port's listeners when nothing else needs them.
+    fn unregister(&self, st: &mut State, name: &str, prefix: &UrlPrefix, reason: &str) {
+        if st.table.remove(prefix).is_ok() {
+            tracing::info!(queue = name, %prefix, reason, "unregistered");
+        } else {
+            return;
+        }
+        if !st.table.listens(prefix.scheme(), prefix.port())
             && !st.acme_ports.contains_key(&prefix.port())
         {
             Daemon::release_port(st, prefix.port());
@@ -635,12 +696,18 @@ impl Daemon {
 
     /// Begins a graceful stop: the listeners close, connections close as soon as they hold
     /// no request, and workers are told (a drain frame). Requests in progress and waiting
-    /// in queues go on. Returns how long they may take.
-    pub(crate) fn begin_stop(&self) -> Duration {
+    /// in queues go on. Returns how long they may take, and the accept loops, which end
+    /// soon: each holds a place of the connection count while it waits for a client, so
+    /// the count means client connections only once they have ended.
+    pub(crate) fn begin_stop(&self) -> (Duration, Vec<tokio::task::JoinHandle<()>>) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.stop.notify_waiters();
         let mut st = self.lock();
-        st.listeners.clear();
+        let accepting = st
+            .listeners
+            .drain()
+            .filter_map(|(_, l)| l.close())
+            .collect();
         for entry in st.queues.values() {
             for (target, _, _) in entry.queue.seats() {
                 if let Target::Worker(w) = target {
@@ -648,7 +715,7 @@ impl Daemon {
                 }
             }
         }
-        st.config.timers.shutdown.duration()
+        (st.config.timers.shutdown.duration(), accepting)
     }
 
     /// Client connections open now.

@@ -49,7 +49,12 @@ pub(super) struct Report {
 }
 
 impl Report {
+    /// Adds a warning, once: two checks may find the same thing (the configuration's
+    /// listen list is checked with the file and again as the list in force).
     pub(super) fn warn(&mut self, w: String) {
+        if self.warnings.contains(&w) {
+            return;
+        }
         tracing::warn!("{w}");
         self.warnings.push(w);
     }
@@ -61,6 +66,9 @@ impl Daemon {
         let saved = StateFile::load(&self.state_file)?;
         let mut report = Report::default();
         let config = self.lock().config.clone();
+        for w in config.warnings() {
+            report.warn(w);
+        }
         // The configuration's bindings and the state file's (see `sslcerts`).
         let bindings = self
             .sslcert_bindings(&config, &saved.sslcert, None, &mut report)
@@ -103,6 +111,11 @@ impl Daemon {
             )
         })?;
         let mut report = Report::default();
+        // What `portshare check-config` says of the same file (the account databases and
+        // the machine's addresses are asked before the lock is taken).
+        for w in new.warnings() {
+            report.warn(w);
+        }
         // Certificates are read before anything changes: a binding whose files cannot be
         // used refuses the whole file.
         // With the state file's bindings, which the configuration's shadow (see `sslcerts`).
@@ -226,6 +239,7 @@ impl Daemon {
         for q in old.iter().filter(|q| !new.iter().any(|n| n.name == q.name)) {
             let mut st = self.lock();
             if st.queues.get(&q.name).is_some_and(|e| e.config) {
+                st.config_queues.remove(&q.name);
                 self.destroy(&mut st, &q.name);
                 self.publish(&mut st);
                 report.changes.push(format!("queue {:?} closed", q.name));
@@ -271,12 +285,18 @@ impl Daemon {
                         failed.push(w);
                         continue;
                     }
+                    self.lock().config_queues.insert(q.name.clone(), q.clone());
                     if !initial {
                         report.changes.push(format!("queue {:?} created", q.name));
                     }
                 }
                 Some((true, _)) => {
-                    let b = before.cloned().unwrap_or_else(|| q.clone());
+                    // Compared with what is in force, not with the previous file: a change
+                    // reverted before a restart is no change.
+                    let in_force = self.lock().config_queues.get(&q.name).cloned();
+                    let b = in_force
+                        .or_else(|| before.cloned())
+                        .unwrap_or_else(|| q.clone());
                     if b.upstream != q.upstream
                         || b.connections != q.connections
                         || b.strip_prefix != q.strip_prefix

@@ -8,7 +8,7 @@ use portshare_router::{Account, Ace, Reservation};
 
 use super::reload::Report;
 use super::*;
-use crate::config::{UrlAclConfig, unknown_names};
+use crate::config::{UrlAclConfig, unknown_names_warning};
 
 /// The reservation an ACL entry of the configuration or the state file describes.
 pub(super) fn reservation_of(a: &UrlAclConfig) -> Result<Reservation, String> {
@@ -48,6 +48,7 @@ pub(super) fn info_of(a: &UrlAclConfig, source: Source) -> ReservationInfo {
             .chain(a.groups.iter().map(|g| entry(AccountKind::Group, g)))
             .collect(),
         source,
+        warnings: Vec::new(),
     }
 }
 
@@ -81,12 +82,11 @@ impl Daemon {
                 }
                 continue;
             }
-            let unknown = unknown_names(a);
-            if !unknown.is_empty() {
-                report.warn(format!(
-                    "reservation {prefix}: no {} on this machine, so it grants them nothing",
-                    unknown.join(", no ")
-                ));
+            // The configuration's are in `Config::warnings`, with its other checks.
+            if source == Source::State
+                && let Some(w) = unknown_names_warning(a)
+            {
+                report.warn(w);
             }
             if acl.insert(r).is_ok() {
                 sources.insert(prefix, source);
@@ -192,6 +192,7 @@ impl Daemon {
             reservation_of(&entry).map_err(|e| api(Win32Error::InvalidParameter, e))?;
         // The user and group databases are asked before the lock is taken.
         let known_as = session.peer.identity.caller(false);
+        let warnings: Vec<String> = unknown_names_warning(&entry).into_iter().collect();
         let _one_at_a_time = self.one_change();
         let st = self.lock();
         if st.config.urlacls.iter().any(|a| same_url(&a.url, &prefix)) {
@@ -224,7 +225,13 @@ impl Daemon {
         }
         self.publish(st);
         tracing::info!(%prefix, pid = session.peer.pid, user = %session.peer.user, "reserved");
-        Ok(info_of(&entry, Source::State))
+        for w in &warnings {
+            tracing::warn!(%prefix, "{w}");
+        }
+        Ok(ReservationInfo {
+            warnings,
+            ..info_of(&entry, Source::State)
+        })
     }
 
     /// `DELETE /v1/urlacl`.

@@ -27,15 +27,15 @@ impl Daemon {
             .collect();
         // URLs the connection added to queues it never opened (their owner may add URLs
         // without a handle) go with it too.
-        let mut added: Vec<UrlPrefix> = Vec::new();
-        for e in st.queues.values_mut() {
+        let mut added: Vec<(String, UrlPrefix)> = Vec::new();
+        for (name, e) in &mut st.queues {
             if e.handles.contains_key(&session.id) {
                 continue;
             }
             e.urls.retain(|p, by| {
                 let mine = *by == Some(session.id);
                 if mine {
-                    added.push(p.clone());
+                    added.push((name.clone(), p.clone()));
                 }
                 !mine
             });
@@ -43,8 +43,8 @@ impl Daemon {
         if names.is_empty() && added.is_empty() {
             return;
         }
-        for p in &added {
-            self.unregister(st, p);
+        for (name, p) in &added {
+            self.unregister(st, name, p, "the control connection that added it closed");
         }
         for name in names {
             self.let_go(st, session.id, &name);
@@ -95,7 +95,7 @@ impl Daemon {
             entry.urls.remove(p);
         }
         for p in &mine {
-            self.unregister(st, p);
+            self.unregister(st, name, p, "the control connection that added it closed");
         }
         if last {
             self.destroy(st, name);

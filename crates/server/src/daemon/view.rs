@@ -1,7 +1,7 @@
 //! The state view (`GET /v1/state`): what the daemon holds, as a caller may see it. Reads
 //! the state under its lock and copies it out; changes nothing.
 
-use portshare_proto::control::UrlLimits;
+use portshare_proto::control::{ServiceTimers, UrlLimits};
 
 use super::*;
 
@@ -145,6 +145,13 @@ impl Daemon {
                 segment_max_length: st.config.limits.url_segment_max_length as u64,
                 segment_max_count: st.config.limits.url_segment_max_count as u64,
                 max_url_length: st.config.limits.max_field_length as u64,
+            }),
+            service_timers: Some(ServiceTimers {
+                request_queue_ms: timers.request_queue.as_millis(),
+                entity_body_ms: timers.entity_body.as_millis(),
+                drain_entity_body_ms: timers.drain_entity_body.as_millis(),
+                min_send_rate: timers.min_send_rate,
+                max_connections: self.shared.max_connections(),
             }),
         }
     }
