@@ -670,6 +670,7 @@ mod tests {
                 worker_floor: 327680,
             },
             url_limits: None,
+            access_log_dropped: 0,
         }
     }
 

@@ -528,6 +528,10 @@ pub struct ServiceState {
     /// The URL limits requests are judged by, for `portshare explain --live`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_limits: Option<UrlLimits>,
+    /// Access log lines dropped (a slow or full disk, a file the daemon could not use)
+    /// since the access log settings in force took effect; 0 when the log is off.
+    #[serde(default)]
+    pub access_log_dropped: u64,
 }
 
 /// The limits a request's URL is judged by (`[limits]` in the configuration file).
