@@ -3,6 +3,7 @@
 //! files over by size, never follows a symbolic link planted where a file will be opened,
 //! and refuses a folder that is not its own.
 
+use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -311,4 +312,32 @@ fn a_folder_that_is_not_the_daemons_own_is_refused() {
     let (status, body) = reload(&own);
     assert_eq!(status, 200, "{body}");
     assert!(own.is_dir());
+}
+
+#[test]
+fn a_request_the_queue_timer_ends_is_logged_with_its_time() {
+    let logs = TempDir::new("access-timer");
+    let folder = logs.0.join("access");
+    let (d, port) = Daemon::builder()
+        .tag("access-timer")
+        .spawn_on_free_port(|port| {
+            format!(
+                "{}\n[[queue]]\nname = \"idle\"\nurls = [\"http://+:{port}/idle/\"]\n\
+                 request_queue_timer = 1\n",
+                config(port, &folder, "", "off")
+            )
+        });
+    // No worker: the request waits for the queue's timer, then the connection closes
+    // without an answer.
+    let mut c = connect(port);
+    c.write_all(b"GET /idle/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("send");
+    let closed = read_until_close(&mut c, "the request-queue timer");
+    assert!(closed.text().is_empty(), "{}", closed.describe());
+    let got = wait_lines(&d, &folder, 1);
+    let f: Vec<&str> = got[0].split(' ').collect();
+    assert_eq!([f[4], f[10], f[11], f[13]], ["/idle/x", "-", "121", "idle"]);
+    // From the request's first byte to the end: at least the timer's second.
+    let taken: u64 = f[12].parse().expect("time-taken");
+    assert!(taken >= 1000, "{got:?}");
 }

@@ -921,6 +921,9 @@ impl Writer {
 
     /// Closes the least recently used files beyond `MAX_OPEN`.
     fn limit_open(&mut self) {
+        if self.sets.len() <= MAX_OPEN {
+            return;
+        }
         while self.sets.values().filter(|s| s.current.is_some()).count() > MAX_OPEN {
             let oldest = self
                 .sets
