@@ -44,8 +44,8 @@
 //! `~` and a hash of the whole name. Files are named as HTTP.sys names them:
 //! `u_exYYMMDD.log` (daily), `u_exYYMMDDHH.log` (hourly), `u_extendN.log` (size), with
 //! `.jsonl` for JSON. A W3C file gets the directives (`#Software`, `#Version`, `#Date`,
-//! `#Fields`) each time the daemon opens it: at its top, and again where it appends after
-//! a restart, as IIS does.
+//! `#Fields`) at its top, and again where a daemon starts appending to it (after a
+//! restart or a reload), as IIS does.
 //!
 //! The folder is checked when the daemon starts and on reload: created 0750 if missing,
 //! refused (a configuration error) when it is a symbolic link, not a folder, owned by an
@@ -715,6 +715,9 @@ struct Set {
     last_used: Instant,
     /// After a failure: no file before then.
     retry_at: Option<Instant>,
+    /// The file this set last wrote directives into: closed for a while (idle, or to
+    /// keep open files under the cap) and opened again, it needs none.
+    headed: Option<PathBuf>,
 }
 
 struct Current {
@@ -776,6 +779,7 @@ impl Writer {
                     seq: None,
                     last_used: now,
                     retry_at: None,
+                    headed: None,
                 },
             );
         }
@@ -861,7 +865,7 @@ impl Writer {
         let path = s.dir.join(self.name(period, seq));
         let mut file = open_file(&path, self.uid)?;
         let mut size = file.metadata()?.len();
-        if self.format == AccessLogFormat::W3c {
+        if self.format == AccessLogFormat::W3c && (size == 0 || s.headed.as_ref() != Some(&path)) {
             // Straight to the file: even a daemon killed before its first flush leaves a
             // file that says what it holds.
             let mut head = format!("#Software: {SOFTWARE}\n#Version: 1.0\n#Date: ");
@@ -871,6 +875,7 @@ impl Writer {
             size += head.len() as u64;
         }
         tracing::debug!(path = %path.display(), "access log file");
+        s.headed = Some(path);
         Ok(Current {
             out: BufWriter::with_capacity(BUFFER, file),
             size,
@@ -1238,6 +1243,23 @@ mod tests {
         assert!(
             std::fs::read_to_string(sub.join("u_ex240501.log")).is_ok_and(|t| t.ends_with("\na\n"))
         );
+    }
+
+    #[test]
+    fn open_files_stay_under_the_cap() {
+        let dir = TempDir::new("cap");
+        let mut w = writer(&dir, AccessLogFormat::W3c, AccessLogRollover::Daily);
+        for i in 0..MAX_OPEN + 6 {
+            w.append(Some(format!("q{i}")), at(T), "x");
+        }
+        let open = w.sets.values().filter(|s| s.current.is_some()).count();
+        assert_eq!(open, MAX_OPEN);
+        // The first queue's file was closed, not lost: its line is there.
+        assert!(dir.read("q0/u_ex240501.log").ends_with("\nx\n"));
+        w.append(Some("q0".into()), at(T), "y");
+        w.flush();
+        assert!(dir.read("q0/u_ex240501.log").ends_with("\nx\ny\n"));
+        assert_eq!(w.dropped.load(Ordering::Relaxed), 0);
     }
 
     #[test]
