@@ -338,9 +338,10 @@ impl Request {
         }))
     }
 
-    /// The response's status, if none was noted before (an interim `100` is not one).
+    /// The response's status, if none was noted before (an interim `1xx` is not one;
+    /// `101`, which ends the exchange as HTTP, is).
     pub(crate) fn status(&self, status: u16) {
-        if status != 100 {
+        if !(100..200).contains(&status) || status == 101 {
             let _ = self.status.compare_exchange(
                 0,
                 u32::from(status),
@@ -1393,9 +1394,10 @@ mod tests {
             }
             _ => panic!("a line"),
         };
-        // 100 Continue is not the status; the final head is.
+        // 100 Continue and 103 Early Hints are not the status; the final head is.
         let r = request(&log, raw).expect("logged");
         r.writing(b"HTTP/1.1 100 Continue\r\n\r\n");
+        r.writing(b"HTTP/1.1 103 Early Hints\r\n\r\n");
         r.writing(b"HTTP/1.1 404 Not Found\r\n");
         r.writing(b"HTTP/1.1 500 Later\r\n");
         end(Some(r), End::Written);
