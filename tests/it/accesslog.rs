@@ -341,3 +341,43 @@ fn a_request_the_queue_timer_ends_is_logged_with_its_time() {
     let taken: u64 = f[12].parse().expect("time-taken");
     assert!(taken >= 1000, "{got:?}");
 }
+
+#[test]
+fn a_reload_turns_the_log_on_and_changes_its_format() {
+    let logs = TempDir::new("access-reload");
+    let folder = logs.0.join("access");
+    let text = |port: u16, extra: &str| {
+        config(port, &folder, extra, "off").replacen("enabled = true\n", "", 1)
+    };
+    let (d, port) = Daemon::builder()
+        .tag("access-reload")
+        .spawn_on_free_port(|port| text(port, "enabled = false\n"));
+    let (status, _, _) = get(port, "h", "/off/1");
+    assert_eq!(status, 503);
+    assert!(!folder.exists(), "off by default: no folder, no file");
+    for (round, extra, ext) in [
+        (2, "enabled = true\n", "log"),
+        (3, "enabled = true\nformat = \"json\"\n", "jsonl"),
+    ] {
+        d.write_config(&text(port, extra));
+        let (status, body) = d.ctl().call("POST", "/v1/reload", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(body.to_string().contains("access log settings"), "{body}");
+        let (status, _, _) = get(port, "h", &format!("/off/{round}"));
+        assert_eq!(status, 503);
+        let found = || {
+            log_files(&folder).iter().any(|p| {
+                p.extension().is_some_and(|e| e == ext)
+                    && std::fs::read_to_string(p)
+                        .is_ok_and(|t| t.contains(&format!("/off/{round}")))
+            })
+        };
+        assert!(
+            eventually(10, found),
+            "round {round}: {:?}",
+            log_files(&folder)
+        );
+    }
+    // Nothing of the request made while the log was off.
+    assert!(!lines(&folder).iter().any(|l| l.contains("/off/1")));
+}
