@@ -381,3 +381,50 @@ fn a_reload_turns_the_log_on_and_changes_its_format() {
     // Nothing of the request made while the log was off.
     assert!(!lines(&folder).iter().any(|l| l.contains("/off/1")));
 }
+
+#[test]
+fn a_client_gone_before_its_response_is_logged_64() {
+    use bytes::Bytes;
+    use portshare_proto::wire::{self, ResponseHead};
+
+    let logs = TempDir::new("access-gone");
+    let folder = logs.0.join("access");
+    let (d, port) = Daemon::builder()
+        .tag("access-gone")
+        .spawn_on_free_port(|port| config(port, &folder, "", "off"));
+    let mut ctl = d.ctl();
+    ctl.create_queue(serde_json::json!({"name": "w"}));
+    let (status, body) = ctl.add_url("w", &format!("http://+:{port}/w/"));
+    assert_eq!(status, 201, "{body}");
+    let mut worker = WireWorker::attach(&d.control, "w", 8);
+    let mut c = connect(port);
+    c.write_all(b"GET /w/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("send");
+    let stream = worker.next_head();
+    // The client goes (a reset), then the worker answers.
+    socket2::SockRef::from(&c)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .expect("linger");
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let head = ResponseHead {
+        status: 200,
+        headers: vec![(
+            Bytes::from_static(b"content-type"),
+            Bytes::from_static(b"text/plain"),
+        )],
+    };
+    worker
+        .send(|o| {
+            head.encode(o, stream, false);
+            wire::encode_data(o, stream, true, &[b'x'; 1000]);
+        })
+        .expect("respond");
+    let got = wait_lines(&d, &folder, 1);
+    let f: Vec<&str> = got[0].split(' ').collect();
+    assert_eq!(
+        [f[4], f[10], f[11], f[13]],
+        ["/w/x", "200", "64", "w"],
+        "{got:?}"
+    );
+}
