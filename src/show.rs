@@ -715,6 +715,7 @@ mod tests {
                 min_send_rate: 150,
                 max_connections: 44992,
             }),
+            access_log_dropped: 0,
         }
     }
 

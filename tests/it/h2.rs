@@ -1085,3 +1085,87 @@ fn expect_100_continue_over_h2_gets_100_once_the_app_has_the_request() {
         assert_eq!(body, b"hello");
     });
 }
+
+#[test]
+fn streams_get_access_log_lines_as_http1_requests_do() {
+    let dir = TempDir::new("h2-access");
+    let a = cert(&dir.0, "a", &["a.example"]);
+    let folder = dir.0.join("access");
+    let (d, port) = https_daemon("h2-access", |port| {
+        format!(
+            "{}\n[access_log]\nenabled = true\nfolder = {:?}\n",
+            pair(&format!("hostnameport = \"a.example:{port}\"\n"), &a),
+            folder.display().to_string()
+        )
+    });
+    let _app = hello_a(&d, port);
+    let mut ctl = d.ctl();
+    ctl.create_queue(serde_json::json!({"name": "off", "verbosity": "limited", "enabled": false}));
+    let (status, body) = ctl.add_url("off", &format!("https://a.example:{port}/off/"));
+    assert_eq!(status, 201, "{body}");
+    runtime().block_on(async {
+        let (send, _conn) = h2_open(port, "a.example").await;
+        let (parts, _) = fetch(&send, get("a.example", "/app/x?y=1")).await;
+        assert_eq!(parts.status, 200);
+        let (parts, _) = fetch(&send, get("a.example", "/off/z")).await;
+        assert_eq!(parts.status, 503);
+        // Not routed: no line.
+        let (parts, _) = fetch(&send, get("a.example", "/nobody/")).await;
+        assert_eq!(parts.status, 404);
+    });
+    let lines = || -> Vec<String> {
+        std::fs::read_dir(&folder)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    assert!(
+        eventually(10, || lines().len() >= 2),
+        "{:?}\n{}",
+        lines(),
+        d.log()
+    );
+    let got = lines();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let fields = |l: &str| l.split(' ').map(str::to_owned).collect::<Vec<_>>();
+    let served = fields(&got[0]);
+    let refused = fields(&got[1]);
+    let port = port.to_string();
+    assert_eq!(
+        [
+            &served[3],
+            &served[4],
+            &served[5],
+            &served[6],
+            &served[10],
+            &served[11],
+            &served[13]
+        ],
+        ["GET", "/app/x", "y=1", port.as_str(), "200", "0", "a"],
+        "{got:?}"
+    );
+    assert_eq!(
+        [
+            &refused[4],
+            &refused[5],
+            &refused[10],
+            &refused[11],
+            &refused[13]
+        ],
+        ["/off/z", "-", "503", "0", "off"],
+        "{got:?}"
+    );
+}

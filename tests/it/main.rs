@@ -14,6 +14,7 @@ mod harness;
 
 mod abuse;
 mod access;
+mod accesslog;
 mod acme;
 mod blocking;
 mod bodies;

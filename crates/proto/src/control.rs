@@ -551,6 +551,10 @@ pub struct ServiceState {
     /// The service's timers and connection limit, in force for queues that set none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_timers: Option<ServiceTimers>,
+    /// Access log lines dropped (a slow or full disk, a file the daemon could not use)
+    /// since the access log settings in force took effect; 0 when the log is off.
+    #[serde(default)]
+    pub access_log_dropped: u64,
 }
 
 /// The limits a request's URL is judged by (`[limits]` in the configuration file).

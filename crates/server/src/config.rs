@@ -29,6 +29,17 @@
 //! folder = "/var/log/portshare/httperr"   # httperr1.log, httperr2.log, ...
 //! truncate_size = 1048576     # bytes per file; default and minimum 1 MB
 //!
+//! [access_log]                 # a line per request routed to a queue; off by default
+//! enabled = true
+//! folder = "/var/log/portshare/access"   # the daemon's own (default for root; else
+//!                              # $XDG_STATE_HOME/portshare/access)
+//! format = "w3c"              # w3c | json
+//! per_queue = false           # a file set per queue, in FOLDER/<queue name, encoded>/
+//! queues = []                 # only these queues; empty: all
+//! rollover = "daily"          # daily (u_exYYMMDD.log) | hourly (u_exYYMMDDHH.log) |
+//!                              # size (u_extendN.log)
+//! max_size = 10485760         # rollover = "size": bytes per file; at least 1 MB
+//!
 //! # Members of this group hold the implicit root reservations, as root does.
 //! admin_group = "portshare-admin"
 //! # Reservations and listen-list entries added with the CLI; default
@@ -110,6 +121,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::timers::Timer;
 
+mod access_log;
 mod control;
 mod edge;
 mod error;
@@ -117,6 +129,7 @@ mod sslcert;
 mod state;
 
 pub use crate::timers::Timers;
+pub use access_log::{AccessLogConfig, AccessLogFormat, AccessLogRollover};
 pub use control::ControlConfig;
 pub use edge::{AcmeConfig, ListenerConfig, TrustedProxyConfig};
 pub use error::ConfigError;
@@ -141,6 +154,9 @@ pub struct Config {
     /// The error log files.
     #[serde(default)]
     pub errlog: ErrLogConfig,
+    /// The access log files.
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
     /// Queues the daemon creates at start and holds for as long as it runs.
     #[serde(default, rename = "queue")]
     pub queues: Vec<QueueConfig>,
@@ -580,6 +596,7 @@ impl Config {
             .check()
             .map_err(|(key, message)| Fault::at(Some(("timers", None)), key, message))?;
         self.errlog.check()?;
+        self.access_log.check()?;
         self.control.check()?;
         if let Some(g) = &self.admin_group
             && g.is_empty()

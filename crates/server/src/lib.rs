@@ -62,6 +62,7 @@
 
 mod accept;
 mod access;
+mod accesslog;
 mod bind;
 mod body;
 mod budget;
@@ -98,9 +99,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{
-    AcmeConfig, Config, ConfigError, ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits,
-    ListenerConfig, QueueAccessConfig, QueueConfig, SslCertConfig, Timers, TrustedProxyConfig,
-    UrlAclConfig, default_state_file,
+    AccessLogConfig, AccessLogFormat, AccessLogRollover, AcmeConfig, Config, ConfigError,
+    ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, ListenerConfig, QueueAccessConfig,
+    QueueConfig, SslCertConfig, Timers, TrustedProxyConfig, UrlAclConfig, default_state_file,
 };
 pub use error::Error;
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
@@ -257,7 +258,9 @@ pub async fn serve_until(
         wait_for_connections(&daemon, Duration::from_secs(1)).await;
     }
     // No httperr line lost when the process exits next.
-    daemon.shared.settings.load().errlog.flush().await;
+    let settings = daemon.shared.settings.load_full();
+    settings.errlog.flush().await;
+    settings.access.flush().await;
     let _ = std::fs::remove_file(&opts.control);
     Ok(())
 }

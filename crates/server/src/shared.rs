@@ -15,6 +15,7 @@ use portshare_router::{RouteTable, UrlOptions};
 use tokio::sync::Notify;
 
 use crate::accept::Spare;
+use crate::accesslog;
 use crate::budget::Budget;
 use crate::config::{Config, Timers};
 use crate::errlog;
@@ -159,6 +160,8 @@ pub(crate) struct Settings {
     pub(crate) server_header: ServerHeader,
     /// The httperr files, written out when the last connection using them lets go.
     pub(crate) errlog: Arc<errlog::Log>,
+    /// The access log files; off until the daemon opens them (`Daemon::load`).
+    pub(crate) access: Arc<accesslog::Log>,
     /// The `[[listener]]` addresses whose connections start with a PROXY header.
     pub(crate) proxy_listeners: Vec<std::net::SocketAddr>,
     /// `[[trusted_proxy]]`: peers whose forwarding headers are believed.
@@ -184,6 +187,7 @@ impl Settings {
             max_connections: l.max_connections,
             server_header: ServerHeader::from_registry(l.disable_server_header),
             errlog,
+            access: Arc::new(accesslog::Log::off()),
             proxy_listeners: config
                 .listeners
                 .iter()

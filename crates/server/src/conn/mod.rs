@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::Instrument;
 
+use crate::accesslog::{self, End};
 use crate::body::{BodyIn, Chunked};
 use crate::head::{Body, Parsed, parse_head};
 use crate::pages;
@@ -103,6 +104,8 @@ pub(crate) struct Conn {
     timers: RequestTimers,
     /// The request in hand, for the error log's version, verb and URL.
     current: Option<Current>,
+    /// The access log's line of the request in hand, once it is routed.
+    access: Option<Arc<crate::accesslog::Request>>,
 }
 
 /// What the error log says of the request in hand (slices of its head's bytes).
@@ -158,17 +161,26 @@ pub(crate) async fn serve_io(
         scratch: Vec::new(),
         site: None,
         current: None,
+        access: None,
     };
     let mut first = true;
     loop {
         match conn.request(first).await {
             Next::KeepAlive => {
+                accesslog::end(conn.access.take(), End::Written);
                 // Lets the head's bytes go before the connection idles.
                 conn.current = None;
                 first = false;
             }
             Next::Close => {
-                if conn.flush().await.is_err() {
+                let flushed = conn.flush().await;
+                let how = if flushed.is_ok() {
+                    End::Written
+                } else {
+                    End::Gone
+                };
+                accesslog::end(conn.access.take(), how);
+                if flushed.is_err() {
                     let _ = socket2::SockRef::from(conn.io.tcp()).set_linger(Some(Duration::ZERO));
                     return;
                 }
@@ -177,6 +189,7 @@ pub(crate) async fn serve_io(
                 return;
             }
             Next::Abort => {
+                accesslog::end(conn.access.take(), End::Reset);
                 let _ = socket2::SockRef::from(conn.io.tcp()).set_linger(Some(Duration::ZERO));
                 return;
             }
@@ -213,6 +226,9 @@ impl Conn {
         // When the write began to wait, and how far it had got.
         let mut waiting: Option<(Instant, usize)> = None;
         let mut slow = false;
+        if let Some(a) = &self.access {
+            a.writing(&self.wr);
+        }
         let mut r = Ok(());
         while at < self.wr.len() {
             let mut write = std::pin::pin!(self.io.write(&self.wr[at..]));
@@ -369,6 +385,8 @@ impl Conn {
         // from the connection's start) until the head is in.
         let mut deadline =
             (first || !self.rd.is_empty()).then(|| timers.header_wait.fires_at(Instant::now()));
+        // When the head's first byte came, for the access log's time-taken.
+        let mut began = Instant::now();
         let len = loop {
             match parse_head(&self.rd, &limits) {
                 Ok(Parsed::Partial) => {}
@@ -384,7 +402,7 @@ impl Conn {
                     ),
                 };
                 match self.await_bytes(until).await {
-                    Wait::Ready => {}
+                    Wait::Ready => began = Instant::now(),
                     Wait::Gone => return Next::Close,
                     Wait::TimedOut => {
                         self.log(None, None, reason, None);
@@ -424,11 +442,12 @@ impl Conn {
             prefix = tracing::field::Empty,
             queue = tracing::field::Empty,
         );
-        Box::pin(self.serve_head(head_bytes).instrument(span)).await
+        Box::pin(self.serve_head(head_bytes, began).instrument(span)).await
     }
 
-    /// Serves one request whose head is in: routes it, hands it on, relays the answer.
-    async fn serve_head(&mut self, head_bytes: Bytes) -> Next {
+    /// Serves one request whose head is in (its first byte came at `began`): routes it,
+    /// hands it on, relays the answer.
+    async fn serve_head(&mut self, head_bytes: Bytes, began: Instant) -> Next {
         // Room for a response head and a small body, taken once per connection.
         if self.wr.capacity() == 0 {
             self.wr.reserve(1024);
@@ -514,6 +533,15 @@ impl Conn {
             };
             return self.rejected(Some(&head), misdirected, None);
         }
+        self.access = crate::accesslog::Request::begin(
+            &self.settings.access,
+            &binding.queue,
+            self.peer.ip(),
+            self.local,
+            &head,
+            &self.scratch,
+            began.into_std(),
+        );
         if let Some(port) = binding.queue.https_redirect()
             && self.tls.is_none()
         {

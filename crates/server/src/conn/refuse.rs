@@ -26,6 +26,9 @@ impl Conn {
         reason: Reason,
         queue: Option<&str>,
     ) {
+        if let Some(a) = &self.access {
+            a.ended(status, reason);
+        }
         let current = self.current.as_ref();
         Entry {
             client: self.peer,

@@ -21,8 +21,8 @@ use super::reservations::same_url;
 use super::{CONFIG_SESSION, Daemon, Session, State, api};
 use crate::access::Access;
 use crate::config::{Config, QueueConfig, StateFile};
-use crate::errlog;
 use crate::shared::Settings;
+use crate::{accesslog, errlog};
 
 /// What the daemon starts from.
 #[derive(Debug)]
@@ -74,6 +74,11 @@ impl Daemon {
             .sslcert_bindings(&config, &saved.sslcert, None, &mut report)
             .map_err(crate::Error::config)?;
         self.shared.tls.store(Arc::new(bindings));
+        let access =
+            accesslog::Log::open(&config.access_log, self.own_uid).map_err(crate::Error::config)?;
+        let mut settings = Settings::new(&config, self.shared.settings.load().errlog.clone());
+        settings.access = Arc::new(access);
+        self.shared.settings.store(Arc::new(settings));
         let queues = {
             let mut st = self.lock();
             st.saved = saved;
@@ -128,6 +133,19 @@ impl Daemon {
                     format!("{e}; the daemon keeps its current configuration"),
                 )
             })?;
+        // The access log's folder is checked (and its writer started) before anything
+        // changes: a folder the daemon may not use refuses the whole file.
+        let access = if self.lock().config.access_log == new.access_log {
+            None
+        } else {
+            let log = accesslog::Log::open(&new.access_log, self.own_uid).map_err(|e| {
+                api(
+                    Win32Error::InvalidData,
+                    format!("{e}; the daemon keeps its current configuration"),
+                )
+            })?;
+            Some(Arc::new(log))
+        };
         // The group database is asked before the lock is taken.
         let admin_gid = new
             .admin_group
@@ -137,7 +155,7 @@ impl Daemon {
             let mut st = self.lock();
             st.admin_gid = admin_gid;
             let old = std::mem::replace(&mut st.config, new.clone());
-            self.apply_settings(&mut st, &old, &mut report);
+            self.apply_settings(&mut st, &old, access, &mut report);
             if old.admin_group != new.admin_group {
                 report.changes.push(format!(
                     "admin group: {} -> {}",
@@ -184,15 +202,23 @@ impl Daemon {
         })
     }
 
-    /// Swaps in new limits, timers, error log, PROXY listeners and trusted proxies if they
-    /// changed (for connections accepted, and requests read, from then on).
-    fn apply_settings(&self, st: &mut State, old: &Config, report: &mut Report) {
+    /// Swaps in new limits, timers, error log, access log (`access`, opened when it
+    /// changed), PROXY listeners and trusted proxies if they changed (for connections
+    /// accepted, and requests read, from then on).
+    fn apply_settings(
+        &self,
+        st: &mut State,
+        old: &Config,
+        access: Option<Arc<accesslog::Log>>,
+        report: &mut Report,
+    ) {
         let new = &st.config;
         let listeners = old.listeners != new.listeners;
         let trusted = old.trusted_proxies != new.trusted_proxies;
         if old.limits == new.limits
             && old.timers == new.timers
             && old.errlog == new.errlog
+            && access.is_none()
             && !listeners
             && !trusted
         {
@@ -211,15 +237,22 @@ impl Daemon {
             report.changes.push("error log settings".into());
             Arc::new(errlog::Log::open(&new.errlog))
         };
+        let access = match access {
+            Some(log) => {
+                report.changes.push("access log settings".into());
+                log
+            }
+            None => current.access.clone(),
+        };
         if old.limits != new.limits {
             report.changes.push("limits".into());
         }
         if old.timers != new.timers {
             report.changes.push("timers".into());
         }
-        self.shared
-            .settings
-            .store(Arc::new(Settings::new(new, errlog)));
+        let mut settings = Settings::new(new, errlog);
+        settings.access = access;
+        self.shared.settings.store(Arc::new(settings));
         self.shared.connections.recheck();
     }
 

@@ -141,6 +141,7 @@ impl Daemon {
             queues,
             budget: Some(self.budget_state(&st)),
             buffers: self.shared.buffers.gauge(),
+            access_log_dropped: self.shared.settings.load().access.dropped(),
             url_limits: Some(UrlLimits {
                 segment_max_length: st.config.limits.url_segment_max_length as u64,
                 segment_max_count: st.config.limits.url_segment_max_count as u64,

@@ -51,11 +51,16 @@ struct Out {
     respond: SendResponse<Bytes>,
     /// The body's sender, once the head is sent with more to come.
     send: Option<SendStream<Bytes>>,
+    /// The access log's line, once the request is routed.
+    access: Option<Arc<crate::accesslog::Request>>,
 }
 
 impl Out {
     /// Resets the stream.
     fn reset(&mut self, reason: h2::Reason) {
+        if let Some(a) = &self.access {
+            a.aborted();
+        }
         match &mut self.send {
             Some(s) => s.send_reset(reason),
             None => self.respond.send_reset(reason),
@@ -84,6 +89,9 @@ impl Out {
         detail: Detail,
         retry: Option<u64>,
     ) {
+        if let Some(a) = &self.access {
+            a.ended(Some(rejection.status), rejection.reason);
+        }
         let (body, _) = pages::page_body(rejection, detail);
         let mut resp = http::Response::builder()
             .status(rejection.status)
@@ -126,6 +134,7 @@ pub(super) async fn serve(
     req: http::Request<RecvStream>,
     respond: SendResponse<Bytes>,
 ) {
+    let began = std::time::Instant::now();
     let settings = link.shared.settings.load_full();
     let (parts, body) = req.into_parts();
     let has_body = !body.is_end_stream();
@@ -140,6 +149,7 @@ pub(super) async fn serve(
     let mut out = Out {
         respond,
         send: None,
+        access: None,
     };
     let log = |status, reason, queue: Option<&str>| {
         let request = Some((&named.method[..], &named.target[..]));
@@ -205,6 +215,17 @@ pub(super) async fn serve(
             }
         };
     let queue = binding.queue.clone();
+    // Behind a trusted proxy, the client it forwards for (port 0: seldom told).
+    let client = crate::trust::client(&settings.trusted, &head, link.peer.ip());
+    out.access = crate::accesslog::Request::begin(
+        &settings.access,
+        &queue,
+        client,
+        link.local,
+        &head,
+        &target,
+        began,
+    );
     let timers = settings.timers;
     let admitted = if link.count(&queue) {
         // A client that resets the stream while it waits leaves the queue at once.
@@ -221,6 +242,9 @@ pub(super) async fn serve(
         Err(refused) => {
             let (status, reason) = refused.logged();
             log(status, reason, Some(queue.name()));
+            if let Some(a) = &out.access {
+                a.ended(status, reason);
+            }
             match refused.page() {
                 Some((rejection, detail, retry)) => out.page(&settings, rejection, detail, retry),
                 // HTTP/1 resets the connection; here only the stream is refused, and a
@@ -242,8 +266,6 @@ pub(super) async fn serve(
     {
         let _ = out.respond.send_informational(interim);
     }
-    // Behind a trusted proxy, the client it forwards for (port 0: seldom told).
-    let client = crate::trust::client(&settings.trusted, &head, link.peer.ip());
     let (peer, peer_text) = if client == link.peer.ip().to_canonical() {
         (
             link.peer,
@@ -265,6 +287,7 @@ pub(super) async fn serve(
         timers: request_timers,
         head_method: head.method() == b"HEAD",
         named: &named,
+        access: out.access.clone(),
     };
     match taken {
         Taken::Worker(mut stream) => {
@@ -318,6 +341,8 @@ struct Ctx<'a> {
     timers: RequestTimers,
     head_method: bool,
     named: &'a Named,
+    /// The access log's line (the stream's `Out` holds it too).
+    access: Option<Arc<crate::accesslog::Request>>,
 }
 
 /// How a write of response bytes failed.
@@ -343,6 +368,9 @@ struct Relay {
 
 impl Ctx<'_> {
     fn log(&self, status: Option<u16>, reason: Reason) {
+        if let Some(a) = &self.access {
+            a.ended(status, reason);
+        }
         let request = Some((&self.named.method[..], &self.named.target[..]));
         self.link.log(
             self.settings,
@@ -410,6 +438,12 @@ impl Ctx<'_> {
     ) -> bool {
         relay.started = true;
         let end_now = end || relay.bodiless;
+        if let Some(a) = &self.access {
+            a.status(resp.status().as_u16());
+            if end_now {
+                a.done();
+            }
+        }
         match out.respond.send_response(resp, end_now) {
             Ok(send) => {
                 if !end_now {
@@ -451,7 +485,11 @@ impl Ctx<'_> {
         };
         push(send, data, end, self.timers.min_send_rate())
             .await
-            .map_err(Some)
+            .map_err(Some)?;
+        if end && let Some(a) = &self.access {
+            a.done();
+        }
+        Ok(())
     }
 
     /// Logs a failed write as HTTP/1 does.
