@@ -123,6 +123,14 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
         s.iplisten.join(", ")
     };
     let _ = writeln!(out, "IP listen list: {list}");
+    if s.access_log_dropped > 0 {
+        let _ = writeln!(
+            out,
+            "Access log lines dropped: {} (a slow or full disk, or a file the daemon could not \
+             use: see its log)",
+            s.access_log_dropped
+        );
+    }
     if let Some(b) = &s.budget {
         let _ = writeln!(
             out,
@@ -141,8 +149,10 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
         );
         let _ = writeln!(
             out,
-            "    Upstream connections: {} of {}",
-            b.upstream.open, b.upstream.max
+            "    Upstream connections: {} of {} (at most {} for one account's queues)",
+            b.upstream.open,
+            b.upstream.max,
+            (b.upstream.max / 4).max(1)
         );
         let _ = writeln!(
             out,
@@ -715,7 +725,7 @@ mod tests {
                 min_send_rate: 150,
                 max_connections: 44992,
             }),
-            access_log_dropped: 0,
+            access_log_dropped: 7,
         }
     }
 
@@ -729,11 +739,12 @@ Snapshot of Portshare service state
 Version: 0.1.0
 Process ID: 4242
 IP listen list: 127.0.0.1
+Access log lines dropped: 7 (a slow or full disk, or a file the daemon could not use: see its log)
 
 Descriptor budget (open-file limit 65536):
     Client connections: 2 of 44992
     Control connections: 5 of 8192 (the last 512 for administrators)
-    Upstream connections: 0 of 8192
+    Upstream connections: 0 of 8192 (at most 2048 for one account's queues)
     Listening sockets: 1 of 2080
 
 Listeners:
