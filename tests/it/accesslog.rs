@@ -306,6 +306,18 @@ fn a_folder_that_is_not_the_daemons_own_is_refused() {
         let (code, _, err) = run_to_exit(cmd, &logs.0, 20);
         assert!(code.is_some_and(|c| c != 0), "{code:?} {err}");
         assert!(err.contains("owned by uid 65534"), "{err}");
+        // And `check-config` says so too.
+        let out = std::process::Command::new(portshare_bin())
+            .arg("check-config")
+            .arg(&bad)
+            .output()
+            .expect("check-config runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("access_log.folder") && err.contains("owned by uid 65534"),
+            "{err}"
+        );
     }
     // A folder of its own is taken, and made if missing.
     let own = logs.0.join("own").join("access");

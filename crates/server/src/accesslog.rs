@@ -624,6 +624,24 @@ pub(crate) fn folder_name(queue: &str) -> String {
     s
 }
 
+/// For `check-config`: whether the folder of `config` would do for a daemon running as
+/// `uid`, without creating it (a folder still missing is made at start).
+///
+/// # Errors
+///
+/// What is wrong with the folder, naming it.
+pub(crate) fn check_folder(config: &AccessLogConfig, uid: u32) -> Result<(), String> {
+    if !config.enabled {
+        return Ok(());
+    }
+    let folder = config.folder(uid == 0, |k| std::env::var_os(k));
+    if std::fs::symlink_metadata(&folder).is_err_and(|e| e.kind() == io::ErrorKind::NotFound) {
+        return Ok(());
+    }
+    own_folder(&folder, uid, false)
+        .map_err(|e| format!("access_log.folder {}: {e}", folder.display()))
+}
+
 /// Checks that `folder` is the daemon's own (creating it 0750 when `create` and missing):
 /// a folder, not a symbolic link, owned by `uid` or root, not writable by group or others.
 fn own_folder(folder: &Path, uid: u32, create: bool) -> io::Result<()> {

@@ -525,7 +525,8 @@ impl Config {
     }
 
     /// Reads the files the configuration names, as the daemon does at start and reload:
-    /// the certificates and keys of its `[[sslcert]]` bindings, and their `ccs` folders.
+    /// the certificates and keys of its `[[sslcert]]` bindings, and their `ccs` folders;
+    /// and the access log's folder, when it exists, as a daemon of this user would judge it.
     /// Returns what deserves a warning (an expired certificate, a name outside its SANs, a
     /// key file other users may read).
     ///
@@ -535,6 +536,8 @@ impl Config {
     /// the file and the reason: a file that cannot be read, holds no usable PEM, or a key
     /// that is not its certificate's.
     pub fn check_files(&self) -> Result<Vec<String>, Error> {
+        crate::accesslog::check_folder(&self.access_log, nix::unistd::geteuid().as_raw())
+            .map_err(Error::config)?;
         crate::tls::Bindings::load(&self.sslcerts)
             .map(|(_, warnings)| warnings)
             .map_err(Error::config)
