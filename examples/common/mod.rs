@@ -8,12 +8,16 @@ use std::process::ExitCode;
 use portshare_client::{Error, QueueBuilder, Running};
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Logs go to stderr; `RUST_LOG` picks what (default `info`).
+/// Logs go to stderr; `RUST_LOG` picks what (default `info`). Coloured only on a terminal,
+/// and never with `NO_COLOR` set, as the daemon's.
 pub(crate) fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }
