@@ -103,6 +103,8 @@ pub(crate) struct Conn {
     timers: RequestTimers,
     /// The request in hand, for the error log's version, verb and URL.
     current: Option<Current>,
+    /// The site of the latest request, which the connection's bytes count for.
+    bytes_site: Option<Arc<crate::metrics::SiteCounters>>,
 }
 
 /// What the error log says of the request in hand (slices of its head's bytes).
@@ -158,6 +160,7 @@ pub(crate) async fn serve_io(
         scratch: Vec::new(),
         site: None,
         current: None,
+        bytes_site: None,
     };
     let mut first = true;
     loop {
@@ -271,6 +274,9 @@ impl Conn {
                 queue.as_deref().map(Queue::name),
             );
         }
+        if let Some(site) = &self.bytes_site {
+            site.written(at);
+        }
         self.wr.clear();
         r
     }
@@ -351,7 +357,11 @@ impl Conn {
             self.rd
                 .reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
         }
-        self.io.read_buf(&mut self.rd).await
+        let n = self.io.read_buf(&mut self.rd).await?;
+        if let Some(site) = &self.bytes_site {
+            site.read(n);
+        }
+        Ok(n)
     }
 
     /// One request, from its first byte to the end of its response.
@@ -504,6 +514,7 @@ impl Conn {
             Err(Some(rejection)) => return self.rejected(Some(&head), rejection, Some(1)),
             Err(None) => return Next::Close,
         };
+        crate::metrics::routed(&mut self.bytes_site, &binding.site, &head_bytes, &head);
         if let Some(tls) = &self.tls
             && tls.require_sni_match
             && !sni_matches(tls.sni.as_deref(), headers::routed_host(&head, authority))

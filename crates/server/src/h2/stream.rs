@@ -204,6 +204,7 @@ pub(super) async fn serve(
                 return;
             }
         };
+    binding.site.request(head.method());
     let queue = binding.queue.clone();
     let timers = settings.timers;
     let admitted = if link.count(&queue) {
