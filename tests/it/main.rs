@@ -27,6 +27,7 @@ mod h2;
 mod http1;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod proxy;
 mod queues;
 mod redirect;
