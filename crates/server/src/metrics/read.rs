@@ -113,6 +113,15 @@ pub(crate) fn sample<'q>(
         }
     }
     ports.sort_by(|a, b| (&a.address, &a.scheme).cmp(&(&b.address, &b.scheme)));
+    // A socket closed while its connections last, and opened again: one series of both.
+    ports.dedup_by(|later, kept| {
+        let same = later.address == kept.address && later.scheme == kept.scheme;
+        if same {
+            kept.connections += later.connections;
+            kept.accepted += later.accepted;
+        }
+        same
+    });
     Metrics {
         uptime_ms: service.uptime().as_millis() as u64,
         queues: by_label.into_values().collect(),
