@@ -496,3 +496,22 @@ fn the_scrape_listener_is_bounded_under_a_flood() {
     );
     assert!(scrape(mp).contains("portshare_uptime_seconds"));
 }
+
+/// `[metrics] listen` is read at start: a reload that changes it warns, and the listener
+/// stays where it was.
+#[test]
+fn a_reload_that_moves_the_scrape_listener_says_it_needs_a_restart() {
+    let (d, mp) = daemon_with_scrapes();
+    d.write_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{}\"\n",
+        free_port()
+    ));
+    let (status, report) = d.ctl().call("POST", "/v1/reload", None);
+    assert_eq!(status, 200, "{report}");
+    let warned = report["warnings"].as_array().is_some_and(|w| {
+        w.iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("metrics.listen")))
+    });
+    assert!(warned, "{report}");
+    assert!(scrape(mp).contains("portshare_uptime_seconds"));
+}
