@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod admin;
 mod client;
+mod counters;
 mod explain;
 mod run;
 mod serve;

@@ -48,6 +48,15 @@ enum What {
         #[arg(long)]
         json: bool,
     },
+    /// One sample of the counters: per queue, site and port (`typeperf`).
+    Counters {
+        /// Print the daemon's JSON answer (`GET /v1/metrics`).
+        #[arg(long)]
+        json: bool,
+        /// Only this queue (`~uid:N` for an account's unnamed queues).
+        #[arg(long, value_name = "NAME")]
+        queue: Option<String>,
+    },
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -69,6 +78,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             iplisten_text,
         ),
         What::Sslcert { json } => sslcert(&client, json),
+        What::Counters { json, queue } => crate::counters::run(&client, json, queue.as_deref()),
     }
 }
 

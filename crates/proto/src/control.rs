@@ -12,6 +12,7 @@
 //! | `POST /v1/queues/{name}/ready` | [`SetReady`] | [`QueueInfo`]: a held upstream queue ready, or held again |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
 //! | `GET /v1/state` | – | [`ServiceState`] |
+//! | `GET /v1/metrics` | – | [`Metrics`]: the counters, as the caller may see them |
 //! | `GET /v1/urlacl` | – | [`UrlAclList`] |
 //! | `POST /v1/urlacl` | [`AddReservation`] | `201`, [`ReservationInfo`] |
 //! | `DELETE /v1/urlacl` | [`RemoveReservation`] | `204` |
@@ -37,7 +38,12 @@
 //! Queues the configuration file declares belong to the daemon. An unnamed queue is its
 //! creating process's alone.
 
+mod metrics;
 pub mod path;
+
+pub use metrics::{
+    Histogram, Metrics, PortMetrics, QueueMetrics, SiteMetrics, TlsMetrics, WorkerMetrics,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -98,6 +98,10 @@
 //! ranges = ["10.0.0.0/8", "::1/128"]
 //! # acme = true               # obtain and renew the certificate by ACME (no cert, key)
 //!
+//! [metrics]                    # Prometheus / OpenMetrics scrapes: GET /metrics
+//! listen = "127.0.0.1:9180"   # off by default; shows every queue: keep it on loopback;
+//!                             # applies when the daemon starts
+//!
 //! [acme]                       # for [[sslcert]] tables with acme = true
 //! directory = "https://acme-v02.api.letsencrypt.org/directory"
 //! contact = ["mailto:admin@example.com"]
@@ -125,6 +129,7 @@ mod access_log;
 mod control;
 mod edge;
 mod error;
+mod metrics;
 mod sslcert;
 mod state;
 
@@ -134,6 +139,7 @@ pub use control::ControlConfig;
 pub use edge::{AcmeConfig, ListenerConfig, TrustedProxyConfig};
 pub use error::ConfigError;
 pub(crate) use error::Fault;
+pub use metrics::MetricsConfig;
 pub use sslcert::SslCertConfig;
 pub use state::default_state_file;
 pub(crate) use state::{SavedSslCert, StateFile};
@@ -184,6 +190,9 @@ pub struct Config {
     /// The ACME account that `acme = true` bindings obtain their certificates with.
     #[serde(default)]
     pub acme: Option<AcmeConfig>,
+    /// The Prometheus scrape listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// One reservation of the configuration file or the state file.

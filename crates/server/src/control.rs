@@ -433,6 +433,10 @@ async fn handle(
             StatusCode::OK,
             &blocking(daemon, session, |d, s| d.state(s)).await,
         ),
+        (&Method::GET, paths::METRICS) => json(
+            StatusCode::OK,
+            &blocking(daemon, session, |d, s| d.metrics(s)).await,
+        ),
         (&Method::GET, paths::URLACL) => json(
             StatusCode::OK,
             &blocking(daemon, session, |d, _| d.urlacl_list()).await,

@@ -135,6 +135,7 @@ impl Entry<'_> {
     /// Writes the entry to the `httperr` tracing target and hands it to `log`'s files.
     /// Never blocks.
     pub(crate) fn emit(&self, log: &Log) {
+        crate::metrics::logged(self.reason);
         let line = self.line(SystemTime::now());
         tracing::info!(target: "httperr", "{line}");
         log.write(line);

@@ -77,6 +77,7 @@ mod flow;
 mod h2;
 mod head;
 mod identity;
+mod metrics;
 mod owner;
 mod pages;
 #[cfg(target_os = "linux")]
@@ -100,13 +101,54 @@ use std::time::Duration;
 
 pub use config::{
     AccessLogConfig, AccessLogFormat, AccessLogRollover, AcmeConfig, Config, ConfigError,
-    ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, ListenerConfig, QueueAccessConfig,
-    QueueConfig, SslCertConfig, Timers, TrustedProxyConfig, UrlAclConfig, default_state_file,
+    ControlConfig, DEFAULT_CONFIG_FILE, ErrLogConfig, Limits, ListenerConfig, MetricsConfig,
+    QueueAccessConfig, QueueConfig, SslCertConfig, Timers, TrustedProxyConfig, UrlAclConfig,
+    default_state_file,
 };
 pub use error::Error;
 pub use head::{Body, Head, HeadError, HeadLimits, Headers, Parsed, parse_head};
 pub use timers::Timer;
 pub use upstream::Address;
+
+/// The counters' recording path alone, for `benches/metrics.rs`: not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use crate::metrics::{QueueCounters, Service, SiteCounters};
+
+    /// What one served request records: its queue's arrival, slot and its release, its
+    /// site's request and bytes.
+    #[derive(Debug)]
+    pub struct Recorder {
+        queue: Arc<QueueCounters>,
+        site: Arc<SiteCounters>,
+    }
+
+    impl Default for Recorder {
+        fn default() -> Recorder {
+            let service = Service::default();
+            Recorder {
+                queue: service.queue("bench", 0),
+                site: service.site(portshare_router::Scheme::Http, "+", 80),
+            }
+        }
+    }
+
+    impl Recorder {
+        /// Records one request as the daemon does, the clock read as often.
+        pub fn request(&self) {
+            let arrived = Instant::now();
+            self.queue.arrival();
+            self.site.request(b"GET");
+            self.site.read(80);
+            self.queue.taken(arrived, arrived);
+            self.site.written(120);
+            self.queue.done(arrived, arrived);
+        }
+    }
+}
 
 /// How to run the daemon.
 #[derive(Debug, Clone)]
@@ -212,6 +254,13 @@ pub async fn serve_until(
         let _ = std::fs::remove_file(&opts.control);
         return Err(e);
     }
+    let scrapes = match start_scrapes(&daemon).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&opts.control);
+            return Err(e);
+        }
+    };
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         control = %opts.control.display(),
@@ -222,6 +271,9 @@ pub async fn serve_until(
     stop.await;
     control.abort();
     reloads.abort();
+    if let Some(s) = scrapes {
+        s.abort();
+    }
     // Stop accepting, let every request in progress or waiting in a queue finish within
     // the shutdown timer, then close what is left: each request cut short is logged.
     let (grace, accepting) = daemon.begin_stop();
@@ -263,6 +315,25 @@ pub async fn serve_until(
     settings.access.flush().await;
     let _ = std::fs::remove_file(&opts.control);
     Ok(())
+}
+
+/// Opens the scrape listener of `[metrics] listen`, if the configuration asks for one.
+async fn start_scrapes(
+    daemon: &Arc<daemon::Daemon>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let Some(addr) = daemon.metrics_listen() else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::start(format!(
+            "cannot listen for metrics scrapes on {addr} ([metrics] listen)"
+        ))
+        .with(e)
+    })?;
+    tracing::info!(%addr, "metrics: answering scrapes at /metrics");
+    let d = Arc::clone(daemon);
+    let sample: metrics::listen::Sampler = Arc::new(move || d.metrics_all());
+    Ok(Some(tokio::spawn(metrics::listen::serve(listener, sample))))
 }
 
 /// Raises the soft limit on open files to the hard one: each client connection is a

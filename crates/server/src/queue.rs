@@ -13,8 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use portshare_proto::control::{QueueCounters, QueueLimits, QueueProps, Verbosity};
+use portshare_router::Reason;
 use tokio::sync::oneshot;
 
+use crate::metrics::QueueCounters as Recorded;
 use crate::timers::{QueueTimers, Timer, Timers};
 use crate::upstream::Upstream;
 use crate::worker::WorkerConn;
@@ -122,6 +124,8 @@ pub(crate) struct Queue {
     opaque: AtomicU64,
     /// `Props::max_opaque`, read without the lock.
     max_opaque: AtomicU32,
+    /// What `crate::metrics` publishes of it (shared by an owner's unnamed queues).
+    recorded: Arc<Recorded>,
 }
 
 /// An opaque connection counted against its queue's `max_opaque` until dropped.
@@ -172,6 +176,8 @@ struct Seat {
     target: Target,
     free: u32,
     slots: u32,
+    /// Requests it finished (slots given back).
+    served: u64,
 }
 
 #[derive(Debug)]
@@ -208,6 +214,9 @@ pub(crate) struct Slot {
     target: Target,
     live: bool,
     timers: QueueTimers,
+    /// When the request arrived, and when it got the slot.
+    arrived: Instant,
+    taken: Instant,
 }
 
 impl Slot {
@@ -224,7 +233,8 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.live {
-            self.queue.release(self.seat, self.target.clone());
+            self.queue.recorded.done(self.arrived, self.taken);
+            self.queue.release(self.seat, self.target.clone(), true);
         }
     }
 }
@@ -260,6 +270,7 @@ impl Ticket {
             Some(Ok(Err(Closed)) | Err(_)) => Err(Missed::Closed),
             None => {
                 self.queue.timed_out.fetch_add(1, Ordering::Relaxed);
+                self.queue.recorded.refused(Reason::TimerReqQueue);
                 Err(Missed::TimedOut)
             }
         }
@@ -282,11 +293,24 @@ impl Drop for Ticket {
 }
 
 impl Queue {
+    #[cfg(test)]
     pub(crate) fn new(
         name: String,
         owner_uid: u32,
         props: Props,
         upstream: Option<Arc<Upstream>>,
+    ) -> Arc<Queue> {
+        let recorded = Recorded::new(name.clone(), owner_uid);
+        Queue::with_counters(name, owner_uid, props, upstream, recorded)
+    }
+
+    /// A queue whose counters are `recorded`.
+    pub(crate) fn with_counters(
+        name: String,
+        owner_uid: u32,
+        props: Props,
+        upstream: Option<Arc<Upstream>>,
+        recorded: Arc<Recorded>,
     ) -> Arc<Queue> {
         let max = props.max_connections;
         let max_opaque = props.max_opaque;
@@ -315,7 +339,13 @@ impl Queue {
             https_redirect: AtomicU32::new(0),
             opaque: AtomicU64::new(0),
             max_opaque: AtomicU32::new(max_opaque),
+            recorded,
         })
+    }
+
+    /// Its counters, as `crate::metrics` publishes them.
+    pub(crate) fn metrics(&self) -> &Arc<Recorded> {
+        &self.recorded
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -392,6 +422,7 @@ impl Queue {
         if max > 0 && prev >= max {
             self.connections.fetch_sub(1, Ordering::Relaxed);
             self.conn_limit.fetch_add(1, Ordering::Relaxed);
+            self.recorded.refused(Reason::ConnLimit);
             return None;
         }
         Some(Counted(self.clone()))
@@ -419,8 +450,10 @@ impl Queue {
             return Admit::Closed;
         }
         let timer = inner.props.timers.request_queue(service);
+        self.recorded.arrival();
         if !inner.props.enabled {
             self.disabled.fetch_add(1, Ordering::Relaxed);
+            self.recorded.refused(Reason::Disabled);
             let retry = self.retry_after(&mut inner, timer);
             return Admit::Disabled(inner.props.verbosity, retry);
         }
@@ -431,6 +464,7 @@ impl Queue {
         }
         if inner.pending.len() >= inner.props.length as usize {
             self.queue_full.fetch_add(1, Ordering::Relaxed);
+            self.recorded.refused(Reason::QueueFull);
             let retry = self.retry_after(&mut inner, timer);
             return Admit::Full(inner.props.verbosity, retry);
         }
@@ -458,39 +492,49 @@ impl Queue {
             let seat = &mut inner.seats[i];
             if seat.free > 0 {
                 seat.free -= 1;
+                let now = Instant::now();
                 let slot = Slot {
                     queue: self.clone(),
                     seat: seat.id,
                     target: seat.target.clone(),
                     live: true,
                     timers: inner.props.timers,
+                    arrived: now,
+                    taken: now,
                 };
                 inner.cursor = (i + 1) % n;
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.recorded.taken(now, now);
                 return Some(slot);
             }
         }
         None
     }
 
-    /// A slot came back: the oldest waiting request takes it, else the seat keeps it.
-    fn release(self: &Arc<Queue>, seat: u64, target: Target) {
+    /// A slot came back (`served`: from a request that held it): the oldest waiting
+    /// request takes it, else the seat keeps it.
+    fn release(self: &Arc<Queue>, seat: u64, target: Target, served: bool) {
         let mut inner = self.lock();
         // Gone when the worker left or stopped taking requests: the slot goes with it.
         let Some(at) = inner.seats.iter().position(|s| s.id == seat) else {
             return;
         };
+        inner.seats[at].served += u64::from(served);
         while let Some(w) = inner.pending.pop_front() {
+            let now = Instant::now();
             let slot = Slot {
                 queue: self.clone(),
                 seat,
                 target: target.clone(),
                 live: true,
                 timers: inner.props.timers,
+                arrived: w.since,
+                taken: now,
             };
             match w.tx.send(Ok(slot)) {
                 Ok(()) => {
                     self.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.recorded.taken(w.since, now);
                     return;
                 }
                 // The waiter gave up meanwhile; the next one may take the slot.
@@ -513,10 +557,11 @@ impl Queue {
             target: target.clone(),
             free: 0,
             slots,
+            served: 0,
         });
         drop(inner);
         for _ in 0..slots {
-            self.release(id, target.clone());
+            self.release(id, target.clone(), false);
         }
         true
     }
@@ -544,6 +589,7 @@ impl Queue {
         for w in pending {
             if w.tx.send(Err(Closed)).is_ok() {
                 self.abandoned.fetch_add(1, Ordering::Relaxed);
+                self.recorded.refused(Reason::ConnectionAbandonedByReqQueue);
             }
         }
         for s in seats {
@@ -556,6 +602,7 @@ impl Queue {
     /// Counts a request abandoned because its worker went away.
     pub(crate) fn count_abandoned(&self) {
         self.abandoned.fetch_add(1, Ordering::Relaxed);
+        self.recorded.refused(Reason::ConnectionAbandonedByReqQueue);
     }
 
     /// Seconds a refused client should wait: the queue's depth over its recent drain rate,
@@ -596,6 +643,15 @@ impl Queue {
             .seats
             .iter()
             .map(|s| (s.target.clone(), s.slots, s.slots - s.free))
+            .collect()
+    }
+
+    /// Each seat's target, slots, busy slots and requests served.
+    pub(crate) fn seats_served(&self) -> Vec<(Target, u32, u32, u64)> {
+        self.lock()
+            .seats
+            .iter()
+            .map(|s| (s.target.clone(), s.slots, s.slots - s.free, s.served))
             .collect()
     }
 

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub(crate) tls: ArcSwap<crate::tls::Bindings>,
     /// The ACME HTTP-01 challenges pending, answered before routing.
     pub(crate) challenges: ArcSwap<crate::challenge::Challenges>,
+    /// The counters and their registries.
+    pub(crate) metrics: crate::metrics::Service,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             buffers: Arc::default(),
             tls: ArcSwap::from_pointee(crate::tls::Bindings::empty()),
             challenges: ArcSwap::from_pointee(crate::challenge::Challenges::default()),
+            metrics: crate::metrics::Service::default(),
         })
     }
 
@@ -212,6 +215,8 @@ pub(crate) struct Destination {
     /// The prefix as registered, for `portshare-url-prefix`.
     pub(crate) prefix: String,
     pub(crate) context: u64,
+    /// The counters of the prefix's scheme, host and port.
+    pub(crate) site: Arc<crate::metrics::SiteCounters>,
 }
 
 /// What connections share, for tests of the data path: no routes, default settings, no

@@ -16,6 +16,8 @@
 
 /// `GET`: the state view ([`ServiceState`](super::ServiceState)).
 pub const STATE: &str = "/v1/state";
+/// `GET`: the counters ([`Metrics`](super::Metrics)).
+pub const METRICS: &str = "/v1/metrics";
 /// `GET`, `POST`, `DELETE`: the URL reservations.
 pub const URLACL: &str = "/v1/urlacl";
 /// `GET`, `POST`, `DELETE`: the IP listen list.

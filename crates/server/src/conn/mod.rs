@@ -106,6 +106,8 @@ pub(crate) struct Conn {
     current: Option<Current>,
     /// The access log's line of the request in hand, once it is routed.
     access: Option<Arc<crate::accesslog::Request>>,
+    /// The site of the latest request, which the connection's bytes count for.
+    bytes_site: Option<Arc<crate::metrics::SiteCounters>>,
 }
 
 /// What the error log says of the request in hand (slices of its head's bytes).
@@ -162,6 +164,7 @@ pub(crate) async fn serve_io(
         site: None,
         current: None,
         access: None,
+        bytes_site: None,
     };
     let mut first = true;
     loop {
@@ -287,6 +290,9 @@ impl Conn {
                 queue.as_deref().map(Queue::name),
             );
         }
+        if let Some(site) = &self.bytes_site {
+            site.written(at);
+        }
         self.wr.clear();
         r
     }
@@ -367,7 +373,11 @@ impl Conn {
             self.rd
                 .reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
         }
-        self.io.read_buf(&mut self.rd).await
+        let n = self.io.read_buf(&mut self.rd).await?;
+        if let Some(site) = &self.bytes_site {
+            site.read(n);
+        }
+        Ok(n)
     }
 
     /// One request, from its first byte to the end of its response.
@@ -523,6 +533,7 @@ impl Conn {
             Err(Some(rejection)) => return self.rejected(Some(&head), rejection, Some(1)),
             Err(None) => return Next::Close,
         };
+        crate::metrics::routed(&mut self.bytes_site, &binding.site, &head_bytes, &head);
         if let Some(tls) = &self.tls
             && tls.require_sni_match
             && !sni_matches(tls.sni.as_deref(), headers::routed_host(&head, authority))

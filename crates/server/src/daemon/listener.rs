@@ -70,6 +70,7 @@ pub(super) async fn accept_loop(
     listener: tokio::net::TcpListener,
     local: SocketAddr,
     connections: Arc<AtomicU64>,
+    counters: Arc<crate::metrics::PortCounters>,
 ) {
     let warn = Throttle::default();
     loop {
@@ -80,6 +81,7 @@ pub(super) async fn accept_loop(
             Ok((io, peer)) => {
                 let shared = shared.clone();
                 let connections = connections.clone();
+                let counters = counters.clone();
                 // The socket's own address: with a wildcard listener, the address the
                 // client reached.
                 let local = io.local_addr().unwrap_or(local);
@@ -111,6 +113,7 @@ pub(super) async fn accept_loop(
                             .load()
                             .listens(portshare_router::Scheme::Https, local.port())
                             || shared.challenges.load().alpn_on(local.port());
+                        let open = counters.accepted(https);
                         if https {
                             // Boxed: the handshake's and HTTP/2's state would otherwise
                             // make every plain connection's task as large as theirs.
@@ -118,7 +121,7 @@ pub(super) async fn accept_loop(
                         } else {
                             crate::conn::serve(shared, io, peer, local).await;
                         }
-                        drop((counted, place));
+                        drop((counted, place, open));
                     }
                     .instrument(span),
                 );
@@ -288,6 +291,7 @@ impl Daemon {
             l,
             addr,
             connections.clone(),
+            self.shared.metrics.port(addr),
         ));
         tracing::info!(%addr, "listening");
         st.bind_failures.remove(&addr);

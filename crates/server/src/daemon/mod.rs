@@ -20,6 +20,7 @@
 //! - [`acme`]: certificates obtained and renewed by ACME, and their challenges;
 //! - [`reload`]: applying the configuration at start and on reload;
 //! - [`view`]: the state view;
+//! - [`metrics`]: the counters' sample, as each caller may see it;
 //! - [`caps`]: per-uid caps and the descriptor budget's shares.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -50,6 +51,7 @@ use crate::worker::Peer;
 mod acme;
 mod caps;
 mod listener;
+mod metrics;
 mod queues;
 mod reload;
 mod reservations;
@@ -512,10 +514,12 @@ impl Daemon {
         if needs_bind {
             self.bind_port(st, prefix.port(), held)?;
         }
+        let site = (prefix.scheme(), prefix.host().to_string(), prefix.port());
         let binding = Arc::new(Destination {
             queue,
             prefix: add.url.clone(),
             context: add.context,
+            site: self.shared.metrics.site(site.0, &site.1, site.2),
         });
         if let Err(e) = st.table.add(prefix.clone(), binding) {
             if needs_bind {

@@ -137,7 +137,14 @@ impl Daemon {
             .apply(&spec.props)
             .map_err(|e| api(Win32Error::InvalidParameter, e))?;
         self.may_own_queue(&st, session)?;
-        let queue = Queue::new(name.clone(), session.peer.uid, props, upstream.clone());
+        let counters = self.shared.metrics.queue(&name, session.peer.uid);
+        let queue = Queue::with_counters(
+            name.clone(),
+            session.peer.uid,
+            props,
+            upstream.clone(),
+            counters,
+        );
         queue.set_https_redirect(spec.https_redirect);
         let upstream_seat = upstream.map(|up| {
             let seat = UpstreamSeat {

@@ -184,6 +184,9 @@ impl Daemon {
                     .into(),
             );
         }
+        if old.metrics != new.metrics {
+            report.warn("metrics.listen changed: it applies when the daemon restarts".into());
+        }
         if old.control.limits() != new.control.limits() {
             report.changes.push("control limits".into());
         }

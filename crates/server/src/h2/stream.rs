@@ -214,6 +214,7 @@ pub(super) async fn serve(
                 return;
             }
         };
+    binding.site.request(head.method());
     let queue = binding.queue.clone();
     // Behind a trusted proxy, the client it forwards for (port 0: seldom told).
     let client = crate::trust::client(&settings.trusted, &head, link.peer.ip());

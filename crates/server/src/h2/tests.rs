@@ -42,6 +42,7 @@ fn daemon(config: &str, props: Props) -> (Arc<Shared>, Arc<Queue>) {
                 queue: queue.clone(),
                 prefix: prefix.into(),
                 context: 0,
+                site: Arc::default(),
             }),
         )
         .expect("route");

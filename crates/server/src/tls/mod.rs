@@ -146,6 +146,7 @@ pub(crate) async fn serve(
             () = &mut stop => return,
         }
     };
+    shared.metrics.handshake(matches!(done, Ok(Some(_))));
     let (stream, info) = match done {
         Ok(Some(s)) => s,
         Ok(None) => return,
