@@ -27,6 +27,7 @@ mod h2;
 mod http1;
 mod lifecycle;
 mod limits;
+mod load;
 mod proxy;
 mod queues;
 mod redirect;
