@@ -50,7 +50,7 @@ fn draw(out: &mut String, rows: &[Row], title: &str) -> Result<(), Failure> {
     let count = |f: fn(&Row) -> u64| move |r: &Row| Some(f(r) as f64);
     panel(
         &panels[0],
-        "Arrival rate (requests/s, by intended send time)",
+        "Arrival rate (requests/s: offered and sent by intended send time, delivered as counted)",
         seconds,
         vec![
             Line {
@@ -63,11 +63,16 @@ fn draw(out: &mut String, rows: &[Row], title: &str) -> Result<(), Failure> {
                 color: RGBColor(255, 127, 14),
                 points: series(&count(|r| r.counts.sent)),
             },
+            Line {
+                name: "delivered to workers (daemon)",
+                color: RGBColor(44, 160, 44),
+                points: series(&|r| r.queue.as_ref().map(|q| q.delta.delivered as f64)),
+            },
         ],
     )?;
     panel(
         &panels[1],
-        "Outcomes (requests/s)",
+        "Outcomes (requests/s, by intended send time)",
         seconds,
         vec![
             Line {
@@ -133,6 +138,9 @@ fn panel(area: &Panel<'_>, caption: &str, seconds: f64, lines: Vec<Line>) -> Res
         .configure_mesh()
         .x_desc("seconds")
         .disable_x_mesh()
+        .light_line_style(WHITE)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for line in lines {
         let color = line.color;
