@@ -229,11 +229,11 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
         )
     });
     let mut code = ExitCode::SUCCESS;
-    if let Some(path) = &args.csv {
-        if let Err(e) = std::fs::write(path, record::csv(&rows)) {
-            eprintln!("portshare load: cannot write {}: {e}", path.display());
-            code = ExitCode::FAILURE;
-        }
+    if let Some(path) = &args.csv
+        && let Err(e) = std::fs::write(path, record::csv(&rows))
+    {
+        eprintln!("portshare load: cannot write {}: {e}", path.display());
+        code = ExitCode::FAILURE;
     }
     if let Some(path) = &args.plot {
         let html = path

@@ -305,7 +305,7 @@ mod tests {
                 x ^= x << 17;
                 // Mostly bytes that matter to the parser, some of anything.
                 let pick = b"HTTP/1.1 200\r\n:;0123456789abcdefABCDEF chunked Content-Length";
-                if x % 4 == 0 {
+                if x.is_multiple_of(4) {
                     x as u8
                 } else {
                     pick[(x >> 8) as usize % pick.len()]
