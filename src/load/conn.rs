@@ -56,6 +56,8 @@ enum Failed {
 pub(crate) async fn run(target: Arc<Target>, first: Job) {
     let mut stream: Option<TcpStream> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // One channel for the connection's life; the dispatcher ends it with `None`.
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let mut job = first;
     loop {
         let exchange = exchange(&target, &mut stream, &mut buf);
@@ -72,8 +74,7 @@ pub(crate) async fn run(target: Arc<Target>, first: Job) {
             let _ = target.back.send(Back::Closed);
             return;
         }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        if target.back.send(Back::Idle(tx)).is_err() {
+        if target.back.send(Back::Idle(tx.clone())).is_err() {
             return;
         }
         job = match rx.recv().await {

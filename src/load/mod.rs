@@ -305,6 +305,8 @@ async fn dispatch(
             apply(&mut pool, b);
         }
         let now = Instant::now();
+        // Counted per batch and second, not per request: one lock a batch.
+        let mut tally: Option<(usize, u64, u64)> = None;
         while let Some(at) = next {
             let intended = start + at;
             if intended > now {
@@ -329,8 +331,22 @@ async fn dispatch(
                     Place::NotSent => break false,
                 }
             };
-            recorder.offered(job.second, sent);
+            match &mut tally {
+                Some((second, s, n)) if *second == job.second => {
+                    *s += u64::from(sent);
+                    *n += u64::from(!sent);
+                }
+                _ => {
+                    if let Some((second, s, n)) = tally {
+                        recorder.offered(second, s, n);
+                    }
+                    tally = Some((job.second, u64::from(sent), u64::from(!sent)));
+                }
+            }
             next = schedule.next_time();
+        }
+        if let Some((second, s, n)) = tally {
+            recorder.offered(second, s, n);
         }
     }
     // The end: idle connections are told to go; busy ones end within their timeout.

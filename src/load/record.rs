@@ -114,15 +114,13 @@ impl Recorder {
         f(&mut inner.seconds[second], &mut inner.overall);
     }
 
-    /// A request's time came in `second`; it was handed to a connection or not.
-    pub(crate) fn offered(&self, second: usize, sent: bool) {
+    /// Requests whose time came in `second`: `sent` handed to a connection, `not_sent`
+    /// not.
+    pub(crate) fn offered(&self, second: usize, sent: u64, not_sent: u64) {
         self.with(second, |s, _| {
-            s.counts.offered += 1;
-            if sent {
-                s.counts.sent += 1;
-            } else {
-                s.counts.not_sent += 1;
-            }
+            s.counts.offered += sent + not_sent;
+            s.counts.sent += sent;
+            s.counts.not_sent += not_sent;
         });
     }
 
@@ -327,9 +325,8 @@ mod tests {
     #[test]
     fn each_request_lands_in_its_intended_second() {
         let r = Recorder::new();
-        r.offered(0, true);
-        r.offered(0, false);
-        r.offered(2, true);
+        r.offered(0, 1, 1);
+        r.offered(2, 1, 0);
         r.ended(0, Outcome::Status(503, true), Duration::from_millis(3));
         r.ended(2, Outcome::Reset, Duration::from_millis(1));
         let (seconds, overall) = r.finish(4);
@@ -355,7 +352,7 @@ mod tests {
     #[test]
     fn csv_has_a_header_and_one_row_a_second() {
         let r = Recorder::new();
-        r.offered(1, true);
+        r.offered(1, 1, 0);
         r.ended(1, Outcome::Status(200, false), Duration::from_millis(2));
         let (seconds, _) = r.finish(2);
         let before = Sample {
