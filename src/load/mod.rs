@@ -407,10 +407,9 @@ fn summary(
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "portshare load {}: {} over {:.1} s, at most {} connections{}",
+        "portshare load {}: {}; at most {} connections{}",
         args.url,
         describe_steps(&setup.steps),
-        plan.as_secs_f64(),
         args.connections,
         if interrupted { " (interrupted)" } else { "" }
     );

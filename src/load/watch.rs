@@ -96,9 +96,8 @@ impl Watch {
 }
 
 async fn state(path: &std::path::Path) -> Result<ServiceState, String> {
-    let mut control = Control::connect(path)
-        .await
-        .map_err(|e| format!("cannot reach the daemon at {}: {e}", path.display()))?;
+    // The SDK's error names the socket and what to do.
+    let mut control = Control::connect(path).await.map_err(|e| e.to_string())?;
     control
         .state()
         .await
