@@ -5,7 +5,9 @@
 //! their latency is measured from that intended time, so a slow server cannot slow the
 //! arrivals down and hide its queueing (no coordinated omission). A dispatcher hands each
 //! request whose time has come to an idle keep-alive connection, opens a new one below
-//! `--connections`, or else counts it "not sent": it never waits. Each connection (`conn`)
+//! `--connections`, or else counts it "not sent": it never waits. With `--threads N`, each
+//! thread runs its own dispatcher over every N-th request and its share of the connections,
+//! on a current-thread runtime, so nothing crosses threads. Each connection (`conn`)
 //! is a task speaking HTTP/1.1 with a parser of its own (`parse`). Outcomes and HDR
 //! latency histograms are recorded per second of intended send time (`record`); once a
 //! second the control socket is asked for the target queue's depth, counters and
@@ -70,8 +72,8 @@ pub(crate) struct Args {
     /// The plot's title. Default: the URL and the rates.
     #[arg(long, value_name = "TEXT")]
     title: Option<String>,
-    /// Threads of the generator: 1 spends the least CPU a request, 2 reaches higher rates
-    /// on a machine it has to itself.
+    /// Threads of the generator, each with every N-th request and its share of the
+    /// connections (so "not sent" is judged per thread).
     #[arg(long, value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     threads: u16,
@@ -84,16 +86,11 @@ pub(crate) struct Steps(Vec<Step>);
 pub(crate) fn run(args: Args) -> ExitCode {
     match prepare(&args) {
         Ok(setup) => {
-            let runtime = match args.threads {
-                1 => tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build(),
-                n => tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(usize::from(n))
-                    .enable_all()
-                    .build(),
-            };
-            let runtime = match runtime {
+            // The sampler's runtime; the generator runs on threads of its own (`lab`).
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("portshare load: cannot start the runtime: {e}");
@@ -172,18 +169,11 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     let schedule = Schedule::new(setup.steps.clone());
     let planned = schedule.length();
     let recorder = Arc::new(Recorder::new());
-    let (back_tx, back_rx) = mpsc::unbounded_channel();
-    let target = Arc::new(Target {
-        addr: setup.addr,
-        request: format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portshare-load\r\n\r\n",
-            setup.target, setup.authority
-        )
-        .into_bytes(),
-        timeout: args.timeout,
-        recorder: recorder.clone(),
-        back: back_tx,
-    });
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portshare-load\r\n\r\n",
+        setup.target, setup.authority
+    )
+    .into_bytes();
     let mut watch = watch::Watch::new(
         setup.control.clone(),
         args.queue.clone(),
@@ -196,16 +186,71 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     let start = Instant::now();
     let (stop_tx, stop_rx) = signal::channel(false);
     let sampler = tokio::spawn(sample_each_second(watch, start, stop_rx));
-    let interrupted = dispatch(
-        schedule,
-        start,
-        target,
-        back_rx,
-        &recorder,
-        args.connections,
-        args.timeout,
-    )
+    // Each thread is a current-thread runtime with its own dispatcher, every n-th request
+    // of the schedule and its share of the connections, as wrk's threads have theirs: no
+    // request or connection ever crosses threads.
+    let shards = usize::from(args.threads).min(args.connections).max(1);
+    let mut threads = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let (back_tx, back_rx) = mpsc::unbounded_channel();
+        let target = Arc::new(Target {
+            addr: setup.addr,
+            request: request.clone(),
+            timeout: args.timeout,
+            recorder: recorder.clone(),
+            back: back_tx,
+        });
+        let schedule = schedule.clone();
+        let recorder = recorder.clone();
+        let connections = args.connections / shards + usize::from(i < args.connections % shards);
+        let timeout = args.timeout;
+        let thread = std::thread::Builder::new()
+            .name(format!("load-{i}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Ok::<bool, String>(runtime.block_on(dispatch(
+                    schedule,
+                    (i, shards),
+                    start,
+                    target,
+                    back_rx,
+                    &recorder,
+                    connections,
+                    timeout,
+                )))
+            });
+        match thread {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                eprintln!("portshare load: cannot start a thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let joined = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a thread panicked".to_owned()))
+            })
+            .collect::<Result<Vec<bool>, String>>()
+    })
     .await;
+    let interrupted = match joined {
+        Ok(Ok(each)) => each.into_iter().any(|i| i),
+        Ok(Err(e)) => {
+            eprintln!("portshare load: {e}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("portshare load: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let _ = stop_tx.send(true);
     let (watch, mut samples) = match sampler.await {
         Ok(done) => done,
@@ -275,11 +320,13 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     code
 }
 
-/// Hands each request to a connection at its time, or counts it not sent, until the plan
-/// ends (or Ctrl-C); then waits for the connections to finish (each within `timeout`).
-/// True when interrupted.
+/// Hands each request of shard `(i, n)` (requests i, i + n, i + 2n... of the schedule) to
+/// a connection at its time, or counts it not sent, until the plan ends (or Ctrl-C); then
+/// waits for the connections to finish (each within `timeout`). True when interrupted.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     mut schedule: Schedule,
+    (shard, shards): (usize, usize),
     start: Instant,
     target: Arc<Target>,
     mut back: mpsc::UnboundedReceiver<Back>,
@@ -295,7 +342,17 @@ async fn dispatch(
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     let mut interrupted = false;
-    let mut next = schedule.next_time();
+    let advance = move |s: &mut Schedule| {
+        let t = s.next_time();
+        for _ in 1..shards {
+            let _ = s.next_time();
+        }
+        t
+    };
+    for _ in 0..shard {
+        let _ = schedule.next_time();
+    }
+    let mut next = advance(&mut schedule);
     'run: while let Some(at) = next {
         let due = start + at;
         if due > Instant::now() {
@@ -353,7 +410,7 @@ async fn dispatch(
                     tally = Some((job.second, u64::from(sent), u64::from(!sent)));
                 }
             }
-            next = schedule.next_time();
+            next = advance(&mut schedule);
         }
         if let Some((second, s, n)) = tally {
             recorder.offered(second, s, n);
