@@ -353,11 +353,19 @@ async fn dispatch(
         let _ = schedule.next_time();
     }
     let mut next = advance(&mut schedule);
+    // One timer, moved as the next time changes: a connection's return wakes the loop far
+    // more often than the timer fires, and a timer per wake would be registered and
+    // dropped each time.
+    let timer = tokio::time::sleep_until(start);
+    tokio::pin!(timer);
     'run: while let Some(at) = next {
         let due = start + at;
         if due > Instant::now() {
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
+                () = &mut timer => {}
                 Some(b) = back.recv() => {
                     apply(&mut pool, b);
                     continue 'run;
