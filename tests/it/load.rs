@@ -5,7 +5,13 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{App, Daemon, free_port, have_python, portshare_bin, python, run_to_exit};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::harness::{
+    App, Daemon, Scripted, TempDir, free_port, have_python, portshare_bin, python, run_to_exit,
+};
 
 /// The CSV's columns, as `portshare load` writes them.
 const COLUMNS: [&str; 23] = [
@@ -261,7 +267,7 @@ fn not_sent_when_every_connection_is_busy() {
 /// Mistakes are usage errors that say what to give, before any request.
 #[test]
 fn usage_errors_say_what_to_give() {
-    let dir = crate::harness::TempDir::new("load-usage");
+    let dir = TempDir::new("load-usage");
     for (args, says) in [
         (&["http://127.0.0.1:9/"][..], "give --rate R"),
         (
@@ -277,4 +283,56 @@ fn usage_errors_say_what_to_give() {
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// The client reads each framing and counts each ending for what it is, against a server
+/// answering by script in turn: a chunked 200, a 404 with a length, a 200 ended by closing
+/// the connection, a 503 with `Retry-After`, and a 200 cut short by a close (a reset).
+#[test]
+fn each_answer_counts_as_what_it_is() {
+    let n = Arc::new(AtomicUsize::new(0));
+    let counter = n.clone();
+    let server = Scripted::start(move |x| {
+        let (answer, goes_on): (&[u8], bool) = match counter.fetch_add(1, Ordering::SeqCst) % 5 {
+            0 => (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhello\r\n0\r\n\r\n",
+                true,
+            ),
+            1 => (
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno\n",
+                true,
+            ),
+            2 => (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end",
+                false,
+            ),
+            3 => (
+                b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+            _ => (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\ncut short",
+                false,
+            ),
+        };
+        let _ = x.s.write_all(answer);
+        goes_on
+    });
+    let dir = TempDir::new("load-framing");
+    let mut cmd = Command::new(portshare_bin());
+    cmd.arg("load")
+        .arg(format!("http://{}/x", server.addr))
+        .args(["--rate", "25", "--duration", "1s", "--timeout", "5s"])
+        .arg("--control")
+        .arg(dir.0.join("no-daemon.sock"));
+    let (code, out, stderr) = run_to_exit(cmd, &dir.0, 30);
+    assert_eq!(code, Some(0), "{out}\n{stderr}");
+    assert_eq!(n.load(Ordering::SeqCst), 25, "{out}");
+    assert_eq!(total(&out, "2xx"), 10, "{out}");
+    assert_eq!(total(&out, "other status"), 5, "{out}");
+    assert_eq!(total(&out, "503"), 5, "{out}");
+    assert!(out.contains("(5 with Retry-After)"), "{out}");
+    assert_eq!(total(&out, "resets"), 5, "{out}");
+    assert_eq!(total(&out, "errors") + total(&out, "timeouts"), 0, "{out}");
+    assert!(out.contains("queue: not watched (cannot reach"), "{out}");
 }
