@@ -689,6 +689,7 @@ mod tests {
                     slots: 1,
                     busy: 0,
                     buffered: 0,
+                    served: 0,
                 })
                 .collect(),
             processes_hidden: false,

@@ -9,6 +9,7 @@ mod admin;
 mod client;
 mod counters;
 mod explain;
+mod load;
 mod run;
 mod serve;
 mod show;
@@ -32,6 +33,9 @@ enum Command {
     Explain(explain::Args),
     /// Add or delete addresses of the IP listen list (`netsh http add|delete iplisten`).
     Iplisten(admin::IplistenArgs),
+    /// Load a URL at a constant or stepped arrival rate (open loop), and record what the
+    /// client and the target queue saw, second by second (the queue lab).
+    Load(load::Args),
     /// Enable or disable a request queue.
     Queue(admin::QueueArgs),
     /// Have the daemon read its configuration file again and apply it (as SIGHUP does).
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => admin::check_config(&args),
         Command::Explain(args) => explain::run(&args),
         Command::Iplisten(args) => admin::iplisten(args),
+        Command::Load(args) => load::run(args),
         Command::Queue(args) => admin::queue(args),
         Command::Reload(args) => admin::reload(args),
         Command::Run(args) => run::run(args),

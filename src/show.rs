@@ -696,6 +696,7 @@ mod tests {
                     slots: 64,
                     busy: 1,
                     buffered: 4096,
+                    served: 0,
                 }],
                 processes_hidden: false,
                 counters: QueueCounters {

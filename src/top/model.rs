@@ -259,6 +259,7 @@ mod tests {
                 slots: 4,
                 busy: 3,
                 buffered: 0,
+                served: 0,
             }],
             processes_hidden: false,
             counters: QueueCounters {

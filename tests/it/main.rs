@@ -28,6 +28,7 @@ mod h2;
 mod http1;
 mod lifecycle;
 mod limits;
+mod load;
 mod metrics;
 mod operator;
 mod proxy;

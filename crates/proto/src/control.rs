@@ -746,6 +746,10 @@ pub struct ProcessState {
     /// Bytes of its responses the daemon holds now, not yet written to clients.
     #[serde(default)]
     pub buffered: u64,
+    /// Requests handed to its attached workers, summed over the worker connections it has
+    /// now (a worker connection that went away takes its count with it).
+    #[serde(default)]
+    pub served: u64,
 }
 
 /// Counters of a queue.

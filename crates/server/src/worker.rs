@@ -14,7 +14,7 @@
 //! response intact.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -102,6 +102,8 @@ pub(crate) struct WorkerConn {
     stop: Notify,
     /// What the daemon holds of this worker's responses.
     account: Arc<Account>,
+    /// Requests handed to this worker (streams opened), for the state view.
+    served: AtomicU64,
 }
 
 /// The reader's view of an open stream.
@@ -155,6 +157,7 @@ impl WorkerConn {
             draining: AtomicBool::new(false),
             stop: Notify::new(),
             account: budget.account(),
+            served: AtomicU64::new(0),
         })
     }
 
@@ -170,6 +173,11 @@ impl WorkerConn {
     /// Bytes of this worker's responses the daemon holds now.
     pub(crate) fn buffered(&self) -> usize {
         self.account.held()
+    }
+
+    /// Requests handed to this worker so far.
+    pub(crate) fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Opens a stream; its events arrive on the receiver. `None` when the worker is gone.
@@ -194,6 +202,7 @@ impl WorkerConn {
                 warned: false,
             },
         );
+        self.served.fetch_add(1, Ordering::Relaxed);
         Some((id, rx))
     }
 

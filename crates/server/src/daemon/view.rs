@@ -77,6 +77,7 @@ impl Daemon {
                             p.slots += slots;
                             p.busy += busy;
                             p.buffered += w.buffered() as u64;
+                            p.served += w.served();
                         }
                         None => processes.push(ProcessState {
                             pid: w.peer.pid,
@@ -86,6 +87,7 @@ impl Daemon {
                             slots,
                             busy,
                             buffered: w.buffered() as u64,
+                            served: w.served(),
                         }),
                     }
                 }
