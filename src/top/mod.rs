@@ -1,8 +1,9 @@
 //! `portshare top`: the queues of a running daemon, live. Once per interval it reads the
-//! daemon's state view (what the caller may see of it, as `show servicestate`) and shows
-//! per queue the arrivals, services and refusals per second, the depth with its recent
-//! history, the oldest waiting request, the workers and their free slots, and the
-//! connections of each listening address. On a terminal it is a full-screen view (`tui`);
+//! daemon's state view and counters (`GET /v1/state` and `/v1/metrics`: what the caller
+//! may see of them, as `show servicestate`) and shows per queue the arrivals, services and
+//! refusals (by reason) per second, the depth with its recent history, the oldest waiting
+//! request, the interval's p50 and p99 of time waiting and time in the application, the
+//! workers and their free slots, and the connections of each listening address. On a terminal it is a full-screen view (`tui`);
 //! otherwise, or with `--plain`, it prints lines (`plain`).
 
 mod model;
@@ -13,7 +14,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use portshare_proto::control::{ServiceState, path};
+use portshare_proto::control::{Metrics, ServiceState, path};
 
 use crate::client::ControlArg;
 use model::{Model, Sample, View};
@@ -53,10 +54,13 @@ pub(crate) fn run(args: Args) -> ExitCode {
     let only = args.queue.clone();
     let mut sample = move || -> Result<Option<View>, String> {
         let state: ServiceState = client.get(path::STATE).map_err(|e| e.to_string())?;
+        // A daemon without counters (an older one) still gives the state view's.
+        let metrics: Option<Metrics> = client.get(path::METRICS).ok();
         Ok(model.update(
             Sample {
                 at: Instant::now(),
                 state,
+                metrics,
             },
             only.as_deref(),
         ))

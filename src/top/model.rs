@@ -5,16 +5,31 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use portshare_proto::control::{QueueCounters, ServiceState};
+use portshare_proto::control::{Histogram, Metrics, QueueCounters, QueueMetrics, ServiceState};
 
 /// How many samples of a queue's depth the sparkline keeps.
 pub(crate) const HISTORY: usize = 60;
 
-/// One sample: the state view and when it was taken.
+/// One sample: the state view, the counters when the daemon has them, and when they were
+/// taken.
 #[derive(Debug, Clone)]
 pub(crate) struct Sample {
     pub(crate) at: Instant,
     pub(crate) state: ServiceState,
+    pub(crate) metrics: Option<Metrics>,
+}
+
+impl Sample {
+    /// The counters of queue `name` (owned by `owner`): an unnamed queue's are its
+    /// owner's, shared by all that account's unnamed queues.
+    fn queue(&self, name: &str, owner: u32) -> Option<&QueueMetrics> {
+        let key = if name.starts_with('~') {
+            format!("~uid:{owner}")
+        } else {
+            name.to_owned()
+        };
+        self.metrics.as_ref()?.queues.iter().find(|q| q.name == key)
+    }
 }
 
 /// A refusal counter of a queue, named by the §7.3 reason it is logged with.
@@ -42,7 +57,7 @@ pub(crate) struct QueueRow {
     /// Requests refused per second, all reasons.
     pub(crate) refused: f64,
     /// Refusals per second by reason, the reasons with none left out.
-    pub(crate) refused_by: Vec<(&'static str, f64)>,
+    pub(crate) refused_by: Vec<(String, f64)>,
     pub(crate) depth: u64,
     /// Depth at each sample, oldest first, at most [`HISTORY`].
     pub(crate) depth_history: Vec<u64>,
@@ -61,6 +76,20 @@ pub(crate) struct QueueRow {
 pub(crate) struct Latency {
     pub(crate) p50: Option<Duration>,
     pub(crate) p99: Option<Duration>,
+}
+
+impl Latency {
+    /// The quantiles of what `now` observed since `then`.
+    fn between(now: &Histogram, then: Option<&Histogram>) -> Latency {
+        let d = match then {
+            Some(then) => now.since(then),
+            None => now.clone(),
+        };
+        Latency {
+            p50: d.quantile(0.5),
+            p99: d.quantile(0.99),
+        }
+    }
 }
 
 /// The processes attached to a queue.
@@ -134,20 +163,52 @@ impl Model {
                     .map_or(&zero, |b| &b.counters);
                 let c = &q.counters;
                 let served = per_s(c.delivered, then.delivered);
-                let refused_by: Vec<(&'static str, f64)> = REFUSALS
-                    .iter()
-                    .map(|(name, get)| (*name, per_s(get(c), get(then))))
-                    .filter(|(_, rate)| *rate > 0.0)
-                    .collect();
-                // Requests the timer or a departing worker dropped had arrived before.
+                let counted = now.queue(&q.name, q.owner_uid);
+                let counted_then = before.queue(&q.name, q.owner_uid);
+                let (arrivals, refused_by, wait, app) = match counted {
+                    // The daemon's counters: every refusal by its reason, and latencies.
+                    Some(m) => {
+                        let refused_by: Vec<(String, f64)> = m
+                            .refused
+                            .iter()
+                            .map(|(reason, &n)| {
+                                let was = counted_then
+                                    .and_then(|t| t.refused.get(reason))
+                                    .copied()
+                                    .unwrap_or(0);
+                                (reason.clone(), per_s(n, was))
+                            })
+                            .filter(|(_, rate)| *rate > 0.0)
+                            .collect();
+                        (
+                            per_s(m.arrivals, counted_then.map_or(0, |t| t.arrivals)),
+                            refused_by,
+                            Latency::between(&m.wait, counted_then.map(|t| &t.wait)),
+                            Latency::between(&m.app, counted_then.map(|t| &t.app)),
+                        )
+                    }
+                    // A daemon without them: the state view's refusal counters.
+                    None => {
+                        let refused_by: Vec<(String, f64)> = REFUSALS
+                            .iter()
+                            .map(|(name, get)| ((*name).to_owned(), per_s(get(c), get(then))))
+                            .filter(|(_, rate)| *rate > 0.0)
+                            .collect();
+                        // Requests the timer or a departing worker dropped had arrived before.
+                        let arrivals = refused_by
+                            .iter()
+                            .filter(|(name, _)| {
+                                !matches!(
+                                    name.as_str(),
+                                    "Timer_ReqQueue" | "Connection_Abandoned_By_ReqQueue"
+                                )
+                            })
+                            .fold(served, |sum, (_, r)| sum + r);
+                        (arrivals, refused_by, Latency::default(), Latency::default())
+                    }
+                };
                 // (A fold from 0.0: an empty float sum is -0.0.)
                 let refused = refused_by.iter().fold(0.0, |sum, (_, r)| sum + r);
-                let arrivals = refused_by
-                    .iter()
-                    .filter(|(name, _)| {
-                        !matches!(*name, "Timer_ReqQueue" | "Connection_Abandoned_By_ReqQueue")
-                    })
-                    .fold(served, |sum, (_, r)| sum + r);
                 let workers = (!q.processes_hidden).then(|| {
                     let slots: u64 = q.processes.iter().map(|p| u64::from(p.slots)).sum();
                     let busy: u64 = q.processes.iter().map(|p| u64::from(p.busy)).sum();
@@ -177,8 +238,8 @@ impl Model {
                         .unwrap_or_default(),
                     oldest_wait: Duration::from_millis(q.oldest_wait_ms),
                     in_flight: q.in_flight,
-                    wait: Latency::default(),
-                    app: Latency::default(),
+                    wait,
+                    app,
                     workers,
                 }
             })
@@ -283,6 +344,7 @@ mod tests {
                 queues,
                 ..Default::default()
             },
+            metrics: None,
         }
     }
 
@@ -302,7 +364,7 @@ mod tests {
         let q = &v.queues[0];
         assert_eq!(q.served, 10.0);
         assert_eq!(q.refused, 2.0);
-        assert_eq!(q.refused_by, vec![("QueueFull", 2.0)]);
+        assert_eq!(q.refused_by, vec![("QueueFull".to_owned(), 2.0)]);
         assert_eq!(q.arrivals, 12.0);
         assert_eq!(q.depth_history, vec![0, 7]);
         assert_eq!(
@@ -372,6 +434,46 @@ mod tests {
         assert_eq!(m.history["a"].back(), Some(&(HISTORY as u64 + 9)));
         m.update(sample(t0 + Duration::from_secs(1000), vec![]), None);
         assert!(m.history.is_empty());
+    }
+
+    #[test]
+    fn with_the_daemons_counters_every_reason_and_the_latencies_of_the_interval() {
+        let hist = |counts: Vec<u64>| Histogram {
+            bounds_us: vec![1_000, 10_000, 100_000],
+            count: counts.iter().sum(),
+            counts,
+            sum_us: 0,
+        };
+        let counted = |arrivals, full, wait: Vec<u64>| Metrics {
+            queues: vec![QueueMetrics {
+                name: "~uid:1000".into(),
+                owner_uid: 1000,
+                arrivals,
+                refused: [("QueueFull".to_owned(), full), ("Disabled".to_owned(), 1)].into(),
+                wait: hist(wait),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        let mut m = Model::default();
+        let mut first = sample(t0, vec![queue("~unnamed", 10, 0, 0)]);
+        first.metrics = Some(counted(20, 3, vec![100, 0, 0, 0]));
+        m.update(first, None);
+        let mut second = sample(
+            t0 + Duration::from_secs(1),
+            vec![queue("~unnamed", 20, 0, 0)],
+        );
+        // This second: 10 waited under 10 ms, 1 under 100 ms.
+        second.metrics = Some(counted(35, 8, vec![100, 10, 1, 0]));
+        let v = m.update(second, None).expect("two samples");
+        let q = &v.queues[0];
+        assert_eq!(q.arrivals, 15.0);
+        assert_eq!(q.refused_by, vec![("QueueFull".to_owned(), 5.0)]);
+        assert_eq!(q.refused, 5.0);
+        assert_eq!(q.wait.p50, Some(Duration::from_millis(10)));
+        assert_eq!(q.wait.p99, Some(Duration::from_millis(100)));
+        assert_eq!(q.app, Latency::default());
     }
 
     #[test]

@@ -97,7 +97,7 @@ mod tests {
                 arrivals: 12.0,
                 served: 10.0,
                 refused: 2.0,
-                refused_by: vec![("QueueFull", 2.0)],
+                refused_by: vec![("QueueFull".to_owned(), 2.0)],
                 depth: 7,
                 depth_history: vec![7],
                 oldest_wait: Duration::from_millis(250),

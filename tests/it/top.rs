@@ -131,6 +131,13 @@ fn on_a_pipe_it_prints_a_line_per_queue_and_port_each_refresh() {
         queue_lines.iter().any(|l| !l.contains(" served/s=0.0 ")),
         "no request counted:\n{text}"
     );
+    // The daemon's counters give the interval's latencies.
+    assert!(
+        queue_lines
+            .iter()
+            .any(|l| !l.contains(" wait_p50_ms=- ") && !l.contains(" app_p99_ms=- ")),
+        "no latency:\n{text}"
+    );
     for l in &queue_lines {
         assert!(l.contains(" workers=1 slots="), "{l}");
         assert!(l.contains(" depth=0 "), "{l}");

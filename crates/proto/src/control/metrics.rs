@@ -184,6 +184,27 @@ impl Histogram {
         (self.count > 0).then(|| Duration::from_micros(self.sum_us / self.count))
     }
 
+    /// The observations made since `earlier`, a sample of the same histogram taken before
+    /// this one: bucket by bucket, never below zero (a histogram that started again, as a
+    /// queue made anew under the same name, counts from zero). Two samples a second apart
+    /// give that second's quantiles.
+    pub fn since(&self, earlier: &Histogram) -> Histogram {
+        if self.bounds_us != earlier.bounds_us || earlier.count > self.count {
+            return self.clone();
+        }
+        Histogram {
+            bounds_us: self.bounds_us.clone(),
+            counts: self
+                .counts
+                .iter()
+                .zip(earlier.counts.iter().chain(std::iter::repeat(&0)))
+                .map(|(now, then)| now.saturating_sub(*then))
+                .collect(),
+            count: self.count - earlier.count,
+            sum_us: self.sum_us.saturating_sub(earlier.sum_us),
+        }
+    }
+
     /// Adds `other`'s observations (same bounds) to this one's.
     pub fn merge(&mut self, other: &Histogram) {
         if self.bounds_us.is_empty() && self.counts.is_empty() {
@@ -227,6 +248,19 @@ mod tests {
         assert_eq!(h(vec![0, 0, 0, 0]).quantile(0.5), None);
         assert_eq!(x.quantile(1.5), None);
         assert_eq!(x.quantile(f64::NAN), None);
+    }
+
+    #[test]
+    fn what_happened_since_an_earlier_sample() {
+        let before = h(vec![1, 0, 2, 0]);
+        let now = h(vec![1, 3, 2, 1]);
+        let d = now.since(&before);
+        assert_eq!(d.counts, vec![0, 3, 0, 1]);
+        assert_eq!(d.count, 4);
+        assert_eq!(d.quantile(0.5), Some(Duration::from_micros(200)));
+        // Started again: all of it is new.
+        assert_eq!(h(vec![1, 0, 0, 0]).since(&now), h(vec![1, 0, 0, 0]));
+        assert_eq!(now.since(&Histogram::default()), now);
     }
 
     #[test]
