@@ -58,7 +58,7 @@
 //! # Handoff
 //!
 //! As `errlog`: the line is formatted on the request path and handed to one writer thread
-//! over a bounded channel with `try_send`. A full channel (a slow or stalled disk) drops
+//! over a bounded channel with `try_send` ([`crate::handoff`]). A full channel (a slow or stalled disk) drops
 //! the line and counts it; the request never waits. The count of lines dropped since the
 //! log was opened is in the service state (`access_log_dropped`), and the writer thread
 //! warns with the number each time lines were dropped.
@@ -72,25 +72,15 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use portshare_router::Reason;
-use tokio::sync::oneshot;
 
 use crate::config::{AccessLogConfig, AccessLogFormat, AccessLogRollover};
+use crate::handoff::{Handoff, Sink};
 use crate::head::Head;
 use crate::queue::Queue;
 
-/// Buffered lines are written out when no line came for this long...
-const IDLE: Duration = Duration::from_millis(100);
-/// ...or when the oldest of them is this old.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Lines waiting for the writer thread before new ones are dropped.
-const BACKLOG: usize = 65_536;
-/// How long shutdown waits for the files to be written.
-const FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// The buffer in front of each file.
 const BUFFER: usize = 64 * 1024;
 /// A file set that failed is tried again after this long.
@@ -140,24 +130,29 @@ const UNSET: u32 = u32::MAX;
 /// thread.
 #[derive(Debug)]
 pub(crate) struct Log {
-    /// To the writer thread; `None` when the log is off.
-    tx: Option<SyncSender<Msg>>,
-    writer: Option<JoinHandle<()>>,
-    /// Lines dropped since the log was opened: the channel full, or a file unusable.
-    dropped: Arc<AtomicU64>,
+    /// To the writer thread, which counts the lines dropped since the log was opened (the
+    /// channel full, or a file unusable).
+    lines: Handoff<Written>,
     format: AccessLogFormat,
     per_queue: bool,
     /// Only these queues' requests; empty: all.
     queues: Vec<String>,
 }
 
+/// A line for the writer thread.
+#[derive(Debug)]
+struct Written {
+    /// The queue whose file set takes it, with `per_queue`.
+    set: Option<String>,
+    at: SystemTime,
+    text: String,
+}
+
 impl Log {
     /// No access log.
     pub(crate) fn off() -> Log {
         Log {
-            tx: None,
-            writer: None,
-            dropped: Arc::default(),
+            lines: Handoff::off(),
             format: AccessLogFormat::W3c,
             per_queue: false,
             queues: Vec::new(),
@@ -186,17 +181,13 @@ impl Log {
             uid,
             sets: HashMap::new(),
             dropped: Arc::clone(&dropped),
+            reported: 0,
         };
-        let (tx, rx) = mpsc::sync_channel(BACKLOG);
-        let thread = std::thread::Builder::new()
-            .name("portshare-access".into())
-            .spawn(move || write_loop(writer, rx))
+        let lines = Handoff::start("portshare-access", writer, dropped)
             .map_err(|e| format!("cannot start the access log writer: {e}"))?;
         tracing::info!(folder = %folder.display(), "access log");
         Ok(Log {
-            tx: Some(tx),
-            writer: Some(thread),
-            dropped,
+            lines,
             format: config.format,
             per_queue: config.per_queue,
             queues: config.queues.clone(),
@@ -205,21 +196,17 @@ impl Log {
 
     /// Lines dropped since the log was opened.
     pub(crate) fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.lines.dropped().load(Ordering::Relaxed)
     }
 
     /// Whether `queue`'s requests are logged.
     fn wants(&self, queue: &str) -> bool {
-        self.tx.is_some() && (self.queues.is_empty() || self.queues.iter().any(|q| q == queue))
+        self.lines.is_on() && (self.queues.is_empty() || self.queues.iter().any(|q| q == queue))
     }
 
     /// Hands a line to the writer thread, or counts it dropped when the backlog is full.
     fn write(&self, set: Option<String>, at: SystemTime, text: String) {
-        if let Some(tx) = &self.tx
-            && let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line { set, at, text })
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.lines.send(Written { set, at, text });
     }
 
     /// Writes out every line handed over so far, waiting at most 5 seconds.
@@ -228,42 +215,8 @@ impl Log {
     ///
     /// Cancel safe: a flush asked for still happens, nothing waits for it.
     pub(crate) async fn flush(&self) {
-        let Some(tx) = &self.tx else { return };
-        let deadline = Instant::now() + FLUSH_WAIT;
-        let (ack, done) = oneshot::channel();
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), done).await;
+        self.lines.flush().await;
     }
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        // Closing the channel tells the thread to write out and stop.
-        drop(self.tx.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-    }
-}
-
-enum Msg {
-    Line {
-        /// The queue whose file set takes it, with `per_queue`.
-        set: Option<String>,
-        at: SystemTime,
-        text: String,
-    },
-    Flush(oneshot::Sender<()>),
 }
 
 /// One request's line in the making: begun when the request is routed, written when it is
@@ -723,6 +676,8 @@ struct Writer {
     /// By queue name with `per_queue`, else the one set under `None`.
     sets: HashMap<Option<String>, Set>,
     dropped: Arc<AtomicU64>,
+    /// Dropped lines already warned of.
+    reported: u64,
 }
 
 /// One file set.
@@ -964,54 +919,37 @@ impl Writer {
     }
 }
 
-/// The writer thread: appends lines, writes out when idle, after `FLUSH_EVERY`, when
-/// asked, and when the channel closes; warns when lines were dropped.
-fn write_loop(mut w: Writer, rx: Receiver<Msg>) {
-    let mut dirty_since: Option<Instant> = None;
-    let mut reported = 0;
-    loop {
-        let msg = match dirty_since {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_timeout(
-                IDLE.min((t + FLUSH_EVERY).saturating_duration_since(Instant::now())),
-            ),
-        };
-        match msg {
-            Ok(Msg::Line { set, at, text }) => {
-                w.append(set, at, &text);
-                if dirty_since.get_or_insert_with(Instant::now).elapsed() < FLUSH_EVERY {
-                    continue;
-                }
-            }
-            Ok(Msg::Flush(ack)) => {
-                w.flush();
-                dirty_since = None;
-                let _ = ack.send(());
-                continue;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                w.flush();
-                return;
-            }
-        }
-        w.flush();
-        dirty_since = None;
-        let total = w.dropped.load(Ordering::Relaxed);
-        if total > reported {
+impl Sink for Writer {
+    type Line = Written;
+
+    fn append(&mut self, line: Written) {
+        Writer::append(self, line.set, line.at, &line.text);
+    }
+
+    fn flush(&mut self) {
+        Writer::flush(self);
+    }
+
+    /// Warns with the lines dropped since the last warning.
+    fn written_out(&mut self, dropped: &AtomicU64) {
+        let total = dropped.load(Ordering::Relaxed);
+        if total > self.reported {
             tracing::warn!(
-                lines = total - reported,
+                lines = total - self.reported,
                 total,
                 "access log lines dropped (the disk is slow or full, or a file is unusable)"
             );
-            reported = total;
+            self.reported = total;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::mpsc::Receiver;
+
     use super::*;
+    use crate::handoff::Msg;
     use crate::head::{HeadLimits, Parsed, parse_head};
     use crate::queue::Props;
 
@@ -1164,6 +1102,7 @@ mod tests {
             uid: me(),
             sets: HashMap::new(),
             dropped: Arc::default(),
+            reported: 0,
         }
     }
 
@@ -1348,16 +1287,21 @@ mod tests {
     }
 
     impl Log {
-        /// A log whose lines go to `tx`, with no writer thread.
-        fn stalled(tx: SyncSender<Msg>, format: AccessLogFormat, queues: Vec<String>) -> Log {
-            Log {
-                tx: Some(tx),
-                writer: None,
-                dropped: Arc::default(),
+        /// A log whose lines stay in the returned channel (`capacity` of them), with no
+        /// writer thread.
+        fn stalled(
+            capacity: usize,
+            format: AccessLogFormat,
+            queues: Vec<String>,
+        ) -> (Log, Receiver<Msg<Written>>) {
+            let (lines, rx) = Handoff::stalled(capacity);
+            let log = Log {
+                lines,
                 format,
                 per_queue: false,
                 queues,
-            }
+            };
+            (log, rx)
         }
     }
 
@@ -1381,8 +1325,8 @@ mod tests {
     fn dropped_lines_are_counted_and_never_wait() {
         // A log whose writer never reads: the backlog fills, and further lines are
         // dropped and counted without waiting.
-        let (tx, rx) = mpsc::sync_channel(4);
-        let log = Arc::new(Log::stalled(tx, AccessLogFormat::W3c, Vec::new()));
+        let (log, rx) = Log::stalled(4, AccessLogFormat::W3c, Vec::new());
+        let log = Arc::new(log);
         let raw = b"GET /a/b?c=d HTTP/1.1\r\nHost: h\r\nUser-Agent: t\r\n\r\n";
         for _ in 0..10 {
             let r = request(&log, raw).expect("logged");
@@ -1390,7 +1334,7 @@ mod tests {
             end(Some(r), End::Written);
         }
         assert_eq!(log.dropped(), 6);
-        let Ok(Msg::Line { set, text, .. }) = rx.try_recv() else {
+        let Ok(Msg::Line(Written { set, text, .. })) = rx.try_recv() else {
             panic!("a line");
         };
         assert_eq!(set, None);
@@ -1403,11 +1347,11 @@ mod tests {
 
     #[test]
     fn status_and_win32_as_the_request_ends() {
-        let (tx, rx) = mpsc::sync_channel(16);
-        let log = Arc::new(Log::stalled(tx, AccessLogFormat::Json, Vec::new()));
+        let (log, rx) = Log::stalled(16, AccessLogFormat::Json, Vec::new());
+        let log = Arc::new(log);
         let raw = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\n";
         let next = || match rx.try_recv() {
-            Ok(Msg::Line { text, .. }) => {
+            Ok(Msg::Line(Written { text, .. })) => {
                 serde_json::from_str::<serde_json::Value>(&text).expect("json")
             }
             _ => panic!("a line"),
@@ -1456,8 +1400,8 @@ mod tests {
 
     #[test]
     fn only_the_queues_asked_for() {
-        let (tx, _rx) = mpsc::sync_channel(16);
-        let log = Arc::new(Log::stalled(tx, AccessLogFormat::W3c, vec!["other".into()]));
+        let (log, _rx) = Log::stalled(16, AccessLogFormat::W3c, vec!["other".into()]);
+        let log = Arc::new(log);
         assert!(request(&log, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").is_none());
         let off = Arc::new(Log::off());
         assert!(request(&off, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").is_none());

@@ -43,41 +43,30 @@
 //! # Handoff and buffering
 //!
 //! `Entry::emit` runs on the request path, inside connection tasks, and must not wait for
-//! a disk. It hands the line to one writer thread over a bounded `std::sync::mpsc`
+//! a disk. It hands the line to one writer thread ([`crate::handoff`]) over a bounded
 //! channel with `try_send`: a send is a push of the line's `String` and never blocks; when
-//! `BACKLOG` lines are waiting (a stalled disk under a flood of refusals) further lines go to
-//! the tracing target only and the thread reports how many it missed, so memory stays bounded.
+//! the backlog is full (a stalled disk under a flood of refusals) further lines go to the
+//! tracing target only and the thread reports how many it missed, so memory stays bounded.
 //! A `Mutex<BufWriter>` would be as cheap most of the time, but whichever connection found
 //! the buffer full, or a file to rotate, would do the `write`/`open` itself, holding up a
 //! runtime thread and every connection waiting on the lock. The thread buffers, like
-//! HTTP.sys, and writes out when no entry came for `IDLE`, when the oldest buffered entry
-//! is `FLUSH_EVERY` old, when the daemon shuts down (`Log::flush`, awaited by
-//! `serve_until`) and when the `Log` is dropped (which waits for the thread).
+//! HTTP.sys, and writes out when idle, at least every second, when the daemon shuts down
+//! (`Log::flush`, awaited by `serve_until`) and when the `Log` is dropped (which waits for
+//! the thread).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use portshare_router::Reason;
-use tokio::sync::oneshot;
 
 use crate::config::ErrLogConfig;
+use crate::handoff::{Handoff, Sink};
 
-/// Buffered lines are written out when no entry came for this long...
-const IDLE: Duration = Duration::from_millis(100);
-/// ...or when the oldest of them is this old.
-const FLUSH_EVERY: Duration = Duration::from_secs(1);
-/// Lines waiting for the writer thread before new ones skip the files.
-const BACKLOG: usize = 65_536;
-/// How long shutdown waits for the files to be written.
-const FLUSH_WAIT: Duration = Duration::from_secs(5);
 /// The buffer in front of each file.
 const BUFFER: usize = 64 * 1024;
 
@@ -146,28 +135,15 @@ impl Entry<'_> {
 /// as long as the daemon runs. Dropping it writes out what is buffered and waits for the
 /// thread.
 #[derive(Debug)]
-pub(crate) struct Log {
-    /// To the writer thread; `None` when there are no files (disabled, or the folder is not
-    /// usable).
-    tx: Option<SyncSender<Msg>>,
-    writer: Option<JoinHandle<()>>,
-    /// Lines that found the backlog full, reported and reset by the writer thread.
-    missed: Arc<AtomicU64>,
-}
+pub(crate) struct Log(Handoff<String>);
 
 impl Log {
     /// Starts the writer thread for `config`'s folder, creating the folder if needed. When
     /// the files are disabled or the folder cannot be used (one warning says why), the log
     /// goes to the tracing target only.
     pub(crate) fn open(config: &ErrLogConfig) -> Log {
-        let missed = Arc::new(AtomicU64::new(0));
-        let off = |missed| Log {
-            tx: None,
-            writer: None,
-            missed,
-        };
         if !config.enabled {
-            return off(missed);
+            return Log(Handoff::off());
         }
         let folder = &config.folder;
         let next = match next_number(folder) {
@@ -178,39 +154,26 @@ impl Log {
                     %error,
                     "cannot use the error log folder; httperr lines go to the log only"
                 );
-                return off(missed);
+                return Log(Handoff::off());
             }
         };
         let files = Files::new(folder.clone(), config.truncate_size, next);
-        let (tx, rx) = mpsc::sync_channel(BACKLOG);
-        let thread_missed = Arc::clone(&missed);
-        match std::thread::Builder::new()
-            .name("portshare-httperr".into())
-            .spawn(move || write_loop(files, rx, &thread_missed))
-        {
-            Ok(writer) => Log {
-                tx: Some(tx),
-                writer: Some(writer),
-                missed,
-            },
+        match Handoff::start("portshare-httperr", files, Default::default()) {
+            Ok(handoff) => Log(handoff),
             Err(error) => {
                 tracing::warn!(
                     folder = %folder.display(),
                     %error,
                     "cannot start the error log writer; httperr lines go to the log only"
                 );
-                off(missed)
+                Log(Handoff::off())
             }
         }
     }
 
-    /// Hands a line to the writer thread, or drops it when the backlog is full.
+    /// Hands a line to the writer thread, or counts it missed when the backlog is full.
     fn write(&self, line: String) {
-        if let Some(tx) = &self.tx
-            && let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line))
-        {
-            self.missed.fetch_add(1, Ordering::Relaxed);
-        }
+        self.0.send(line);
     }
 
     /// Writes out every line handed over so far, waiting at most 5 seconds.
@@ -219,72 +182,23 @@ impl Log {
     ///
     /// Cancel safe: a flush asked for still happens, nothing waits for it.
     pub(crate) async fn flush(&self) {
-        let Some(tx) = &self.tx else { return };
-        let deadline = Instant::now() + FLUSH_WAIT;
-        let (ack, done) = oneshot::channel();
-        let mut msg = Msg::Flush(ack);
-        loop {
-            match tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(_) => return,
-            }
-        }
-        let _ = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), done).await;
+        self.0.flush().await;
     }
 }
 
-impl Drop for Log {
-    fn drop(&mut self) {
-        // Closing the channel tells the thread to write out and stop.
-        drop(self.tx.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
+impl Sink for Files {
+    type Line = String;
+
+    fn append(&mut self, line: String) {
+        Files::append(self, &line, SystemTime::now());
     }
-}
 
-enum Msg {
-    Line(String),
-    Flush(oneshot::Sender<()>),
-}
+    fn flush(&mut self) {
+        Files::flush(self);
+    }
 
-/// The writer thread: appends lines, writes out when idle, after `FLUSH_EVERY`, when asked,
-/// and when the channel closes.
-fn write_loop(mut files: Files, rx: Receiver<Msg>, missed: &AtomicU64) {
-    // When the oldest line not yet written out arrived.
-    let mut dirty_since: Option<Instant> = None;
-    loop {
-        let msg = match dirty_since {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(t) => rx.recv_timeout(
-                IDLE.min((t + FLUSH_EVERY).saturating_duration_since(Instant::now())),
-            ),
-        };
-        match msg {
-            Ok(Msg::Line(line)) => {
-                files.append(&line, SystemTime::now());
-                if dirty_since.get_or_insert_with(Instant::now).elapsed() < FLUSH_EVERY {
-                    continue;
-                }
-            }
-            Ok(Msg::Flush(ack)) => {
-                files.flush();
-                dirty_since = None;
-                let _ = ack.send(());
-                continue;
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                files.flush();
-                return;
-            }
-        }
-        files.flush();
-        dirty_since = None;
+    /// Reports the lines that found the backlog full since the last report.
+    fn written_out(&mut self, missed: &AtomicU64) {
         let n = missed.swap(0, Ordering::Relaxed);
         if n > 0 {
             tracing::warn!(
@@ -467,6 +381,8 @@ fn field(s: &mut String, value: Option<&[u8]>, max: usize) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     /// A fresh folder under the system's temp dir, removed on drop.
@@ -730,7 +646,7 @@ mod tests {
             enabled: false,
             ..config(&dir)
         });
-        assert!(log.tx.is_none());
+        assert!(!log.0.is_on());
         entry().emit(&log);
         drop(log);
         assert!(!dir.0.exists());
@@ -741,7 +657,7 @@ mod tests {
             folder: dir.0.join("file").join("httperr"),
             ..config(&dir)
         });
-        assert!(log.tx.is_none());
+        assert!(!log.0.is_on());
         entry().emit(&log);
     }
 }

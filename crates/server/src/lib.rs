@@ -75,6 +75,7 @@ mod errlog;
 mod error;
 mod flow;
 mod h2;
+mod handoff;
 mod head;
 mod identity;
 mod metrics;
