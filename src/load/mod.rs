@@ -168,7 +168,6 @@ fn prepare(args: &Args) -> Result<Setup, String> {
 async fn lab(args: Args, setup: Setup) -> ExitCode {
     let schedule = Schedule::new(setup.steps.clone());
     let planned = schedule.length();
-    let recorder = Arc::new(Recorder::new());
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portshare-load\r\n\r\n",
         setup.target, setup.authority
@@ -190,8 +189,10 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     // of the schedule and its share of the connections, as wrk's threads have theirs: no
     // request or connection ever crosses threads.
     let shards = usize::from(args.threads).min(args.connections).max(1);
+    // A recorder per thread, merged at the end: the threads never share a lock.
+    let recorders: Vec<Arc<Recorder>> = (0..shards).map(|_| Arc::new(Recorder::new())).collect();
     let mut threads = Vec::with_capacity(shards);
-    for i in 0..shards {
+    for (i, recorder) in recorders.iter().enumerate() {
         let (back_tx, back_rx) = mpsc::unbounded_channel();
         let target = Arc::new(Target {
             addr: setup.addr,
@@ -263,7 +264,7 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     let elapsed = start.elapsed();
 
     let planned_seconds = planned.as_secs_f64().ceil() as usize;
-    let (seconds, overall) = recorder.finish(planned_seconds);
+    let (seconds, overall) = Recorder::finish_all(&recorders, planned_seconds);
     let queue: Vec<Option<QueueSecond>> = samples
         .windows(2)
         .map(|w| {

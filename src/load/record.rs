@@ -4,7 +4,7 @@
 //! the CSV those rows are written as.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -156,6 +156,26 @@ impl Recorder {
             inner.seconds.resize_with(len, Second::new);
         }
         (std::mem::take(&mut inner.seconds), inner.overall.clone())
+    }
+
+    /// What the recorders of all threads recorded, second by second (at least `len`).
+    pub(crate) fn finish_all(all: &[Arc<Recorder>], len: usize) -> (Vec<Second>, Histogram<u64>) {
+        let mut seconds: Vec<Second> = Vec::new();
+        let mut overall =
+            Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("fixed, valid histogram bounds");
+        for r in all {
+            let (theirs, their_overall) = r.finish(len);
+            if seconds.len() < theirs.len() {
+                seconds.resize_with(theirs.len(), Second::new);
+            }
+            for (mine, theirs) in seconds.iter_mut().zip(&theirs) {
+                mine.counts.add(&theirs.counts);
+                // Same bounds on both sides: adding cannot fail.
+                let _ = mine.latency.add(&theirs.latency);
+            }
+            let _ = overall.add(&their_overall);
+        }
+        (seconds, overall)
     }
 }
 
