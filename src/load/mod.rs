@@ -37,7 +37,8 @@ use self::record::{QueueSecond, Recorder, Row, Sample};
 /// Arguments of `portshare load`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The URL to load: http://HOST[:PORT]/PATH (GET, HTTP/1.1 keep-alive).
+    /// The URL to load, `http://HOST:PORT/PATH` (the port may be left out), asked for with GET
+    /// over HTTP/1.1 keep-alive.
     #[arg(value_name = "URL")]
     url: String,
     /// Requests per second, held for --duration.
