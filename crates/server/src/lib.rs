@@ -90,6 +90,8 @@ mod relay;
 mod shared;
 #[cfg(target_os = "linux")]
 mod sockdiag;
+#[cfg(test)]
+mod testutil;
 mod timers;
 mod tls;
 mod trust;

@@ -6,53 +6,7 @@ use super::*;
 use crate::handoff::Msg;
 use crate::head::{HeadLimits, Parsed, parse_head};
 use crate::queue::Props;
-
-/// A fresh folder under the system's temp dir (0700), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "portshare-access-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .expect("temp dir");
-        TempDir(dir)
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.0.join(name)).unwrap_or_default()
-    }
-
-    fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.0)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-const T: u64 = 1_714_564_801; // 2024-05-01 12:00:01 UTC
-
-fn at(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
-}
+use crate::testutil::{T, TempDir, at};
 
 fn me() -> u32 {
     nix::unistd::geteuid().as_raw()
@@ -162,7 +116,7 @@ fn writer(dir: &TempDir, format: AccessLogFormat, rollover: AccessLogRollover) -
 
 #[test]
 fn rolls_over_by_day_and_by_hour() {
-    let dir = TempDir::new("period");
+    let dir = TempDir::made("period");
     let mut w = writer(&dir, AccessLogFormat::W3c, AccessLogRollover::Daily);
     w.append(None, at(T), "one");
     w.append(None, at(T + 3600), "two");
@@ -181,7 +135,7 @@ fn rolls_over_by_day_and_by_hour() {
     assert!(first.ends_with("\none\ntwo\n"), "{first}");
     assert!(dir.read("u_ex240502.log").ends_with("\nthree\n"));
 
-    let dir = TempDir::new("hourly");
+    let dir = TempDir::made("hourly");
     let mut w = writer(&dir, AccessLogFormat::Json, AccessLogRollover::Hourly);
     w.append(None, at(T), "{}");
     w.append(None, at(T + 3600), "{}");
@@ -200,7 +154,7 @@ fn rolls_over_by_day_and_by_hour() {
 
 #[test]
 fn rolls_over_by_size_and_continues_after_a_restart() {
-    let dir = TempDir::new("size");
+    let dir = TempDir::made("size");
     let mut w = writer(&dir, AccessLogFormat::W3c, AccessLogRollover::Size);
     let text = "x".repeat(99);
     w.max_size = 1000;
@@ -243,7 +197,7 @@ fn rolls_over_by_size_and_continues_after_a_restart() {
 
 #[test]
 fn per_queue_sets_live_in_encoded_folders() {
-    let dir = TempDir::new("perqueue");
+    let dir = TempDir::made("perqueue");
     let mut w = writer(&dir, AccessLogFormat::W3c, AccessLogRollover::Daily);
     w.append(Some("../evil".into()), at(T), "a");
     w.append(Some("ok".into()), at(T), "b");
@@ -259,7 +213,7 @@ fn per_queue_sets_live_in_encoded_folders() {
 
 #[test]
 fn open_files_stay_under_the_cap() {
-    let dir = TempDir::new("cap");
+    let dir = TempDir::made("cap");
     let mut w = writer(&dir, AccessLogFormat::W3c, AccessLogRollover::Daily);
     for i in 0..MAX_OPEN + 6 {
         w.append(Some(format!("q{i}")), at(T), "x");
@@ -276,8 +230,8 @@ fn open_files_stay_under_the_cap() {
 
 #[test]
 fn a_planted_symlink_is_not_followed() {
-    let dir = TempDir::new("symlink");
-    let outside = TempDir::new("symlink-target");
+    let dir = TempDir::made("symlink");
+    let outside = TempDir::made("symlink-target");
     let target = outside.0.join("victim");
     std::fs::write(&target, "precious\n").expect("victim");
     std::os::unix::fs::symlink(&target, dir.0.join("u_ex240501.log")).expect("symlink");
@@ -290,14 +244,14 @@ fn a_planted_symlink_is_not_followed() {
     );
     assert_eq!(w.dropped.load(Ordering::Relaxed), 1);
     // A FIFO does not hold the writer, and is not written either.
-    let dir = TempDir::new("fifo");
+    let dir = TempDir::made("fifo");
     nix::unistd::mkfifo(&dir.0.join("u_ex240501.log"), nix::sys::stat::Mode::S_IRWXU)
         .expect("mkfifo");
     let mut w = writer(&dir, AccessLogFormat::W3c, AccessLogRollover::Daily);
     w.append(None, at(T), "line");
     assert_eq!(w.dropped.load(Ordering::Relaxed), 1);
     // A hard link to another file is refused.
-    let dir = TempDir::new("hardlink");
+    let dir = TempDir::made("hardlink");
     let other = dir.0.join("other");
     std::fs::write(&other, "other\n").expect("other");
     std::fs::hard_link(&other, dir.0.join("u_ex240501.log")).expect("link");
@@ -311,7 +265,7 @@ fn a_planted_symlink_is_not_followed() {
 
 #[test]
 fn the_folder_must_be_the_daemons_own() {
-    let dir = TempDir::new("folder");
+    let dir = TempDir::made("folder");
     let uid = me();
     let made = dir.0.join("a").join("b");
     own_folder(&made, uid, true).expect("created");
