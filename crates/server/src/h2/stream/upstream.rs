@@ -104,25 +104,12 @@ impl Ctx<'_> {
                     return self.bad_gateway(out, up, "closed before a response");
                 }
                 Got::Upstream(Err(e)) => return self.bad_gateway(out, up, &e.to_string()),
-                Got::Body(d) => {
-                    if !self.body_up(
-                        &mut c,
-                        &mut body,
-                        framing,
-                        d,
-                        &mut body_done,
-                        &mut body_until,
-                    ) {
-                        out.reset(h2::Reason::CANCEL);
+                Got::Client(from) => {
+                    let mut request = (&mut body, &mut body_done, &mut body_until);
+                    if !self.take_client(out, &mut c, framing, from, &mut request) {
                         return;
                     }
                 }
-                Got::Gap => {
-                    self.log(None, Reason::TimerEntityBody);
-                    out.reset(h2::Reason::CANCEL);
-                    return;
-                }
-                Got::Reset => return,
             }
         };
         let status = resp.status;
@@ -208,25 +195,12 @@ impl Ctx<'_> {
                     out.reset(h2::Reason::INTERNAL_ERROR);
                     return;
                 }
-                Got::Body(d) => {
-                    if !self.body_up(
-                        &mut c,
-                        &mut body,
-                        framing,
-                        d,
-                        &mut body_done,
-                        &mut body_until,
-                    ) {
-                        out.reset(h2::Reason::CANCEL);
+                Got::Client(from) => {
+                    let mut request = (&mut body, &mut body_done, &mut body_until);
+                    if !self.take_client(out, &mut c, framing, from, &mut request) {
                         return;
                     }
                 }
-                Got::Gap => {
-                    self.log(None, Reason::TimerEntityBody);
-                    out.reset(h2::Reason::CANCEL);
-                    return;
-                }
-                Got::Reset => return,
             }
         }
         if body_done && c.pending() == 0 && c.rd.is_empty() && !upstream_close && !ended {
@@ -234,31 +208,41 @@ impl Ctx<'_> {
         }
     }
 
-    /// Frames a piece of the request body (or its end) for the upstream; false when the
-    /// client's stream failed.
-    fn body_up(
+    /// Takes what came from the client: a piece of the request body (or its end), framed
+    /// for the upstream; the EntityBody gap passed, or the client's reset, which end the
+    /// exchange (false, the stream reset or gone). `request` is the body, whether it is
+    /// done, and when its EntityBody timer fires.
+    fn take_client(
         &self,
+        out: &mut Out,
         c: &mut UpConn,
-        body: &mut RecvStream,
         framing: ReqFraming,
-        d: Option<Result<Bytes, h2::Error>>,
-        body_done: &mut bool,
-        body_until: &mut Instant,
+        from: FromClient,
+        (body, body_done, body_until): &mut (&mut RecvStream, &mut bool, &mut Instant),
     ) -> bool {
-        match d {
-            None => {
-                *body_done = true;
+        match from {
+            FromClient::Body(None) => {
+                **body_done = true;
                 relay::frame_body(c.room(), framing, &[], true);
                 true
             }
-            Some(Ok(data)) => {
+            FromClient::Body(Some(Ok(data))) => {
                 let _ = body.flow_control().release_capacity(data.len());
-                *body_until = self.timers.entity_body.fires_at(Instant::now());
-                *body_done = body.is_end_stream();
-                relay::frame_body(c.room(), framing, &data, *body_done);
+                **body_until = self.timers.entity_body.fires_at(Instant::now());
+                **body_done = body.is_end_stream();
+                relay::frame_body(c.room(), framing, &data, **body_done);
                 true
             }
-            Some(Err(_)) => false,
+            FromClient::Body(Some(Err(_))) => {
+                out.reset(h2::Reason::CANCEL);
+                false
+            }
+            FromClient::Gap => {
+                self.log(None, Reason::TimerEntityBody);
+                out.reset(h2::Reason::CANCEL);
+                false
+            }
+            FromClient::Reset => false,
         }
     }
 }
@@ -267,6 +251,12 @@ impl Ctx<'_> {
 enum Got {
     /// The upstream connection turned.
     Upstream(std::io::Result<Turn>),
+    /// Something came from the client.
+    Client(FromClient),
+}
+
+/// What came from the client while an upstream exchange waited.
+enum FromClient {
     /// A piece of the request body, its end, or the stream's failure.
     Body(Option<Result<Bytes, h2::Error>>),
     /// The EntityBody gap passed without body bytes.
@@ -289,9 +279,9 @@ async fn wait(
     tokio::select! {
         r = c.io.ready(c.pending() > 0) => Got::Upstream(r.and_then(|()| c.turn(limit))),
         d = timeout_at(body_until, body.data()), if want_body => match d {
-            Ok(d) => Got::Body(d),
-            Err(_) => Got::Gap,
+            Ok(d) => Got::Client(FromClient::Body(d)),
+            Err(_) => Got::Client(FromClient::Gap),
         },
-        () = out.client_reset() => Got::Reset,
+        () = out.client_reset() => Got::Client(FromClient::Reset),
     }
 }
