@@ -33,12 +33,40 @@ pub use process::{
 };
 pub use upstream::{AnyListener, EchoServer, Echoed, Exchange, Scripted, daemon_with_upstream};
 
-/// A free TCP port on 127.0.0.1 (free when asked; callers retry on a race).
+/// A TCP port of 127.0.0.1 that nothing holds when asked, never the same twice in one test
+/// run, and below the kernel's ephemeral range: a port from `bind(0)` is one the kernel
+/// also gives to outgoing connections, so a concurrent test's client could take it between
+/// this call and the daemon's bind. Callers that race another program still retry.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::Mutex;
+
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000u16;
+    if ephemeral_low <= low + 1_000 {
+        // A machine whose ephemeral range starts low: the kernel's pick is all there is.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+    }
+    let span = u64::from(ephemeral_low - low);
+    let random = RandomState::new();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for attempt in 0u64..10_000 {
+        let port = low + (random.hash_one(attempt) % span) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port of 127.0.0.1 between {low} and {ephemeral_low}")
 }
 
 /// The vectors of the specification's file `name`, from `../shared/spec` beside the
