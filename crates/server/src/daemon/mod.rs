@@ -21,7 +21,8 @@
 //! - [`reload`]: applying the configuration at start and on reload;
 //! - [`view`]: the state view;
 //! - [`metrics`]: the counters' sample, as each caller may see it;
-//! - [`caps`]: per-uid caps and the descriptor budget's shares.
+//! - [`caps`]: per-uid caps and the descriptor budget's shares;
+//! - [`routes`]: the route table's two copies, changed and published at a flat cost.
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -33,7 +34,7 @@ use portshare_proto::control::{
     AddUrl, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState, ProcessState,
     QueueInfo, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
-use portshare_router::{Host, RouteTable, Scheme, UrlAcl, UrlPrefix, Win32Error};
+use portshare_router::{Host, Scheme, UrlAcl, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;
 
 use crate::accept::{self, Failure, Throttle};
@@ -55,12 +56,14 @@ mod metrics;
 mod queues;
 mod reload;
 mod reservations;
+mod routes;
 mod session;
 mod sslcerts;
 mod view;
 
 use listener::{Listener, bind_error};
 pub(crate) use reload::Start;
+use routes::Routes;
 use session::CONFIG_SESSION;
 pub(crate) use session::Session;
 use view::info;
@@ -150,7 +153,8 @@ impl QueueEntry {
 
 #[derive(Debug)]
 struct State {
-    table: RouteTable<Arc<Destination>>,
+    /// The route table: changed here, published to [`Shared::table`].
+    table: Routes<Arc<Destination>>,
     queues: HashMap<String, QueueEntry>,
     listeners: HashMap<SocketAddr, Listener>,
     acl: UrlAcl,
@@ -221,7 +225,7 @@ impl Daemon {
         Arc::new(Daemon {
             shared,
             state: Mutex::new(State {
-                table: RouteTable::new(),
+                table: Routes::new(),
                 queues: HashMap::new(),
                 listeners: HashMap::new(),
                 acl: UrlAcl::new(),
@@ -694,8 +698,10 @@ impl Daemon {
         }
     }
 
+    /// Makes the route table's changes visible to connections: once per control request,
+    /// at a cost that does not grow with the table (see [`routes`]).
     fn publish(&self, st: &mut State) {
-        self.shared.table.store(Arc::new(st.table.clone()));
+        st.table.publish(&self.shared.table);
     }
 
     /// Begins a graceful stop: the listeners close, connections close as soon as they hold

@@ -1,0 +1,168 @@
+//! The scale lab: registers many URLs on one queue over one control connection, one
+//! request each, then removes them the same way, and prints the time each step of them
+//! took and, given the daemon's PID, its resident memory.
+//!
+//! ```sh
+//! cargo build --release --bin portshare --example registrations
+//! target/release/portshare serve --iplisten 127.0.0.1 --control /tmp/ps.sock &
+//! target/release/examples/registrations --control /tmp/ps.sock --pid $! \
+//!     --count 100000 --port 8080
+//! ```
+//!
+//! The URLs are `http://+:PORT/tenantN/app/`, as a host of many tenants registers them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use http::Method;
+use portshare_client::Control;
+use portshare_proto::control::{AddUrl, QueueSpec, RemoveUrl};
+
+/// Registers and removes many URLs, timing each step.
+#[derive(Parser)]
+struct Args {
+    /// The daemon's control socket.
+    #[arg(long, value_name = "PATH")]
+    control: PathBuf,
+    /// The daemon's PID, for its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// How many URLs.
+    #[arg(long, default_value_t = 100_000)]
+    count: u32,
+    /// Report after every STEP of them.
+    #[arg(long, default_value_t = 10_000)]
+    step: u32,
+    /// The port of the URLs.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The queue's name.
+    #[arg(long, default_value = "tenants")]
+    queue: String,
+    /// Keep the URLs registered and wait for Ctrl-C instead of removing them.
+    #[arg(long)]
+    keep: bool,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("registrations: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), portshare_client::Error> {
+    let mut control = Control::connect(&args.control).await?;
+    let spec = QueueSpec {
+        name: Some(args.queue.clone()),
+        ..QueueSpec::default()
+    };
+    control.create_queue(&spec).await?;
+    let rss_before = rss_kib(args.pid);
+    let url = |n: u32| format!("http://+:{}/tenant{n}/app/", args.port);
+
+    println!("add: registrations so far | seconds for the last step | µs each | RSS MiB");
+    let mut report = Report::new(args, rss_before);
+    for n in 0..args.count {
+        let add = AddUrl {
+            url: url(n),
+            context: u64::from(n),
+        };
+        control.add_url(&args.queue, &add).await?;
+        report.done(n + 1);
+    }
+    let added = report.total();
+
+    if args.keep {
+        println!("{} URLs registered; Ctrl-C ends", args.count);
+        let _ = tokio::signal::ctrl_c().await;
+        return Ok(());
+    }
+
+    println!("remove: registrations left | seconds for the last step | µs each | RSS MiB");
+    let mut report = Report::new(args, rss_before);
+    for n in 0..args.count {
+        let rm = RemoveUrl { url: url(n) };
+        let path = format!("/v1/queues/{}/urls", args.queue);
+        let answer = control.send(Method::DELETE, &path, Some(&rm)).await?;
+        if !answer.status().is_success() {
+            let body = String::from_utf8_lossy(answer.body()).into_owned();
+            return Err(portshare_client::Error::Protocol(body));
+        }
+        report.done(args.count - n - 1);
+    }
+    let removed = report.total();
+    println!(
+        "{} URLs: added in {:.2} s, removed in {:.2} s",
+        args.count,
+        added.as_secs_f64(),
+        removed.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Times each step of a run.
+struct Report {
+    step: u32,
+    pid: Option<u32>,
+    rss_before: Option<u64>,
+    start: Instant,
+    last: Instant,
+    done: u32,
+}
+
+impl Report {
+    fn new(args: &Args, rss_before: Option<u64>) -> Report {
+        let now = Instant::now();
+        Report {
+            step: args.step.max(1),
+            pid: args.pid,
+            rss_before,
+            start: now,
+            last: now,
+            done: 0,
+        }
+    }
+
+    /// One more done; `mark` is what the line shows (the count so far, or left).
+    fn done(&mut self, mark: u32) {
+        self.done += 1;
+        if self.done % self.step != 0 {
+            return;
+        }
+        let now = Instant::now();
+        let took = now - self.last;
+        self.last = now;
+        let rss = match (rss_kib(self.pid), self.rss_before) {
+            (Some(now), Some(before)) => format!(
+                "{:.1} (+{:.1})",
+                now as f64 / 1024.0,
+                now.saturating_sub(before) as f64 / 1024.0
+            ),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{mark:>8} | {:>7.3} | {:>7.1} | {rss}",
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1e6 / f64::from(self.step)
+        );
+    }
+
+    fn total(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
