@@ -153,6 +153,61 @@ pub mod bench {
     }
 }
 
+/// The route table's change path, for `benches/changes.rs`: not an API.
+#[doc(hidden)]
+pub mod bench_changes {
+    use std::sync::Arc;
+
+    use arc_swap::ArcSwap;
+    use portshare_router::{RouteTable, TableError, UrlPrefix};
+
+    use crate::daemon::routes::Routes;
+
+    /// The daemon's two copies and what connections read, changed and published as a
+    /// control request does.
+    pub struct Changes {
+        routes: Routes<u32>,
+        shared: ArcSwap<RouteTable<u32>>,
+    }
+
+    impl Default for Changes {
+        fn default() -> Changes {
+            Changes {
+                routes: Routes::new(),
+                shared: ArcSwap::from_pointee(RouteTable::new()),
+            }
+        }
+    }
+
+    impl std::fmt::Debug for Changes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            self.routes.fmt(f)
+        }
+    }
+
+    impl Changes {
+        /// Registers `prefix`; published with the next [`publish`](Changes::publish).
+        pub fn add(&mut self, prefix: UrlPrefix, value: u32) -> Result<(), TableError> {
+            self.routes.add(prefix, value)
+        }
+
+        /// Removes `prefix`.
+        pub fn remove(&mut self, prefix: &UrlPrefix) -> Result<(), TableError> {
+            self.routes.remove(prefix).map(drop)
+        }
+
+        /// Publishes the changes so far.
+        pub fn publish(&mut self) {
+            self.routes.publish(&self.shared);
+        }
+
+        /// What a connection routes on.
+        pub fn published(&self) -> Arc<RouteTable<u32>> {
+            self.shared.load_full()
+        }
+    }
+}
+
 /// How to run the daemon.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

@@ -56,7 +56,7 @@ mod metrics;
 mod queues;
 mod reload;
 mod reservations;
-mod routes;
+pub(crate) mod routes;
 mod session;
 mod sslcerts;
 mod view;
