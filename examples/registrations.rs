@@ -134,7 +134,7 @@ impl Report {
     /// One more done; `mark` is what the line shows (the count so far, or left).
     fn done(&mut self, mark: u32) {
         self.done += 1;
-        if self.done % self.step != 0 {
+        if !self.done.is_multiple_of(self.step) {
             return;
         }
         let now = Instant::now();
