@@ -20,6 +20,7 @@
 
 use core::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hashbrown::{HashMap, HashTable};
 
@@ -35,9 +36,10 @@ const HOST_TAG: u32 = u32::MAX - 1;
 /// A registered prefix and the value it delivers to (a queue, a URL context...).
 #[derive(Debug, Clone)]
 pub struct Registration<T> {
-    /// Boxed, so the registrations array stays small: a lookup reads only `value` and the
-    /// box's pointer.
-    prefix: Box<UrlPrefix>,
+    /// Behind a pointer, so the registrations array stays small: a lookup reads only
+    /// `value` and the pointer. Shared, so that tables holding the same registration, and
+    /// their owner's own books, keep one prefix between them.
+    prefix: Arc<UrlPrefix>,
     value: T,
 }
 
@@ -52,9 +54,14 @@ impl<T> Registration<T> {
         &self.value
     }
 
+    /// The prefix, shared with whoever else holds it.
+    pub fn shared_prefix(&self) -> &Arc<UrlPrefix> {
+        &self.prefix
+    }
+
     /// Splits into prefix and value.
     pub fn into_parts(self) -> (UrlPrefix, T) {
-        (*self.prefix, self.value)
+        (Arc::unwrap_or_clone(self.prefix), self.value)
     }
 }
 
@@ -241,10 +248,20 @@ impl<T> RouteTable<T> {
     /// scheme, [`TableError::AlreadyRegistered`] when the same prefix is registered (both
     /// `ERROR_ALREADY_EXISTS`, 183).
     pub fn add(&mut self, prefix: UrlPrefix, value: T) -> Result<(), TableError> {
+        self.add_shared(Arc::new(prefix), value)
+    }
+
+    /// [`add`](RouteTable::add) for a prefix the caller keeps too: the table holds this
+    /// `Arc`, no copy of it, so tables holding the same registrations share their prefixes.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](RouteTable::add).
+    pub fn add_shared(&mut self, prefix: Arc<UrlPrefix>, value: T) -> Result<(), TableError> {
         self.check_add(&prefix)?;
         let node = self.insert_path(&prefix, true);
         let registration = Some(Registration {
-            prefix: Box::new(prefix),
+            prefix,
             value,
         });
         let index = match self.free_registrations.pop() {

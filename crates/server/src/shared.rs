@@ -212,8 +212,9 @@ impl Settings {
 #[derive(Debug)]
 pub(crate) struct Destination {
     pub(crate) queue: Arc<Queue>,
-    /// The prefix as registered, for `portshare-url-prefix`.
-    pub(crate) prefix: String,
+    /// The prefix, shared with the route table; as registered (`as_str`) for
+    /// `portshare-url-prefix`.
+    pub(crate) prefix: Arc<portshare_router::UrlPrefix>,
     pub(crate) context: u64,
     /// The counters of the prefix's scheme, host and port.
     pub(crate) site: Arc<crate::metrics::SiteCounters>,

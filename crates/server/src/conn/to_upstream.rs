@@ -90,7 +90,7 @@ pub(crate) fn upstream_head(
         .unwrap_or(if tls.is_some() { "https" } else { "http" });
     out.extend_from_slice(head.method());
     out.push(b' ');
-    let path = prefix_path(&binding.prefix);
+    let path = prefix_path(binding.prefix.as_str());
     let stripped = if strip_prefix && path.len() > 1 {
         match strip(target, path) {
             (n, true) => {
@@ -167,7 +167,7 @@ pub(crate) fn upstream_head(
     put_field(
         out,
         header::URL_PREFIX.as_bytes(),
-        binding.prefix.as_bytes(),
+        binding.prefix.as_str().as_bytes(),
     );
     let mut num = itoa_buf();
     put_field(

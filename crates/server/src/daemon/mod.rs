@@ -79,7 +79,8 @@ struct QueueEntry {
     handles: HashMap<u64, Identity>,
     /// Its URLs (equal by HTTP.sys's rules, whatever the spelling), each with the session
     /// that added it; `None` once the queue lingers.
-    urls: HashMap<UrlPrefix, Option<u64>>,
+    /// Each prefix is the one the route table holds, shared.
+    urls: HashMap<Arc<UrlPrefix>, Option<u64>>,
     /// Set while the queue outlives its last handle; the number tells lingerings apart.
     lingering: Option<u64>,
     /// Declared by the configuration file: the daemon holds the name.
@@ -352,7 +353,7 @@ impl Daemon {
             .filter(|(_, id)| !entry.rights(pid, id).any())
             .map(|(s, _)| *s)
             .collect();
-        let unregistered: Vec<UrlPrefix> = entry
+        let unregistered: Vec<Arc<UrlPrefix>> = entry
             .urls
             .iter()
             .filter(|(_, added_by)| {
@@ -448,12 +449,12 @@ impl Daemon {
         add: &AddUrl,
         held: &mut Option<BindError>,
     ) -> Result<UrlAdded, ApiError> {
-        let prefix = UrlPrefix::parse(&add.url).map_err(|e| {
+        let prefix = Arc::new(UrlPrefix::parse(&add.url).map_err(|e| {
             api(
                 e.win32(),
                 format!("{:?} is not a valid URL prefix: {e}", add.url),
             )
-        })?;
+        })?);
         // The user and group databases are asked before the lock is taken.
         let known_as = session.peer.identity.caller(false);
         let mut st = self.lock();
@@ -521,7 +522,7 @@ impl Daemon {
         let site = (prefix.scheme(), prefix.host().to_string(), prefix.port());
         let binding = Arc::new(Destination {
             queue,
-            prefix: add.url.clone(),
+            prefix: prefix.clone(),
             context: add.context,
             site: self.shared.metrics.site(site.0, &site.1, site.2),
         });

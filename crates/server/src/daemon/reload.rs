@@ -412,7 +412,7 @@ impl Daemon {
     }
 
     /// The URLs the configuration's session holds on queue `name`.
-    fn config_urls(&self, name: &str) -> Vec<UrlPrefix> {
+    fn config_urls(&self, name: &str) -> Vec<Arc<UrlPrefix>> {
         let st = self.lock();
         st.queues.get(name).map_or_else(Vec::new, |e| {
             e.urls

@@ -34,7 +34,7 @@ pub(crate) struct Routes<V> {
 
 /// One change, kept to be replayed on the other copy.
 enum Change<V> {
-    Add(UrlPrefix, V),
+    Add(Arc<UrlPrefix>, V),
     Remove(UrlPrefix),
     Reserve(UrlPrefix),
     Unreserve(UrlPrefix),
@@ -44,7 +44,7 @@ impl<V: Clone> Change<V> {
     fn apply(self, table: &mut RouteTable<V>) {
         // Each change succeeded on the other copy, which held the same entries.
         let replayed = match self {
-            Change::Add(prefix, value) => table.add(prefix, value),
+            Change::Add(prefix, value) => table.add_shared(prefix, value),
             Change::Remove(prefix) => table.remove(&prefix).map(drop),
             Change::Reserve(prefix) => table.reserve(prefix),
             Change::Unreserve(prefix) => table.unreserve(&prefix).map(drop),
@@ -64,9 +64,14 @@ impl<V: Clone> Routes<V> {
         }
     }
 
-    /// [`RouteTable::add`].
-    pub(crate) fn add(&mut self, prefix: UrlPrefix, value: V) -> Result<(), TableError> {
-        self.writable().add(prefix.clone(), value.clone())?;
+    /// [`RouteTable::add`]: both copies share the prefix.
+    pub(crate) fn add(
+        &mut self,
+        prefix: impl Into<Arc<UrlPrefix>>,
+        value: V,
+    ) -> Result<(), TableError> {
+        let prefix = prefix.into();
+        self.writable().add_shared(prefix.clone(), value.clone())?;
         self.log.push(Change::Add(prefix, value));
         Ok(())
     }

@@ -27,7 +27,7 @@ impl Daemon {
             .collect();
         // URLs the connection added to queues it never opened (their owner may add URLs
         // without a handle) go with it too.
-        let mut added: Vec<(String, UrlPrefix)> = Vec::new();
+        let mut added: Vec<(String, Arc<UrlPrefix>)> = Vec::new();
         for (name, e) in &mut st.queues {
             if e.handles.contains_key(&session.id) {
                 continue;
@@ -85,7 +85,7 @@ impl Daemon {
             return;
         }
         // The session's URLs go with it.
-        let mine: Vec<UrlPrefix> = entry
+        let mine: Vec<Arc<UrlPrefix>> = entry
             .urls
             .iter()
             .filter(|(_, owner)| **owner == Some(session) || last)

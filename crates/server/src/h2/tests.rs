@@ -34,13 +34,13 @@ fn daemon(config: &str, props: Props) -> (Arc<Shared>, Arc<Queue>) {
     let shared = Shared::new(Settings::new(&config, errlog), budget);
     let queue = Queue::new("q".into(), 0, props, None);
     let mut table = RouteTable::new();
-    let prefix = "https://+:443/";
+    let prefix = Arc::new(UrlPrefix::parse("https://+:443/").expect("prefix"));
     table
-        .add(
-            UrlPrefix::parse(prefix).expect("prefix"),
+        .add_shared(
+            prefix.clone(),
             Arc::new(Destination {
                 queue: queue.clone(),
-                prefix: prefix.into(),
+                prefix,
                 context: 0,
                 site: Arc::default(),
             }),
