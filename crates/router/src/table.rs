@@ -260,10 +260,7 @@ impl<T> RouteTable<T> {
     pub fn add_shared(&mut self, prefix: Arc<UrlPrefix>, value: T) -> Result<(), TableError> {
         self.check_add(&prefix)?;
         let node = self.insert_path(&prefix, true);
-        let registration = Some(Registration {
-            prefix,
-            value,
-        });
+        let registration = Some(Registration { prefix, value });
         let index = match self.free_registrations.pop() {
             Some(i) => {
                 self.registrations[i as usize] = registration;

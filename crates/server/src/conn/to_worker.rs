@@ -105,7 +105,10 @@ pub(crate) fn request_frame(
     w.header(header::RAW_URL.as_bytes(), head.target());
     w.header(header::CLIENT_ADDR.as_bytes(), from.peer.as_bytes());
     w.header(header::LOCAL_ADDR.as_bytes(), from.local.as_bytes());
-    w.header(header::URL_PREFIX.as_bytes(), binding.prefix.as_str().as_bytes());
+    w.header(
+        header::URL_PREFIX.as_bytes(),
+        binding.prefix.as_str().as_bytes(),
+    );
     w.header(
         header::URL_CONTEXT.as_bytes(),
         fmt_u64(&mut num, binding.context),

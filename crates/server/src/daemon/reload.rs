@@ -10,6 +10,7 @@
 //! list refuses connections to that port for that instant; connections already accepted
 //! carry on.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use portshare_proto::control::{AddUrl, ApiError, OpenMode, QueueSpec, ReloadReport};
 use portshare_router::{UrlPrefix, Win32Error};
 
-use super::reservations::same_url;
 use super::{CONFIG_SESSION, Daemon, Session, State, api};
 use crate::access::Access;
 use crate::config::{Config, QueueConfig, StateFile};
@@ -372,9 +372,15 @@ impl Daemon {
                 }
             }
             // What the queue holds now, so a URL that failed before is tried again.
-            let held = self.config_urls(&q.name);
-            let listed = |p: &UrlPrefix| q.urls.iter().any(|u| same_url(u, p));
-            for url in held.iter().filter(|p| !listed(p)).map(ToString::to_string) {
+            // Compared as sets, by HTTP.sys's rules: a queue may list 100,000 URLs.
+            let held: HashSet<Arc<UrlPrefix>> = self.config_urls(&q.name).into_iter().collect();
+            let listed: HashSet<UrlPrefix> = q
+                .urls
+                .iter()
+                .filter_map(|u| UrlPrefix::parse(u).ok())
+                .collect();
+            let unlisted = held.iter().filter(|p| !listed.contains(p.as_ref()));
+            for url in unlisted.map(|p| p.to_string()) {
                 match self.remove_url(&session, &q.name, &url) {
                     Ok(()) => report
                         .changes
@@ -382,10 +388,11 @@ impl Daemon {
                     Err(e) => report.warn(format!("queue {:?}: {url}: not removed: {e}", q.name)),
                 }
             }
+            // A URL that does not parse is tried, and its error reported.
             for url in q
                 .urls
                 .iter()
-                .filter(|u| !held.iter().any(|p| same_url(u, p)))
+                .filter(|u| UrlPrefix::parse(u).ok().is_none_or(|p| !held.contains(&p)))
             {
                 let add = AddUrl {
                     url: url.clone(),
