@@ -14,9 +14,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    App, Daemon, as_uid, can_switch_uid, connect, copy_executable, eventually, example_bin,
-    free_port, have_prlimit, only_test, read_until_close, try_call, try_get,
+    App, Ctl, Daemon, TempDir, as_uid, can_switch_uid, connect, copy_executable, eventually,
+    example_bin, free_port, have_prlimit, have_python, only_test, read_until_close, try_call,
+    try_get,
 };
+use crate::upstream_owner::{SESSION, py};
 use serde_json::{Value, json};
 
 /// The uids that hold control connections, and the uid of the application that must go on
@@ -639,4 +641,58 @@ fn hog() {
     let _ = std::io::stdout().flush();
     let _ = std::io::stdin().read_to_end(&mut Vec::new());
     drop(held);
+}
+
+/// No user grows the daemon without bound by registering URLs: the queues one user owns
+/// hold at most `control.max_urls_per_uid`; the next is refused with 1816 naming the cap,
+/// and a URL removed makes room again. Administrators have no cap.
+#[test]
+fn urls_stop_at_their_users_cap() {
+    const UID: u32 = 60_311;
+    if !can_switch_uid() || !have_python() {
+        return;
+    }
+    let port = free_port();
+    let d = Daemon::builder()
+        .dir(TempDir::open_to_all("url-cap"))
+        .config(format!(
+            "[control]\nmax_urls_per_uid = 3\n\n\
+             [[urlacl]]\nurl = \"http://+:{port}/\"\nusers = [\"uid:{UID}\"]\n"
+        ))
+        .spawn();
+    let url = |n: u32| format!("http://+:{port}/u{n}/");
+    let urls = "/v1/queues/capped/urls";
+    let mut calls = vec![json!(["POST", "/v1/queues", { "name": "capped" }])];
+    calls.extend((0..4).map(|n| json!(["POST", urls, { "url": url(n) }])));
+    calls.push(json!(["DELETE", urls, { "url": url(0) }]));
+    calls.push(json!(["POST", urls, { "url": url(4) }]));
+    let control = d.control.to_string_lossy().into_owned();
+    let (_session, lines) = py(
+        Some(UID),
+        SESSION,
+        &[&control, &Value::Array(calls).to_string()],
+    );
+    let results: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("RESULT "))
+        .collect();
+    let statuses: Vec<&str> = results.iter().map(|r| &r[..3]).collect();
+    assert_eq!(
+        statuses,
+        ["201", "201", "201", "201", "429", "204", "201"],
+        "{results:#?}"
+    );
+    assert!(
+        results[4].contains("1816") && results[4].contains("max_urls_per_uid"),
+        "{}",
+        results[4]
+    );
+    // Root, an administrator, registers past it (on a port the reservation leaves free).
+    let other = free_port();
+    let mut root = Ctl::connect(&d.control);
+    root.create_queue(json!({ "name": "roots" }));
+    for n in 0..5 {
+        let (status, body) = root.add_url("roots", &format!("http://+:{other}/r{n}/"));
+        assert_eq!(status, 201, "{body}");
+    }
 }

@@ -50,7 +50,7 @@ srv.serve_forever()
 /// A control session: runs the calls of argv[2] (a JSON list of `[METHOD, PATH, BODY]`) on
 /// one connection to the control socket argv[1], prints `RESULT STATUS BODY` for each, then
 /// `DONE`, and holds the session (its queues and URLs) until its standard input closes.
-const SESSION: &str = r#"
+pub(crate) const SESSION: &str = r#"
 import json, socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
@@ -74,7 +74,7 @@ sys.stdin.read()
 "#;
 
 /// A process the test started, killed when dropped.
-struct Running(Child);
+pub(crate) struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -85,7 +85,7 @@ impl Drop for Running {
 
 /// Runs `python3 -c SCRIPT ARGS` as `uid` (`None`: as the test's own user) and waits for
 /// its first line to be `READY` or `DONE`; the lines before it come back too.
-fn py(uid: Option<u32>, script: &str, args: &[&str]) -> (Running, Vec<String>) {
+pub(crate) fn py(uid: Option<u32>, script: &str, args: &[&str]) -> (Running, Vec<String>) {
     let mut cmd = match uid {
         Some(uid) => {
             let prefix = as_uid(uid);

@@ -53,6 +53,7 @@
 //! max_connections_per_uid = 256   # control connections, workers included, of one user
 //! max_sessions_per_uid = 64    # of those, connections holding a queue open
 //! max_queues_per_uid = 128     # queues one user owns (administrators have no caps)
+//! max_urls_per_uid = 10000     # URLs registered on the queues one user owns
 //!
 //! [[urlacl]]                   # a reservation: netsh http add urlacl
 //! url = "http://+:80/app/"

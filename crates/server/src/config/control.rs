@@ -26,6 +26,9 @@ pub struct ControlConfig {
     pub max_sessions_per_uid: u32,
     /// Queues one user other than an administrator may own at once. Default 128.
     pub max_queues_per_uid: u32,
+    /// URLs registered at once on the queues one user other than an administrator owns.
+    /// Default 10,000.
+    pub max_urls_per_uid: u32,
 }
 
 impl Default for ControlConfig {
@@ -37,6 +40,7 @@ impl Default for ControlConfig {
             max_connections_per_uid: 256,
             max_sessions_per_uid: 64,
             max_queues_per_uid: 128,
+            max_urls_per_uid: 10_000,
         }
     }
 }
@@ -47,12 +51,15 @@ impl ControlConfig {
 
     /// The caps and the wait, without the socket's place and mode (which apply at start
     /// only): what a reload changes.
-    pub(crate) fn limits(&self) -> (f64, u32, u32, u32) {
+    pub(crate) fn limits(&self) -> (f64, [u32; 4]) {
         (
             self.request_wait,
-            self.max_connections_per_uid,
-            self.max_sessions_per_uid,
-            self.max_queues_per_uid,
+            [
+                self.max_connections_per_uid,
+                self.max_sessions_per_uid,
+                self.max_queues_per_uid,
+                self.max_urls_per_uid,
+            ],
         )
     }
 
@@ -86,6 +93,7 @@ impl ControlConfig {
             ("max_connections_per_uid", self.max_connections_per_uid),
             ("max_sessions_per_uid", self.max_sessions_per_uid),
             ("max_queues_per_uid", self.max_queues_per_uid),
+            ("max_urls_per_uid", self.max_urls_per_uid),
         ] {
             if !(1..=Self::MAX_CAP).contains(&v) {
                 return Err(at(

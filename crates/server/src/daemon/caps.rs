@@ -94,6 +94,40 @@ impl Daemon {
         Ok(())
     }
 
+    /// Refuses `more` URLs on a queue of `owner` when the queues that user owns hold as
+    /// many as it may (`control.max_urls_per_uid`): each costs the daemon memory, so that
+    /// no user grows it without bound. Administrators and the configuration file have no
+    /// cap.
+    pub(super) fn may_register(
+        &self,
+        st: &State,
+        session: &Session,
+        owner: u32,
+        more: usize,
+    ) -> Result<(), ApiError> {
+        if session.id == CONFIG_SESSION || self.is_admin(st, &session.peer) {
+            return Ok(());
+        }
+        let cap = st.config.control.max_urls_per_uid as usize;
+        let held: usize = st
+            .queues
+            .values()
+            .filter(|e| e.queue.owner_uid() == owner && !e.config)
+            .map(|e| e.urls.len())
+            .sum();
+        if held + more > cap {
+            return Err(api(
+                Win32Error::NotEnoughQuota,
+                format!(
+                    "the queues of uid {owner} hold {}, the most one user may \
+                     (control.max_urls_per_uid); remove one first",
+                    count(held as u64, "URL", "URLs")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses `more` listening sockets beyond the budget's listener share.
     pub(super) fn may_listen(&self, st: &State, more: usize) -> Result<(), ApiError> {
         let max = self.shared.budget.listeners;

@@ -510,6 +510,7 @@ impl Daemon {
         st.acl
             .check_register(&prefix, &caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
+        self.may_register(st, session, queue.owner_uid(), 1)?;
         if let Host::Ip(ip) = prefix.host() {
             bind::check_local(*ip).map_err(|e| bind_error(&e))?;
         }
