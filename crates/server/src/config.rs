@@ -1152,13 +1152,13 @@ mod tests {
     fn control_caps_parse_and_are_checked() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.control, ControlConfig::default());
-        assert_eq!(c.control.limits(), (10.0, 256, 64, 128));
+        assert_eq!(c.control.limits(), (10.0, [256, 64, 128, 10_000]));
         assert_eq!(c.control.request_wait(), Duration::from_secs(10));
         let c = Config::from_toml(
-            "[control]\nrequest_wait = 0.5\nmax_connections_per_uid = 8\nmax_sessions_per_uid = 2\nmax_queues_per_uid = 3\n",
+            "[control]\nrequest_wait = 0.5\nmax_connections_per_uid = 8\nmax_sessions_per_uid = 2\nmax_queues_per_uid = 3\nmax_urls_per_uid = 4\n",
         )
         .unwrap();
-        assert_eq!(c.control.limits(), (0.5, 8, 2, 3));
+        assert_eq!(c.control.limits(), (0.5, [8, 2, 3, 4]));
         assert_eq!(c.control.mode_bits(), 0o666);
         for (text, key) in [
             (
