@@ -9,6 +9,10 @@
 //! - `changes/add_remove_cloned/N`: the same with one table cloned whole for each
 //!   publish, as the daemon did before: the cost that grew with the table.
 //!
+//! - `changes/acl_decision/N`: the registration decision (`UrlAcl::check_register`) for a
+//!   user holding one of N reservations (`http://+:80/userK/`, one user each), for a URL
+//!   below theirs: it looks up the URL's path prefixes, not every reservation.
+//!
 //! Run with `cargo bench --bench changes`.
 
 use std::hint::black_box;
@@ -17,7 +21,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use portshare_router::{RouteTable, UrlPrefix};
+use portshare_router::{Account, Ace, Caller, Reservation, RouteTable, UrlAcl, UrlPrefix};
 use portshare_server::bench_changes::Changes;
 
 /// The table sizes measured.
@@ -60,6 +64,22 @@ fn changes(c: &mut Criterion) {
             });
         });
         black_box(shared.load().len());
+    }
+    for n in [10u32, 1_000, 10_000] {
+        let mut acl = UrlAcl::new();
+        for k in 0..n {
+            let prefix = UrlPrefix::parse(&format!("http://+:80/user{k}/")).expect("prefix");
+            let ace = Ace::new(Account::User(format!("user{k}")), true, false);
+            acl.insert(Reservation::new(prefix, vec![ace]))
+                .expect("reserve");
+        }
+        let k = n / 2;
+        let caller = Caller::new(format!("user{k}"));
+        let url = UrlPrefix::parse(&format!("http://+:80/user{k}/app/v1/")).expect("prefix");
+        assert!(acl.check_register(&url, &caller).is_ok());
+        g.bench_with_input(BenchmarkId::new("acl_decision", n), &n, |b, _| {
+            b.iter(|| black_box(acl.check_register(black_box(&url), &caller).is_ok()));
+        });
     }
     g.finish();
 }

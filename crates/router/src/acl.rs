@@ -8,9 +8,17 @@
 //! A non-administrator may register `http://localhost:P/` (or a loopback literal) with
 //! P > 1024 without any reservation, unless some explicit reservation exists on that
 //! scheme and port.
+//!
+//! Each decision costs the same however many reservations there are: the governing
+//! reservation is found by looking up each segment-wise prefix of the registration's path,
+//! longest first, in a hash table of the reservations by site and path; the other-scheme
+//! check and the exemption read a count per scheme and port.
 
 use core::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
+
+use hashbrown::{HashMap, HashTable};
 
 use crate::error::Win32Error;
 use crate::prefix::{Host, Scheme, UrlPrefix};
@@ -278,6 +286,84 @@ impl std::error::Error for AclError {}
 #[derive(Debug, Clone, Default)]
 pub struct UrlAcl {
     reservations: Vec<Reservation>,
+    index: Index,
+}
+
+/// Where each reservation sits in `reservations`, by site and folded path; and how many
+/// reservations each scheme and port has.
+#[derive(Clone, Default)]
+struct Index {
+    by_path: HashTable<usize>,
+    ports: HashMap<(Scheme, u16), usize>,
+    state: foldhash::fast::FixedState,
+}
+
+/// The hash of `prefix`'s site with `path` (a folded path, `prefix`'s own or one of its
+/// segment-wise prefixes).
+fn site_path_hash(state: &foldhash::fast::FixedState, prefix: &UrlPrefix, path: &str) -> u64 {
+    let mut h = state.build_hasher();
+    prefix.scheme().hash(&mut h);
+    prefix.port().hash(&mut h);
+    prefix.category().hash(&mut h);
+    if let Host::Ip(ip) = prefix.host() {
+        ip.hash(&mut h);
+    }
+    prefix.folded_host().hash(&mut h);
+    path.hash(&mut h);
+    h.finish()
+}
+
+impl fmt::Debug for Index {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Index")
+            .field("reservations", &self.by_path.len())
+            .finish()
+    }
+}
+
+impl Index {
+    fn hash(&self, prefix: &UrlPrefix, path: &str) -> u64 {
+        site_path_hash(&self.state, prefix, path)
+    }
+
+    /// Indexes `all[at]`.
+    fn insert(&mut self, all: &[Reservation], at: usize) {
+        let prefix = &all[at].prefix;
+        let hash = self.hash(prefix, prefix.folded_path());
+        let state = &self.state;
+        let rehash =
+            |&i: &usize| site_path_hash(state, &all[i].prefix, all[i].prefix.folded_path());
+        self.by_path.insert_unique(hash, at, rehash);
+        *self
+            .ports
+            .entry((prefix.scheme(), prefix.port()))
+            .or_default() += 1;
+    }
+
+    /// Indexes `all` anew, after a removal moved the positions.
+    fn rebuild(&mut self, all: &[Reservation]) {
+        self.by_path.clear();
+        self.ports.clear();
+        for at in 0..all.len() {
+            self.insert(all, at);
+        }
+    }
+
+    /// The position of the reservation of `prefix`'s site whose folded path is `path`.
+    fn find(&self, all: &[Reservation], prefix: &UrlPrefix, path: &str) -> Option<usize> {
+        let hash = self.hash(prefix, path);
+        self.by_path
+            .find(hash, |&i| {
+                let r = &all[i].prefix;
+                r.folded_path() == path && r.same_site(prefix)
+            })
+            .copied()
+    }
+
+    /// True when `scheme` and `port` have an explicit reservation.
+    fn on_port(&self, scheme: Scheme, port: u16) -> bool {
+        self.ports.get(&(scheme, port)).is_some_and(|&n| n > 0)
+    }
 }
 
 impl UrlAcl {
@@ -293,7 +379,10 @@ impl UrlAcl {
 
     /// The reservation of exactly this URL.
     pub fn get(&self, prefix: &UrlPrefix) -> Option<&Reservation> {
-        self.reservations.iter().find(|r| r.prefix == *prefix)
+        let at = self
+            .index
+            .find(&self.reservations, prefix, prefix.folded_path())?;
+        self.reservations.get(at)
     }
 
     /// Decides whether `caller` may register `prefix`: the other-scheme check, then the
@@ -309,10 +398,16 @@ impl UrlAcl {
         prefix: &'a UrlPrefix,
         caller: &Caller,
     ) -> Result<Governing<'a>, AclError> {
+        let other_scheme = prefix.scheme().other();
         if let Some(other) = self
-            .reservations
-            .iter()
-            .find(|r| r.prefix.port() == prefix.port() && r.prefix.scheme() != prefix.scheme())
+            .index
+            .on_port(other_scheme, prefix.port())
+            .then(|| {
+                self.reservations
+                    .iter()
+                    .find(|r| r.prefix.port() == prefix.port() && r.prefix.scheme() == other_scheme)
+            })
+            .flatten()
         {
             return Err(AclError::SchemeConflict {
                 existing: other.prefix.as_str().to_owned(),
@@ -380,7 +475,7 @@ impl UrlAcl {
     /// As [`check_reserve`](UrlAcl::check_reserve).
     pub fn add(&mut self, reservation: Reservation, caller: &Caller) -> Result<(), AclError> {
         self.check_reserve(&reservation.prefix, caller)?;
-        self.reservations.push(reservation);
+        self.push(reservation);
         Ok(())
     }
 
@@ -395,8 +490,15 @@ impl UrlAcl {
                 existing: r.prefix.as_str().to_owned(),
             });
         }
-        self.reservations.push(reservation);
+        self.push(reservation);
         Ok(())
+    }
+
+    /// Appends a reservation checked already, and indexes it.
+    fn push(&mut self, reservation: Reservation) {
+        self.reservations.push(reservation);
+        self.index
+            .insert(&self.reservations, self.reservations.len() - 1);
     }
 
     /// Removes a reservation; administrators may remove any, others need the delegate right
@@ -407,9 +509,8 @@ impl UrlAcl {
     /// [`AclError::NotReserved`] or [`AclError::AccessDenied`].
     pub fn remove(&mut self, prefix: &UrlPrefix, caller: &Caller) -> Result<Reservation, AclError> {
         let index = self
-            .reservations
-            .iter()
-            .position(|r| r.prefix == *prefix)
+            .index
+            .find(&self.reservations, prefix, prefix.folded_path())
             .ok_or_else(|| AclError::NotReserved {
                 prefix: prefix.as_str().to_owned(),
             })?;
@@ -420,22 +521,31 @@ impl UrlAcl {
                 None => return Err(denied(Governing::Implicit(prefix), "delegate")),
             }
         }
-        Ok(self.reservations.remove(index))
+        // Removals are rare: the order added is kept, and the index made anew.
+        let removed = self.reservations.remove(index);
+        self.index.rebuild(&self.reservations);
+        Ok(removed)
     }
 
     /// The explicit reservation governing `prefix`, excluding the same URL when `strictly`.
+    /// Paths end with `/`, so the paths that cover a path are its prefixes that end with
+    /// one: looked up longest first, the first found is the longest.
     fn governing(&self, prefix: &UrlPrefix, strictly: bool) -> Option<&Reservation> {
-        self.reservations
-            .iter()
-            .filter(|r| r.prefix.same_site(prefix) && r.prefix.path_covers(prefix))
-            .filter(|r| !strictly || r.prefix != *prefix)
-            .max_by_key(|r| r.prefix.path().chars().count())
+        let path = prefix.folded_path();
+        path.match_indices('/')
+            .rev()
+            .map(|(at, _)| &path[..=at])
+            .filter(|covering| !strictly || covering.len() < path.len())
+            .find_map(|covering| self.index.find(&self.reservations, prefix, covering))
+            .map(|at| &self.reservations[at])
     }
 
     /// The localhost exemption: non-administrators, http, port above 1024, `localhost` or a
     /// loopback literal, and no explicit reservation on that scheme and port.
     fn exempt(&self, prefix: &UrlPrefix, caller: &Caller) -> bool {
-        !caller.admin && Self::exemptable(prefix) && self.on_port(prefix).is_none()
+        !caller.admin
+            && Self::exemptable(prefix)
+            && !self.index.on_port(prefix.scheme(), prefix.port())
     }
 
     /// What the exemption may cover: http, port above 1024, `localhost` or a loopback
@@ -453,6 +563,9 @@ impl UrlAcl {
     /// An explicit reservation on `prefix`'s scheme and port, which takes the exemption
     /// away.
     fn on_port(&self, prefix: &UrlPrefix) -> Option<&Reservation> {
+        if !self.index.on_port(prefix.scheme(), prefix.port()) {
+            return None;
+        }
         self.reservations
             .iter()
             .find(|r| r.prefix.scheme() == prefix.scheme() && r.prefix.port() == prefix.port())
@@ -493,6 +606,80 @@ mod tests {
         acl.check_register(&prefix, caller)
             .map(|g| g.describe())
             .map_err(|e| (e.win32(), e.governing().map(str::to_owned)))
+    }
+
+    /// The governing reservation, as the rules state it: every reservation looked at.
+    fn governing_by_scan<'a>(
+        acl: &'a UrlAcl,
+        prefix: &UrlPrefix,
+        strictly: bool,
+    ) -> Option<&'a Reservation> {
+        acl.iter()
+            .filter(|r| r.prefix.same_site(prefix) && r.prefix.path_covers(prefix))
+            .filter(|r| !strictly || r.prefix != *prefix)
+            .max_by_key(|r| r.prefix.folded_path().len())
+    }
+
+    #[test]
+    fn the_index_finds_what_a_scan_finds_through_adds_and_removals() {
+        let hosts = [
+            "+",
+            "*",
+            "a.example",
+            "A.EXAMPLE",
+            "127.0.0.1",
+            "[::1]",
+            "b.example",
+        ];
+        let paths = [
+            "/",
+            "/app/",
+            "/APP/",
+            "/app/sub/",
+            "/app/sub/deep/",
+            "/other/",
+            "/app/x/",
+        ];
+        let mut seed = 11u64;
+        let mut next = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let any = |next: &mut dyn FnMut(usize) -> usize| {
+            let scheme = ["http", "https"][next(2)];
+            let port = [80, 443, 8080][next(3)];
+            p(&format!(
+                "{scheme}://{}:{port}{}",
+                hosts[next(hosts.len())],
+                paths[next(paths.len())]
+            ))
+        };
+        let mut acl = UrlAcl::new();
+        for step in 0..3_000 {
+            let prefix = any(&mut next);
+            if next(3) == 0 {
+                let root = Caller::new("root").admin(true);
+                let _ = acl.remove(&prefix, &root);
+            } else {
+                let _ = acl.insert(Reservation::new(prefix, Vec::new()));
+            }
+            let probe = any(&mut next);
+            for strictly in [false, true] {
+                assert_eq!(
+                    acl.governing(&probe, strictly).map(|r| r.prefix.as_str()),
+                    governing_by_scan(&acl, &probe, strictly).map(|r| r.prefix.as_str()),
+                    "{probe} at step {step}"
+                );
+            }
+            assert_eq!(
+                acl.get(&probe).map(|r| r.prefix.as_str()),
+                acl.iter()
+                    .find(|r| r.prefix == probe)
+                    .map(|r| r.prefix.as_str())
+            );
+        }
     }
 
     #[test]
