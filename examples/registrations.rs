@@ -44,6 +44,9 @@ struct Args {
     /// Keep the URLs registered and wait for Ctrl-C instead of removing them.
     #[arg(long)]
     keep: bool,
+    /// Put each URL on a queue of its own (QUEUE-N), created just before it: COUNT queues.
+    #[arg(long)]
+    queue_each: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -60,22 +63,31 @@ async fn main() -> ExitCode {
 
 async fn run(args: &Args) -> Result<(), portshare_client::Error> {
     let mut control = Control::connect(&args.control).await?;
-    let spec = QueueSpec {
-        name: Some(args.queue.clone()),
+    let queue = |n: u32| match args.queue_each {
+        true => format!("{}-{n}", args.queue),
+        false => args.queue.clone(),
+    };
+    let create = |n: u32| QueueSpec {
+        name: Some(queue(n)),
         ..QueueSpec::default()
     };
-    control.create_queue(&spec).await?;
+    if !args.queue_each {
+        control.create_queue(&create(0)).await?;
+    }
     let rss_before = rss_kib(args.pid);
     let url = |n: u32| format!("http://+:{}/tenant{n}/app/", args.port);
 
     println!("add: registrations so far | seconds for the last step | µs each | RSS MiB");
     let mut report = Report::new(args, rss_before);
     for n in 0..args.count {
+        if args.queue_each {
+            control.create_queue(&create(n)).await?;
+        }
         let add = AddUrl {
             url: url(n),
             context: u64::from(n),
         };
-        control.add_url(&args.queue, &add).await?;
+        control.add_url(&queue(n), &add).await?;
         report.done(n + 1);
     }
     let added = report.total();
@@ -90,7 +102,7 @@ async fn run(args: &Args) -> Result<(), portshare_client::Error> {
     let mut report = Report::new(args, rss_before);
     for n in 0..args.count {
         let rm = RemoveUrl { url: url(n) };
-        let path = format!("/v1/queues/{}/urls", args.queue);
+        let path = format!("/v1/queues/{}/urls", queue(n));
         let answer = control.send(Method::DELETE, &path, Some(&rm)).await?;
         if !answer.status().is_success() {
             let body = String::from_utf8_lossy(answer.body()).into_owned();
