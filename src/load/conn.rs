@@ -1,19 +1,22 @@
 //! One connection of the generator: a task that opens its TCP connection on its first
-//! request, then serves one request at a time over HTTP/1.1 keep-alive, handed to it by the
-//! dispatcher, and hands itself back after each response, until the server closes the
-//! connection, something fails, or the dispatcher says the run is over.
+//! request, then serves one request at a time over HTTP/1.1 keep-alive. Back from each
+//! response it takes the next request whose time has come itself, from its thread's
+//! [`Lane`]; when there is none it parks there until the dispatcher hands it one at its
+//! time. It ends when the server closes the connection, something fails, or the plan is
+//! over.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::parse::{self, Framing};
+use super::plan::Lane;
 use super::record::{Outcome, Recorder};
 
 /// One request for a connection: when it was meant to leave, and the second it counts in.
@@ -23,19 +26,20 @@ pub(crate) struct Job {
     pub(crate) second: usize,
 }
 
-/// A connection's handle: `Some(job)` to serve, `None` to end.
-pub(crate) type Handle = mpsc::UnboundedSender<Option<Job>>;
-
-/// What a connection tells the dispatcher after a request.
-#[derive(Debug)]
-pub(crate) enum Back {
-    /// Ready for another request.
-    Idle(Handle),
-    /// Gone.
-    Closed,
+impl Job {
+    /// The request meant to leave `at` after `start`.
+    pub(crate) fn new(start: Instant, at: Duration) -> Job {
+        Job {
+            intended: start + at,
+            second: at.as_secs() as usize,
+        }
+    }
 }
 
-/// What every connection shares.
+/// A parked connection's handle: `Some(job)` to serve, `None` to end.
+pub(crate) type Handle = mpsc::UnboundedSender<Option<Job>>;
+
+/// What a thread's connections and its dispatcher share.
 #[derive(Debug)]
 pub(crate) struct Target {
     pub(crate) addr: SocketAddr,
@@ -43,7 +47,23 @@ pub(crate) struct Target {
     pub(crate) request: Vec<u8>,
     pub(crate) timeout: Duration,
     pub(crate) recorder: Arc<Recorder>,
-    pub(crate) back: mpsc::UnboundedSender<Back>,
+    /// Where the intended times count from.
+    pub(crate) start: Instant,
+    pub(crate) lane: Mutex<Lane<Handle>>,
+    /// Told each time a connection closes, for the end of the run.
+    pub(crate) closed: Notify,
+}
+
+impl Target {
+    /// The lane, locked (never across an await: one thread, and short sections).
+    pub(crate) fn lane(&self) -> MutexGuard<'_, Lane<Handle>> {
+        self.lane.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lane().closed();
+        self.closed.notify_one();
+    }
 }
 
 /// Why an exchange failed.
@@ -56,30 +76,72 @@ enum Failed {
 pub(crate) async fn run(target: Arc<Target>, first: Job) {
     let mut stream: Option<TcpStream> = None;
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // One channel for the connection's life; the dispatcher ends it with `None`.
+    // One channel for the connection's life, for when it is parked.
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // One timer for the connection's life, for every exchange's timeout. Re-arming a
+    // timer per exchange costs more than the exchange's own work at high rates; each
+    // exchange's deadline is later than the last one's, so the timer is left where it is
+    // and, should it fire before the current deadline, moved on then.
+    let timer = tokio::time::sleep(target.timeout);
+    tokio::pin!(timer);
     let mut job = first;
     loop {
+        let deadline = Instant::now() + target.timeout;
         let exchange = exchange(&target, &mut stream, &mut buf);
-        let (outcome, keep) = match tokio::time::timeout(target.timeout, exchange).await {
-            Ok(Ok((status, retry_after, close))) => (Outcome::Status(status, retry_after), !close),
-            Ok(Err(Failed::Reset)) => (Outcome::Reset, false),
-            Ok(Err(Failed::Error)) => (Outcome::Error, false),
-            Err(_) => (Outcome::Timeout, false),
+        tokio::pin!(exchange);
+        let ended = loop {
+            tokio::select! {
+                biased;
+                r = &mut exchange => break Some(r),
+                () = &mut timer => {
+                    if timer.deadline() >= deadline {
+                        break None;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
         };
-        target
-            .recorder
-            .ended(job.second, outcome, job.intended.elapsed());
+        let (outcome, keep) = match ended {
+            Some(Ok((status, retry_after, close))) => {
+                (Outcome::Status(status, retry_after), !close)
+            }
+            Some(Err(Failed::Reset)) => (Outcome::Reset, false),
+            Some(Err(Failed::Error)) => (Outcome::Error, false),
+            None => (Outcome::Timeout, false),
+        };
+        let now = Instant::now();
+        target.recorder.ended(
+            job.second,
+            outcome,
+            now.saturating_duration_since(job.intended),
+        );
         if !keep {
-            let _ = target.back.send(Back::Closed);
+            target.close();
             return;
         }
-        if target.back.send(Back::Idle(tx.clone())).is_err() {
-            return;
-        }
-        job = match rx.recv().await {
-            Some(Some(job)) => job,
-            Some(None) | None => return,
+        let next = {
+            let mut lane = target.lane();
+            match lane.claim(now.saturating_duration_since(target.start)) {
+                Some(at) => Ok(Job::new(target.start, at)),
+                None if lane.over() => Err(true),
+                None => {
+                    lane.park(tx.clone());
+                    Err(false)
+                }
+            }
+        };
+        job = match next {
+            Ok(job) => job,
+            Err(true) => {
+                target.close();
+                return;
+            }
+            // Parked, counted among the pool's idle ones until handed a job or told to
+            // end (then counted closed by whoever told it).
+            Err(false) => match rx.recv().await {
+                Some(Some(job)) => job,
+                Some(None) | None => return,
+            },
         };
     }
 }

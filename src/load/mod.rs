@@ -3,11 +3,13 @@
 //!
 //! Requests are scheduled at fixed times by the rate (`plan`), whatever the server does, and
 //! their latency is measured from that intended time, so a slow server cannot slow the
-//! arrivals down and hide its queueing (no coordinated omission). A dispatcher hands each
-//! request whose time has come to an idle keep-alive connection, opens a new one below
-//! `--connections`, or else counts it "not sent": it never waits. With `--threads N`, each
-//! thread runs its own dispatcher over every N-th request and its share of the connections,
-//! on a current-thread runtime, so nothing crosses threads. Each connection (`conn`)
+//! arrivals down and hide its queueing (no coordinated omission). A connection back from a
+//! response takes the newest request whose time has come itself; at a request's time a
+//! dispatcher hands it to a parked connection, or opens a new one below `--connections`;
+//! a request that finds every connection busy and the cap reached, and none free within a
+//! timer tick (1 ms), is counted "not sent": it never waits longer (`plan`). With
+//! `--threads N`, each thread has every N-th request, its share of the connections and its
+//! own dispatcher, on a current-thread runtime, so nothing crosses threads. Each connection (`conn`)
 //! is a task speaking HTTP/1.1 with a parser of its own (`parse`). Outcomes and HDR
 //! latency histograms are recorded per second of intended send time (`record`); once a
 //! second the control socket is asked for the target queue's depth, counters and
@@ -24,14 +26,14 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch as signal};
+use tokio::sync::{Notify, watch as signal};
 use tokio::time::Instant;
 
-use self::conn::{Back, Handle, Job, Target};
-use self::plan::{Place, Pool, Schedule, Step};
+use self::conn::{Job, Target};
+use self::plan::{Lane, Place, Schedule, Step};
 use self::record::{QueueSecond, Recorder, Row, Sample};
 
 /// Arguments of `portshare load`.
@@ -50,8 +52,8 @@ pub(crate) struct Args {
     /// Stepped rates instead of --rate: RATE:DURATION,... such as 100:10s,200:10s,400:10s.
     #[arg(long, value_name = "STEPS", value_parser = steps)]
     steps: Option<Steps>,
-    /// The most connections open at once; a request whose time comes while all are busy
-    /// is counted "not sent".
+    /// The most connections open at once; a request whose time comes while all are busy,
+    /// and none comes free within 1 ms, is counted "not sent".
     #[arg(long, value_name = "N", default_value_t = 256)]
     connections: usize,
     /// How long a request may take, from when it is sent; then it counts as a timeout.
@@ -194,17 +196,17 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     let recorders: Vec<Arc<Recorder>> = (0..shards).map(|_| Arc::new(Recorder::new())).collect();
     let mut threads = Vec::with_capacity(shards);
     for (i, recorder) in recorders.iter().enumerate() {
-        let (back_tx, back_rx) = mpsc::unbounded_channel();
+        let connections = args.connections / shards + usize::from(i < args.connections % shards);
         let target = Arc::new(Target {
             addr: setup.addr,
             request: request.clone(),
             timeout: args.timeout,
             recorder: recorder.clone(),
-            back: back_tx,
+            start,
+            lane: Mutex::new(Lane::new(schedule.clone(), (i, shards), connections)),
+            closed: Notify::new(),
         });
-        let schedule = schedule.clone();
         let recorder = recorder.clone();
-        let connections = args.connections / shards + usize::from(i < args.connections % shards);
         let timeout = args.timeout;
         let thread = std::thread::Builder::new()
             .name(format!("load-{i}"))
@@ -213,16 +215,7 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                Ok::<bool, String>(runtime.block_on(dispatch(
-                    schedule,
-                    (i, shards),
-                    start,
-                    target,
-                    back_rx,
-                    &recorder,
-                    connections,
-                    timeout,
-                )))
+                Ok::<bool, String>(runtime.block_on(dispatch(target, &recorder, timeout)))
             });
         match thread {
             Ok(t) => threads.push(t),
@@ -322,45 +315,22 @@ async fn lab(args: Args, setup: Setup) -> ExitCode {
     code
 }
 
-/// Hands each request of shard `(i, n)` (requests i, i + n, i + 2n... of the schedule) to
-/// a connection at its time, or counts it not sent, until the plan ends (or Ctrl-C); then
-/// waits for the connections to finish (each within `timeout`). True when interrupted.
-#[allow(clippy::too_many_arguments)]
-async fn dispatch(
-    mut schedule: Schedule,
-    (shard, shards): (usize, usize),
-    start: Instant,
-    target: Arc<Target>,
-    mut back: mpsc::UnboundedReceiver<Back>,
-    recorder: &Recorder,
-    connections: usize,
-    timeout: Duration,
-) -> bool {
-    let mut pool: Pool<Handle> = Pool::new(connections);
-    let apply = |pool: &mut Pool<Handle>, b: Back| match b {
-        Back::Idle(h) => pool.idle(h),
-        Back::Closed => pool.closed(),
-    };
+/// Runs one thread's lane to its end (or Ctrl-C): at each request's time, if no connection
+/// back from a response took it, hands it to a parked connection or opens a new one below
+/// the cap; then waits for the connections to finish (each within `timeout`) and records
+/// what was offered. True when interrupted.
+async fn dispatch(target: Arc<Target>, recorder: &Recorder, timeout: Duration) -> bool {
+    let start = target.start;
     let interrupt = tokio::signal::ctrl_c();
     tokio::pin!(interrupt);
     let mut interrupted = false;
-    let advance = move |s: &mut Schedule| {
-        let t = s.next_time();
-        for _ in 1..shards {
-            let _ = s.next_time();
-        }
-        t
-    };
-    for _ in 0..shard {
-        let _ = schedule.next_time();
-    }
-    let mut next = advance(&mut schedule);
-    // One timer, moved as the next time changes: a connection's return wakes the loop far
-    // more often than the timer fires, and a timer per wake would be registered and
-    // dropped each time.
+    // One timer, moved as the next time changes.
     let timer = tokio::time::sleep_until(start);
     tokio::pin!(timer);
-    'run: while let Some(at) = next {
+    loop {
+        let Some(at) = target.lane().wake_at() else {
+            break;
+        };
         let due = start + at;
         if due > Instant::now() {
             if timer.deadline() != due {
@@ -368,77 +338,50 @@ async fn dispatch(
             }
             tokio::select! {
                 () = &mut timer => {}
-                Some(b) = back.recv() => {
-                    apply(&mut pool, b);
-                    continue 'run;
-                }
-                _ = &mut interrupt => {
+                _ = &mut interrupt, if !interrupted => {
                     interrupted = true;
-                    break 'run;
+                    target.lane().stop();
+                    continue;
                 }
             }
         }
-        while let Ok(b) = back.try_recv() {
-            apply(&mut pool, b);
-        }
-        let now = Instant::now();
-        // Counted per batch and second, not per request: one lock a batch.
-        let mut tally: Option<(usize, u64, u64)> = None;
-        while let Some(at) = next {
-            let intended = start + at;
-            if intended > now {
-                break;
-            }
-            let job = Job {
-                intended,
-                second: at.as_secs() as usize,
-            };
-            let sent = loop {
-                match pool.take() {
-                    Place::Idle(h) => match h.send(Some(job)) {
-                        Ok(()) => break true,
+        let now = start.elapsed();
+        loop {
+            let placed = target.lane().place(now);
+            match placed {
+                Some((Place::Idle(h), at)) => {
+                    if h.send(Some(Job::new(start, at))).is_err() {
                         // Its task is gone without a word (it cannot be, short of a bug):
-                        // forget it and try the next place.
-                        Err(_) => pool.closed(),
-                    },
-                    Place::Open => {
-                        tokio::spawn(conn::run(target.clone(), job));
-                        break true;
+                        // forget it, and the request goes to the next place.
+                        let mut lane = target.lane();
+                        lane.closed();
+                        lane.put_back(at);
                     }
-                    Place::NotSent => break false,
                 }
-            };
-            match &mut tally {
-                Some((second, s, n)) if *second == job.second => {
-                    *s += u64::from(sent);
-                    *n += u64::from(!sent);
+                Some((Place::Open, at)) => {
+                    tokio::spawn(conn::run(target.clone(), Job::new(start, at)));
                 }
-                _ => {
-                    if let Some((second, s, n)) = tally {
-                        recorder.offered(second, s, n);
-                    }
-                    tally = Some((job.second, u64::from(sent), u64::from(!sent)));
-                }
+                Some((Place::NotSent, _)) | None => break,
             }
-            next = advance(&mut schedule);
-        }
-        if let Some((second, s, n)) = tally {
-            recorder.offered(second, s, n);
         }
     }
-    // The end: idle connections are told to go; busy ones end within their timeout.
-    for h in pool.drain_idle() {
+    // The end: parked connections are told to go; busy ones end within their timeout and
+    // then close themselves, the plan being over.
+    for h in target.lane().drain_idle() {
         let _ = h.send(None);
     }
     let deadline = Instant::now() + timeout + Duration::from_secs(2);
-    while pool.open() > 0 {
-        match tokio::time::timeout_at(deadline, back.recv()).await {
-            Ok(Some(Back::Idle(h))) => {
-                let _ = h.send(None);
-                pool.closed();
-            }
-            Ok(Some(Back::Closed)) => pool.closed(),
-            Ok(None) | Err(_) => break,
+    while target.lane().open() > 0 {
+        if tokio::time::timeout_at(deadline, target.closed.notified())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    for (second, &(sent, not_sent)) in target.lane().offered().iter().enumerate() {
+        if sent + not_sent > 0 {
+            recorder.offered(second, sent, not_sent);
         }
     }
     interrupted
