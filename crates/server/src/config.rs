@@ -620,16 +620,15 @@ impl Config {
                 "admin_group is empty: expected a group name or gid:N",
             ));
         }
+        // Sets, not pairs: a file may hold 10,000 reservations or queues.
+        let mut reserved = std::collections::HashSet::new();
         for (i, a) in self.urlacls.iter().enumerate() {
             let at = |key: &'static str, message: String| {
                 Fault::at(Some(("urlacl", Some(i))), key, message)
             };
             let prefix = portshare_router::UrlPrefix::parse(&a.url)
                 .map_err(|e| at("url", format!("urlacl url = {:?}: {e}", a.url)))?;
-            if self.urlacls[..i]
-                .iter()
-                .any(|b| portshare_router::UrlPrefix::parse(&b.url).is_ok_and(|p| p == prefix))
-            {
+            if !reserved.insert(prefix) {
                 return Err(at(
                     "url",
                     format!("urlacl url = {:?}: reserved twice", a.url),
@@ -668,13 +667,14 @@ impl Config {
             a.check()?;
         }
         edge::check(&self.listeners, &self.trusted_proxies)?;
+        let mut names = std::collections::HashSet::new();
         for (i, q) in self.queues.iter().enumerate() {
             let at = |key: &'static str, message: String| {
                 Fault::at(Some(("queue", Some(i))), key, message)
             };
             portshare_proto::control::check_queue_name(&q.name)
                 .map_err(|e| at("name", format!("queue {:?}: {e}", q.name)))?;
-            if self.queues[..i].iter().any(|p| p.name == q.name) {
+            if !names.insert(q.name.as_str()) {
                 return Err(at("name", format!("queue {:?}: defined twice", q.name)));
             }
             // The rules the control API holds the properties to, then the file's own.
