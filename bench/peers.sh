@@ -10,6 +10,12 @@
 # the row. Builds the release binaries first; installs wrk, nginx, haproxy and h2load
 # with apt-get when they are missing (root only). Every peers.sh knob passes through
 # (DURATION, CONNS, SYSCALLS=1, ...). Output: peers.sh's tables, on stdout.
+#
+#   EXTRA_URLS=100000 bench/peers.sh attached
+#                             the same, the daemon holding that many other registrations
+#                             on the port (http://+:PORT/tenantN/app/, from
+#                             examples/registrations) before the app registers: the A/B
+#                             of routing among many URLs
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,7 +34,8 @@ if (( ${#missing[@]} )); then
     fi
 fi
 
-(cd "$ROOT" && cargo build --release --bin portshare --example hello >&2)
+(cd "$ROOT" && cargo build --release --bin portshare --example hello --example registrations >&2)
+EXTRA_URLS=${EXTRA_URLS:-0}
 BIN=$ROOT/target/release
 
 wait_sock='for _ in $(seq 200); do [[ -S {workdir}/control.sock ]] && break; sleep 0.05; done'
@@ -36,8 +43,15 @@ wait_sock='for _ in $(seq 200); do [[ -S {workdir}/control.sock ]] && break; sle
 # The body the stock backend sends: "hello, world\n" at 13 bytes, else that many x's.
 body='if [[ $BENCH_BODY_SIZE == 13 ]]; then body=$(printf "hello, world\nX"); body=${body%X}; else body=$(head -c "$BENCH_BODY_SIZE" /dev/zero | tr "\0" x); fi'
 
+extra=""
+if (( EXTRA_URLS > 0 )); then
+    extra="$BIN/examples/registrations --control {workdir}/control.sock --count $EXTRA_URLS --port {port} --keep >{workdir}/extra.log 2>&1 &
+for _ in \$(seq 1200); do grep -q registered {workdir}/extra.log && break; sleep 0.1; done"
+    export DISPATCHER_READY_TIMEOUT=${DISPATCHER_READY_TIMEOUT:-180}
+fi
 attached="$BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} 2>{workdir}/daemon.log &
 $wait_sock
+$extra
 $body
 exec $BIN/examples/hello --control {workdir}/control.sock --name bench --threads \$BENCH_WORKERS --body \"\$body\" http://+:{port}{prefix}"
 
