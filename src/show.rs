@@ -843,6 +843,26 @@ URL reservations (taking part in routing):
     }
 
     #[test]
+    fn a_filtered_servicestate_says_so() {
+        let mut s = state();
+        s.listeners.clear();
+        s.filter = Some(StateFilter {
+            queue: Some("app".into()),
+            port: Some(8080),
+            url: Some("http://+:8080/a".into()),
+        });
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains(
+                "Shown: queue app, port 8080, URLs beginning http://+:8080/a (a filtered view)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Listeners:\n    (none shown)\n"), "{text}");
+        assert!(!servicestate_text(&state()).contains("Shown:"));
+    }
+
+    #[test]
     fn servicestate_says_why_registered_urls_have_no_listener() {
         let mut s = state();
         s.listeners.clear();

@@ -460,3 +460,33 @@ fn show_servicestate_filters_by_queue_port_and_url() {
     let (code, _, err) = show(&["--port", "0"]);
     assert_eq!(code, Some(2), "{err}");
 }
+
+#[test]
+fn a_filtered_view_hides_what_the_whole_view_hides() {
+    let (d, site) = open_daemon("");
+    let (_app, port) = hello_on_free_port(&d, "roots", &["/r/"], &[]);
+    let filtered = format!("/v1/state?queue=roots&port={port}");
+    let Some(p) = probe(
+        &site,
+        Some(OWNER),
+        json!([call("GET", &filtered, Value::Null)]),
+        &[],
+    ) else {
+        return;
+    };
+    let (status, view) = p.result(0);
+    assert_eq!(status, 200, "{view}");
+    let q = &view["queues"][0];
+    assert_eq!(q["name"], "roots", "{view}");
+    assert_eq!(
+        (q["processes"].clone(), q["processes_hidden"].clone()),
+        (json!([]), json!(true))
+    );
+    // Root, an administrator, sees them through the same filter.
+    let (_, mine) = d.ctl().call("GET", &filtered, None);
+    assert_eq!(
+        mine["queues"][0]["processes"].as_array().map(Vec::len),
+        Some(1),
+        "{mine}"
+    );
+}
