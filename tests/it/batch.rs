@@ -490,3 +490,42 @@ fn a_filtered_view_hides_what_the_whole_view_hides() {
         "{mine}"
     );
 }
+
+#[test]
+fn a_reload_changes_only_the_urls_that_changed() {
+    let port = free_port();
+    let config = |urls: &[&str]| {
+        let list: Vec<String> = urls
+            .iter()
+            .map(|u| format!("\"http://+:{port}/{u}/\""))
+            .collect();
+        format!(
+            "iplisten = [\"127.0.0.1\"]\n\n[[queue]]\nname = \"q\"\nurls = [{}]\n",
+            list.join(", ")
+        )
+    };
+    let d = Daemon::builder()
+        .config(config(&["A", "b", "c"]))
+        .iplisten_from_config()
+        .spawn();
+    // `A` spelled `a` is the same URL: no change; `c` goes, `d` comes.
+    d.write_config(&config(&["a", "b", "d"]));
+    let (status, report) = d.ctl().call("POST", "/v1/reload", None);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(
+        report["changes"],
+        json!([
+            format!("queue \"q\": http://+:{port}/c/ removed"),
+            format!("queue \"q\": http://+:{port}/d/ added"),
+        ]),
+        "{report}"
+    );
+    assert_eq!(
+        prefixes(&d.state()),
+        [
+            format!("http://+:{port}/A/"),
+            format!("http://+:{port}/b/"),
+            format!("http://+:{port}/d/"),
+        ]
+    );
+}

@@ -152,11 +152,9 @@ impl Daemon {
         let mut reservations: Vec<String> = st
             .acl
             .iter()
-            .filter(|r| {
-                let url = r.prefix().to_string();
-                filter.shows_url_text(&url, r.prefix().port())
-            })
-            .map(|r| r.prefix().to_string())
+            .map(|r| (r.prefix().to_string(), r.prefix().port()))
+            .filter(|(url, port)| filter.shows_url_text(url, *port))
+            .map(|(url, _)| url)
             .collect();
         reservations.sort();
         ServiceState {
