@@ -468,7 +468,7 @@ fn run_registers_its_urls_together_or_not_at_all() {
     // The URL refused is named, the other one is not left registered.
     assert!(text.contains(&format!("cannot register {taken}")), "{text}");
     assert!(text.contains("183"), "{text}");
-    assert_eq!(prefixes(&d), [taken.clone()]);
+    assert_eq!(prefixes(&d), [taken]);
     assert!(!marker.exists(), "the command ran");
 }
 
