@@ -529,3 +529,43 @@ fn a_reload_changes_only_the_urls_that_changed() {
         ]
     );
 }
+
+#[test]
+fn a_batch_past_the_users_url_cap_registers_none() {
+    let port = free_port();
+    let (d, site) = open_daemon(&format!(
+        "[[urlacl]]\nurl = \"http://+:{port}/mine/\"\nusers = [\"uid:{OWNER}\"]\n\n\
+         [control]\nmax_urls_per_uid = 2\n"
+    ));
+    let urls: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|p| json!({ "url": format!("http://+:{port}/mine/{p}/") }))
+        .collect();
+    let Some(p) = probe(
+        &site,
+        Some(OWNER),
+        json!([
+            call("POST", "/v1/queues", json!({ "name": "capped" })),
+            call("POST", "/v1/queues/capped/urls", json!({ "urls": urls })),
+            call(
+                "POST",
+                "/v1/queues/capped/urls",
+                json!({ "urls": urls[..2] })
+            ),
+        ]),
+        &[],
+    ) else {
+        return;
+    };
+    // The third URL is past the cap: 1816 at its place, and none of the three stays.
+    let (status, err) = p.result(1);
+    assert_eq!(status, 429, "{err}");
+    assert_eq!(
+        (err["code"].as_u64(), err["index"].as_u64()),
+        (Some(1816), Some(2))
+    );
+    // Two fit.
+    let (status, body) = p.result(2);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(prefixes(&d.state()).len(), 2);
+}
