@@ -238,6 +238,7 @@ mod tests {
                 code,
                 name: "X".into(),
                 message: message.into(),
+                index: None,
             })
         };
         let urlacl = api(5, "denied").hint("urlacl add", false).unwrap_or("");

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use portshare_proto::control::{
     AccessEntry, AccountKind, IpListenList, QueueState, ReservationInfo, ServiceState, Source,
-    UrlAclList, Verbosity, path,
+    StateFilter, UrlAclList, Verbosity, path,
 };
 use portshare_proto::text::{count, printable};
 use serde::de::DeserializeOwned;
@@ -29,6 +29,17 @@ enum What {
         /// Print the daemon's JSON state view.
         #[arg(long)]
         json: bool,
+        /// Only this queue and its URLs.
+        #[arg(long, value_name = "NAME")]
+        queue: Option<String>,
+        /// Only URLs on this port, the queues holding them, and the port's sockets and
+        /// reservations.
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+        /// Only URLs beginning with this text (as `show servicestate` prints them), the
+        /// queues holding them, and the reservations beginning with it.
+        #[arg(long, value_name = "PREFIX")]
+        url: Option<String>,
     },
     /// URL reservations (`netsh http show urlacl`).
     Urlacl {
@@ -62,10 +73,15 @@ enum What {
 pub(crate) fn run(args: Args) -> ExitCode {
     let client = args.control.client();
     match args.what {
-        What::Servicestate { json } => show(
+        What::Servicestate {
+            json,
+            queue,
+            port,
+            url,
+        } => show(
             &client,
             "show servicestate",
-            path::STATE,
+            &StateFilter { queue, port, url }.path(),
             json,
             servicestate_text,
         ),
@@ -133,6 +149,19 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
         s.iplisten.join(", ")
     };
     let _ = writeln!(out, "IP listen list: {list}");
+    if let Some(f) = &s.filter {
+        let mut shown = Vec::new();
+        if let Some(q) = &f.queue {
+            shown.push(format!("queue {}", printable(q)));
+        }
+        if let Some(p) = f.port {
+            shown.push(format!("port {p}"));
+        }
+        if let Some(u) = &f.url {
+            shown.push(format!("URLs beginning {}", printable(u)));
+        }
+        let _ = writeln!(out, "Shown: {} (a filtered view)", shown.join(", "));
+    }
     if s.access_log_dropped > 0 {
         let _ = writeln!(
             out,
@@ -172,7 +201,9 @@ pub(crate) fn servicestate_text(s: &ServiceState) -> String {
     }
 
     let _ = writeln!(out, "\nListeners:");
-    if s.listeners.is_empty() {
+    if s.listeners.is_empty() && s.filter.is_some() {
+        let _ = writeln!(out, "    (none shown)");
+    } else if s.listeners.is_empty() {
         let _ = match s.prefixes.len() {
             0 => writeln!(out, "    (none: no URL is registered)"),
             n => writeln!(
@@ -737,6 +768,7 @@ mod tests {
                 max_connections: 44992,
             }),
             access_log_dropped: 7,
+            filter: None,
         }
     }
 
@@ -808,6 +840,26 @@ URL reservations (taking part in routing):
     http://+:80/reserved/
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_filtered_servicestate_says_so() {
+        let mut s = state();
+        s.listeners.clear();
+        s.filter = Some(StateFilter {
+            queue: Some("app".into()),
+            port: Some(8080),
+            url: Some("http://+:8080/a".into()),
+        });
+        let text = servicestate_text(&s);
+        assert!(
+            text.contains(
+                "Shown: queue app, port 8080, URLs beginning http://+:8080/a (a filtered view)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("Listeners:\n    (none shown)\n"), "{text}");
+        assert!(!servicestate_text(&state()).contains("Shown:"));
     }
 
     #[test]

@@ -92,18 +92,32 @@ impl Setup {
             .create_queue(&self.spec)
             .await
             .map_err(Failure::Queue)?;
-        for url in &self.urls {
-            let add = AddUrl {
+        // Every URL in one request: all registered, or none.
+        let adds: Vec<AddUrl> = self
+            .urls
+            .iter()
+            .map(|url| AddUrl {
                 url: url.clone(),
                 context: 0,
-            };
-            match control.add_url(&info.name, &add).await {
-                Ok(added) => {
+            })
+            .collect();
+        match control.add_urls(&info.name, &adds).await {
+            Ok(added) => {
+                for (url, added) in self.urls.iter().zip(added) {
                     for w in added.warnings {
                         eprintln!("portshare run: {url}: {w}");
                     }
                 }
-                Err(e) => return Err(Failure::Url(url.clone(), e)),
+            }
+            Err(e) => {
+                // The URL refused: the only one, or the one the batch names; all of them
+                // when the batch was refused whole.
+                let url = match (self.urls.as_slice(), e.api().and_then(|a| a.index)) {
+                    ([one], _) => one.clone(),
+                    (urls, Some(i)) => urls.get(i).cloned().unwrap_or_else(|| urls.join(", ")),
+                    (urls, None) => urls.join(", "),
+                };
+                return Err(Failure::Url(url, e));
             }
         }
         Ok(Session {

@@ -20,7 +20,7 @@ use portshare_proto::wire::{self, Frame, ResponseHead};
 use serde_json::{Value, json};
 
 /// The unprivileged accounts the tests act as.
-const OWNER: u32 = 65534;
+pub(crate) const OWNER: u32 = 65534;
 const GRANTEE: u32 = 65533;
 const STRANGER: u32 = 65532;
 
@@ -151,14 +151,14 @@ fn serve(mut sock: UnixStream, pre: &[u8], answer: &str) {
 }
 
 /// A running `access_probe` and what its steps answered.
-struct Probe {
+pub(crate) struct Probe {
     child: Child,
     results: Vec<Value>,
 }
 
 impl Probe {
     /// The status and body of step `i`.
-    fn result(&self, i: usize) -> (u16, &Value) {
+    pub(crate) fn result(&self, i: usize) -> (u16, &Value) {
         let r = &self.results[i];
         (r["status"].as_u64().unwrap_or(0) as u16, &r["body"])
     }
@@ -175,7 +175,7 @@ impl Drop for Probe {
 /// Where probes go: the daemon's control socket, a folder for their logs, and the probe
 /// binary where every account may run it.
 #[derive(Clone)]
-struct Site {
+pub(crate) struct Site {
     control: PathBuf,
     dir: PathBuf,
     exe: PathBuf,
@@ -183,7 +183,7 @@ struct Site {
 
 /// A daemon whose folder (and so its control socket and the probe binary copied into it)
 /// every account can reach.
-fn open_daemon(config: &str) -> (Daemon, Site) {
+pub(crate) fn open_daemon(config: &str) -> (Daemon, Site) {
     let dir = TempDir::open_to_all("access");
     // The test binary, where every uid may run it.
     let exe = dir.0.join("probe");
@@ -203,7 +203,7 @@ fn open_daemon(config: &str) -> (Daemon, Site) {
 
 /// Runs `script` in a probe process as `uid` (`None`: as this test's own user) and waits for
 /// its results. `None` when this machine cannot switch uids (outside CI only).
-fn probe(site: &Site, uid: Option<u32>, script: Value, extra: &[&str]) -> Option<Probe> {
+pub(crate) fn probe(site: &Site, uid: Option<u32>, script: Value, extra: &[&str]) -> Option<Probe> {
     let exe = &site.exe;
     // A copy of the binary can be busy for an instant after it is written: retry then.
     for _ in 0..50 {
@@ -284,7 +284,7 @@ fn probe(site: &Site, uid: Option<u32>, script: Value, extra: &[&str]) -> Option
     panic!("{} stayed busy", exe.display());
 }
 
-fn call(method: &str, path: &str, body: Value) -> Value {
+pub(crate) fn call(method: &str, path: &str, body: Value) -> Value {
     json!({ "call": [method, path, body] })
 }
 

@@ -16,6 +16,7 @@ mod abuse;
 mod access;
 mod accesslog;
 mod acme;
+mod batch;
 mod blocking;
 mod bodies;
 mod cli;

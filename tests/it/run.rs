@@ -445,6 +445,34 @@ fn refusals_come_before_the_child_starts() {
 }
 
 #[test]
+fn run_registers_its_urls_together_or_not_at_all() {
+    let d = Daemon::builder()
+        .dir(TempDir::open_to_all("run-batch"))
+        .spawn();
+    let port = free_port();
+    let mut other = d.ctl();
+    other.create_queue(json!({ "name": "first" }));
+    let taken = format!("http://+:{port}/taken/");
+    assert_eq!(other.add_url("first", &taken).0, 201);
+    let free = format!("http://+:{port}/free/");
+    let marker = d.dir.0.join("started");
+    let touch = marker.to_string_lossy().into_owned();
+    let mut run = Runner::spawn(
+        &[],
+        &d.control,
+        &d.dir.0,
+        &["--url", &free, "--url", &taken, "--", "touch", &touch],
+    );
+    assert_eq!(run.exit_code(20), Some(1), "{}", run.text());
+    let text = run.text();
+    // The URL refused is named, the other one is not left registered.
+    assert!(text.contains(&format!("cannot register {taken}")), "{text}");
+    assert!(text.contains("183"), "{text}");
+    assert_eq!(prefixes(&d), [taken]);
+    assert!(!marker.exists(), "the command ran");
+}
+
+#[test]
 fn an_app_that_never_gets_ready_is_stopped_with_its_last_lines() {
     let d = Daemon::start();
     let port = free_port();

@@ -12,7 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use portshare_proto::control::{
-    AddUrl, ApiError, QueueInfo, QueueSpec, ServiceState, SetReady, UrlAdded, path,
+    AddUrl, AddUrlBatch, ApiError, QueueInfo, QueueSpec, ServiceState, SetReady, StateFilter,
+    UrlAdded, UrlsAdded, path,
 };
 use portshare_proto::wire;
 use serde::Serialize;
@@ -237,6 +238,44 @@ impl Control {
     pub async fn add_url(&mut self, queue: &str, url: &AddUrl) -> Result<UrlAdded, Error> {
         self.call(Method::POST, &path::queue(queue, path::URLS), Some(url))
             .await
+    }
+
+    /// `POST /v1/queues/{queue}/urls` with every URL of `urls` in one request: all
+    /// registered, or none, the route table changed once (see
+    /// [`AddUrlBatch`]). One URL goes in the single form, which every daemon
+    /// understands; none sends nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`add_url`](Control::add_url); for several URLs, the [`ApiError`]'s
+    /// [`index`](ApiError::index) names the one that failed (none of them is registered),
+    /// or is absent when the batch was refused whole (more than [`AddUrlBatch::MAX`] URLs,
+    /// a queue the caller may not use).
+    pub async fn add_urls(&mut self, queue: &str, urls: &[AddUrl]) -> Result<Vec<UrlAdded>, Error> {
+        match urls {
+            [] => Ok(Vec::new()),
+            [one] => self.add_url(queue, one).await.map(|a| vec![a]),
+            _ => {
+                let batch = AddUrlBatch {
+                    urls: urls.to_vec(),
+                };
+                let added: UrlsAdded = self
+                    .call(Method::POST, &path::queue(queue, path::URLS), Some(&batch))
+                    .await?;
+                Ok(added.urls)
+            }
+        }
+    }
+
+    /// `GET /v1/state` narrowed by `filter` (see [`StateFilter`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Control::call); [`Error::Api`] with 87 `ERROR_INVALID_PARAMETER` for a
+    /// filter the daemon does not know (an older daemon ignores the filter and answers the
+    /// whole view, without [`ServiceState::filter`]).
+    pub async fn state_filtered(&mut self, filter: &StateFilter) -> Result<ServiceState, Error> {
+        self.get(&filter.path()).await
     }
 
     /// `POST /v1/queues/{name}/ready`: declares the held upstream queue `queue` ready (its

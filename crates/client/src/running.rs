@@ -133,10 +133,8 @@ impl Setup {
     async fn register(&self) -> Result<(Control, Vec<UrlAdded>), Error> {
         let mut control = Control::connect(&self.path).await?;
         control.create_queue(&self.spec).await?;
-        let mut added = Vec::with_capacity(self.urls.len());
-        for url in &self.urls {
-            added.push(control.add_url(&self.name, url).await?);
-        }
+        // One request for all of them: the daemon changes its route table once.
+        let added = control.add_urls(&self.name, &self.urls).await?;
         Ok((control, added))
     }
 

@@ -6,12 +6,12 @@
 //! | `POST /v1/queues` | [`QueueSpec`] | [`QueueInfo`]: the queue created or opened |
 //! | `PATCH /v1/queues/{name}` | [`QueueProps`] | [`QueueInfo`] |
 //! | `DELETE /v1/queues/{name}` | – | `204`: this connection lets go of the queue |
-//! | `POST /v1/queues/{name}/urls` | [`AddUrl`] | [`UrlAdded`] |
+//! | `POST /v1/queues/{name}/urls` | [`AddUrl`], or [`AddUrlBatch`] for several | [`UrlAdded`], or [`UrlsAdded`] |
 //! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`] | `204` |
 //! | `POST /v1/queues/{name}/access` | [`GrantAccess`] | [`QueueInfo`]: the accounts' rights set |
 //! | `POST /v1/queues/{name}/ready` | [`SetReady`] | [`QueueInfo`]: a held upstream queue ready, or held again |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
-//! | `GET /v1/state` | – | [`ServiceState`] |
+//! | `GET /v1/state` (`?queue=`, `?port=`, `?url=`: [`StateFilter`]) | – | [`ServiceState`] |
 //! | `GET /v1/metrics` | – | [`Metrics`]: the counters, as the caller may see them |
 //! | `GET /v1/urlacl` | – | [`UrlAclList`] |
 //! | `POST /v1/urlacl` | [`AddReservation`] | `201`, [`ReservationInfo`] |
@@ -25,7 +25,8 @@
 //! (`%XX` for every byte but unreserved ASCII) and its decoding.
 //!
 //! Failures answer 4xx or 5xx with an [`ApiError`], which carries the Win32 code HTTP.sys
-//! would have returned; the status follows from the code ([`Win32Error::http_status`]).
+//! would have returned; the status follows from the code ([`Win32Error::http_status`]). A
+//! refused batch of URLs also says which of them failed ([`ApiError::index`]).
 //!
 //! What a connection creates (queues, URLs) belongs to that connection and goes away when
 //! it closes, except that a queue with a linger time keeps its URLs and pending requests
@@ -38,9 +39,11 @@
 //! Queues the configuration file declares belong to the daemon. An unnamed queue is its
 //! creating process's alone.
 
+mod filter;
 mod metrics;
 pub mod path;
 
+pub use filter::StateFilter;
 pub use metrics::{
     Histogram, Metrics, PortMetrics, QueueMetrics, SiteMetrics, TlsMetrics, WorkerMetrics,
 };
@@ -404,6 +407,33 @@ pub struct AddUrl {
     pub context: u64,
 }
 
+/// `POST /v1/queues/{name}/urls` with several URLs: `{"urls": [{"url": ...}, ...]}`. All
+/// are registered, or none: the first that fails undoes the ones before it (the ports
+/// bound for them are let go), and the refusal's [`ApiError::index`] names it.
+///
+/// The daemon checks every URL's syntax first (87 `ERROR_INVALID_PARAMETER` for the first
+/// malformed one), then registers them in order, as a connection adding them one at a
+/// time would, the route table published once at the end. A URL given twice is 183
+/// `ERROR_ALREADY_EXISTS` at its second place. At most [`AddUrlBatch::MAX`] URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddUrlBatch {
+    /// The URLs, each as [`AddUrl`] gives one.
+    pub urls: Vec<AddUrl>,
+}
+
+impl AddUrlBatch {
+    /// The most URLs one batch may hold; a longer one is refused whole (87).
+    pub const MAX: usize = 10_000;
+}
+
+/// The answer to [`AddUrlBatch`]: what each URL got, in the batch's order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlsAdded {
+    /// One [`UrlAdded`] per URL of the batch.
+    pub urls: Vec<UrlAdded>,
+}
+
 /// The answer to [`AddUrl`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UrlAdded {
@@ -435,6 +465,11 @@ pub struct ApiError {
     pub name: String,
     /// What went wrong and, where it helps, what to do.
     pub message: String,
+    /// For a refused [`AddUrlBatch`]: the place in `urls` (from 0) of the URL that failed,
+    /// whose code this is. Absent for every other refusal, and for a batch refused as a
+    /// whole (too many URLs, a queue the caller may not use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
 }
 
 impl ApiError {
@@ -444,7 +479,15 @@ impl ApiError {
             code: error.code(),
             name: error.name().to_owned(),
             message: message.into(),
+            index: None,
         }
+    }
+
+    /// This refusal as the answer to a batch whose URL `index` failed.
+    #[must_use]
+    pub fn at(mut self, index: usize) -> ApiError {
+        self.index = Some(index);
+        self
     }
 
     /// The named code, when this crate knows the number (a newer daemon may send others).
@@ -561,6 +604,9 @@ pub struct ServiceState {
     /// since the access log settings in force took effect; 0 when the log is off.
     #[serde(default)]
     pub access_log_dropped: u64,
+    /// The filter this view was asked with; absent for the whole view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<StateFilter>,
 }
 
 /// The limits a request's URL is judged by (`[limits]` in the configuration file).
@@ -998,6 +1044,7 @@ mod tests {
             code: 9999,
             name: "ERROR_SOMETHING".into(),
             message: "?".into(),
+            index: None,
         };
         assert_eq!((unknown.win32(), unknown.http_status()), (None, 400));
     }

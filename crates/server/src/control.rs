@@ -22,8 +22,8 @@ use hyper_util::rt::TokioIo;
 use portshare_proto::Win32Error;
 use portshare_proto::control::path as paths;
 use portshare_proto::control::{
-    AddReservation, AddUrl, ApiError, GrantAccess, IpListenChange, QueueProps, QueueSpec,
-    RemoveReservation, RemoveUrl, SetReady,
+    AddReservation, AddUrl, AddUrlBatch, ApiError, GrantAccess, IpListenChange, QueueProps,
+    QueueSpec, RemoveReservation, RemoveUrl, SetReady, StateFilter, UrlsAdded,
 };
 use portshare_proto::sslcert::{AddSslCert, DeleteSslCert};
 use portshare_proto::wire::{self, SLOTS_HEADER};
@@ -375,6 +375,10 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>, wait: Duration) -> Re
     body_within(req, wait, MAX_BODY).await
 }
 
+/// Largest `POST /v1/queues/{name}/urls` body: a full batch at 512 bytes a URL on
+/// average, JSON included.
+const MAX_URLS_BODY: usize = AddUrlBatch::MAX * 512;
+
 /// Reads a JSON request body of at most `max` bytes, which must come within `wait`. A
 /// body announced longer is refused before any of it is read.
 async fn body_within<T: DeserializeOwned>(
@@ -382,6 +386,12 @@ async fn body_within<T: DeserializeOwned>(
     wait: Duration,
     max: usize,
 ) -> Result<T, Reply> {
+    let bytes = raw_body(req, wait, max).await?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
+}
+
+/// The bytes of a request body of at most `max` bytes, which must come within `wait`.
+async fn raw_body(req: Request<Incoming>, wait: Duration, max: usize) -> Result<Bytes, Reply> {
     use hyper::body::Body as _;
     let announced = req.body().size_hint().lower();
     if announced > max as u64 {
@@ -390,12 +400,32 @@ async fn body_within<T: DeserializeOwned>(
         )));
     }
     let collect = Limited::new(req.into_body(), max).collect();
-    let bytes = tokio::time::timeout(wait, collect)
+    Ok(tokio::time::timeout(wait, collect)
         .await
         .map_err(|_| bad(format!("the request body did not come within {wait:?}")))?
         .map_err(|e| bad(format!("cannot read the request body: {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))
+        .to_bytes())
+}
+
+/// What `POST /v1/queues/{name}/urls` carries: one URL, or a batch.
+enum UrlsBody {
+    One(AddUrl),
+    Batch(AddUrlBatch),
+}
+
+/// Reads `POST /v1/queues/{name}/urls`'s body: an object with `urls` is a batch, any other
+/// one URL, each checked as strictly as its own type (unknown fields refused).
+async fn urls_body(req: Request<Incoming>, wait: Duration) -> Result<UrlsBody, Reply> {
+    let bytes = raw_body(req, wait, MAX_URLS_BODY).await?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))?;
+    let batch = value.get("urls").is_some();
+    let parsed = if batch {
+        serde_json::from_value(value).map(UrlsBody::Batch)
+    } else {
+        serde_json::from_value(value).map(UrlsBody::One)
+    };
+    parsed.map_err(|e| bad(format!("bad JSON body: {e}")))
 }
 
 /// Runs a control-plane operation on the blocking pool, never on a runtime thread: it may
@@ -429,10 +459,16 @@ async fn handle(
     let route = &path[slashes.saturating_sub(1)..];
     let method = req.method().clone();
     match (&method, route) {
-        (&Method::GET, paths::STATE) => json(
-            StatusCode::OK,
-            &blocking(daemon, session, |d, s| d.state(s)).await,
-        ),
+        (&Method::GET, paths::STATE) => {
+            let filter = match StateFilter::parse(req.uri().query().unwrap_or("")) {
+                Ok(f) => f,
+                Err(e) => return bad(e),
+            };
+            json(
+                StatusCode::OK,
+                &blocking(daemon, session, move |d, s| d.state(s, &filter)).await,
+            )
+        }
         (&Method::GET, paths::METRICS) => json(
             StatusCode::OK,
             &blocking(daemon, session, |d, s| d.metrics(s)).await,
@@ -558,16 +594,26 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, paths::URLS) => {
-                    let add: AddUrl = match body(req, wait).await {
-                        Ok(a) => a,
-                        Err(r) => return r,
-                    };
-                    match blocking(daemon, session, move |d, s| d.add_url(s, &name, &add)).await {
-                        Ok(added) => json(StatusCode::CREATED, &added),
-                        Err(e) => error(&e),
+                (&Method::POST, paths::URLS) => match urls_body(req, wait).await {
+                    Err(r) => r,
+                    Ok(UrlsBody::One(add)) => {
+                        match blocking(daemon, session, move |d, s| d.add_url(s, &name, &add)).await
+                        {
+                            Ok(added) => json(StatusCode::CREATED, &added),
+                            Err(e) => error(&e),
+                        }
                     }
-                }
+                    Ok(UrlsBody::Batch(batch)) => {
+                        match blocking(daemon, session, move |d, s| {
+                            d.add_url_batch(s, &name, &batch)
+                        })
+                        .await
+                        {
+                            Ok(urls) => json(StatusCode::CREATED, &UrlsAdded { urls }),
+                            Err(e) => error(&e),
+                        }
+                    }
+                },
                 (&Method::DELETE, paths::URLS) => {
                     let rm: RemoveUrl = match body(req, wait).await {
                         Ok(r) => r,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use portshare_proto::Win32Error;
-use portshare_proto::control::{AddUrl, ApiError, QueueInfo, UrlAdded, Verbosity};
+use portshare_proto::control::{
+    AddUrl, AddUrlBatch, ApiError, QueueInfo, UrlAdded, UrlsAdded, Verbosity,
+};
 use portshare_proto::wire::{self, Frame, RequestHead, ResponseHead, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -188,6 +190,37 @@ async fn connection(mut io: UnixStream, state: Arc<State>, mut kill: watch::Rece
                     access: Vec::new(),
                 },
             )
+        } else if req.path.ends_with("/urls") && req.json().get("urls").is_some() {
+            let batch: AddUrlBatch = serde_json::from_slice(&req.body).expect("an AddUrlBatch");
+            let taken = state.behaviour.taken.as_deref();
+            match batch
+                .urls
+                .iter()
+                .position(|a| taken.is_some_and(|t| a.url.contains(t)))
+            {
+                Some(i) => json(
+                    409,
+                    &ApiError::new(
+                        Win32Error::AlreadyExists,
+                        format!("{} is registered by another queue", batch.urls[i].url),
+                    )
+                    .at(i),
+                ),
+                None => json(
+                    200,
+                    &UrlsAdded {
+                        urls: batch
+                            .urls
+                            .iter()
+                            .map(|add| UrlAdded {
+                                url: add.url.to_ascii_lowercase(),
+                                listening: vec!["127.0.0.1:8080".into()],
+                                warnings: state.behaviour.warnings.clone(),
+                            })
+                            .collect(),
+                    },
+                ),
+            }
         } else if req.path.ends_with("/urls") {
             let add: AddUrl = serde_json::from_slice(&req.body).expect("an AddUrl");
             match &state.behaviour.taken {

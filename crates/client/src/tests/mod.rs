@@ -526,7 +526,45 @@ async fn a_refused_url_is_an_api_error_and_nothing_stays_registered() {
         err.to_string(),
         "http://+:8080/taken/ is registered by another queue (183 ERROR_ALREADY_EXISTS)"
     );
+    // Both URLs went in one batch, which names the one refused.
+    assert_eq!(err.api().and_then(|a| a.index), Some(1));
+    let urls = fake
+        .seen()
+        .into_iter()
+        .filter(|s| s.path.ends_with("/urls"));
+    assert_eq!(urls.count(), 1);
     fake.control_closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_are_registered_in_one_request() {
+    let mut fake = Fake::start(Behaviour::default());
+    let (app, _probes) = app(1);
+    let running = within(
+        builder(&fake)
+            .url("http://+:8080/b/")
+            .url("http://+:8081/c/")
+            .serve(app),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        running.urls(),
+        ["http://+:8080/app/", "http://+:8080/b/", "http://+:8081/c/"]
+    );
+    let seen = fake.seen();
+    let urls: Vec<_> = seen.iter().filter(|s| s.path.ends_with("/urls")).collect();
+    assert_eq!(urls.len(), 1, "{seen:?}");
+    assert_eq!(
+        urls[0].json(),
+        serde_json::json!({"urls": [
+            {"url": "http://+:8080/App/", "context": 7},
+            {"url": "http://+:8080/b/", "context": 0},
+            {"url": "http://+:8081/c/", "context": 0},
+        ]})
+    );
+    let wire = fake.worker().await;
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test]

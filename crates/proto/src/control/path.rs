@@ -41,21 +41,33 @@ pub const ATTACH: &str = "/attach";
 /// `/v1/queues/{name}{rest}`, the name encoded as one segment; `rest` is empty or one of
 /// [`URLS`], [`ACCESS`], [`READY`], [`ATTACH`].
 pub fn queue(name: &str, rest: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut path = String::with_capacity(QUEUES.len() + 1 + name.len() * 3 + rest.len());
     path.push_str(QUEUES);
     path.push('/');
-    for &b in name.as_bytes() {
-        if is_unreserved(b) {
-            path.push(char::from(b));
-        } else {
-            path.push('%');
-            path.push(char::from(HEX[usize::from(b >> 4)]));
-            path.push(char::from(HEX[usize::from(b & 15)]));
-        }
-    }
+    push_encoded(&mut path, name);
     path.push_str(rest);
     path
+}
+
+/// `text` with every byte but unreserved ASCII `%XX`-encoded, as a queue's path segment or
+/// a query's value carries it; [`decode_name`] undoes it.
+pub fn encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    push_encoded(&mut out, text);
+    out
+}
+
+fn push_encoded(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in text.as_bytes() {
+        if is_unreserved(b) {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
 }
 
 /// Takes `/v1/queues/{segment}{rest}` apart: the name's segment, still encoded, and what

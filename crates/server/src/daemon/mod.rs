@@ -31,8 +31,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use portshare_proto::control::{
-    AddUrl, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState, ProcessState,
-    QueueInfo, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
+    AddUrl, AddUrlBatch, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState,
+    ProcessState, QueueInfo, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
 };
 use portshare_router::{Host, Scheme, UrlAcl, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;
@@ -91,6 +91,15 @@ struct QueueEntry {
     creator: Option<u32>,
     /// For an upstream queue, the seat its upstream takes while it is ready.
     upstream_seat: Option<UpstreamSeat>,
+}
+
+/// A URL of a batch as it was registered: what undoing it takes.
+#[derive(Debug)]
+enum Applied {
+    /// Added to the route table and the queue.
+    New(Arc<UrlPrefix>),
+    /// Kept by the lingering queue and taken over by the connection.
+    TakenOver(Arc<UrlPrefix>),
 }
 
 /// The upstream's place among a queue's seats. A held queue has none attached: requests
@@ -420,19 +429,103 @@ impl Daemon {
         Ok(entry.queue.clone())
     }
 
-    /// `POST /v1/queues/{name}/urls`. A port another program holds is refused naming that
-    /// program, looked up once the lock is let go.
+    /// `POST /v1/queues/{name}/urls` with one URL: a batch of one, answered as it always
+    /// was (no index in a refusal).
     pub(crate) fn add_url(
         self: &Arc<Self>,
         session: &Session,
         name: &str,
         add: &AddUrl,
     ) -> Result<UrlAdded, ApiError> {
+        let mut added = self
+            .add_urls(session, name, std::slice::from_ref(add))
+            .map_err(|mut e| {
+                e.index = None;
+                e
+            })?;
+        added.pop().ok_or_else(|| {
+            api(
+                Win32Error::InvalidParameter,
+                "the registration gave no answer",
+            )
+        })
+    }
+
+    /// `POST /v1/queues/{name}/urls` with a batch ([`AddUrlBatch`]): every URL registered,
+    /// or none. A refusal of one URL carries its index, and its message names it.
+    pub(crate) fn add_url_batch(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+        batch: &AddUrlBatch,
+    ) -> Result<Vec<UrlAdded>, ApiError> {
+        let n = batch.urls.len();
+        if n > AddUrlBatch::MAX {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "a batch holds at most {} URLs and this one holds {n}: send them in \
+                     several batches",
+                    AddUrlBatch::MAX
+                ),
+            ));
+        }
+        let added = self.add_urls(session, name, &batch.urls).map_err(|mut e| {
+            if let Some(add) = e.index.and_then(|i| batch.urls.get(i)) {
+                e.message = format!(
+                    "URL {} of the batch ({:?}): {}",
+                    e.index.unwrap_or_default(),
+                    portshare_proto::text::printable(&add.url),
+                    e.message
+                );
+            }
+            e
+        })?;
+        if n > 1 {
+            tracing::info!(
+                queue = name,
+                urls = n,
+                pid = session.peer.pid,
+                "registered a batch"
+            );
+        }
+        Ok(added)
+    }
+
+    /// Registers `adds` on queue `name`, all or none, and publishes the route table once. A
+    /// port another program holds is refused naming that program, looked up once the lock
+    /// is let go. A refusal of one URL carries its index.
+    fn add_urls(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+        adds: &[AddUrl],
+    ) -> Result<Vec<UrlAdded>, ApiError> {
+        // Every URL's syntax first, before the lock, as a single URL's always was.
+        let prefixes = adds
+            .iter()
+            .enumerate()
+            .map(|(i, add)| {
+                UrlPrefix::parse(&add.url).map(Arc::new).map_err(|e| {
+                    api(
+                        e.win32(),
+                        format!("{:?} is not a valid URL prefix: {e}", add.url),
+                    )
+                    .at(i)
+                })
+            })
+            .collect::<Result<Vec<Arc<UrlPrefix>>, ApiError>>()?;
         let mut held = None;
-        let added = self.add_url_locked(session, name, add, &mut held);
-        let added = match held {
-            Some(e) => Err(self.name_held(e)),
-            None => added,
+        let added = self.add_urls_locked(session, name, adds, prefixes, &mut held);
+        let added = match (held, added) {
+            (Some(e), Err(refused)) => {
+                let named = self.name_held(e);
+                Err(match refused.index {
+                    Some(i) => named.at(i),
+                    None => named,
+                })
+            }
+            (_, added) => added,
         };
         if added.is_err() {
             // The caller has the refusal; the state view keeps a failure only while
@@ -442,19 +535,14 @@ impl Daemon {
         added
     }
 
-    fn add_url_locked(
+    fn add_urls_locked(
         self: &Arc<Self>,
         session: &Session,
         name: &str,
-        add: &AddUrl,
+        adds: &[AddUrl],
+        prefixes: Vec<Arc<UrlPrefix>>,
         held: &mut Option<BindError>,
-    ) -> Result<UrlAdded, ApiError> {
-        let prefix = Arc::new(UrlPrefix::parse(&add.url).map_err(|e| {
-            api(
-                e.win32(),
-                format!("{:?} is not a valid URL prefix: {e}", add.url),
-            )
-        })?);
+    ) -> Result<Vec<UrlAdded>, ApiError> {
         // The user and group databases are asked before the lock is taken.
         let known_as = session.peer.identity.caller(false);
         let mut st = self.lock();
@@ -473,6 +561,51 @@ impl Daemon {
             ));
         }
         let queue = entry.queue.clone();
+        let caller = known_as.admin(self.is_admin(st, &session.peer));
+        let mut applied = Vec::with_capacity(adds.len());
+        let mut answers = Vec::with_capacity(adds.len());
+        for (i, (add, prefix)) in adds.iter().zip(prefixes).enumerate() {
+            match self.add_one(st, session, name, &queue, &caller, add, prefix, held) {
+                Ok((done, answer)) => {
+                    applied.push(done);
+                    answers.push(answer);
+                }
+                Err(e) => {
+                    self.undo_adds(st, name, applied);
+                    return Err(e.at(i));
+                }
+            }
+        }
+        if applied.iter().any(|a| matches!(a, Applied::New(_))) {
+            // Once for the whole batch: each publication copies the table.
+            self.publish(st);
+        }
+        for (done, answer) in applied.iter().zip(&answers) {
+            for w in &answer.warnings {
+                tracing::warn!(queue = name, "{w}");
+            }
+            if let Applied::New(prefix) = done {
+                tracing::info!(queue = name, %prefix, pid = session.peer.pid, "registered");
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Registers one URL of a batch under the lock, without publishing: what to undo if a
+    /// later one fails, and the answer.
+    #[allow(clippy::too_many_arguments)]
+    fn add_one(
+        self: &Arc<Self>,
+        st: &mut State,
+        session: &Session,
+        name: &str,
+        queue: &Arc<Queue>,
+        caller: &portshare_router::Caller,
+        add: &AddUrl,
+        prefix: Arc<UrlPrefix>,
+        held: &mut Option<BindError>,
+    ) -> Result<(Applied, UrlAdded), ApiError> {
+        let entry = Daemon::entry(st, name)?;
         match entry.urls.get_mut(&prefix) {
             // Re-adding what a lingering queue kept for its next holder: the connection
             // takes it over.
@@ -480,11 +613,12 @@ impl Daemon {
                 *added_by = Some(session.id);
                 let listening = self.listening_for(st, &prefix);
                 let warnings = self.warnings(st, &prefix, &listening);
-                return Ok(UrlAdded {
+                let answer = UrlAdded {
                     url: prefix.to_string(),
                     listening,
                     warnings,
-                });
+                };
+                return Ok((Applied::TakenOver(prefix), answer));
             }
             // HTTP.sys answers a second HttpAddUrl of the same prefix with 183 (spec §1.3).
             Some(Some(added_by)) if *added_by == session.id => {
@@ -501,14 +635,13 @@ impl Daemon {
                 format!("queue {name:?} redirects http to https: it takes http URLs only"),
             ));
         }
-        let caller = known_as.admin(self.is_admin(st, &session.peer));
         // HTTP.sys's order (spec §1.3): the scheme and duplicate checks before the ACL, so
         // a duplicate is 183 whoever asks.
         st.table
             .check_add(&prefix)
             .map_err(|e| self.registered_already(st, session, &prefix, &e))?;
         st.acl
-            .check_register(&prefix, &caller)
+            .check_register(&prefix, caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
         self.may_register(st, session, queue.owner_uid(), 1)?;
         if let Host::Ip(ip) = prefix.host() {
@@ -522,7 +655,7 @@ impl Daemon {
         }
         let site = (prefix.scheme(), prefix.host().to_string(), prefix.port());
         let binding = Arc::new(Destination {
-            queue,
+            queue: queue.clone(),
             prefix: prefix.clone(),
             context: add.context,
             site: self.shared.metrics.site(site.0, &site.1, site.2),
@@ -536,18 +669,44 @@ impl Daemon {
         if let Some(entry) = st.queues.get_mut(name) {
             entry.urls.insert(prefix.clone(), Some(session.id));
         }
-        self.publish(st);
         let listening = self.listening_for(st, &prefix);
         let warnings = self.warnings(st, &prefix, &listening);
-        for w in &warnings {
-            tracing::warn!(queue = name, "{w}");
-        }
-        tracing::info!(queue = name, %prefix, pid = session.peer.pid, "registered");
-        Ok(UrlAdded {
+        let answer = UrlAdded {
             url: prefix.to_string(),
             listening,
             warnings,
-        })
+        };
+        Ok((Applied::New(prefix), answer))
+    }
+
+    /// Undoes the URLs of a batch that failed, latest first: a taken-over URL goes back to
+    /// its lingering queue, a new one leaves the table and the queue, and a port bound for
+    /// the batch is let go. Nothing was published or logged for them.
+    fn undo_adds(&self, st: &mut State, name: &str, applied: Vec<Applied>) {
+        for done in applied.into_iter().rev() {
+            match done {
+                Applied::TakenOver(prefix) => {
+                    if let Some(added_by) = st
+                        .queues
+                        .get_mut(name)
+                        .and_then(|e| e.urls.get_mut(&prefix))
+                    {
+                        *added_by = None;
+                    }
+                }
+                Applied::New(prefix) => {
+                    if let Some(entry) = st.queues.get_mut(name) {
+                        entry.urls.remove(&prefix);
+                    }
+                    if st.table.remove(&prefix).is_ok()
+                        && !st.table.listens(prefix.scheme(), prefix.port())
+                        && !st.acme_ports.contains_key(&prefix.port())
+                    {
+                        Daemon::release_port(st, prefix.port());
+                    }
+                }
+            }
+        }
     }
 
     /// `DELETE /v1/queues/{name}/urls`.
@@ -560,13 +719,33 @@ impl Daemon {
         let prefix = UrlPrefix::parse(url).map_err(|e| api(e.win32(), e.to_string()))?;
         let mut st = self.lock();
         let st = &mut *st;
+        self.remove_locked(
+            st,
+            session,
+            name,
+            &prefix,
+            "removed by a control connection",
+        )?;
+        self.publish(st);
+        Ok(())
+    }
+
+    /// Takes `prefix` off queue `name` for `session`, if it may, without publishing.
+    fn remove_locked(
+        &self,
+        st: &mut State,
+        session: &Session,
+        name: &str,
+        prefix: &UrlPrefix,
+        reason: &str,
+    ) -> Result<(), ApiError> {
         let admin = self.is_admin(st, &session.peer);
         let entry = Daemon::entry(st, name)?;
         let owner = session.peer.uid == entry.queue.owner_uid() && entry.rights_of(session).any();
         if !admin && !owner && !entry.rights_of(session).register {
             return Err(entry.denied(name, "only its owner and its registrants may remove URLs"));
         }
-        let Some(added_by) = entry.urls.get(&prefix) else {
+        let Some(added_by) = entry.urls.get(prefix) else {
             return Err(api(
                 Win32Error::FileNotFound,
                 format!("{prefix} is not registered on queue {name:?}"),
@@ -579,9 +758,8 @@ impl Daemon {
                  the admin group may remove it",
             ));
         }
-        entry.urls.remove(&prefix);
-        self.unregister(st, name, &prefix, "removed by a control connection");
-        self.publish(st);
+        entry.urls.remove(prefix);
+        self.unregister(st, name, prefix, reason);
         Ok(())
     }
 

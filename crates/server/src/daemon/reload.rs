@@ -18,7 +18,7 @@ use std::sync::Arc;
 use portshare_proto::control::{AddUrl, ApiError, OpenMode, QueueSpec, ReloadReport};
 use portshare_router::{UrlPrefix, Win32Error};
 
-use super::{CONFIG_SESSION, Daemon, Session, State, api};
+use super::{Applied, CONFIG_SESSION, Daemon, Session, State, api};
 use crate::access::Access;
 use crate::config::{Config, QueueConfig, StateFile};
 use crate::shared::Settings;
@@ -39,6 +39,19 @@ pub(crate) struct Start {
     pub(crate) own_gid: u32,
     /// Where the CLI's changes persist.
     pub(crate) state_file: PathBuf,
+}
+
+/// The configuration's URL changes of one queue, applied with every other queue's.
+#[derive(Debug)]
+struct UrlChanges {
+    queue: String,
+    /// URLs it holds that the configuration no longer lists.
+    remove: Vec<Arc<UrlPrefix>>,
+    /// URLs the configuration lists that it does not hold (new, or failed before).
+    add: Vec<String>,
+    /// Report each URL added as a change (not at start, nor for a queue new in this
+    /// reload).
+    announce: bool,
 }
 
 /// What a load or reload changed, and what did not work.
@@ -272,15 +285,25 @@ impl Daemon {
     ) -> Vec<String> {
         let session = self.config_session();
         let mut failed = Vec::new();
-        for q in old.iter().filter(|q| !new.iter().any(|n| n.name == q.name)) {
+        {
             let mut st = self.lock();
-            if st.queues.get(&q.name).is_some_and(|e| e.config) {
-                st.config_queues.remove(&q.name);
-                self.destroy(&mut st, &q.name);
+            let mut closed = false;
+            for q in old.iter().filter(|q| !new.iter().any(|n| n.name == q.name)) {
+                if st.queues.get(&q.name).is_some_and(|e| e.config) {
+                    st.config_queues.remove(&q.name);
+                    self.destroy(&mut st, &q.name);
+                    closed = true;
+                    report.changes.push(format!("queue {:?} closed", q.name));
+                }
+            }
+            if closed {
                 self.publish(&mut st);
-                report.changes.push(format!("queue {:?} closed", q.name));
             }
         }
+        // Every queue's URL changes, applied together once the queues are in place.
+        let mut url_changes = Vec::new();
+        // An access list changed took URLs off the table: published with the URLs.
+        let mut republish = false;
         for q in new {
             let props = q.props();
             let (access, unknown) = Access::lenient(&q.access_entries());
@@ -366,56 +389,142 @@ impl Daemon {
                         .is_some();
                     if changed {
                         self.enforce_access(&mut st, &q.name);
-                        self.publish(&mut st);
+                        republish = true;
                         report.changes.push(format!("queue {:?} access", q.name));
                     }
                 }
             }
             // What the queue holds now, so a URL that failed before is tried again.
-            // Compared as sets, by HTTP.sys's rules: a queue may list 100,000 URLs.
-            let held: HashSet<Arc<UrlPrefix>> = self.config_urls(&q.name).into_iter().collect();
+            // Compared as sets (equal by HTTP.sys's rules, whatever the spelling): a queue
+            // may hold many URLs.
+            let held = self.config_urls(&q.name);
+            let holds: HashSet<&UrlPrefix> = held.iter().map(|p| p.as_ref()).collect();
             let listed: HashSet<UrlPrefix> = q
                 .urls
                 .iter()
                 .filter_map(|u| UrlPrefix::parse(u).ok())
                 .collect();
-            let unlisted = held.iter().filter(|p| !listed.contains(p.as_ref()));
-            for url in unlisted.map(|p| p.to_string()) {
-                match self.remove_url(&session, &q.name, &url) {
-                    Ok(()) => report
-                        .changes
-                        .push(format!("queue {:?}: {url} removed", q.name)),
-                    Err(e) => report.warn(format!("queue {:?}: {url}: not removed: {e}", q.name)),
-                }
-            }
-            // A URL that does not parse is tried, and its error reported.
-            for url in q
-                .urls
-                .iter()
-                .filter(|u| UrlPrefix::parse(u).ok().is_none_or(|p| !held.contains(&p)))
-            {
-                let add = AddUrl {
-                    url: url.clone(),
-                    context: 0,
-                };
-                match self.add_url(&session, &q.name, &add) {
-                    Ok(added) => {
-                        for w in added.warnings {
-                            report.warn(format!("queue {:?}: {w}", q.name));
-                        }
-                        if before.is_some() {
+            url_changes.push(UrlChanges {
+                queue: q.name.clone(),
+                remove: held
+                    .iter()
+                    .filter(|p| !listed.contains(p.as_ref()))
+                    .cloned()
+                    .collect(),
+                // One that does not parse is tried, to be reported.
+                add: q
+                    .urls
+                    .iter()
+                    .filter(|u| !UrlPrefix::parse(u).is_ok_and(|p| holds.contains(&p)))
+                    .cloned()
+                    .collect(),
+                announce: before.is_some(),
+            });
+        }
+        self.apply_config_urls(&session, &url_changes, republish, report);
+        failed
+    }
+
+    /// Applies the configuration's URL changes of every queue under one lock, and
+    /// publishes the route table once: removals first (so a URL moved from one queue to
+    /// another is free for it), then additions. Each addition stands on its own: like an
+    /// IIS site that fails to start, a URL that fails (a port another program holds, a
+    /// prefix another queue holds) waits for the next reload, reported, and the daemon
+    /// serves the rest. `republish`: the table changed already and must be published.
+    fn apply_config_urls(
+        self: &Arc<Self>,
+        session: &Session,
+        changes: &[UrlChanges],
+        mut republish: bool,
+        report: &mut Report,
+    ) {
+        // The user and group databases are asked before the lock is taken.
+        let known_as = session.peer.identity.caller(false);
+        // Ports another program holds, named once the lock is let go.
+        let mut held_by_others = Vec::new();
+        let mut refused = false;
+        {
+            let mut st = self.lock();
+            let st = &mut *st;
+            for c in changes {
+                for prefix in &c.remove {
+                    match self.remove_locked(
+                        st,
+                        session,
+                        &c.queue,
+                        prefix,
+                        "removed from the configuration",
+                    ) {
+                        Ok(()) => {
+                            republish = true;
                             report
                                 .changes
-                                .push(format!("queue {:?}: {url} added", q.name));
+                                .push(format!("queue {:?}: {prefix} removed", c.queue));
+                        }
+                        Err(e) => {
+                            report.warn(format!("queue {:?}: {prefix}: not removed: {e}", c.queue))
                         }
                     }
-                    // Like an IIS site that fails to start, the URL waits for the next
-                    // reload; the daemon serves the rest.
-                    Err(e) => report.warn(format!("queue {:?}: {url}: {e}", q.name)),
                 }
             }
+            let caller = known_as.admin(self.is_admin(st, &session.peer));
+            for c in changes {
+                let Some(queue) = st.queues.get(&c.queue).map(|e| e.queue.clone()) else {
+                    continue;
+                };
+                for url in &c.add {
+                    let add = AddUrl {
+                        url: url.clone(),
+                        context: 0,
+                    };
+                    let prefix = match UrlPrefix::parse(url) {
+                        Ok(p) => Arc::new(p),
+                        Err(e) => {
+                            report.warn(format!("queue {:?}: {url}: {e}", c.queue));
+                            continue;
+                        }
+                    };
+                    let mut held = None;
+                    let added = self.add_one(
+                        st, session, &c.queue, &queue, &caller, &add, prefix, &mut held,
+                    );
+                    match (added, held) {
+                        (Ok((done, answer)), _) => {
+                            if let Applied::New(prefix) = done {
+                                republish = true;
+                                tracing::info!(queue = %c.queue, %prefix, "registered");
+                            }
+                            for w in answer.warnings {
+                                report.warn(format!("queue {:?}: {w}", c.queue));
+                            }
+                            if c.announce {
+                                report
+                                    .changes
+                                    .push(format!("queue {:?}: {url} added", c.queue));
+                            }
+                        }
+                        (Err(_), Some(e)) => {
+                            refused = true;
+                            held_by_others.push((c.queue.clone(), url.clone(), e));
+                        }
+                        (Err(e), None) => {
+                            refused = true;
+                            report.warn(format!("queue {:?}: {url}: {e}", c.queue));
+                        }
+                    }
+                }
+            }
+            if republish {
+                self.publish(st);
+            }
         }
-        failed
+        for (queue, url, e) in held_by_others {
+            let e = self.name_held(e);
+            report.warn(format!("queue {queue:?}: {url}: {e}"));
+        }
+        if refused {
+            Daemon::prune_bind_failures(&mut self.lock());
+        }
     }
 
     /// The URLs the configuration's session holds on queue `name`.

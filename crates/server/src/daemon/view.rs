@@ -1,7 +1,8 @@
-//! The state view (`GET /v1/state`): what the daemon holds, as a caller may see it. Reads
-//! the state under its lock and copies it out; changes nothing.
+//! The state view (`GET /v1/state`): what the daemon holds, as a caller may see it, whole
+//! or narrowed by a [`StateFilter`]. Reads the state under its lock and copies it out;
+//! changes nothing.
 
-use portshare_proto::control::{ServiceTimers, UrlLimits};
+use portshare_proto::control::{ServiceTimers, StateFilter, UrlLimits};
 
 use super::*;
 
@@ -32,13 +33,17 @@ pub(super) fn info(entry: &QueueEntry, props: Props, created: bool, shared: &Sha
 impl Daemon {
     /// `GET /v1/state`, as `viewer` may see it: the processes attached to a queue (their
     /// pids, users and command lines) only for administrators, the queue's owner and the
-    /// accounts on its access list.
-    pub(crate) fn state(&self, viewer: &Session) -> ServiceState {
+    /// accounts on its access list. `filter` narrows it (see [`StateFilter`]); what it
+    /// leaves is shown as in the whole view.
+    pub(crate) fn state(&self, viewer: &Session, filter: &StateFilter) -> ServiceState {
         let st = self.lock();
         let admin = self.is_admin(&st, &viewer.peer);
+        let on_port = |port: u16| filter.port.is_none_or(|p| p == port);
+        let narrows_urls = filter.port.is_some() || filter.url.is_some();
         let mut listeners: Vec<ListenerState> = st
             .listeners
             .iter()
+            .filter(|(a, _)| on_port(a.port()))
             .map(|(a, l)| ListenerState {
                 address: a.to_string(),
                 connections: l.connections.load(Ordering::Relaxed),
@@ -48,6 +53,14 @@ impl Daemon {
         let mut prefixes: Vec<PrefixState> = st
             .table
             .iter()
+            .filter(|r| {
+                filter.is_empty()
+                    || filter.shows_url(
+                        &r.prefix().to_string(),
+                        r.prefix().port(),
+                        r.value().queue.name(),
+                    )
+            })
             .map(|r| {
                 let listening = self.listening_for(&st, r.prefix());
                 PrefixState {
@@ -61,10 +74,24 @@ impl Daemon {
             .collect();
         prefixes.sort_by(|a, b| a.url.cmp(&b.url));
         let timers = self.shared.settings.load().timers;
+        // A queue's URLs as the filter shows them (all of them without `port` and `url`).
+        let shown_urls = |e: &QueueEntry| -> Vec<String> {
+            e.urls
+                .keys()
+                .map(|p| (p.to_string(), p.port()))
+                .filter(|(url, port)| filter.shows_url_text(url, *port))
+                .map(|(url, _)| url)
+                .collect()
+        };
         let mut queues: Vec<QueueState> = st
             .queues
             .iter()
-            .map(|(name, e)| {
+            .filter(|(name, _)| filter.queue.as_deref().is_none_or(|q| q == name.as_str()))
+            .filter_map(|(name, e)| {
+                let urls = shown_urls(e);
+                (!narrows_urls || !urls.is_empty()).then_some((name, e, urls))
+            })
+            .map(|(name, e, mut urls)| {
                 let q = &e.queue;
                 let props = q.props();
                 let (depth, in_flight, oldest) = q.depth();
@@ -91,7 +118,6 @@ impl Daemon {
                         }),
                     }
                 }
-                let mut urls: Vec<String> = e.urls.keys().map(ToString::to_string).collect();
                 urls.sort();
                 QueueState {
                     name: name.clone(),
@@ -123,7 +149,13 @@ impl Daemon {
             })
             .collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut reservations: Vec<String> = st.acl.iter().map(|r| r.prefix().to_string()).collect();
+        let mut reservations: Vec<String> = st
+            .acl
+            .iter()
+            .map(|r| (r.prefix().to_string(), r.prefix().port()))
+            .filter(|(url, port)| filter.shows_url_text(url, *port))
+            .map(|(url, _)| url)
+            .collect();
         reservations.sort();
         ServiceState {
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -133,6 +165,7 @@ impl Daemon {
             bind_failures: st
                 .bind_failures
                 .iter()
+                .filter(|(a, _)| on_port(a.port()))
                 .map(|(a, e)| BindFailure {
                     address: a.to_string(),
                     error: e.clone(),
@@ -156,6 +189,7 @@ impl Daemon {
                 min_send_rate: timers.min_send_rate,
                 max_connections: self.shared.max_connections(),
             }),
+            filter: (!filter.is_empty()).then(|| filter.clone()),
         }
     }
 }
