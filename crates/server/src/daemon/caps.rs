@@ -94,38 +94,37 @@ impl Daemon {
         Ok(())
     }
 
-    /// Refuses `more` URLs on a queue of `owner` when the queues that user owns hold as
-    /// many as it may (`control.max_urls_per_uid`): each costs the daemon memory, so that
-    /// no user grows it without bound. Administrators and the configuration file have no
-    /// cap.
-    pub(super) fn may_register(
-        &self,
-        st: &State,
-        session: &Session,
-        owner: u32,
-        more: usize,
-    ) -> Result<(), ApiError> {
+    /// How many more URLs the queues `owner` owns may hold when `session` registers them
+    /// (`control.max_urls_per_uid`): each costs the daemon memory, so that no user grows it
+    /// without bound. `None` when there is no cap: for administrators and the
+    /// configuration file. Counted once per request, however many URLs it adds.
+    pub(super) fn url_room(&self, st: &State, session: &Session, owner: u32) -> Option<usize> {
         if session.id == CONFIG_SESSION || self.is_admin(st, &session.peer) {
-            return Ok(());
+            return None;
         }
         let cap = st.config.control.max_urls_per_uid as usize;
-        let held: usize = st
-            .queues
+        Some(cap.saturating_sub(Daemon::urls_owned(st, owner)))
+    }
+
+    /// The refusal of a URL past `owner`'s cap.
+    pub(super) fn url_cap_reached(st: &State, owner: u32) -> ApiError {
+        api(
+            Win32Error::NotEnoughQuota,
+            format!(
+                "the queues of uid {owner} hold {}, the most one user may \
+                 (control.max_urls_per_uid); remove one first",
+                count(Daemon::urls_owned(st, owner) as u64, "URL", "URLs")
+            ),
+        )
+    }
+
+    /// The URLs on the queues `owner` owns, the configuration file's left out.
+    fn urls_owned(st: &State, owner: u32) -> usize {
+        st.queues
             .values()
             .filter(|e| e.queue.owner_uid() == owner && !e.config)
             .map(|e| e.urls.len())
-            .sum();
-        if held + more > cap {
-            return Err(api(
-                Win32Error::NotEnoughQuota,
-                format!(
-                    "the queues of uid {owner} hold {}, the most one user may \
-                     (control.max_urls_per_uid); remove one first",
-                    count(held as u64, "URL", "URLs")
-                ),
-            ));
-        }
-        Ok(())
+            .sum()
     }
 
     /// Refuses `more` listening sockets beyond the budget's listener share.

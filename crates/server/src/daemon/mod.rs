@@ -562,10 +562,14 @@ impl Daemon {
         }
         let queue = entry.queue.clone();
         let caller = known_as.admin(self.is_admin(st, &session.peer));
+        let mut room = self.url_room(st, session, queue.owner_uid());
         let mut applied = Vec::with_capacity(adds.len());
         let mut answers = Vec::with_capacity(adds.len());
         for (i, (add, prefix)) in adds.iter().zip(prefixes).enumerate() {
-            match self.add_one(st, session, name, &queue, &caller, add, prefix, held) {
+            let one = self.add_one(
+                st, session, name, &queue, &caller, add, prefix, &mut room, held,
+            );
+            match one {
                 Ok((done, answer)) => {
                     applied.push(done);
                     answers.push(answer);
@@ -577,7 +581,7 @@ impl Daemon {
             }
         }
         if applied.iter().any(|a| matches!(a, Applied::New(_))) {
-            // Once for the whole batch: each publication copies the table.
+            // Once for the whole batch: connections see all of it or none.
             self.publish(st);
         }
         for (done, answer) in applied.iter().zip(&answers) {
@@ -603,6 +607,7 @@ impl Daemon {
         caller: &portshare_router::Caller,
         add: &AddUrl,
         prefix: Arc<UrlPrefix>,
+        room: &mut Option<usize>,
         held: &mut Option<BindError>,
     ) -> Result<(Applied, UrlAdded), ApiError> {
         let entry = Daemon::entry(st, name)?;
@@ -643,7 +648,12 @@ impl Daemon {
         st.acl
             .check_register(&prefix, caller)
             .map_err(|e| api(e.win32(), e.to_string()))?;
-        self.may_register(st, session, queue.owner_uid(), 1)?;
+        if let Some(room) = room {
+            if *room == 0 {
+                return Err(Daemon::url_cap_reached(st, queue.owner_uid()));
+            }
+            *room -= 1;
+        }
         if let Host::Ip(ip) = prefix.host() {
             bind::check_local(*ip).map_err(|e| bind_error(&e))?;
         }

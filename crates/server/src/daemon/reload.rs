@@ -484,9 +484,10 @@ impl Daemon {
                             continue;
                         }
                     };
-                    let mut held = None;
+                    // The configuration's URLs have no cap.
+                    let (mut room, mut held) = (None, None);
                     let added = self.add_one(
-                        st, session, &c.queue, &queue, &caller, &add, prefix, &mut held,
+                        st, session, &c.queue, &queue, &caller, &add, prefix, &mut room, &mut held,
                     );
                     match (added, held) {
                         (Ok((done, answer)), _) => {
