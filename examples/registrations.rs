@@ -10,15 +10,16 @@
 //! ```
 //!
 //! The URLs are `http://+:PORT/tenantN/app/`, as a host of many tenants registers them.
+//! `--batch N` sends N of them a request (`POST` and `DELETE /v1/queues/{name}/urls` with a
+//! list).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use http::Method;
 use portshare_client::Control;
-use portshare_proto::control::{AddUrl, QueueSpec, RemoveUrl};
+use portshare_proto::control::{AddUrl, QueueSpec};
 
 /// Registers and removes many URLs, timing each step.
 #[derive(Parser)]
@@ -45,8 +46,11 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Put each URL on a queue of its own (QUEUE-N), created just before it: COUNT queues.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "batch")]
     queue_each: bool,
+    /// Register and remove this many URLs a request (a batch) instead of one.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -79,16 +83,19 @@ async fn run(args: &Args) -> Result<(), portshare_client::Error> {
 
     println!("add: registrations so far | seconds for the last step | µs each | RSS MiB");
     let mut report = Report::new(args, rss_before);
-    for n in 0..args.count {
+    for first in (0..args.count).step_by(args.batch as usize) {
+        let end = (first + args.batch).min(args.count);
         if args.queue_each {
-            control.create_queue(&create(n)).await?;
+            control.create_queue(&create(first)).await?;
         }
-        let add = AddUrl {
-            url: url(n),
-            context: u64::from(n),
-        };
-        control.add_url(&queue(n), &add).await?;
-        report.done(n + 1);
+        let adds: Vec<AddUrl> = (first..end)
+            .map(|n| AddUrl {
+                url: url(n),
+                context: u64::from(n),
+            })
+            .collect();
+        control.add_urls(&queue(first), &adds).await?;
+        report.done(end - first, end);
     }
     let added = report.total();
 
@@ -100,15 +107,11 @@ async fn run(args: &Args) -> Result<(), portshare_client::Error> {
 
     println!("remove: registrations left | seconds for the last step | µs each | RSS MiB");
     let mut report = Report::new(args, rss_before);
-    for n in 0..args.count {
-        let rm = RemoveUrl { url: url(n) };
-        let path = format!("/v1/queues/{}/urls", queue(n));
-        let answer = control.send(Method::DELETE, &path, Some(&rm)).await?;
-        if !answer.status().is_success() {
-            let body = String::from_utf8_lossy(answer.body()).into_owned();
-            return Err(portshare_client::Error::Protocol(body));
-        }
-        report.done(args.count - n - 1);
+    for first in (0..args.count).step_by(args.batch as usize) {
+        let end = (first + args.batch).min(args.count);
+        let urls: Vec<String> = (first..end).map(url).collect();
+        control.remove_urls(&queue(first), &urls).await?;
+        report.done(end - first, args.count - end);
     }
     let removed = report.total();
     println!(
@@ -128,6 +131,7 @@ struct Report {
     start: Instant,
     last: Instant,
     done: u32,
+    last_done: u32,
 }
 
 impl Report {
@@ -140,13 +144,16 @@ impl Report {
             start: now,
             last: now,
             done: 0,
+            last_done: 0,
         }
     }
 
-    /// One more done; `mark` is what the line shows (the count so far, or left).
-    fn done(&mut self, mark: u32) {
-        self.done += 1;
-        if !self.done.is_multiple_of(self.step) {
+    /// `more` done; `mark` is what the line shows (the count so far, or left). A line each
+    /// time the count passes a multiple of the step.
+    fn done(&mut self, more: u32, mark: u32) {
+        let before = self.done;
+        self.done += more;
+        if self.done / self.step == before / self.step {
             return;
         }
         let now = Instant::now();
@@ -160,10 +167,12 @@ impl Report {
             ),
             _ => "-".to_owned(),
         };
+        let since = self.done - self.last_done;
+        self.last_done = self.done;
         println!(
             "{mark:>8} | {:>7.3} | {:>7.1} | {rss}",
             took.as_secs_f64(),
-            took.as_secs_f64() * 1e6 / f64::from(self.step)
+            took.as_secs_f64() * 1e6 / f64::from(since)
         );
     }
 

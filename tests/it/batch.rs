@@ -569,3 +569,68 @@ fn a_batch_past_the_users_url_cap_registers_none() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(prefixes(&d.state()).len(), 2);
 }
+
+/// `DELETE /v1/queues/{queue}/urls` with `{"urls": [{"url": ...}, ...]}`.
+fn remove_batch(ctl: &mut Ctl, queue: &str, urls: &[String]) -> (u16, Value) {
+    let urls: Vec<Value> = urls.iter().map(|u| json!({ "url": u })).collect();
+    ctl.call(
+        "DELETE",
+        &path::queue(queue, path::URLS),
+        Some(json!({ "urls": urls })),
+    )
+}
+
+#[test]
+fn a_batch_removal_takes_every_url_or_none_and_names_the_refused_one() {
+    let d = Daemon::start();
+    let mut ctl = d.ctl();
+    ctl.create_queue(json!({ "name": "many" }));
+    ctl.create_queue(json!({ "name": "other" }));
+    let port = free_port();
+    let urls: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|p| format!("http://+:{port}/{p}/"))
+        .collect();
+    assert_eq!(add_batch(&mut ctl, "many", &urls).0, 201);
+    let theirs = format!("http://+:{port}/theirs/");
+    assert_eq!(ctl.add_url("other", &theirs).0, 201);
+    let all = prefixes(&d.state());
+
+    // One the queue does not hold (another queue's), at index 1: 2, and nothing removed.
+    let (status, err) = remove_batch(&mut ctl, "many", &[urls[0].clone(), theirs.clone()]);
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(
+        (err["code"].as_u64(), err["index"].as_u64()),
+        (Some(2), Some(1))
+    );
+    // The same URL twice, in another spelling: 2 at its second place.
+    let twice = [
+        urls[1].clone(),
+        urls[1].to_uppercase().replace("HTTP://", "http://"),
+    ];
+    let (status, err) = remove_batch(&mut ctl, "many", &twice);
+    assert_eq!(status, 404, "{err}");
+    assert_eq!(err["index"].as_u64(), Some(1), "{err}");
+    // A malformed one: 87.
+    let bad = [urls[0].clone(), "http://+:notaport/".to_owned()];
+    let (status, err) = remove_batch(&mut ctl, "many", &bad);
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["index"].as_u64(), Some(1), "{err}");
+    assert_eq!(prefixes(&d.state()), all);
+
+    // Three of the four at once; the fourth still routes, the port still listens.
+    let (status, body) = remove_batch(&mut ctl, "many", &urls[..3]);
+    assert_eq!(status, 204, "{body}");
+    let mut left = vec![urls[3].clone(), theirs.clone()];
+    left.sort();
+    assert_eq!(prefixes(&d.state()), left);
+    assert!(d.log().contains("removed a batch"), "{}", d.log());
+    // The single form, as before.
+    let (status, body) = ctl.call(
+        "DELETE",
+        &path::queue("many", path::URLS),
+        Some(json!({ "url": urls[3] })),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(prefixes(&d.state()), [theirs]);
+}

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use portshare_proto::control::{
-    AddUrl, AddUrlBatch, ApiError, QueueInfo, QueueSpec, ServiceState, SetReady, StateFilter,
-    UrlAdded, UrlsAdded, path,
+    AddUrl, AddUrlBatch, ApiError, QueueInfo, QueueSpec, RemoveUrl, RemoveUrlBatch, ServiceState,
+    SetReady, StateFilter, UrlAdded, UrlsAdded, path,
 };
 use portshare_proto::wire;
 use serde::Serialize;
@@ -263,6 +263,35 @@ impl Control {
                     .call(Method::POST, &path::queue(queue, path::URLS), Some(&batch))
                     .await?;
                 Ok(added.urls)
+            }
+        }
+    }
+
+    /// `DELETE /v1/queues/{queue}/urls` for every URL of `urls` in one request: all removed,
+    /// or none, the route table changed once (see [`RemoveUrlBatch`]). One URL goes in the
+    /// single form, which every daemon understands; none sends nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`call`](Control::call); [`Error::Api`] with 2 `ERROR_FILE_NOT_FOUND` for a URL
+    /// the queue does not hold, 5 for one the caller may not remove; for several URLs the
+    /// [`ApiError`]'s [`index`](ApiError::index) names the one refused.
+    pub async fn remove_urls(&mut self, queue: &str, urls: &[String]) -> Result<(), Error> {
+        let path = path::queue(queue, path::URLS);
+        match urls {
+            [] => Ok(()),
+            [one] => {
+                let one = RemoveUrl { url: one.clone() };
+                self.call(Method::DELETE, &path, Some(&one)).await
+            }
+            _ => {
+                let batch = RemoveUrlBatch {
+                    urls: urls
+                        .iter()
+                        .map(|url| RemoveUrl { url: url.clone() })
+                        .collect(),
+                };
+                self.call(Method::DELETE, &path, Some(&batch)).await
             }
         }
     }

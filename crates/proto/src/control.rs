@@ -7,7 +7,7 @@
 //! | `PATCH /v1/queues/{name}` | [`QueueProps`] | [`QueueInfo`] |
 //! | `DELETE /v1/queues/{name}` | – | `204`: this connection lets go of the queue |
 //! | `POST /v1/queues/{name}/urls` | [`AddUrl`], or [`AddUrlBatch`] for several | [`UrlAdded`], or [`UrlsAdded`] |
-//! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`] | `204` |
+//! | `DELETE /v1/queues/{name}/urls` | [`RemoveUrl`], or [`RemoveUrlBatch`] for several | `204` |
 //! | `POST /v1/queues/{name}/access` | [`GrantAccess`] | [`QueueInfo`]: the accounts' rights set |
 //! | `POST /v1/queues/{name}/ready` | [`SetReady`] | [`QueueInfo`]: a held upstream queue ready, or held again |
 //! | `POST /v1/queues/{name}/attach` | – (`Upgrade: portshare-worker/1`, `portshare-slots: N`) | `101`, then the [worker wire](crate::wire) |
@@ -452,6 +452,16 @@ pub struct UrlAdded {
 pub struct RemoveUrl {
     /// The URL prefix, as registered (any spelling that parses to the same prefix).
     pub url: String,
+}
+
+/// `DELETE /v1/queues/{name}/urls` with several URLs: every one checked first, then all
+/// removed and the route table changed once; a refusal names the index of the URL and
+/// removes none. At most [`AddUrlBatch::MAX`] URLs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveUrlBatch {
+    /// The URLs, each as [`RemoveUrl`] gives one.
+    pub urls: Vec<RemoveUrl>,
 }
 
 /// Every failure of the control API: the Win32 code HTTP.sys would have returned, its name

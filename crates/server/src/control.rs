@@ -23,7 +23,7 @@ use portshare_proto::Win32Error;
 use portshare_proto::control::path as paths;
 use portshare_proto::control::{
     AddReservation, AddUrl, AddUrlBatch, ApiError, GrantAccess, IpListenChange, QueueProps,
-    QueueSpec, RemoveReservation, RemoveUrl, SetReady, StateFilter, UrlsAdded,
+    QueueSpec, RemoveReservation, RemoveUrl, RemoveUrlBatch, SetReady, StateFilter, UrlsAdded,
 };
 use portshare_proto::sslcert::{AddSslCert, DeleteSslCert};
 use portshare_proto::wire::{self, SLOTS_HEADER};
@@ -408,14 +408,17 @@ async fn raw_body(req: Request<Incoming>, wait: Duration, max: usize) -> Result<
 }
 
 /// What `POST /v1/queues/{name}/urls` carries: one URL, or a batch.
-enum UrlsBody {
-    One(AddUrl),
-    Batch(AddUrlBatch),
+enum UrlsBody<O, B> {
+    One(O),
+    Batch(B),
 }
 
-/// Reads `POST /v1/queues/{name}/urls`'s body: an object with `urls` is a batch, any other
+/// Reads the body of `POST` and `DELETE /v1/queues/{name}/urls`: an object with `urls` is a batch, any other
 /// one URL, each checked as strictly as its own type (unknown fields refused).
-async fn urls_body(req: Request<Incoming>, wait: Duration) -> Result<UrlsBody, Reply> {
+async fn urls_body<O: DeserializeOwned, B: DeserializeOwned>(
+    req: Request<Incoming>,
+    wait: Duration,
+) -> Result<UrlsBody<O, B>, Reply> {
     let bytes = raw_body(req, wait, MAX_URLS_BODY).await?;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("bad JSON body: {e}")))?;
@@ -594,7 +597,9 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, paths::URLS) => match urls_body(req, wait).await {
+                (&Method::POST, paths::URLS) => match urls_body::<AddUrl, AddUrlBatch>(req, wait)
+                    .await
+                {
                     Err(r) => r,
                     Ok(UrlsBody::One(add)) => {
                         match blocking(daemon, session, move |d, s| d.add_url(s, &name, &add)).await
@@ -615,13 +620,20 @@ async fn handle(
                     }
                 },
                 (&Method::DELETE, paths::URLS) => {
-                    let rm: RemoveUrl = match body(req, wait).await {
-                        Ok(r) => r,
+                    let removed = match urls_body::<RemoveUrl, RemoveUrlBatch>(req, wait).await {
                         Err(r) => return r,
+                        Ok(UrlsBody::One(rm)) => {
+                            blocking(daemon, session, move |d, s| d.remove_url(s, &name, &rm.url))
+                                .await
+                        }
+                        Ok(UrlsBody::Batch(batch)) => {
+                            blocking(daemon, session, move |d, s| {
+                                d.remove_url_batch(s, &name, &batch)
+                            })
+                            .await
+                        }
                     };
-                    match blocking(daemon, session, move |d, s| d.remove_url(s, &name, &rm.url))
-                        .await
-                    {
+                    match removed {
                         Ok(()) => no_content(),
                         Err(e) => error(&e),
                     }

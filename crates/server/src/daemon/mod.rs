@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use portshare_proto::control::{
     AddUrl, AddUrlBatch, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState,
-    ProcessState, QueueInfo, QueueProps, QueueSpec, QueueState, ServiceState, Source, UrlAdded,
+    ProcessState, QueueInfo, QueueProps, QueueSpec, QueueState, RemoveUrlBatch, ServiceState,
+    Source, UrlAdded,
 };
 use portshare_router::{Host, Scheme, UrlAcl, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;
@@ -740,6 +741,63 @@ impl Daemon {
         Ok(())
     }
 
+    /// `DELETE /v1/queues/{name}/urls` with a list: every URL checked first, then all
+    /// removed and the table published once. A refusal carries the URL's index and removes
+    /// none; a URL given twice is not registered (2) at its second place.
+    pub(crate) fn remove_url_batch(
+        &self,
+        session: &Session,
+        name: &str,
+        batch: &RemoveUrlBatch,
+    ) -> Result<(), ApiError> {
+        if batch.urls.len() > AddUrlBatch::MAX {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                format!(
+                    "a batch holds at most {} URLs; this one holds {}",
+                    AddUrlBatch::MAX,
+                    batch.urls.len()
+                ),
+            ));
+        }
+        let mut prefixes = Vec::with_capacity(batch.urls.len());
+        let mut seen = std::collections::HashSet::with_capacity(batch.urls.len());
+        for (i, rm) in batch.urls.iter().enumerate() {
+            let prefix =
+                UrlPrefix::parse(&rm.url).map_err(|e| api(e.win32(), e.to_string()).at(i))?;
+            if !seen.insert(prefix.clone()) {
+                return Err(api(
+                    Win32Error::FileNotFound,
+                    format!("{prefix} is in the batch twice"),
+                )
+                .at(i));
+            }
+            prefixes.push(prefix);
+        }
+        let mut st = self.lock();
+        let st = &mut *st;
+        for (i, prefix) in prefixes.iter().enumerate() {
+            self.check_remove(st, session, name, prefix)
+                .map_err(|e| e.at(i))?;
+        }
+        for prefix in &prefixes {
+            if let Some(entry) = st.queues.get_mut(name) {
+                entry.urls.remove(prefix);
+            }
+            self.unregister(st, name, prefix, "removed by a control connection");
+        }
+        self.publish(st);
+        if prefixes.len() > 1 {
+            tracing::info!(
+                queue = name,
+                urls = prefixes.len(),
+                pid = session.peer.pid,
+                "removed a batch"
+            );
+        }
+        Ok(())
+    }
+
     /// Takes `prefix` off queue `name` for `session`, if it may, without publishing.
     fn remove_locked(
         &self,
@@ -748,6 +806,22 @@ impl Daemon {
         name: &str,
         prefix: &UrlPrefix,
         reason: &str,
+    ) -> Result<(), ApiError> {
+        self.check_remove(st, session, name, prefix)?;
+        if let Some(entry) = st.queues.get_mut(name) {
+            entry.urls.remove(prefix);
+        }
+        self.unregister(st, name, prefix, reason);
+        Ok(())
+    }
+
+    /// Whether `session` may take `prefix` off queue `name`, and it is there to take.
+    fn check_remove(
+        &self,
+        st: &mut State,
+        session: &Session,
+        name: &str,
+        prefix: &UrlPrefix,
     ) -> Result<(), ApiError> {
         let admin = self.is_admin(st, &session.peer);
         let entry = Daemon::entry(st, name)?;
@@ -768,8 +842,6 @@ impl Daemon {
                  the admin group may remove it",
             ));
         }
-        entry.urls.remove(prefix);
-        self.unregister(st, name, prefix, reason);
         Ok(())
     }
 
