@@ -45,7 +45,7 @@ body='if [[ $BENCH_BODY_SIZE == 13 ]]; then body=$(printf "hello, world\nX"); bo
 
 extra=""
 if (( EXTRA_URLS > 0 )); then
-    extra="$BIN/examples/registrations --control {workdir}/control.sock --count $EXTRA_URLS --port {port} --keep >{workdir}/extra.log 2>&1 &
+    extra="$BIN/examples/registrations --control {workdir}/control.sock --count $EXTRA_URLS --batch 1000 --port {port} --keep >{workdir}/extra.log 2>&1 &
 for _ in \$(seq 1200); do grep -q registered {workdir}/extra.log && break; sleep 0.1; done"
     export DISPATCHER_READY_TIMEOUT=${DISPATCHER_READY_TIMEOUT:-180}
 fi
