@@ -80,6 +80,14 @@
 //! first upper-case the path into a buffer), it knows no hosts, categories or reservations,
 //! and a prefix must be spelled as three routes (`P`, `P/`, `P/{*rest}`) whose conflicts it
 //! refuses where HTTP.sys accepts the prefixes.
+//!
+//! Changes and decisions are flat too (`benches/changes.rs`): a URL ACL decision takes
+//! 0.1 to 0.2 µs with 10 or 10,000 reservations ([`UrlAcl`] finds the governing reservation
+//! by looking up the URL's path prefixes, not by scanning), and adding or removing a
+//! registration does not depend on the table's size. A table is published to readers by
+//! swapping an `Arc`; to avoid cloning it for each change, keep two and replay each change
+//! on the other after a swap, as the daemon does, sharing prefixes between them with
+//! [`RouteTable::add_shared`].
 
 mod acl;
 mod canon;
