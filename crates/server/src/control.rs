@@ -155,13 +155,22 @@ async fn connection(
     place: Place,
 ) {
     let uid = who.uid;
-    // The user database and /proc are read on the blocking pool, not a runtime thread.
-    let (user, command) =
-        tokio::task::spawn_blocking(move || (identity::display_user(uid), command_line(pid)))
-            .await
-            .unwrap_or_else(|_| (format!("uid:{uid}"), "unknown".to_owned()));
+    // The user and group databases and /proc are read on the blocking pool, not a runtime
+    // thread.
+    let id_of = who.clone();
+    let (user, command, known_as) = tokio::task::spawn_blocking(move || {
+        let known_as = id_of.caller(false);
+        (identity::display_user(uid), command_line(pid), known_as)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        // The lookups panicked: the ids alone.
+        let known_as = portshare_router::Caller::new(format!("uid:{uid}"));
+        (format!("uid:{uid}"), "unknown".to_owned(), known_as)
+    });
     let session = Arc::new(Session {
         id,
+        known_as,
         peer: Peer {
             pid,
             uid,
@@ -597,28 +606,35 @@ async fn handle(
                         Err(e) => error(&e),
                     }
                 }
-                (&Method::POST, paths::URLS) => match urls_body::<AddUrl, AddUrlBatch>(req, wait)
-                    .await
-                {
-                    Err(r) => r,
-                    Ok(UrlsBody::One(add)) => {
-                        match blocking(daemon, session, move |d, s| d.add_url(s, &name, &add)).await
-                        {
-                            Ok(added) => json(StatusCode::CREATED, &added),
-                            Err(e) => error(&e),
+                (&Method::POST, paths::URLS) => {
+                    match urls_body::<AddUrl, AddUrlBatch>(req, wait).await {
+                        Err(r) => r,
+                        Ok(UrlsBody::One(add)) => {
+                            let now = daemon.try_add_url_now(session, &name, &add);
+                            let added = match now {
+                                Some(added) => added,
+                                None => {
+                                    blocking(daemon, session, move |d, s| d.add_url(s, &name, &add))
+                                        .await
+                                }
+                            };
+                            match added {
+                                Ok(added) => json(StatusCode::CREATED, &added),
+                                Err(e) => error(&e),
+                            }
+                        }
+                        Ok(UrlsBody::Batch(batch)) => {
+                            match blocking(daemon, session, move |d, s| {
+                                d.add_url_batch(s, &name, &batch)
+                            })
+                            .await
+                            {
+                                Ok(urls) => json(StatusCode::CREATED, &UrlsAdded { urls }),
+                                Err(e) => error(&e),
+                            }
                         }
                     }
-                    Ok(UrlsBody::Batch(batch)) => {
-                        match blocking(daemon, session, move |d, s| {
-                            d.add_url_batch(s, &name, &batch)
-                        })
-                        .await
-                        {
-                            Ok(urls) => json(StatusCode::CREATED, &UrlsAdded { urls }),
-                            Err(e) => error(&e),
-                        }
-                    }
-                },
+                }
                 (&Method::DELETE, paths::URLS) => {
                     let removed = match urls_body::<RemoveUrl, RemoveUrlBatch>(req, wait).await {
                         Err(r) => return r,

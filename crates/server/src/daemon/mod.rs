@@ -544,10 +544,71 @@ impl Daemon {
         prefixes: Vec<Arc<UrlPrefix>>,
         held: &mut Option<BindError>,
     ) -> Result<Vec<UrlAdded>, ApiError> {
-        // The user and group databases are asked before the lock is taken.
-        let known_as = session.peer.identity.caller(false);
         let mut st = self.lock();
-        let st = &mut *st;
+        self.add_urls_in(&mut st, session, name, adds, prefixes, held)
+    }
+
+    /// `POST /v1/queues/{name}/urls` with one URL, on the calling (runtime) thread, when
+    /// that cannot block: the daemon's lock is free this instant, and the outcome needs no
+    /// lookup of a port's holder. `None` otherwise, having changed nothing: the caller then
+    /// runs [`add_url`](Daemon::add_url) on the blocking pool. Everything else a
+    /// registration does is work in memory and non-blocking system calls (a port bound),
+    /// and the caller's names were looked up when its connection came; the hand-off to the
+    /// blocking pool and back was most of what a registration cost.
+    pub(crate) fn try_add_url_now(
+        self: &Arc<Self>,
+        session: &Session,
+        name: &str,
+        add: &AddUrl,
+    ) -> Option<Result<UrlAdded, ApiError>> {
+        let prefix = match UrlPrefix::parse(&add.url) {
+            Ok(p) => Arc::new(p),
+            Err(_) => return None,
+        };
+        let mut st = self.state.try_lock().ok()?;
+        let mut held = None;
+        let added = self.add_urls_in(
+            &mut st,
+            session,
+            name,
+            std::slice::from_ref(add),
+            vec![prefix],
+            &mut held,
+        );
+        if held.is_some() {
+            // Refused for a port another program holds: nothing changed, and naming the
+            // holder reads /proc. The blocking pool does it all again.
+            return None;
+        }
+        if added.is_err() {
+            // As `add_urls`: a failure stays in the state view only while its port is needed.
+            Daemon::prune_bind_failures(&mut st);
+        }
+        let added = added.map_err(|mut e| {
+            e.index = None;
+            e
+        });
+        Some(added.and_then(|mut added| {
+            added.pop().ok_or_else(|| {
+                api(
+                    Win32Error::InvalidParameter,
+                    "the registration gave no answer",
+                )
+            })
+        }))
+    }
+
+    /// The body of [`add_urls_locked`](Daemon::add_urls_locked), under the lock.
+    fn add_urls_in(
+        self: &Arc<Self>,
+        st: &mut State,
+        session: &Session,
+        name: &str,
+        adds: &[AddUrl],
+        prefixes: Vec<Arc<UrlPrefix>>,
+        held: &mut Option<BindError>,
+    ) -> Result<Vec<UrlAdded>, ApiError> {
+        let known_as = session.known_as.clone();
         let entry = Daemon::entry(st, name)?;
         if !entry.rights_of(session).register {
             return Err(entry.denied(

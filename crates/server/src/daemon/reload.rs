@@ -438,8 +438,7 @@ impl Daemon {
         mut republish: bool,
         report: &mut Report,
     ) {
-        // The user and group databases are asked before the lock is taken.
-        let known_as = session.peer.identity.caller(false);
+        let known_as = session.known_as.clone();
         // Ports another program holds, named once the lock is let go.
         let mut held_by_others = Vec::new();
         let mut refused = false;

@@ -190,8 +190,7 @@ impl Daemon {
         };
         let reservation =
             reservation_of(&entry).map_err(|e| api(Win32Error::InvalidParameter, e))?;
-        // The user and group databases are asked before the lock is taken.
-        let known_as = session.peer.identity.caller(false);
+        let known_as = session.known_as.clone();
         let warnings: Vec<String> = unknown_names_warning(&entry).into_iter().collect();
         let _one_at_a_time = self.one_change();
         let st = self.lock();
@@ -246,8 +245,7 @@ impl Daemon {
                 format!("{:?} is not a valid URL prefix: {e}", remove.url),
             )
         })?;
-        // The user and group databases are asked before the lock is taken.
-        let known_as = session.peer.identity.caller(false);
+        let known_as = session.known_as.clone();
         let _one_at_a_time = self.one_change();
         let st = self.lock();
         match st.acl_sources.get(&prefix) {

@@ -9,6 +9,10 @@ use super::*;
 pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) peer: Peer,
+    /// Who the URL ACLs judge: the peer's user and groups by id and by name, the names
+    /// looked up once, on the blocking pool, when the connection came (its ids are fixed
+    /// then too, as a Windows process's token is).
+    pub(crate) known_as: portshare_router::Caller,
 }
 
 /// The session that holds the configuration file's queues.
@@ -103,17 +107,20 @@ impl Daemon {
     }
 
     /// The session the configuration file's queues belong to.
+    /// Blocking (the user database): call it on the blocking pool.
     pub(super) fn config_session(&self) -> Session {
+        let identity = Identity {
+            uid: self.own_uid,
+            gid: self.own_gid,
+            groups: Vec::new(),
+        };
         Session {
             id: CONFIG_SESSION,
+            known_as: identity.caller(false),
             peer: Peer {
                 pid: std::process::id(),
                 uid: self.own_uid,
-                identity: Identity {
-                    uid: self.own_uid,
-                    gid: self.own_gid,
-                    groups: Vec::new(),
-                },
+                identity,
                 user: identity::display_user(self.own_uid),
                 command: "portshare (configuration)".into(),
             },
