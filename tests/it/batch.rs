@@ -616,6 +616,16 @@ fn a_batch_removal_takes_every_url_or_none_and_names_the_refused_one() {
     let (status, err) = remove_batch(&mut ctl, "many", &bad);
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["index"].as_u64(), Some(1), "{err}");
+    // Over the cap: refused whole before any URL is looked at, 87 without an index.
+    let mut over: Vec<String> = urls.clone();
+    over.extend((0..10_000).map(|n| format!("http://+:{port}/x{n}/")));
+    let (status, err) = remove_batch(&mut ctl, "many", &over);
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(
+        (err["code"].as_u64(), err.get("index")),
+        (Some(87), None),
+        "{err}"
+    );
     assert_eq!(prefixes(&d.state()), all);
 
     // Three of the four at once; the fourth still routes, the port still listens.

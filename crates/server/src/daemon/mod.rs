@@ -94,6 +94,36 @@ struct QueueEntry {
     upstream_seat: Option<UpstreamSeat>,
 }
 
+/// The answer to a single URL's registration, made as a batch of one: its one answer, and
+/// a refusal without the batch's index.
+fn one_answer(added: Result<Vec<UrlAdded>, ApiError>) -> Result<UrlAdded, ApiError> {
+    let mut added = added.map_err(|mut e| {
+        e.index = None;
+        e
+    })?;
+    added.pop().ok_or_else(|| {
+        api(
+            Win32Error::InvalidParameter,
+            "the registration gave no answer",
+        )
+    })
+}
+
+/// Refuses a batch of more than [`AddUrlBatch::MAX`] URLs, adding or removing, whole (87).
+fn within_batch_cap(n: usize) -> Result<(), ApiError> {
+    if n > AddUrlBatch::MAX {
+        return Err(api(
+            Win32Error::InvalidParameter,
+            format!(
+                "a batch holds at most {} URLs and this one holds {n}: send them in several \
+                 batches",
+                AddUrlBatch::MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A URL of a batch as it was registered: what undoing it takes.
 #[derive(Debug)]
 enum Applied {
@@ -438,18 +468,7 @@ impl Daemon {
         name: &str,
         add: &AddUrl,
     ) -> Result<UrlAdded, ApiError> {
-        let mut added = self
-            .add_urls(session, name, std::slice::from_ref(add))
-            .map_err(|mut e| {
-                e.index = None;
-                e
-            })?;
-        added.pop().ok_or_else(|| {
-            api(
-                Win32Error::InvalidParameter,
-                "the registration gave no answer",
-            )
-        })
+        one_answer(self.add_urls(session, name, std::slice::from_ref(add)))
     }
 
     /// `POST /v1/queues/{name}/urls` with a batch ([`AddUrlBatch`]): every URL registered,
@@ -461,16 +480,7 @@ impl Daemon {
         batch: &AddUrlBatch,
     ) -> Result<Vec<UrlAdded>, ApiError> {
         let n = batch.urls.len();
-        if n > AddUrlBatch::MAX {
-            return Err(api(
-                Win32Error::InvalidParameter,
-                format!(
-                    "a batch holds at most {} URLs and this one holds {n}: send them in \
-                     several batches",
-                    AddUrlBatch::MAX
-                ),
-            ));
-        }
+        within_batch_cap(n)?;
         let added = self.add_urls(session, name, &batch.urls).map_err(|mut e| {
             if let Some(add) = e.index.and_then(|i| batch.urls.get(i)) {
                 e.message = format!(
@@ -584,18 +594,7 @@ impl Daemon {
             // As `add_urls`: a failure stays in the state view only while its port is needed.
             Daemon::prune_bind_failures(&mut st);
         }
-        let added = added.map_err(|mut e| {
-            e.index = None;
-            e
-        });
-        Some(added.and_then(|mut added| {
-            added.pop().ok_or_else(|| {
-                api(
-                    Win32Error::InvalidParameter,
-                    "the registration gave no answer",
-                )
-            })
-        }))
+        Some(one_answer(added))
     }
 
     /// The body of [`add_urls_locked`](Daemon::add_urls_locked), under the lock.
@@ -811,16 +810,7 @@ impl Daemon {
         name: &str,
         batch: &RemoveUrlBatch,
     ) -> Result<(), ApiError> {
-        if batch.urls.len() > AddUrlBatch::MAX {
-            return Err(api(
-                Win32Error::InvalidParameter,
-                format!(
-                    "a batch holds at most {} URLs; this one holds {}",
-                    AddUrlBatch::MAX,
-                    batch.urls.len()
-                ),
-            ));
-        }
+        within_batch_cap(batch.urls.len())?;
         let mut prefixes = Vec::with_capacity(batch.urls.len());
         let mut seen = std::collections::HashSet::with_capacity(batch.urls.len());
         for (i, rm) in batch.urls.iter().enumerate() {
