@@ -35,7 +35,7 @@ pub(crate) struct Routes<V> {
 /// One change, kept to be replayed on the other copy.
 enum Change<V> {
     Add(Arc<UrlPrefix>, V),
-    Remove(UrlPrefix),
+    Remove(Arc<UrlPrefix>),
     Reserve(UrlPrefix),
     Unreserve(UrlPrefix),
 }
@@ -79,7 +79,9 @@ impl<V: Clone> Routes<V> {
     /// [`RouteTable::remove`].
     pub(crate) fn remove(&mut self, prefix: &UrlPrefix) -> Result<Registration<V>, TableError> {
         let removed = self.writable().remove(prefix)?;
-        self.log.push(Change::Remove(prefix.clone()));
+        // The table's own prefix, shared: no copy of it for the log.
+        self.log
+            .push(Change::Remove(removed.shared_prefix().clone()));
         Ok(removed)
     }
 
