@@ -60,7 +60,7 @@ use std::io::{self, BufWriter, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use portshare_router::Reason;
 
@@ -95,7 +95,7 @@ impl Entry<'_> {
     /// The line, without its line end.
     pub(crate) fn line(&self, now: SystemTime) -> String {
         let mut s = String::with_capacity(128);
-        stamp(&mut s, now);
+        crate::pages::stamp(&mut s, now);
         let _ = write!(
             s,
             " {} {} {} {} ",
@@ -344,23 +344,9 @@ fn file_number(name: &str) -> Option<u64> {
 /// The W3C directives a file begins with.
 fn directives(now: SystemTime) -> String {
     let mut s = format!("#Software: {SOFTWARE}\n#Version: 1.0\n#Date: ");
-    stamp(&mut s, now);
+    crate::pages::stamp(&mut s, now);
     let _ = write!(s, "\n#Fields: {FIELDS}\n");
     s
-}
-
-/// Appends `YYYY-MM-DD hh:mm:ss`, in UTC.
-fn stamp(s: &mut String, now: SystemTime) {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, mo, d) = crate::pages::civil(secs / 86400);
-    let t = secs % 86400;
-    let _ = write!(
-        s,
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60
-    );
 }
 
 /// Appends a field: `-` when missing or empty, spaces and controls as `+`, truncated.

@@ -290,6 +290,22 @@ fn format_date(secs: u64) -> [u8; 29] {
     out
 }
 
+/// Appends `YYYY-MM-DD hh:mm:ss`, in UTC: the time of the error log's and the access log's
+/// lines.
+pub(crate) fn stamp(s: &mut String, now: SystemTime) {
+    use std::fmt::Write as _;
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (y, mo, d) = civil(secs / 86400);
+    let t = secs % 86400;
+    let _ = write!(
+        s,
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    );
+}
+
 /// The civil date (year, month 1–12, day 1–31) of a count of days since 1970-01-01.
 pub(crate) fn civil(days: u64) -> (i64, u32, u32) {
     // Howard Hinnant's days-from-civil, inverted.

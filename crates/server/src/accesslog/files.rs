@@ -307,7 +307,7 @@ impl Writer {
             // Straight to the file: even a daemon killed before its first flush leaves a
             // file that says what it holds.
             let mut head = format!("#Software: {SOFTWARE}\n#Version: 1.0\n#Date: ");
-            stamp(&mut head, SystemTime::now(), ' ');
+            crate::pages::stamp(&mut head, SystemTime::now());
             let _ = writeln!(head, "\n#Fields: {}", FIELDS.join(" "));
             file.write_all(head.as_bytes())?;
             size += head.len() as u64;

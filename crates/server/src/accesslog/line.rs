@@ -22,7 +22,7 @@ pub(super) struct Line<'a> {
 impl Line<'_> {
     pub(super) fn w3c(&self) -> String {
         let mut s = String::with_capacity(160 + self.agent.len());
-        stamp(&mut s, self.now, ' ');
+        crate::pages::stamp(&mut s, self.now);
         let _ = write!(s, " {} ", self.local.ip().to_canonical());
         for v in [self.method, self.stem, self.query] {
             w3c_value(&mut s, v);
@@ -46,7 +46,7 @@ impl Line<'_> {
 
     pub(super) fn json(&self) -> String {
         let mut date = String::with_capacity(20);
-        stamp(&mut date, self.now, ' ');
+        crate::pages::stamp(&mut date, self.now);
         let (day, time) = date.split_at(10);
         let text = |v: &[u8]| match v {
             [] => serde_json::Value::Null,
@@ -107,18 +107,4 @@ pub(super) fn w3c_value(s: &mut String, v: &[u8]) {
             }
         }
     }
-}
-
-/// Appends `YYYY-MM-DD hh:mm:ss` in UTC, `sep` between date and time.
-pub(super) fn stamp(s: &mut String, now: SystemTime, sep: char) {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, mo, d) = crate::pages::civil(secs / 86400);
-    let t = secs % 86400;
-    let _ = write!(
-        s,
-        "{y:04}-{mo:02}-{d:02}{sep}{:02}:{:02}:{:02}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60
-    );
 }
