@@ -14,6 +14,7 @@
 //! ```
 
 pub mod control;
+pub mod gather;
 pub mod sslcert;
 pub mod text;
 mod win32;

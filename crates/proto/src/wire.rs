@@ -33,6 +33,7 @@
 //! ([`chosen`]). Version 2 adds opaque streams: after a `101` head, data frames carry a
 //! connection's raw bytes both ways under the same windows.
 
+use crate::gather::Gather;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use core::fmt;
 
@@ -358,6 +359,13 @@ pub fn encode_data(buf: &mut BytesMut, stream: u32, end: bool, data: &[u8]) {
     buf.reserve(HEADER_LEN + data.len());
     put_header(buf, data.len(), stream, Kind::Data, end);
     buf.put_slice(data);
+}
+
+/// Appends a data frame whose payload is `data` itself, not a copy when it is large
+/// ([`Gather::put_bytes`]).
+pub fn gather_data(out: &mut Gather, stream: u32, end: bool, data: Bytes) {
+    put_header(out.tail(), data.len(), stream, Kind::Data, end);
+    out.put_bytes(data);
 }
 
 /// Appends a window frame granting `credit` more bytes.
