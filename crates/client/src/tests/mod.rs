@@ -82,6 +82,7 @@ impl App {
                 Ok(r)
             }
             "/app/fail" => Err("failing on purpose".into()),
+            "/app/large" => Ok(text(vec![b'l'; 100_000])),
             "/app/huge-head" => {
                 let mut r = text("never sent");
                 let value = "v".repeat(wire::MAX_RESPONSE_HEAD);
@@ -298,6 +299,23 @@ impl Echo {
             other => panic!("unexpected {other:?}"),
         }
     }
+}
+
+/// A large body whose length is known leaves with a `content-length`, so the daemon can
+/// frame it for the client without chunks (a small one leaves whole with its head and
+/// gets none: see `holds_as_many_requests_as_slots_and_answers_them_all`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_of_known_length_gets_its_content_length() {
+    let mut fake = Fake::start(Behaviour::default());
+    let (app, _probes) = app(1);
+    let running = within(builder(&fake).serve(app)).await.unwrap();
+    let mut wire = fake.worker().await;
+    wire.request(2, true, "GET", "/app/large", &[]).await;
+    let answers = wire.answers(&[2]).await;
+    assert_eq!(answers[0].head.status, 200);
+    assert_eq!(answers[0].header("content-length"), Some(&b"100000"[..]));
+    assert_eq!(answers[0].body, vec![b'l'; 100_000]);
+    shut_down(running, vec![wire]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

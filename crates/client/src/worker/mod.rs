@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
+use portshare_proto::gather::Gather;
 use portshare_proto::wire::{self, Frame, RequestHead, ResetCode, ResponseHead};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -41,8 +42,8 @@ const SWEEP_MIN: usize = 64;
 /// What a worker connection shares with its request tasks and bodies.
 #[derive(Debug)]
 pub(crate) struct Conn {
-    /// Encoded frames waiting for the writer.
-    out: Mutex<BytesMut>,
+    /// Encoded frames waiting for the writer; large body payloads kept by reference.
+    out: Mutex<Gather>,
     wake_writer: Notify,
     /// Set when the reader is done: the writer returns once the output is written.
     closing: AtomicBool,
@@ -55,7 +56,7 @@ pub(crate) struct Conn {
 impl Conn {
     fn new(fatal: mpsc::UnboundedSender<BoxError>) -> Conn {
         Conn {
-            out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
+            out: Mutex::new(Gather::with_capacity(16 * 1024)),
             wake_writer: Notify::new(),
             closing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -65,6 +66,11 @@ impl Conn {
 
     /// Appends frames to the output and wakes the writer.
     pub(crate) fn send(&self, encode: impl FnOnce(&mut BytesMut)) {
+        self.gather(|out| encode(out.tail()));
+    }
+
+    /// Appends frames to the output, payloads by reference, and wakes the writer.
+    pub(crate) fn gather(&self, encode: impl FnOnce(&mut Gather)) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         encode(&mut out);
         drop(out);
@@ -106,8 +112,14 @@ impl Stream {
 
     /// Appends frames for this stream, unless the daemon has reset it.
     pub(crate) fn send(&self, conn: &Conn, encode: impl FnOnce(&mut BytesMut)) {
+        self.gather(conn, |out| encode(out.tail()));
+    }
+
+    /// Appends frames for this stream, payloads by reference, unless the daemon has reset
+    /// it.
+    pub(crate) fn gather(&self, conn: &Conn, encode: impl FnOnce(&mut Gather)) {
         if !self.reset.load(Ordering::Acquire) {
-            conn.send(encode);
+            conn.gather(encode);
         }
     }
 
@@ -197,9 +209,9 @@ where
     writing.await.map_err(Error::Io)
 }
 
-/// Writes whatever has gathered in the output, one `write_all` per batch.
+/// Writes whatever has gathered in the output, one gathered write per batch.
 async fn write_loop<W: AsyncWrite + Unpin>(wr: &mut W, conn: &Conn) -> std::io::Result<()> {
-    let mut batch = BytesMut::with_capacity(16 * 1024);
+    let mut batch = Gather::with_capacity(16 * 1024);
     loop {
         conn.wake_writer.notified().await;
         // Let the tasks woken by the same read append their responses first.
@@ -209,8 +221,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(wr: &mut W, conn: &Conn) -> std::io::
             std::mem::swap(&mut *out, &mut batch);
         }
         if !batch.is_empty() {
-            wr.write_all(&batch).await?;
-            batch.clear();
+            wr.write_all_buf(&mut batch).await?;
         }
         if conn.closing.load(Ordering::Acquire)
             && conn

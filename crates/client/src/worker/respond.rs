@@ -8,8 +8,10 @@ use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use http::Request;
+use http::header::{CONTENT_LENGTH, HeaderValue, TRANSFER_ENCODING};
 use http::response::Parts;
 use http_body::Body as _;
+use portshare_proto::gather::KEEP_FROM;
 use portshare_proto::wire::{self, MAX_PAYLOAD, MAX_RESPONSE_HEAD, ResetCode, ResponseHead};
 
 use super::{Conn, Stream};
@@ -88,7 +90,17 @@ pub(super) async fn send<B: AppBody>(
     conn: &Conn,
     response: http::Response<B>,
 ) -> Result<(), BoxError> {
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
+    // A large body whose length is known gets it as Content-Length, so the daemon need not
+    // chunk it for the client. (A small one leaves whole with its head, and the daemon
+    // gives it its length itself.)
+    if let Some(n) = body.size_hint().exact()
+        && n >= KEEP_FROM as u64
+        && !parts.headers.contains_key(CONTENT_LENGTH)
+        && !parts.headers.contains_key(TRANSFER_ENCODING)
+    {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
     let head_len = ResponseHead::payload_len(header_fields(&parts));
     if head_len > MAX_RESPONSE_HEAD {
         return Err(format!(
@@ -161,7 +173,7 @@ impl Out<'_> {
         if self.head.is_some() {
             self.head(true);
         } else {
-            self.frame(&[], true);
+            self.frame(Bytes::new(), true);
         }
     }
 
@@ -181,19 +193,20 @@ impl Out<'_> {
                 n = self.stream.credit(want).await;
             }
             let chunk = data.split_to(n);
-            self.frame(&chunk, end && data.is_empty());
+            self.frame(chunk, end && data.is_empty());
         }
     }
 
-    /// Appends one data frame, behind the head if that is still waiting.
-    fn frame(&mut self, data: &[u8], end: bool) {
+    /// Appends one data frame, behind the head if that is still waiting. A large payload
+    /// is written from the body's own bytes, not copied.
+    fn frame(&mut self, data: Bytes, end: bool) {
         let head = self.head.take();
         let id = self.stream.id;
-        self.stream.send(self.conn, |buf| {
+        self.stream.gather(self.conn, |out| {
             if let Some(parts) = head {
-                encode_head(buf, id, parts, false);
+                encode_head(out.tail(), id, parts, false);
             }
-            wire::encode_data(buf, id, end, data);
+            wire::gather_data(out, id, end, data);
         });
     }
 }
