@@ -123,6 +123,73 @@ fn data_beyond_the_window_disconnects_the_worker_at_its_header() {
     assert_eq!((status, &body[..]), (200, &b"ok\n"[..]));
 }
 
+/// Data frames large enough for the daemon to read into buffers of their own arrive whole
+/// and in order however the worker's writes cut them: inside a header, right after one,
+/// mid-payload, and with a frame's end and the next frame's start in one write; a small
+/// frame between two large ones, and two responses in a row on one connection.
+#[test]
+fn large_data_frames_arrive_whole_however_the_writes_cut_them() {
+    let d = Daemon::start();
+    let port = free_port();
+    let mut ctl = d.ctl();
+    queue(&mut ctl, "large", port);
+    let mut w = WireWorker::attach(&d.control, "large", 1);
+    let mut c = connect(port);
+    c.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    for round in 0..2u32 {
+        c.write_all(b"GET /large/x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("request");
+        let stream = w.next_head();
+        // Within one window (256 KiB): 100,000 + 5 + 150,000 bytes.
+        let parts = [
+            pattern(100_000, 1 + round),
+            pattern(5, 2),
+            pattern(150_000, 3 + round),
+        ];
+        let want: Vec<u8> = parts.concat();
+        let length = want.len().to_string();
+        let mut out = BytesMut::new();
+        ResponseHead::encode_parts(
+            &mut out,
+            stream,
+            false,
+            200,
+            [(&b"content-length"[..], length.as_bytes())],
+        );
+        let head = out.len();
+        for (i, part) in parts.iter().enumerate() {
+            wire::encode_data(&mut out, stream, i == parts.len() - 1, part);
+        }
+        let second = head + 10 + parts[0].len();
+        let cuts = [
+            head + 4,
+            head + 10,
+            head + 10 + 40_000,
+            second - 3,
+            second + 10 + 5 + 6,
+            second + 10 + 5 + 10 + 70_000,
+            out.len(),
+        ];
+        let mut at = 0;
+        for cut in cuts {
+            w.sock
+                .write_all(&out[at..cut])
+                .expect("a piece of the frames");
+            at = cut;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (status, head, body) = read_response(&mut c, &mut Vec::new(), false);
+        assert_eq!(status, 200, "{head}");
+        assert!(
+            head.contains(&format!("Content-Length: {length}")),
+            "{head}"
+        );
+        assert_eq!(body.len(), want.len(), "round {round}");
+        assert!(body == want, "round {round}: the body changed on the way");
+    }
+}
+
 /// A worker sends a finished response, then a second head and body on the same stream:
 /// the client gets the first response intact and its connection stays usable; the stray
 /// frames are dropped with a warning.

@@ -363,8 +363,11 @@ pub(crate) struct UpConn {
     _counted: Counted,
 }
 
-/// Read at most this much of an upstream's bytes ahead of the relay.
+/// Read at most this much of an upstream's bytes ahead of the relay, for a response head.
 const READ_AHEAD: usize = 16 * 1024;
+/// The same while a body streams through: fewer, larger reads, each written on to the
+/// client as it is (not copied).
+const BODY_READ_AHEAD: usize = 64 * 1024;
 
 impl UpConn {
     /// Request bytes still to write.
@@ -399,14 +402,17 @@ impl UpConn {
     }
 
     /// Writes what it can of the pending request bytes and reads what the upstream sent,
-    /// without waiting (call after [`UpIo::ready`]). Reads only while `read` and the read
-    /// buffer is under `limit`.
-    pub(crate) fn turn(&mut self, limit: usize) -> io::Result<Turn> {
+    /// without waiting (call after [`UpIo::ready`]). Reads only while the read buffer is
+    /// under `limit`; `body`: the response's body is streaming, read in larger pieces.
+    pub(crate) fn turn(&mut self, limit: usize, body: bool) -> io::Result<Turn> {
         self.push();
         if self.rd.len() >= limit {
             return Ok(Turn::Moved);
         }
-        if self.rd.capacity() - self.rd.len() < 1024 {
+        let room = self.rd.capacity() - self.rd.len();
+        if body && room < BODY_READ_AHEAD / 4 {
+            self.rd.reserve(BODY_READ_AHEAD);
+        } else if room < 1024 {
             self.rd.reserve(READ_AHEAD);
         }
         match self.io.try_read_buf(&mut self.rd) {

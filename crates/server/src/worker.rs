@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use portshare_proto::gather::Gather;
 use portshare_proto::wire::{
     self, FrameHeader, HEADER_LEN, INITIAL_WINDOW, Kind, MAX_RESPONSE_HEAD, ResetCode,
 };
@@ -41,6 +42,10 @@ pub(crate) const MAX_QUEUED: usize = 4 << 20;
 /// The largest data frame of a request body sent to a worker.
 pub(crate) const BODY_FRAME: usize = 256 << 10;
 const MIN_READ: usize = 16 * 1024;
+
+/// A data frame with at least this many payload bytes is read into a buffer of its own,
+/// exactly its size, and handed on without a copy: its allocation holds nothing else.
+const OWN_FRAME: usize = 32 * 1024;
 
 /// How long a worker disconnected for breaking the protocol is given to take the frames
 /// still addressed to it (the reset of the stream it broke).
@@ -84,7 +89,8 @@ pub(crate) struct WorkerConn {
     /// The version of the wire agreed at the upgrade ([`wire::VERSIONS`]): opaque streams
     /// from 2 on.
     pub(crate) version: u32,
-    out: Mutex<BytesMut>,
+    /// Frames waiting for the writer; large request body payloads kept by reference.
+    out: Mutex<Gather>,
     wake: Notify,
     /// Bytes appended to `out` and not yet written to the worker's socket.
     queued: AtomicUsize,
@@ -145,7 +151,7 @@ impl WorkerConn {
             id,
             peer,
             version,
-            out: Mutex::new(BytesMut::with_capacity(16 * 1024)),
+            out: Mutex::new(Gather::with_capacity(16 * 1024)),
             wake: Notify::new(),
             queued: AtomicUsize::new(0),
             drained: Notify::new(),
@@ -227,6 +233,11 @@ impl WorkerConn {
 
     /// Appends frames to the output and wakes the writer.
     pub(crate) fn send(&self, encode: impl FnOnce(&mut BytesMut)) {
+        self.gather(|out| encode(out.tail()));
+    }
+
+    /// Appends frames to the output, payloads by reference, and wakes the writer.
+    pub(crate) fn gather(&self, encode: impl FnOnce(&mut Gather)) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let before = out.len();
         encode(&mut out);
@@ -295,7 +306,7 @@ impl WorkerConn {
         let writer = {
             let conn = self.clone();
             async move {
-                let mut spare = BytesMut::with_capacity(16 * 1024);
+                let mut spare = Gather::with_capacity(16 * 1024);
                 loop {
                     conn.wake.notified().await;
                     {
@@ -303,12 +314,12 @@ impl WorkerConn {
                         std::mem::swap(&mut *out, &mut spare);
                     }
                     if !spare.is_empty() {
-                        if wr.write_all(&spare).await.is_err() {
+                        let took = spare.len();
+                        if wr.write_all_buf(&mut spare).await.is_err() {
                             return;
                         }
-                        conn.queued.fetch_sub(spare.len(), Ordering::AcqRel);
+                        conn.queued.fetch_sub(took, Ordering::AcqRel);
                         conn.drained.notify_waiters();
-                        spare.clear();
                     }
                     if conn.closing.load(Ordering::Acquire)
                         && conn
@@ -364,7 +375,7 @@ impl WorkerConn {
         buf.extend_from_slice(&pre);
         loop {
             let need = loop {
-                match self.step(&mut buf, queue) {
+                match self.step(&mut buf, queue, false) {
                     Ok(Step::Took) => {}
                     Ok(Step::Need(n)) => break n,
                     Ok(Step::Full(payload)) => {
@@ -374,6 +385,30 @@ impl WorkerConn {
                 }
             };
             // `need` is at most a frame the reader accepted: a window's data or a head.
+            if need >= HEADER_LEN + OWN_FRAME
+                && let Ok(Some(header)) = wire::peek(&buf)
+                && header.kind == Kind::Data
+            {
+                // Its start is all the buffer holds: the frame before it was taken whole.
+                let mut own = BytesMut::with_capacity(need);
+                own.extend_from_slice(&buf);
+                buf.clear();
+                while own.len() < need {
+                    let room = need - own.len();
+                    match rd.read_buf(&mut (&mut own).limit(room)).await {
+                        Ok(0) | Err(_) => return Stopped::Closed,
+                        Ok(_) => {}
+                    }
+                }
+                loop {
+                    match self.step(&mut own, queue, true) {
+                        Ok(Step::Full(payload)) => self.account.room(payload).await,
+                        Ok(_) => break,
+                        Err(stopped) => return stopped,
+                    }
+                }
+                continue;
+            }
             if buf.capacity() < need {
                 buf.reserve(need - buf.len());
             }
@@ -387,8 +422,9 @@ impl WorkerConn {
         }
     }
 
-    /// Judges the frame at the front of `buf` by its header and, once it is whole, takes it.
-    fn step(&self, buf: &mut BytesMut, queue: &Queue) -> Result<Step, Stopped> {
+    /// Judges the frame at the front of `buf` by its header and, once it is whole, takes it;
+    /// `own` when `buf` is the frame's own allocation, exactly its size.
+    fn step(&self, buf: &mut BytesMut, queue: &Queue, own: bool) -> Result<Step, Stopped> {
         let header = match wire::peek(buf) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(Step::Need(HEADER_LEN)),
@@ -407,7 +443,7 @@ impl WorkerConn {
         if buf.len() < header.frame_len() {
             return Ok(Step::Need(header.frame_len()));
         }
-        Ok(self.take(header, buf, queue))
+        Ok(self.take(header, buf, queue, own))
     }
 
     /// Refuses a frame whose header alone breaks the wire's limits: a head over
@@ -449,8 +485,9 @@ impl WorkerConn {
     }
 
     /// Takes the whole frame at the front of `buf`: hands it to its stream with its charge,
-    /// or drops it. Leaves it there when its charge does not fit.
-    fn take(&self, header: FrameHeader, buf: &mut BytesMut, queue: &Queue) -> Step {
+    /// or drops it. Leaves it there when its charge does not fit. `own`: `buf` is the
+    /// frame's own allocation, handed on as it is.
+    fn take(&self, header: FrameHeader, buf: &mut BytesMut, queue: &Queue, own: bool) -> Step {
         let payload = &buf[HEADER_LEN..header.frame_len()];
         if header.kind == Kind::Drain {
             buf.advance(header.frame_len());
@@ -485,10 +522,17 @@ impl WorkerConn {
         let Some(charge) = self.account.try_charge(header.len) else {
             return Step::Full(header.len);
         };
-        // A copy of its own: a payload held for a slow client must not keep the rest of
-        // the read buffer's allocation alive.
-        let payload = Bytes::copy_from_slice(payload);
-        buf.advance(header.frame_len());
+        // A payload held for a slow client must not keep the rest of the read buffer's
+        // allocation alive: it is a copy of its own, unless it was read into one.
+        let payload = if own {
+            buf.split_to(header.frame_len())
+                .freeze()
+                .slice(HEADER_LEN..)
+        } else {
+            let payload = Bytes::copy_from_slice(payload);
+            buf.advance(header.frame_len());
+            payload
+        };
         let event = match header.with_payload(payload) {
             Ok(wire::Frame::Head { end, payload, .. }) => {
                 stream.done = end;

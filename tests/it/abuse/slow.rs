@@ -392,3 +392,73 @@ fn an_unread_body_trickling_in_is_cut_after_entity_body_in_all() {
     );
     errlog_line(&d, &[&fields, " Timer_EntityBody"]);
 }
+
+/// Uploads that stall mid-body hold no read buffer in the daemon while it waits for them:
+/// 300 connections each send a head announcing 1 MB and the first 20,000 bytes to an app
+/// that reads bodies, then nothing more. The daemon grows by a few KiB per connection, not
+/// by the 64 KiB a body read takes, and a normal client is served meanwhile.
+#[test]
+fn stalled_uploads_hold_no_read_buffer() {
+    const N: usize = 300;
+    let _turn = heavy();
+    let d = Daemon::start();
+    let pid = d.proc.child.id();
+    let (_app, port) = hello_on_free_port(
+        &d,
+        "stall",
+        &["/stall/"],
+        &["--read-body", "--slots", "400"],
+    );
+    // Buffers of every size the uploads use are made once before the measure.
+    let whole = vec![b'w'; 200_000];
+    for i in 0..20 {
+        let mut c = connect(port);
+        c.write_all(
+            format!("POST /stall/warm{i} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", whole.len())
+                .as_bytes(),
+        )
+        .expect("warm-up head");
+        c.write_all(&whole).expect("warm-up body");
+        assert_eq!(read_response(&mut c, &mut Vec::new(), false).0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = vm_rss_kib(pid);
+    let chunk = vec![b'u'; 20_000];
+    let mut stalled = Vec::with_capacity(N);
+    for i in 0..N {
+        let mut c = connect(port);
+        c.write_all(
+            format!("POST /stall/u{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("head");
+        c.write_all(&chunk).expect("the body's start");
+        stalled.push(c);
+    }
+    // Every upload reaches the app, which holds them all (400 slots) waiting for the rest.
+    let mut in_flight = 0;
+    let all_in = eventually(20, || {
+        in_flight = d.state()["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == "stall"))
+            .and_then(|q| q["in_flight"].as_u64())
+            .unwrap_or(0);
+        in_flight >= N as u64
+    });
+    assert!(all_in, "only {in_flight} of {N} uploads reached the app");
+    std::thread::sleep(Duration::from_millis(500));
+    let after = vm_rss_kib(pid);
+    let per_conn = (after.saturating_sub(before) * 1024) / N as u64;
+    println!(
+        "stalled uploads: daemon VmRSS {before} KiB before, {after} KiB with {N} stalled: \
+         {per_conn} bytes per connection"
+    );
+    assert!(
+        per_conn < 32 * 1024,
+        "each stalled upload holds {per_conn} bytes of the daemon: a body read buffer is kept \
+         while the client sends nothing"
+    );
+    let (status, _, body) = get(port, "x", "/stall/normal");
+    assert_eq!(status, 200, "{body}");
+    drop(stalled);
+}

@@ -7,7 +7,8 @@
 //! must not write to the socket, nor know where a response comes from: the exchanges feed
 //! it heads and body bytes.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use portshare_proto::gather::Gather;
 use portshare_proto::wire::INITIAL_WINDOW;
 use portshare_router::Version;
 
@@ -152,7 +153,7 @@ impl Response {
     }
 
     /// Writes body bytes; false when the application broke its own framing.
-    pub(super) fn data(&mut self, wr: &mut BytesMut, data: &[u8], end: bool) -> bool {
+    pub(super) fn data(&mut self, wr: &mut Gather, data: Bytes, end: bool) -> bool {
         if self.finished {
             return data.is_empty();
         }
@@ -164,23 +165,23 @@ impl Response {
                     return false;
                 }
                 *left -= data.len() as u64;
-                wr.put_slice(data);
+                wr.put_bytes(data);
                 if end && *left != 0 {
                     return false;
                 }
             }
             Framing::Chunked => {
                 if !data.is_empty() {
-                    put_hex(wr, data.len());
+                    put_hex(wr.tail(), data.len());
                     wr.put_slice(b"\r\n");
-                    wr.put_slice(data);
+                    wr.put_bytes(data);
                     wr.put_slice(b"\r\n");
                 }
                 if end {
                     wr.put_slice(b"0\r\n\r\n");
                 }
             }
-            Framing::Close => wr.put_slice(data),
+            Framing::Close => wr.put_bytes(data),
         }
         if end {
             self.finished = true;
@@ -277,6 +278,7 @@ pub(crate) fn fmt_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
 
     fn facts(version: Version, keep_alive: bool, head_method: bool) -> Facts {
         Facts {
@@ -291,23 +293,28 @@ mod tests {
     fn write(
         f: Facts,
         status: u16,
-        headers: &[(&'static str, &'static str)],
+        headers: &[(&str, &str)],
         end: bool,
         exact: Option<u64>,
         body: &[&[u8]],
     ) -> Option<String> {
         let mut r = Response::new(f);
-        let mut wr = BytesMut::new();
+        let mut wr = Gather::default();
         let headers = headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
-        if !r.head(&mut wr, status, headers, end, exact) {
+        if !r.head(wr.tail(), status, headers, end, exact) {
             return None;
         }
         for (i, chunk) in body.iter().enumerate() {
-            if !r.data(&mut wr, chunk, i + 1 == body.len()) {
+            if !r.data(&mut wr, Bytes::copy_from_slice(chunk), i + 1 == body.len()) {
                 return None;
             }
         }
-        let text = String::from_utf8(wr.to_vec()).ok()?;
+        let mut all = Vec::new();
+        while wr.has_remaining() {
+            all.extend_from_slice(wr.chunk());
+            wr.advance(wr.chunk().len());
+        }
+        let text = String::from_utf8(all).ok()?;
         // The Date changes; keep the rest.
         Some(
             text.lines()
@@ -315,6 +322,25 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n"),
         )
+    }
+
+    #[test]
+    fn large_payloads_are_framed_around_the_bytes_kept() {
+        let big = "x".repeat(portshare_proto::gather::KEEP_FROM);
+        let f11 = facts(Version::Http11, true, false);
+        let out = write(f11, 200, &[], false, None, &[big.as_bytes(), b"yz"]).unwrap();
+        let chunked = format!("\n{:x}\n{big}\n2\nyz\n0", big.len());
+        assert!(out.contains(&chunked), "{out}");
+        let length = (big.len() + 2).to_string();
+        let out = write(
+            f11,
+            200,
+            &[("content-length", &length)],
+            false,
+            None,
+            &[big.as_bytes(), b"yz"],
+        );
+        assert!(out.unwrap().ends_with(&format!("\n\n{big}yz")));
     }
 
     #[test]

@@ -26,12 +26,14 @@
 //! queue's accounting (a [`Slot`](crate::queue::Slot) held and dropped is all it does), or
 //! the route table (it reads a snapshot).
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use portshare_proto::gather::Gather;
 use portshare_router::{Endpoint, Reason, Scheme, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -81,7 +83,9 @@ pub(crate) struct Conn {
     /// The handshake's facts, on an https connection.
     tls: Option<Box<TlsInfo>>,
     rd: BytesMut,
-    wr: BytesMut,
+    /// What goes to the client next: the daemon's own bytes, and body payloads kept by
+    /// reference.
+    wr: Gather,
     /// The connection's client: the socket's peer, or a PROXY header's source.
     origin: SocketAddr,
     /// The request's client: `origin`, or the one a trusted proxy forwards for (its port
@@ -153,7 +157,7 @@ pub(crate) async fn serve_io(
         io,
         tls,
         rd: BytesMut::new(),
-        wr: BytesMut::new(),
+        wr: Gather::default(),
         origin: peer,
         peer,
         local,
@@ -230,27 +234,32 @@ impl Conn {
         let mut waiting: Option<(Instant, usize)> = None;
         let mut slow = false;
         if let Some(a) = &self.access {
-            a.writing(&self.wr);
+            a.writing(self.wr.first());
         }
         let mut r = Ok(());
-        while at < self.wr.len() {
-            let mut write = std::pin::pin!(self.io.write(&self.wr[at..]));
-            // Most writes fit the socket's buffer at once: the timer is armed only for one
-            // that has to wait for the client.
-            let written = match (poll_once(write.as_mut()).await, rate) {
-                (Some(w), _) => w,
-                (None, None) => write.await,
-                (None, Some(rate)) => {
-                    let (since, from) = *waiting.get_or_insert((Instant::now(), at));
-                    let drained = at - from;
-                    let pending = self.wr.len() - at;
-                    let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate.max(1));
-                    let deadline = since + Duration::from_secs_f64(owed.max(1.0));
-                    match timeout_at(deadline, write).await {
-                        Ok(w) => w,
-                        Err(_) => {
-                            slow = true;
-                            Err(std::io::ErrorKind::TimedOut.into())
+        let total = self.wr.len();
+        while at < total {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); 16];
+                let n = self.wr.chunks_vectored(&mut slices);
+                let mut write = std::pin::pin!(self.io.write_vectored(&slices[..n]));
+                // Most writes fit the socket's buffer at once: the timer is armed only for one
+                // that has to wait for the client.
+                match (poll_once(write.as_mut()).await, rate) {
+                    (Some(w), _) => w,
+                    (None, None) => write.await,
+                    (None, Some(rate)) => {
+                        let (since, from) = *waiting.get_or_insert((Instant::now(), at));
+                        let drained = at - from;
+                        let pending = total - at;
+                        let owed = (drained + pending.min(AHEAD)) as f64 / f64::from(rate.max(1));
+                        let deadline = since + Duration::from_secs_f64(owed.max(1.0));
+                        match timeout_at(deadline, write).await {
+                            Ok(w) => w,
+                            Err(_) => {
+                                slow = true;
+                                Err(std::io::ErrorKind::TimedOut.into())
+                            }
                         }
                     }
                 }
@@ -260,7 +269,10 @@ impl Conn {
                     r = Err(std::io::ErrorKind::WriteZero.into());
                     break;
                 }
-                Ok(n) => at += n,
+                Ok(n) => {
+                    at += n;
+                    self.wr.advance(n);
+                }
                 Err(e) => {
                     r = Err(e);
                     break;
@@ -302,7 +314,7 @@ impl Conn {
     /// the connection's fate, logged: the client left (`Client_Reset`) or the gap was too
     /// long (`Timer_EntityBody`).
     async fn more_body(&mut self, until: &mut Instant, queue: &Queue) -> Result<(), Next> {
-        match timeout_at(*until, self.fill()).await {
+        match timeout_at(*until, self.fill(true)).await {
             Ok(Ok(n)) if n > 0 => {
                 *until = self.timers.entity_body.fires_at(Instant::now());
                 Ok(())
@@ -342,7 +354,7 @@ impl Conn {
             self.rd = BytesMut::new();
         }
         if self.wr.is_empty() && self.wr.capacity() > KEEP {
-            self.wr = BytesMut::new();
+            self.wr = Gather::default();
         }
         let stop = self.shared.stop.notified();
         tokio::pin!(stop);
@@ -366,10 +378,23 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into the read buffer; `Ok(0)` at end of stream.
-    async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.rd.capacity() - self.rd.len() < 1024 {
-            // The first read takes a page; a body streaming through gets more at a time.
+    /// Reads more bytes into the read buffer; `Ok(0)` at end of stream. `body`: a request
+    /// body is streaming through, read up to [`BODY_READ`] at a time.
+    async fn fill(&mut self, body: bool) -> std::io::Result<usize> {
+        /// A body streaming through is read this much at a time, at most.
+        const BODY_READ: usize = 64 * 1024;
+        if body {
+            // A client slow to send holds no buffer while the daemon waits for it.
+            if self.rd.is_empty() && self.rd.capacity() > 0 {
+                self.rd = BytesMut::new();
+            }
+            self.io.readable().await?;
+        }
+        let room = self.rd.capacity() - self.rd.len();
+        if body && room < BODY_READ / 4 {
+            self.rd.reserve(BODY_READ);
+        } else if room < 1024 {
+            // The first read takes a page, later ones more.
             self.rd
                 .reserve(if self.rd.capacity() == 0 { 4096 } else { 16384 });
         }
@@ -426,7 +451,7 @@ impl Conn {
             // cost a scan per byte. Only a LF or passing a limit can change its verdict.
             let mut seen = self.rd.len();
             loop {
-                match timeout_at(until, self.fill()).await {
+                match timeout_at(until, self.fill(false)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => return Next::Close,
                     Ok(Ok(_)) => {}
                     Err(_) => {
@@ -460,7 +485,7 @@ impl Conn {
     async fn serve_head(&mut self, head_bytes: Bytes, began: Instant) -> Next {
         // Room for a response head and a small body, taken once per connection.
         if self.wr.capacity() == 0 {
-            self.wr.reserve(1024);
+            self.wr.tail().reserve(1024);
         }
         let timers = self.settings.timers;
         let limits = self.settings.head_limits;
@@ -516,7 +541,7 @@ impl Conn {
                 drop(challenges);
                 tracing::info!(peer = %self.peer, "acme: challenge answered");
                 let server = self.settings.server_header.own();
-                crate::pages::acme_answer(&mut self.wr, &answer, server, facts.head_method);
+                crate::pages::acme_answer(self.wr.tail(), &answer, server, facts.head_method);
                 return Next::Close; // written out as the connection closes
             }
         }
@@ -568,7 +593,7 @@ impl Conn {
                 || !head.keep_alive()
                 || !body.is_done()
                 || self.shared.stopping();
-            pages::redirect(&mut self.wr, &location, server, close);
+            pages::redirect(self.wr.tail(), &location, server, close);
             if close {
                 return Next::Close; // written out as the connection closes
             }
@@ -665,7 +690,7 @@ impl Conn {
                         Ok(_) => {}
                         Err(_) => return Next::Close,
                     }
-                    match self.fill().await {
+                    match self.fill(true).await {
                         Ok(n) if n > 0 => {}
                         _ => return Next::Close,
                     }

@@ -61,7 +61,7 @@ impl Conn {
     /// `DisableServerHeader` allows.
     fn page(&mut self, rejection: Rejection, detail: Detail, retry: Option<u64>) {
         let server = self.settings.server_header.own();
-        pages::error_page(&mut self.wr, rejection, detail, retry, server);
+        pages::error_page(self.wr.tail(), rejection, detail, retry, server);
     }
 
     /// A request refused before it reached a queue, for its head or by routing: the page

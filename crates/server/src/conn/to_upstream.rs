@@ -11,7 +11,6 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use bytes::BufMut;
 use portshare_proto::header;
 use portshare_router::{Reason, Rejection, Version};
 use tokio::time::Instant;
@@ -275,7 +274,7 @@ impl Conn {
             }
             tokio::select! {
                 r = c.io.ready(c.pending() > 0) => {
-                    let turned = r.and_then(|()| c.turn(relay::MAX_RESPONSE_HEAD + 1));
+                    let turned = r.and_then(|()| c.turn(relay::MAX_RESPONSE_HEAD + 1, false));
                     match turned {
                         Ok(Turn::Moved) => {}
                         Ok(Turn::Eof) | Err(_) if retry && c.rd.is_empty() => {
@@ -322,7 +321,7 @@ impl Conn {
             .map(|n| (&b"Content-Length"[..], fmt_u64(&mut num, n)));
         let headers = resp.fields(&c.rd[..resp.len]).chain(length);
         let mut delimit = resp.delimit.clone();
-        if !out.head(&mut self.wr, status, headers, end, None) {
+        if !out.head(self.wr.tail(), status, headers, end, None) {
             return self.bad_gateway(queue, up, "a response the client cannot be given");
         }
         let upstream_close = resp.close;
@@ -334,11 +333,12 @@ impl Conn {
             loop {
                 match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
                     Ok((data, done)) => {
-                        if !out.data(&mut self.wr, &data, done) {
+                        let empty = data.is_empty();
+                        if !out.data(&mut self.wr, data, done) {
                             tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream broke its framing");
                             return self.abandoned(None, queue);
                         }
-                        if done || data.is_empty() {
+                        if done || empty {
                             break;
                         }
                     }
@@ -352,7 +352,7 @@ impl Conn {
                 break;
             }
             if upstream_ended {
-                if delimit == Delimit::Close && out.data(&mut self.wr, &[], true) {
+                if delimit == Delimit::Close && out.data(&mut self.wr, bytes::Bytes::new(), true) {
                     break;
                 }
                 tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream closed mid-body");
@@ -362,7 +362,7 @@ impl Conn {
                 return Next::Abort;
             }
             tokio::select! {
-                r = c.io.ready(c.pending() > 0) => match r.and_then(|()| c.turn(usize::MAX)) {
+                r = c.io.ready(c.pending() > 0) => match r.and_then(|()| c.turn(usize::MAX, true)) {
                     Ok(Turn::Moved) => {}
                     Ok(Turn::Eof) => upstream_ended = true,
                     Err(e) => {
@@ -451,7 +451,7 @@ impl Conn {
         };
         self.log(None, Some(502), Reason::BadGateway, Some(queue.name()));
         let server = self.settings.server_header.own();
-        pages::error_page(&mut self.wr, rejection, Detail::Standard, None, server);
+        pages::error_page(self.wr.tail(), rejection, Detail::Standard, None, server);
         Next::Close
     }
 
@@ -477,7 +477,7 @@ impl Conn {
             };
             self.log(None, Some(503), Reason::NotAvailable, Some(queue.name()));
             let server = self.settings.server_header.own();
-            pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1), server);
+            pages::error_page(self.wr.tail(), rejection, Detail::Standard, Some(1), server);
             return Next::Close;
         };
         self.wr.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");

@@ -197,7 +197,9 @@ impl Conn {
                             break;
                         }
                         window -= data.len() as u64;
-                        worker.send(|out| wire::encode_data(out, stream, done, &data));
+                        // A large piece goes as the bytes read, not a copy: they share
+                        // the read buffer's allocation, which the next read replaces.
+                        worker.gather(|out| wire::gather_data(out, stream, done, data));
                     }
                     Err(_) => {
                         worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
@@ -275,7 +277,7 @@ impl Conn {
                                 }
                                 if resp.started
                                     || !resp.head(
-                                        &mut self.wr,
+                                        self.wr.tail(),
                                         h.status,
                                         h.headers.iter().map(|(n, v)| (&n[..], &v[..])),
                                         end,
@@ -287,7 +289,7 @@ impl Conn {
                                 }
                             }
                             Event::Data(data, end) => {
-                                if !resp.started || !resp.data(&mut self.wr, &data, end) {
+                                if !resp.started || !resp.data(&mut self.wr, data, end) {
                                     worker.send(|out| wire::encode_reset(out, stream, ResetCode::Protocol));
                                     return Next::Abort;
                                 }

@@ -159,10 +159,10 @@ impl Conn {
                 status: 503,
                 reason: Reason::NotAvailable,
             };
-            crate::pages::error_page(&mut self.wr, rejection, Detail::Standard, Some(1), server);
+            crate::pages::error_page(self.wr.tail(), rejection, Detail::Standard, Some(1), server);
             return Next::Close;
         };
-        switching_head(&mut self.wr, &head);
+        switching_head(self.wr.tail(), &head);
         if !self.send(queue).await {
             worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
             return Next::Abort;

@@ -277,7 +277,7 @@ async fn wait(
 ) -> Got {
     let want_body = !body_done && c.pending() < BODY_AHEAD;
     tokio::select! {
-        r = c.io.ready(c.pending() > 0) => Got::Upstream(r.and_then(|()| c.turn(limit))),
+        r = c.io.ready(c.pending() > 0) => Got::Upstream(r.and_then(|()| c.turn(limit, limit == usize::MAX))),
         d = timeout_at(body_until, body.data()), if want_body => match d {
             Ok(d) => Got::Client(FromClient::Body(d)),
             Err(_) => Got::Client(FromClient::Gap),
