@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Portshare in ../shared/bench/peers.sh, beside nginx, HAProxy and a direct connection.
 #
-#   bench/peers.sh attached   wrk -> portshare serve -> hello --body (SDK worker)
+#   bench/peers.sh attached   wrk -> portshare serve -> hello --body-file --read-body (SDK worker)
 #   bench/peers.sh upstream   wrk -> portshare serve -> the stock backend's Unix socket
 #   bench/peers.sh both       one peers.sh run per row (the default)
 #
@@ -16,6 +16,10 @@
 #                             on the port (http://+:PORT/tenantN/app/, from
 #                             examples/registrations) before the app registers: the A/B
 #                             of routing among many URLs
+#   UPLOAD_SIZE=65536 bench/peers.sh upstream
+#                             every request a POST of that many bytes (bench/upload/wrk
+#                             wraps wrk for the shared harness), the response body still
+#                             BODY_SIZE; use with H2=0, as h2load sends no body
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,11 +41,15 @@ fi
 (cd "$ROOT" && cargo build --release --bin portshare --example hello --example registrations >&2)
 EXTRA_URLS=${EXTRA_URLS:-0}
 BIN=$ROOT/target/release
+if [[ -n "${UPLOAD_SIZE:-}" ]]; then
+    export UPLOAD_SIZE PATH="$ROOT/bench/upload:$PATH"
+fi
 
 wait_sock='for _ in $(seq 200); do [[ -S {workdir}/control.sock ]] && break; sleep 0.05; done'
 
-# The body the stock backend sends: "hello, world\n" at 13 bytes, else that many x's.
-body='if [[ $BENCH_BODY_SIZE == 13 ]]; then body=$(printf "hello, world\nX"); body=${body%X}; else body=$(head -c "$BENCH_BODY_SIZE" /dev/zero | tr "\0" x); fi'
+# The body the stock backend sends: "hello, world\n" at 13 bytes, else that many x's; in a
+# file, since an argument cannot hold a large one.
+body='if [[ $BENCH_BODY_SIZE == 13 ]]; then printf "hello, world\n" >{workdir}/body; else head -c "$BENCH_BODY_SIZE" /dev/zero | tr "\0" x >{workdir}/body; fi'
 
 extra=""
 if (( EXTRA_URLS > 0 )); then
@@ -53,7 +61,7 @@ attached="$BIN/portshare serve --control {workdir}/control.sock --threads \$BENC
 $wait_sock
 $extra
 $body
-exec $BIN/examples/hello --control {workdir}/control.sock --name bench --threads \$BENCH_WORKERS --body \"\$body\" http://+:{port}{prefix}"
+exec $BIN/examples/hello --control {workdir}/control.sock --name bench --threads \$BENCH_WORKERS --body-file {workdir}/body --read-body http://+:{port}{prefix}"
 
 upstream="printf '[[queue]]\nname = \"app\"\nurls = [\"http://+:{port}{prefix}\"]\nupstream = \"unix:{sock}\"\n' > {workdir}/portshare.toml
 exec $BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} --config {workdir}/portshare.toml 2>{workdir}/daemon.log"

@@ -11,6 +11,11 @@
 //! - `dispatch/body_4mib`: a 4 MiB response body, reported in bytes: the worker wire's
 //!   windows and the daemon's copy of each frame out of its read buffer.
 //!
+//! - `copy/64kib`, `copy/1mib`: one memory copy of a body of that size into a buffer
+//!   already allocated, the yardstick for the daemon's CPU per large response. The two
+//!   buffers sit at different offsets within a 4 KiB page: on some CPUs a copy between
+//!   addresses at the same offset runs an order of magnitude slower.
+//!
 //! The daemon runs on its own single-threaded runtime, the app on another, the client on
 //! the bench thread, as `portshare serve --threads 1` and `hello` would.
 
@@ -212,6 +217,24 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
     drop(s);
+    copies(c);
+}
+
+/// One memory copy of a body, the floor under the CPU a relay spends per body byte.
+fn copies(c: &mut Criterion) {
+    let mut group = c.benchmark_group("copy");
+    for (name, size) in [("64kib", 64 << 10), ("1mib", 1 << 20)] {
+        let from = vec![b'x'; size];
+        let mut to = vec![0u8; size + 64];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                to[64..].copy_from_slice(std::hint::black_box(&from));
+                std::hint::black_box(&mut to);
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group! {

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use portshare_client::{Body, Queue, service_fn};
 use portshare_proto::header;
 
@@ -40,8 +40,12 @@ struct Args {
     #[arg(long, value_name = "Q")]
     queue: Option<String>,
     /// Answer every request with exactly this text instead (no newline added).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", conflicts_with = "body_file")]
     body: Option<String>,
+    /// Answer every request with this file's bytes instead, read once at start (for
+    /// bodies too large for an argument).
+    #[arg(long, value_name = "PATH")]
+    body_file: Option<PathBuf>,
     /// Worker connections.
     #[arg(long, value_name = "N", default_value_t = 1)]
     workers: usize,
@@ -58,6 +62,10 @@ struct Args {
     /// Answer with the request's headers, one `name: value` line each, after the usual line.
     #[arg(long)]
     echo_headers: bool,
+    /// Read each request's body to its end before answering, as a server taking uploads
+    /// would. Without it, the body is left unread.
+    #[arg(long)]
+    read_body: bool,
     /// URL prefixes to register, such as http://+:8080/app/.
     #[arg(value_name = "PREFIX", required = true)]
     prefixes: Vec<String>,
@@ -67,7 +75,7 @@ struct Args {
 struct Hello {
     name: String,
     prefixes: Vec<String>,
-    /// `--body`, when given.
+    /// `--body` or `--body-file`, when given.
     body: Option<Bytes>,
     echo_headers: bool,
 }
@@ -148,14 +156,34 @@ async fn run(args: Args) -> ExitCode {
     for (i, prefix) in args.prefixes.iter().enumerate() {
         builder = builder.url_with_context(prefix, i as u64);
     }
+    let body = match (args.body, args.body_file) {
+        (Some(text), _) => Some(Bytes::from(text)),
+        (None, Some(path)) => match std::fs::read(&path) {
+            Ok(bytes) => Some(Bytes::from(bytes)),
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, None) => None,
+    };
     let hello = Arc::new(Hello {
         name: args.name,
         prefixes: args.prefixes,
-        body: args.body.map(Bytes::from),
+        body,
         echo_headers: args.echo_headers,
     });
+    let read_body = args.read_body;
     let service = service_fn(move |req: Request<Body>| {
-        std::future::ready(Ok::<_, Infallible>(hello.answer(&req)))
+        let hello = hello.clone();
+        async move {
+            let answer = hello.answer(&req);
+            if read_body {
+                // Read to its end and dropped; one that breaks off still gets its answer.
+                let _ = req.into_body().collect().await;
+            }
+            Ok::<_, Infallible>(answer)
+        }
     });
     common::run_until_stopped(
         common::with_control(builder, args.control)
