@@ -395,8 +395,9 @@ fn an_unread_body_trickling_in_is_cut_after_entity_body_in_all() {
 
 /// Uploads that stall mid-body hold no read buffer in the daemon while it waits for them:
 /// 300 connections each send a head announcing 1 MB and the first 20,000 bytes to an app
-/// that reads bodies, then nothing more. The daemon grows by a few KiB per connection, not
-/// by the 64 KiB a body read takes, and a normal client is served meanwhile.
+/// that reads bodies, then nothing more. The daemon grows by less than 48 KiB per
+/// connection, not by the 64 KiB a body read takes on top of the connection's own, and a
+/// normal client is served meanwhile.
 #[test]
 fn stalled_uploads_hold_no_read_buffer() {
     const N: usize = 300;
@@ -453,8 +454,10 @@ fn stalled_uploads_hold_no_read_buffer() {
         "stalled uploads: daemon VmRSS {before} KiB before, {after} KiB with {N} stalled: \
          {per_conn} bytes per connection"
     );
+    // About 26 KiB each here (the connection, its request head and its stream); a body
+    // read buffer kept while the client sends nothing would add 64 KiB.
     assert!(
-        per_conn < 32 * 1024,
+        per_conn < 48 * 1024,
         "each stalled upload holds {per_conn} bytes of the daemon: a body read buffer is kept \
          while the client sends nothing"
     );

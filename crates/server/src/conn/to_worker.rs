@@ -197,9 +197,15 @@ impl Conn {
                             break;
                         }
                         window -= data.len() as u64;
-                        // A large piece goes as the bytes read, not a copy: they share
-                        // the read buffer's allocation, which the next read replaces.
-                        worker.gather(|out| wire::gather_data(out, stream, done, data));
+                        // A piece that fills most of its read buffer goes as the bytes
+                        // read, not a copy (the next read takes a new buffer); a smaller
+                        // one is copied, so that it does not keep a large buffer alive
+                        // until the worker reads it.
+                        if data.len() >= self.rd.capacity() {
+                            worker.gather(|out| wire::gather_data(out, stream, done, data));
+                        } else {
+                            worker.send(|out| wire::encode_data(out, stream, done, &data));
+                        }
                     }
                     Err(_) => {
                         worker.send(|out| wire::encode_reset(out, stream, ResetCode::Cancel));
