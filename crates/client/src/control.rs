@@ -481,10 +481,26 @@ mod tests {
         assert!(matches!(e, Error::Protocol(_)), "{e}");
     }
 
+    /// A temporary socket's path, removed when dropped (the server may never have accepted,
+    /// when the test ends first).
+    struct Sock(PathBuf);
+
+    impl Drop for Sock {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    impl AsRef<Path> for Sock {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
     /// A daemon on a temporary socket that reads one request, writes `answer` and closes
     /// the connection at once, as the daemon does when it refuses one; it returns what it
     /// read.
-    async fn one_shot(answer: &'static [u8]) -> (PathBuf, tokio::task::JoinHandle<Vec<u8>>) {
+    async fn one_shot(answer: &'static [u8]) -> (Sock, tokio::task::JoinHandle<Vec<u8>>) {
         use std::sync::atomic::{AtomicU32, Ordering};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         static N: AtomicU32 = AtomicU32::new(0);
@@ -510,7 +526,7 @@ mod tests {
             s.shutdown().await.unwrap();
             req
         });
-        (path, server)
+        (Sock(path), server)
     }
 
     /// Also the regression case of an answer that comes with the connection's end: the
