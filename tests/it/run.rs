@@ -401,17 +401,23 @@ fn strip_prefix_gives_the_app_paths_below_the_prefix() {
     );
 }
 
-#[test]
-fn refusals_come_before_the_child_starts() {
-    let d = Daemon::builder()
-        .dir(TempDir::open_to_all("run-refused"))
-        .spawn();
+/// A daemon (folder `tag`, open to every account) where another session's queue `first`
+/// holds `http://+:PORT/taken/` (as long as the session returned lives); with the port,
+/// that URL, and the path a child started by `run` would create (`touch`) if it ran.
+fn with_a_taken_url(tag: &str) -> (Daemon, Ctl, u16, String, PathBuf) {
+    let d = Daemon::builder().dir(TempDir::open_to_all(tag)).spawn();
     let port = free_port();
     let mut other = d.ctl();
     other.create_queue(json!({ "name": "first" }));
     let taken = format!("http://+:{port}/taken/");
     assert_eq!(other.add_url("first", &taken).0, 201);
     let marker = d.dir.0.join("started");
+    (d, other, port, taken, marker)
+}
+
+#[test]
+fn refusals_come_before_the_child_starts() {
+    let (d, _other, port, taken, marker) = with_a_taken_url("run-refused");
     let touch = marker.to_string_lossy().into_owned();
     // 183: another queue holds the URL.
     let mut run = Runner::spawn(
@@ -446,16 +452,8 @@ fn refusals_come_before_the_child_starts() {
 
 #[test]
 fn run_registers_its_urls_together_or_not_at_all() {
-    let d = Daemon::builder()
-        .dir(TempDir::open_to_all("run-batch"))
-        .spawn();
-    let port = free_port();
-    let mut other = d.ctl();
-    other.create_queue(json!({ "name": "first" }));
-    let taken = format!("http://+:{port}/taken/");
-    assert_eq!(other.add_url("first", &taken).0, 201);
+    let (d, _other, port, taken, marker) = with_a_taken_url("run-batch");
     let free = format!("http://+:{port}/free/");
-    let marker = d.dir.0.join("started");
     let touch = marker.to_string_lossy().into_owned();
     let mut run = Runner::spawn(
         &[],

@@ -98,12 +98,6 @@ impl Gather {
     fn unwritten_tail(&self) -> &[u8] {
         self.tail.get(self.tail_written..).unwrap_or_default()
     }
-
-    /// The first bytes waiting (at most one run's worth), to peek at what a write begins
-    /// with.
-    pub fn first(&self) -> &[u8] {
-        self.chunk()
-    }
 }
 
 impl Buf for Gather {
@@ -211,6 +205,6 @@ mod tests {
         g.put_slice(b"x");
         g.clear();
         assert!(g.is_empty());
-        assert_eq!(g.first(), b"");
+        assert_eq!(g.chunk(), b"");
     }
 }

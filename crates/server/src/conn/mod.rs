@@ -234,7 +234,7 @@ impl Conn {
         let mut waiting: Option<(Instant, usize)> = None;
         let mut slow = false;
         if let Some(a) = &self.access {
-            a.writing(self.wr.first());
+            a.writing(self.wr.chunk());
         }
         let mut r = Ok(());
         let total = self.wr.len();
