@@ -17,9 +17,17 @@
 #                             examples/registrations) before the app registers: the A/B
 #                             of routing among many URLs
 #   UPLOAD_SIZE=65536 bench/peers.sh upstream
-#                             every request a POST of that many bytes (bench/upload/wrk
+#                             every request a POST of that many bytes (bench/wrk/wrk
 #                             wraps wrk for the shared harness), the response body still
 #                             BODY_SIZE; use with H2=0, as h2load sends no body
+#   CLOSE=1 bench/peers.sh attached
+#                             every request with Connection: close, so each opens a
+#                             connection of its own (use with H2=0)
+#   TURNS=1 bench/peers.sh attached
+#                             two apps on the port, at {prefix} and {prefix}b/ (two hello
+#                             workers, or two upstream queues to the one backend), and
+#                             requests alternating between them on each connection; the
+#                             peers forward both paths to their one backend (use with H2=0)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,8 +49,9 @@ fi
 (cd "$ROOT" && cargo build --release --bin portshare --example hello --example registrations >&2)
 EXTRA_URLS=${EXTRA_URLS:-0}
 BIN=$ROOT/target/release
-if [[ -n "${UPLOAD_SIZE:-}" ]]; then
-    export UPLOAD_SIZE PATH="$ROOT/bench/upload:$PATH"
+CLOSE=${CLOSE:-0} TURNS=${TURNS:-0}
+if [[ -n "${UPLOAD_SIZE:-}" ]] || (( CLOSE || TURNS )); then
+    export UPLOAD_SIZE CLOSE TURNS PATH="$ROOT/bench/wrk:$PATH"
 fi
 
 wait_sock='for _ in $(seq 200); do [[ -S {workdir}/control.sock ]] && break; sleep 0.05; done'
@@ -57,13 +66,23 @@ if (( EXTRA_URLS > 0 )); then
 for _ in \$(seq 1200); do grep -q registered {workdir}/extra.log && break; sleep 0.1; done"
     export DISPATCHER_READY_TIMEOUT=${DISPATCHER_READY_TIMEOUT:-180}
 fi
+# TURNS=1: the second app, at {prefix}b/.
+second=""
+second_queue=""
+if (( TURNS )); then
+    second="$BIN/examples/hello --control {workdir}/control.sock --name bench-b --threads \$BENCH_WORKERS --body-file {workdir}/body --read-body http://+:{port}{prefix}b/ >{workdir}/second.log 2>&1 &
+for _ in \$(seq 200); do grep -q ready {workdir}/second.log && break; sleep 0.05; done"
+    second_queue='[[queue]]\nname = "app-b"\nurls = ["http://+:{port}{prefix}b/"]\nupstream = "unix:{sock}"\n'
+fi
+
 attached="$BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} 2>{workdir}/daemon.log &
 $wait_sock
 $extra
 $body
+$second
 exec $BIN/examples/hello --control {workdir}/control.sock --name bench --threads \$BENCH_WORKERS --body-file {workdir}/body --read-body http://+:{port}{prefix}"
 
-upstream="printf '[[queue]]\nname = \"app\"\nurls = [\"http://+:{port}{prefix}\"]\nupstream = \"unix:{sock}\"\n' > {workdir}/portshare.toml
+upstream="printf '[[queue]]\nname = \"app\"\nurls = [\"http://+:{port}{prefix}\"]\nupstream = \"unix:{sock}\"\n$second_queue' > {workdir}/portshare.toml
 exec $BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} --config {workdir}/portshare.toml 2>{workdir}/daemon.log"
 
 run() {
