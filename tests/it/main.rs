@@ -32,6 +32,7 @@ mod limits;
 mod load;
 mod metrics;
 mod operator;
+mod pipeline;
 mod proxy;
 mod queues;
 mod redirect;

@@ -316,7 +316,17 @@ pub struct QueueSpec {
     /// `X-Forwarded-Prefix: /py`. Refused on other queues.
     #[serde(default, skip_serializing_if = "is_false")]
     pub strip_prefix: bool,
+    /// For an upstream queue: how many requests without a body (GET and HEAD) may wait
+    /// on one upstream connection, written one after another and answered in order
+    /// (HTTP/1.1 pipelining), from 1 (none; the default) to [`MAX_PIPELINE`]. Fewer
+    /// connections and system calls per request, for an upstream that answers quickly:
+    /// a slow answer holds up those behind it on its connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<u32>,
 }
+
+/// The most requests a queue's [`QueueSpec::pipeline`] may put on one upstream connection.
+pub const MAX_PIPELINE: u32 = 64;
 
 /// For `skip_serializing_if`.
 fn is_false(b: &bool) -> bool {

@@ -379,6 +379,10 @@ pub struct QueueConfig {
     /// `X-Forwarded-Prefix` naming it.
     #[serde(default)]
     pub strip_prefix: bool,
+    /// For an upstream queue: requests without a body that may wait on one upstream
+    /// connection (HTTP/1.1 pipelining), 1 to 64; default 1 (none).
+    #[serde(default)]
+    pub pipeline: Option<u32>,
 }
 
 /// An entry of a queue's access list in the configuration file.
@@ -723,6 +727,27 @@ impl Config {
                         format!("queue {:?}: upstream = {up:?}: {e}", q.name),
                     )
                 })?;
+            }
+            if let Some(n) = q.pipeline {
+                if q.upstream.is_none() {
+                    return Err(at(
+                        "pipeline",
+                        format!(
+                            "queue {:?}: pipeline applies to upstream queues only",
+                            q.name
+                        ),
+                    ));
+                }
+                if !(1..=portshare_proto::control::MAX_PIPELINE).contains(&n) {
+                    return Err(at(
+                        "pipeline",
+                        format!(
+                            "queue {:?}: pipeline = {n}: expected 1 (no pipelining) to {}",
+                            q.name,
+                            portshare_proto::control::MAX_PIPELINE
+                        ),
+                    ));
+                }
             }
             if q.strip_prefix && q.upstream.is_none() {
                 return Err(at(

@@ -81,6 +81,7 @@ mod identity;
 mod metrics;
 mod owner;
 mod pages;
+mod pipeline;
 #[cfg(target_os = "linux")]
 mod procfs;
 mod proxy;

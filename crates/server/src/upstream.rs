@@ -85,19 +85,30 @@ pub(crate) struct Upstream {
     /// Why the last new connection was refused for its owner, until one passes again.
     refused: Mutex<Option<String>>,
     idle: Mutex<Vec<UpConn>>,
+    /// Requests without a body that may wait on one connection (1: no pipelining).
+    pub(crate) pipeline: usize,
+    /// The pipelined connections, when `pipeline` > 1.
+    pipes: Mutex<Vec<Arc<crate::pipeline::Pipe>>>,
     /// Failures are logged at most once every 10 s: the account decides how often its
     /// upstream fails.
     warn: crate::accept::Throttle,
 }
 
 impl Upstream {
-    pub(crate) fn new(address: Address, strip_prefix: bool, owner: Option<u32>) -> Upstream {
+    pub(crate) fn new(
+        address: Address,
+        strip_prefix: bool,
+        owner: Option<u32>,
+        pipeline: usize,
+    ) -> Upstream {
         Upstream {
             address,
             strip_prefix,
             owner,
             refused: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            pipeline: pipeline.max(1),
+            pipes: Mutex::new(Vec::new()),
             warn: crate::accept::Throttle::default(),
         }
     }
@@ -182,6 +193,25 @@ impl Upstream {
             }
         }
         self.connect(share).await
+    }
+
+    /// A place on a pipelined connection ([`crate::pipeline`]): the first one with room
+    /// for one more request, else a new one, which connects while it takes requests. When
+    /// upstream connections run short, idle pipes are let go.
+    pub(crate) fn pipe(self: &Arc<Self>, share: &Arc<Share>) -> Arc<crate::pipeline::Pipe> {
+        let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
+        let low = share.low();
+        pipes.retain(|p| !p.closed() && !(low && p.idle()));
+        if let Some(p) = pipes.iter().find(|p| p.reserve(self.pipeline)) {
+            return p.clone();
+        }
+        let (up, share) = (self.clone(), share.clone());
+        let p = Arc::new(crate::pipeline::Pipe::start(async move {
+            up.connection(&share).await
+        }));
+        p.reserve(self.pipeline);
+        pipes.push(p.clone());
+        p
     }
 
     /// Opens a new connection out of `share`: the one place where the daemon connects to
@@ -647,7 +677,7 @@ mod tests {
     async fn no_connection_beyond_the_share() {
         let share = Share::new(1);
         let _held = share.take(None).unwrap();
-        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap(), false, None);
+        let up = Upstream::new(Address::parse("127.0.0.1:9").unwrap(), false, None, 1);
         let e = up.connection(&share).await.unwrap_err();
         assert!(e.to_string().contains("descriptor budget"), "{e}");
     }

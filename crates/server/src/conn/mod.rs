@@ -660,6 +660,12 @@ impl Conn {
                 self.exchange_worker(frame, stream, &mut body, facts, upgrade.as_deref(), &queue)
                     .await
             }
+            Taken::Upstream(up) if Self::pipelinable(&head, &body, &up) => {
+                self.exchange_pipelined(
+                    &head, authority, &binding, request_id, &up, &mut body, facts, &queue,
+                )
+                .await
+            }
             Taken::Upstream(up) => {
                 self.exchange_upstream(
                     &head, authority, &binding, request_id, &up, &mut body, facts, &queue,

@@ -23,6 +23,7 @@ use super::{Conn, Facts, Next};
 use crate::body::BodyIn;
 use crate::head::{Body, Head};
 use crate::pages::{self, Detail};
+use crate::pipeline::Piece;
 use crate::queue::Queue;
 use crate::relay::{self, Delimit, ReqFraming, ResponseHead, put_field, tokens};
 use crate::upstream::{Turn, UpConn, Upstream};
@@ -391,6 +392,122 @@ impl Conn {
             && !self.shared.stopping()
         {
             up.put_back(c, &share);
+        }
+        if out.close {
+            Next::Close
+        } else {
+            Next::KeepAlive
+        }
+    }
+
+    /// Whether a request may wait on a pipelined connection: one without a body, safe to
+    /// send again (GET or HEAD), not offering to upgrade.
+    pub(super) fn pipelinable(head: &Head<'_>, body: &BodyIn, up: &Upstream) -> bool {
+        up.pipeline > 1
+            && body.is_done()
+            && matches!(head.method(), b"GET" | b"HEAD")
+            && super::headers::upgrade_offer(head).is_none()
+    }
+
+    /// [`Conn::exchange_upstream`] for a request that waits its turn on a pipelined
+    /// connection ([`crate::pipeline`]). A request the pipe could not answer goes again on
+    /// a connection of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn exchange_pipelined(
+        &mut self,
+        head: &Head<'_>,
+        authority: Option<&[u8]>,
+        binding: &crate::shared::Destination,
+        id: u64,
+        up: &Arc<Upstream>,
+        body: &mut BodyIn,
+        facts: Facts,
+        queue: &Arc<Queue>,
+    ) -> Next {
+        let pipe = up.pipe(&self.shared.upstreams);
+        let from = Origin {
+            peer: &self.peer_text,
+            local: &self.local_text,
+            proto: self.proto,
+        };
+        let mut wr = Vec::with_capacity(1024);
+        upstream_head(
+            &mut wr,
+            head,
+            authority,
+            &self.scratch,
+            self.peer,
+            from,
+            self.tls.as_deref(),
+            binding,
+            id,
+            up.strip_prefix,
+            ReqFraming::None,
+            None,
+        );
+        let (tx, mut rx) = tokio::sync::mpsc::channel(crate::pipeline::PIECES);
+        let job = crate::pipeline::Job {
+            head: wr,
+            head_method: facts.head_method,
+            reply: tx,
+        };
+        if pipe.send(job).is_err() {
+            return self
+                .exchange_upstream(head, authority, binding, id, up, body, facts, queue)
+                .await;
+        }
+        let mut out = Response::new(facts);
+        out.close |= self.shared.stopping();
+        let (resp, bytes) = loop {
+            match rx.recv().await {
+                Some(Piece::Interim(h, b)) => {
+                    if h.status != 100 && facts.version == Version::Http11 {
+                        self.interim(&b, &h);
+                        if !self.send(queue).await {
+                            return Next::Abort;
+                        }
+                    }
+                }
+                Some(Piece::Head(h, b)) => break (h, b),
+                Some(Piece::Unanswered) | None => {
+                    return self
+                        .exchange_upstream(head, authority, binding, id, up, body, facts, queue)
+                        .await;
+                }
+                Some(Piece::Failed(why)) => return self.bad_gateway(queue, up, why),
+                Some(Piece::Data(..)) => return self.bad_gateway(queue, up, "body before head"),
+            }
+        };
+        let status = resp.status;
+        let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
+        let mut num = itoa_buf();
+        let length = resp
+            .length
+            .filter(|_| status != 204)
+            .map(|n| (&b"Content-Length"[..], fmt_u64(&mut num, n)));
+        let headers = resp.fields(&bytes).chain(length);
+        if !out.head(self.wr.tail(), status, headers, end, None) {
+            return self.bad_gateway(queue, up, "a response the client cannot be given");
+        }
+        while !out.finished {
+            match rx.recv().await {
+                Some(Piece::Data(data, done)) => {
+                    if !out.data(&mut self.wr, data, done) {
+                        tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream broke its framing");
+                        return self.abandoned(None, queue);
+                    }
+                }
+                _ => {
+                    tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream failed mid-body");
+                    return self.abandoned(None, queue);
+                }
+            }
+            if !out.finished && !self.wr.is_empty() && !self.send(queue).await {
+                return Next::Abort;
+            }
+        }
+        if !self.send(queue).await {
+            return Next::Abort;
         }
         if out.close {
             Next::Close

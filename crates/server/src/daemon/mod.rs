@@ -31,9 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use portshare_proto::control::{
-    AddUrl, AddUrlBatch, ApiError, BindFailure, GrantAccess, ListenerState, OpenMode, PrefixState,
-    ProcessState, QueueInfo, QueueProps, QueueSpec, QueueState, RemoveUrlBatch, ServiceState,
-    Source, UrlAdded,
+    AddUrl, AddUrlBatch, ApiError, BindFailure, GrantAccess, ListenerState, MAX_PIPELINE, OpenMode,
+    PrefixState, ProcessState, QueueInfo, QueueProps, QueueSpec, QueueState, RemoveUrlBatch,
+    ServiceState, Source, UrlAdded,
 };
 use portshare_router::{Host, Scheme, UrlAcl, UrlPrefix, Win32Error};
 use tokio::task::JoinHandle;

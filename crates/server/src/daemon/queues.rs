@@ -102,9 +102,29 @@ impl Daemon {
                 // Root may point anywhere; anyone else's upstream must be served by them,
                 // which every new connection checks.
                 let owner = (!root).then_some(session.peer.uid);
-                Some(Arc::new(Upstream::new(address, spec.strip_prefix, owner)))
+                let pipeline = spec.pipeline.unwrap_or(1);
+                if !(1..=MAX_PIPELINE).contains(&pipeline) {
+                    return Err(api(
+                        Win32Error::InvalidParameter,
+                        format!(
+                            "pipeline = {pipeline}: expected 1 (no pipelining) to {MAX_PIPELINE}"
+                        ),
+                    ));
+                }
+                Some(Arc::new(Upstream::new(
+                    address,
+                    spec.strip_prefix,
+                    owner,
+                    pipeline as usize,
+                )))
             }
         };
+        if spec.pipeline.is_some() && upstream.is_none() {
+            return Err(api(
+                Win32Error::InvalidParameter,
+                "pipeline applies to upstream queues only: workers take many requests already",
+            ));
+        }
         if spec.strip_prefix && upstream.is_none() {
             return Err(api(
                 Win32Error::InvalidParameter,

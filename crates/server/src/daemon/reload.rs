@@ -336,6 +336,7 @@ impl Daemon {
                         upstream: q.upstream.clone(),
                         https_redirect: q.https_redirect,
                         strip_prefix: q.strip_prefix,
+                        pipeline: q.pipeline,
                         ..QueueSpec::default()
                     };
                     if let Err(e) = self.open_queue(&session, &spec, q.connections, Some(access)) {
@@ -359,10 +360,11 @@ impl Daemon {
                     if b.upstream != q.upstream
                         || b.connections != q.connections
                         || b.strip_prefix != q.strip_prefix
+                        || b.pipeline != q.pipeline
                     {
                         report.warn(format!(
-                            "queue {:?}: upstream, connections and strip_prefix apply when the \
-                             daemon restarts",
+                            "queue {:?}: upstream, connections, strip_prefix and pipeline apply \
+                             when the daemon restarts",
                             q.name
                         ));
                     }

@@ -1,0 +1,327 @@
+//! Pipelined upstream connections: requests without a body, from many client connections,
+//! written one after another on one upstream connection, their responses read back in
+//! order (RFC 9112 §9.3.2). Many requests then cost the upstream, and the daemon, one
+//! read and one write.
+//!
+//! Each pipe is a task that owns its [`UpConn`]: client connections hand it [`Job`]s and
+//! get their response back in [`Piece`]s, over a channel small enough that a slow client
+//! holds up the pipe (and only it) rather than growing a buffer.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::relay::{self, Delimit, ResponseHead};
+use crate::upstream::{Turn, UpConn};
+
+/// Pieces of one response in flight from a pipe to its client connection.
+pub(crate) const PIECES: usize = 4;
+
+/// A request for a pipe: its head (it has no body), whether it is HEAD, and where its
+/// response goes.
+pub(crate) struct Job {
+    pub(crate) head: Vec<u8>,
+    pub(crate) head_method: bool,
+    pub(crate) reply: mpsc::Sender<Piece>,
+}
+
+/// What a pipe sends back for a request.
+#[derive(Debug)]
+pub(crate) enum Piece {
+    /// An interim (1xx) response: its parsed head and the bytes it was parsed from.
+    Interim(ResponseHead, Bytes),
+    /// The final response's head.
+    Head(ResponseHead, Bytes),
+    /// Body bytes, and whether the body is complete.
+    Data(Bytes, bool),
+    /// The connection ended before any byte of this response: the request may be sent
+    /// again (it is idempotent and has no body).
+    Unanswered,
+    /// The upstream broke the exchange after the response began, or sent a head the
+    /// daemon refuses.
+    Failed(&'static str),
+}
+
+/// A pipelined upstream connection, as the pool sees it. Dropping it (the pool lets an
+/// idle one go) ends its task once the requests it holds are answered.
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    tx: mpsc::UnboundedSender<Job>,
+    count: Arc<Count>,
+}
+
+/// What the pool and the pipe's task both see.
+#[derive(Debug, Default)]
+struct Count {
+    /// Requests handed to the pipe (or about to be) and not yet answered.
+    in_flight: AtomicUsize,
+    closed: AtomicBool,
+}
+
+impl Pipe {
+    /// Starts a pipe on the connection `conn` will give (a pooled or a new one): the
+    /// pipe takes requests at once, and sends them when the connection is there.
+    pub(crate) fn start(
+        conn: impl Future<Output = std::io::Result<UpConn>> + Send + 'static,
+    ) -> Pipe {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let count = Arc::new(Count::default());
+        let task_count = count.clone();
+        tokio::spawn(async move {
+            match conn.await {
+                Ok(c) => drive(c, rx, &task_count).await,
+                // The requests go again on connections of their own, which report why.
+                Err(_) => ended(None, VecDeque::new(), rx, &task_count),
+            }
+        });
+        Pipe { tx, count }
+    }
+
+    /// Takes a place for one more request if fewer than `depth` are in flight.
+    pub(crate) fn reserve(&self, depth: usize) -> bool {
+        !self.closed()
+            && self
+                .count
+                .in_flight
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < depth).then_some(n + 1)
+                })
+                .is_ok()
+    }
+
+    /// The pipe's connection has ended; it takes no more requests.
+    pub(crate) fn closed(&self) -> bool {
+        self.count.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether no request is in flight.
+    pub(crate) fn idle(&self) -> bool {
+        self.count.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Hands a request to the pipe (after [`Pipe::reserve`]); `Err` when the pipe has
+    /// ended, and the request is to go elsewhere.
+    pub(crate) fn send(&self, job: Job) -> Result<(), Job> {
+        self.tx.send(job).map_err(|e| e.0)
+    }
+}
+
+/// Reads responses back at most this far ahead of the one being relayed.
+const READ_LIMIT: usize = relay::MAX_RESPONSE_HEAD + 1;
+
+/// The requests a pipe holds, in the order of their responses, and where more come from.
+struct Line<'a> {
+    waiting: VecDeque<(mpsc::Sender<Piece>, bool)>,
+    rx: mpsc::UnboundedReceiver<Job>,
+    count: &'a Count,
+    /// The requests behind the front one have left the pipe ([`Line::release`]).
+    released: bool,
+}
+
+impl Line<'_> {
+    /// Takes the requests handed over so far, their heads appended to `c`'s output.
+    fn take(&mut self, c: &mut UpConn) {
+        while let Ok(job) = self.rx.try_recv() {
+            self.add(c, job);
+        }
+    }
+
+    fn add(&mut self, c: &mut UpConn, job: Job) {
+        c.room().extend_from_slice(&job.head);
+        self.waiting.push_back((job.reply, job.head_method));
+    }
+
+    /// Hands `piece` to the front request's client connection. One that cannot take it at
+    /// once must not hold up the requests behind it: they leave the pipe first.
+    async fn hand(&mut self, reply: &mpsc::Sender<Piece>, piece: Piece) {
+        match reply.try_send(piece) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(piece)) => {
+                self.release();
+                let _ = reply.send(piece).await;
+            }
+        }
+    }
+
+    /// The requests behind the front one go again on connections of their own (they are
+    /// idempotent and have no body), and the pipe takes no more: it ends after the front
+    /// request's response.
+    fn release(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        self.count.closed.store(true, Ordering::Release);
+        self.rx.close();
+        while let Ok(job) = self.rx.try_recv() {
+            self.waiting.push_back((job.reply, job.head_method));
+        }
+        let front = self.waiting.pop_front();
+        for (reply, _) in self.waiting.drain(..) {
+            let _ = reply.try_send(Piece::Unanswered);
+            self.count.answered();
+        }
+        self.waiting.extend(front);
+    }
+
+    /// The front request is answered.
+    fn answered(&mut self) {
+        self.waiting.pop_front();
+        self.count.answered();
+    }
+}
+
+/// The pipe's task: writes requests as they come, reads responses in order.
+async fn drive(mut c: UpConn, rx: mpsc::UnboundedReceiver<Job>, count: &Count) {
+    let mut line = Line {
+        waiting: VecDeque::new(),
+        rx,
+        count,
+        released: false,
+    };
+    let mut open = true;
+    let end = 'serve: loop {
+        line.take(&mut c);
+        c.push();
+        if line.waiting.is_empty() {
+            if !open || line.released {
+                break 'serve None;
+            }
+            tokio::select! {
+                job = line.rx.recv() => match job {
+                    Some(job) => {
+                        line.add(&mut c, job);
+                        continue;
+                    }
+                    None => break 'serve None,
+                },
+                // Idle: the upstream closed the connection, or sent what no one asked.
+                _ = c.io.ready(false) => break 'serve None,
+            }
+        }
+        // The front request's response, and those after it already read.
+        while let Some((reply, head_method)) = line.waiting.front() {
+            let h = match relay::parse_response(&c.rd, *head_method, &mut c.spare) {
+                Ok(None) => break,
+                Ok(Some(h)) if h.status == 101 => {
+                    break 'serve Some("101 to a request without Upgrade");
+                }
+                Ok(Some(h)) => h,
+                Err(e) => break 'serve Some(e.0),
+            };
+            let reply = reply.clone();
+            let bytes = c.rd.split_to(h.len).freeze();
+            if h.status < 200 {
+                line.hand(&reply, Piece::Interim(h, bytes)).await;
+                continue;
+            }
+            let mut delimit = h.delimit.clone();
+            let close = h.close;
+            line.hand(&reply, Piece::Head(h, bytes)).await;
+            // The body, as it comes.
+            loop {
+                match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
+                    Ok((data, done)) => {
+                        let took = !data.is_empty();
+                        if took || done {
+                            line.hand(&reply, Piece::Data(data, done)).await;
+                        }
+                        if done {
+                            break;
+                        }
+                        // Taken some and more is there: take again; else read.
+                        if took && !c.rd.is_empty() {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        line.hand(&reply, Piece::Failed(e)).await;
+                        line.answered();
+                        c.rd.clear();
+                        break 'serve None;
+                    }
+                }
+                let r = c.io.ready(c.pending() > 0).await;
+                match r.and_then(|()| c.turn(usize::MAX, true)) {
+                    Ok(Turn::Moved) => {}
+                    Ok(Turn::Eof) => {
+                        let last = if delimit == Delimit::Close {
+                            Piece::Data(Bytes::new(), true)
+                        } else {
+                            Piece::Failed("upstream closed mid-body")
+                        };
+                        line.hand(&reply, last).await;
+                        line.answered();
+                        c.rd.clear();
+                        break 'serve None;
+                    }
+                    Err(_) => {
+                        line.hand(&reply, Piece::Failed("upstream failed mid-body"))
+                            .await;
+                        line.answered();
+                        c.rd.clear();
+                        break 'serve None;
+                    }
+                }
+            }
+            line.answered();
+            if close || line.released {
+                break 'serve None;
+            }
+        }
+        if line.waiting.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            biased;
+            r = c.io.ready(c.pending() > 0) => {
+                match r.and_then(|()| c.turn(READ_LIMIT, false)) {
+                    Ok(Turn::Moved) => {}
+                    Ok(Turn::Eof) | Err(_) => break 'serve None,
+                }
+            }
+            job = line.rx.recv(), if open && !line.released => match job {
+                Some(job) => line.add(&mut c, job),
+                None => open = false,
+            },
+        }
+    };
+    // The front request failed if its response was refused or had begun.
+    let end = end.or((!c.rd.is_empty()).then_some("closed before a whole response"));
+    ended(end, line.waiting, line.rx, count);
+}
+
+/// Ends a pipe: the front request fails with `why`, if given; every other one it holds, or
+/// is yet to be handed, was not answered and may go again.
+fn ended(
+    why: Option<&'static str>,
+    mut waiting: VecDeque<(mpsc::Sender<Piece>, bool)>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    count: &Count,
+) {
+    count.closed.store(true, Ordering::Release);
+    if let Some(why) = why
+        && let Some((reply, _)) = waiting.pop_front()
+    {
+        let _ = reply.try_send(Piece::Failed(why));
+        count.answered();
+    }
+    rx.close();
+    while let Ok(job) = rx.try_recv() {
+        waiting.push_back((job.reply, job.head_method));
+    }
+    for (reply, _) in waiting {
+        let _ = reply.try_send(Piece::Unanswered);
+        count.answered();
+    }
+}
+
+impl Count {
+    fn answered(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
