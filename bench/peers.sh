@@ -20,6 +20,9 @@
 #                             every request a POST of that many bytes (bench/wrk/wrk
 #                             wraps wrk for the shared harness), the response body still
 #                             BODY_SIZE; use with H2=0, as h2load sends no body
+#   PIPELINE=16 bench/peers.sh upstream
+#                             the upstream queue with pipeline = 16: bodiless GETs from
+#                             many clients wait on few backend connections
 #   CLOSE=1 bench/peers.sh attached
 #                             every request with Connection: close, so each opens a
 #                             connection of its own (use with H2=0)
@@ -82,7 +85,9 @@ $body
 $second
 exec $BIN/examples/hello --control {workdir}/control.sock --name bench --threads \$BENCH_WORKERS --body-file {workdir}/body --read-body http://+:{port}{prefix}"
 
-upstream="printf '[[queue]]\nname = \"app\"\nurls = [\"http://+:{port}{prefix}\"]\nupstream = \"unix:{sock}\"\n$second_queue' > {workdir}/portshare.toml
+PIPELINE=${PIPELINE:-1}
+[[ "$PIPELINE" =~ ^[0-9]+$ ]] || { echo "PIPELINE must be a number (1: none)" >&2; exit 2; }
+upstream="printf '[[queue]]\nname = \"app\"\nurls = [\"http://+:{port}{prefix}\"]\nupstream = \"unix:{sock}\"\npipeline = $PIPELINE\n$second_queue' > {workdir}/portshare.toml
 exec $BIN/portshare serve --control {workdir}/control.sock --threads \$BENCH_WORKERS --iplisten {host} --config {workdir}/portshare.toml 2>{workdir}/daemon.log"
 
 run() {
