@@ -34,8 +34,10 @@ pub(crate) struct Job {
 pub(crate) enum Piece {
     /// An interim (1xx) response: its parsed head and the bytes it was parsed from.
     Interim(ResponseHead, Bytes),
-    /// The final response's head.
-    Head(ResponseHead, Bytes),
+    /// The final response's head, the bytes it was parsed from, and what of its body came
+    /// with it (often all: a response costs its client connection one wake-up), and
+    /// whether that is the whole body.
+    Head(ResponseHead, Bytes, Bytes, bool),
     /// Body bytes, and whether the body is complete.
     Data(Bytes, bool),
     /// The connection ended before any byte of this response: the request may be sent
@@ -221,50 +223,56 @@ async fn drive(mut c: UpConn, rx: mpsc::UnboundedReceiver<Job>, count: &Count) {
             }
             let mut delimit = h.delimit.clone();
             let close = h.close;
-            line.hand(&reply, Piece::Head(h, bytes)).await;
-            // The body, as it comes.
-            loop {
-                match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
-                    Ok((data, done)) => {
-                        let took = !data.is_empty();
-                        if took || done {
-                            line.hand(&reply, Piece::Data(data, done)).await;
+            let (data, done) = match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
+                Ok(first) => first,
+                Err(e) => break 'serve Some(e),
+            };
+            line.hand(&reply, Piece::Head(h, bytes, data, done)).await;
+            // The rest of the body, as it comes.
+            if !done {
+                loop {
+                    match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
+                        Ok((data, done)) => {
+                            let took = !data.is_empty();
+                            if took || done {
+                                line.hand(&reply, Piece::Data(data, done)).await;
+                            }
+                            if done {
+                                break;
+                            }
+                            // Taken some and more is there: take again; else read.
+                            if took && !c.rd.is_empty() {
+                                continue;
+                            }
                         }
-                        if done {
-                            break;
-                        }
-                        // Taken some and more is there: take again; else read.
-                        if took && !c.rd.is_empty() {
-                            continue;
+                        Err(e) => {
+                            line.hand(&reply, Piece::Failed(e)).await;
+                            line.answered();
+                            c.rd.clear();
+                            break 'serve None;
                         }
                     }
-                    Err(e) => {
-                        line.hand(&reply, Piece::Failed(e)).await;
-                        line.answered();
-                        c.rd.clear();
-                        break 'serve None;
-                    }
-                }
-                let r = c.io.ready(c.pending() > 0).await;
-                match r.and_then(|()| c.turn(usize::MAX, true)) {
-                    Ok(Turn::Moved) => {}
-                    Ok(Turn::Eof) => {
-                        let last = if delimit == Delimit::Close {
-                            Piece::Data(Bytes::new(), true)
-                        } else {
-                            Piece::Failed("upstream closed mid-body")
-                        };
-                        line.hand(&reply, last).await;
-                        line.answered();
-                        c.rd.clear();
-                        break 'serve None;
-                    }
-                    Err(_) => {
-                        line.hand(&reply, Piece::Failed("upstream failed mid-body"))
-                            .await;
-                        line.answered();
-                        c.rd.clear();
-                        break 'serve None;
+                    let r = c.io.ready(c.pending() > 0).await;
+                    match r.and_then(|()| c.turn(usize::MAX, true)) {
+                        Ok(Turn::Moved) => {}
+                        Ok(Turn::Eof) => {
+                            let last = if delimit == Delimit::Close {
+                                Piece::Data(Bytes::new(), true)
+                            } else {
+                                Piece::Failed("upstream closed mid-body")
+                            };
+                            line.hand(&reply, last).await;
+                            line.answered();
+                            c.rd.clear();
+                            break 'serve None;
+                        }
+                        Err(_) => {
+                            line.hand(&reply, Piece::Failed("upstream failed mid-body"))
+                                .await;
+                            line.answered();
+                            c.rd.clear();
+                            break 'serve None;
+                        }
                     }
                 }
             }

@@ -458,7 +458,7 @@ impl Conn {
         }
         let mut out = Response::new(facts);
         out.close |= self.shared.stopping();
-        let (resp, bytes) = loop {
+        let (resp, bytes, first, done) = loop {
             match rx.recv().await {
                 Some(Piece::Interim(h, b)) => {
                     if h.status != 100 && facts.version == Version::Http11 {
@@ -468,7 +468,7 @@ impl Conn {
                         }
                     }
                 }
-                Some(Piece::Head(h, b)) => break (h, b),
+                Some(Piece::Head(h, b, data, done)) => break (h, b, data, done),
                 Some(Piece::Unanswered) | None => {
                     return self
                         .exchange_upstream(head, authority, binding, id, up, body, facts, queue)
@@ -489,7 +489,14 @@ impl Conn {
         if !out.head(self.wr.tail(), status, headers, end, None) {
             return self.bad_gateway(queue, up, "a response the client cannot be given");
         }
+        if !out.finished && !out.data(&mut self.wr, first, done) {
+            tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream broke its framing");
+            return self.abandoned(None, queue);
+        }
         while !out.finished {
+            if !self.wr.is_empty() && !self.send(queue).await {
+                return Next::Abort;
+            }
             match rx.recv().await {
                 Some(Piece::Data(data, done)) => {
                     if !out.data(&mut self.wr, data, done) {
@@ -501,9 +508,6 @@ impl Conn {
                     tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream failed mid-body");
                     return self.abandoned(None, queue);
                 }
-            }
-            if !out.finished && !self.wr.is_empty() && !self.send(queue).await {
-                return Next::Abort;
             }
         }
         if !self.send(queue).await {
