@@ -201,7 +201,8 @@ impl Upstream {
     pub(crate) fn pipe(self: &Arc<Self>, share: &Arc<Share>) -> Arc<crate::pipeline::Pipe> {
         let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
         let low = share.low();
-        pipes.retain(|p| !p.closed() && !(low && p.idle()));
+        // Ended pipes go, and idle ones too when connections run short.
+        pipes.retain(|p| !(p.closed() || low && p.idle()));
         if let Some(p) = pipes.iter().find(|p| p.reserve(self.pipeline)) {
             return p.clone();
         }
