@@ -180,13 +180,23 @@ fn a_client_that_does_not_read_holds_up_no_one_else() {
     let up = Scripted::start(|x| {
         let path = target(&x.head).to_string();
         if path == "/legacy/big" {
+            // A first piece the sockets hold, a pause while the other clients' requests
+            // join this connection behind it, then far more than the sockets and the
+            // pipe hold.
             let chunk = vec![b'x'; 1 << 20];
             let _ = write!(
                 x.s,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
                 256 << 20
             );
-            for _ in 0..256 {
+            if x.s.write_all(&chunk[..64 << 10]).is_err() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(700));
+            if x.s.write_all(&chunk[64 << 10..]).is_err() {
+                return false;
+            }
+            for _ in 1..256 {
                 if x.s.write_all(&chunk).is_err() {
                     return false;
                 }
