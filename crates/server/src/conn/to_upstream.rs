@@ -188,7 +188,54 @@ pub(crate) fn upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// A response head's fields as the client gets them: the end-to-end ones, and one
+/// Content-Length, normalized (none on a 204), its digits written in `num`.
+pub(crate) fn client_fields<'b>(
+    resp: &'b ResponseHead,
+    buf: &'b [u8],
+    num: &'b mut [u8; 20],
+) -> impl Iterator<Item = (&'b [u8], &'b [u8])> + 'b {
+    let length = resp
+        .length
+        .filter(|_| resp.status != 204)
+        .map(|n| (&b"Content-Length"[..], fmt_u64(num, n)));
+    resp.fields(buf).chain(length)
+}
+
 impl Conn {
+    /// [`upstream_head`] for this connection's client, appended to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn head_for_upstream(
+        &self,
+        out: &mut Vec<u8>,
+        head: &Head<'_>,
+        authority: Option<&[u8]>,
+        binding: &crate::shared::Destination,
+        id: u64,
+        up: &Upstream,
+        framing: ReqFraming,
+        upgrade: Option<&[u8]>,
+    ) {
+        let from = Origin {
+            peer: &self.peer_text,
+            local: &self.local_text,
+            proto: self.proto,
+        };
+        upstream_head(
+            out,
+            head,
+            authority,
+            &self.scratch,
+            self.peer,
+            from,
+            self.tls.as_deref(),
+            binding,
+            id,
+            up.strip_prefix,
+            framing,
+            upgrade,
+        );
+    }
     /// Forwards the request to an upstream server and relays its response; an upgrade
     /// the upstream accepts turns the connection opaque.
     #[allow(clippy::too_many_arguments)]
@@ -213,24 +260,15 @@ impl Conn {
         };
         let framing = req_framing(head, !body.is_done());
         let upgrade = super::headers::upgrade_offer(head);
-        let from = Origin {
-            peer: &self.peer_text,
-            local: &self.local_text,
-            proto: self.proto,
-        };
         c.wr.clear();
         c.sent = 0;
-        upstream_head(
+        self.head_for_upstream(
             &mut c.wr,
             head,
             authority,
-            &self.scratch,
-            self.peer,
-            from,
-            self.tls.as_deref(),
             binding,
             id,
-            up.strip_prefix,
+            up,
             framing,
             upgrade.as_deref(),
         );
@@ -313,14 +351,9 @@ impl Conn {
         };
         let status = resp.status;
         let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
-        // One Content-Length, normalized, for the encoder to write with its framing (none
-        // on a 204, whatever the upstream said).
+        // One Content-Length, for the encoder to write with its framing.
         let mut num = itoa_buf();
-        let length = resp
-            .length
-            .filter(|_| status != 204)
-            .map(|n| (&b"Content-Length"[..], fmt_u64(&mut num, n)));
-        let headers = resp.fields(&c.rd[..resp.len]).chain(length);
+        let headers = client_fields(&resp, &c.rd[..resp.len], &mut num);
         let mut delimit = resp.delimit.clone();
         if !out.head(self.wr.tail(), status, headers, end, None) {
             return self.bad_gateway(queue, up, "a response the client cannot be given");
@@ -425,23 +458,14 @@ impl Conn {
         queue: &Arc<Queue>,
     ) -> Next {
         let pipe = up.pipe(&self.shared.upstreams);
-        let from = Origin {
-            peer: &self.peer_text,
-            local: &self.local_text,
-            proto: self.proto,
-        };
         let mut wr = Vec::with_capacity(1024);
-        upstream_head(
+        self.head_for_upstream(
             &mut wr,
             head,
             authority,
-            &self.scratch,
-            self.peer,
-            from,
-            self.tls.as_deref(),
             binding,
             id,
-            up.strip_prefix,
+            up,
             ReqFraming::None,
             None,
         );
@@ -481,11 +505,7 @@ impl Conn {
         let status = resp.status;
         let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
         let mut num = itoa_buf();
-        let length = resp
-            .length
-            .filter(|_| status != 204)
-            .map(|n| (&b"Content-Length"[..], fmt_u64(&mut num, n)));
-        let headers = resp.fields(&bytes).chain(length);
+        let headers = client_fields(&resp, &bytes, &mut num);
         if !out.head(self.wr.tail(), status, headers, end, None) {
             return self.bad_gateway(queue, up, "a response the client cannot be given");
         }

@@ -114,18 +114,14 @@ impl Ctx<'_> {
         };
         let status = resp.status;
         let end = matches!(resp.delimit, Delimit::None | Delimit::Framed(BodyIn::Done));
-        // One Content-Length, normalized (none on a 204), judged as an application's.
+        // One Content-Length, normalized, judged as an application's.
         let mut num = itoa_buf();
-        let length = resp
-            .length
-            .filter(|_| status != 204)
-            .map(|n| (&b"content-length"[..], fmt_u64(&mut num, n)));
         let mut delimit = resp.delimit.clone();
         let mut relay = Relay::default();
         let head = self.response_head(
             &mut relay,
             status,
-            resp.fields(&c.rd[..resp.len]).chain(length),
+            client_fields(&resp, &c.rd[..resp.len], &mut num),
             end,
             None,
         );
