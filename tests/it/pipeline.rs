@@ -140,16 +140,18 @@ fn requests_left_on_a_pipe_its_upstream_closed_go_again() {
         if followed(x) {
             l.fetch_add(1, Ordering::Relaxed);
         }
+        // In one write: closing with requests unread resets the connection, and the
+        // kernel drops what it had not sent yet of an answer written in pieces (an answer
+        // cut short is 502, rightly).
         let text = target(&x.head).to_string();
-        write!(
-            x.s,
+        let answer = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}",
             text.len()
-        )
-        .expect("answer");
+        );
+        x.s.write_all(answer.as_bytes()).expect("answer");
         false
     });
-    let (_d, port) = pipelined_daemon("pipeline-closed", &up, 8);
+    let (d, port) = pipelined_daemon("pipeline-closed", &up, 8);
     let clients: Vec<_> = (0..8)
         .map(|i| {
             std::thread::spawn(move || {
@@ -159,14 +161,18 @@ fn requests_left_on_a_pipe_its_upstream_closed_go_again() {
                     let path = format!("/legacy/c{i}/r{j}");
                     write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
                     let (status, head, body) = read_response(&mut c, &mut buf, false);
-                    assert_eq!(status, 200, "{path}: {head}");
-                    assert_eq!(String::from_utf8_lossy(&body), path, "{path}: {head}");
+                    if (status, &body[..]) != (200, path.as_bytes()) {
+                        return Err(format!("{path}: {head}{}", String::from_utf8_lossy(&body)));
+                    }
                 }
+                Ok(())
             })
         })
         .collect();
     for c in clients {
-        c.join().expect("a client");
+        if let Err(e) = c.join().expect("a client") {
+            panic!("{e}\ndaemon log:\n{}", d.log());
+        }
     }
     assert!(
         left.load(Ordering::Relaxed) > 0,
