@@ -74,10 +74,16 @@ impl Pipe {
         let count = Arc::new(Count::default());
         let task_count = count.clone();
         tokio::spawn(async move {
+            let line = Line {
+                waiting: VecDeque::new(),
+                rx,
+                count: &task_count,
+                released: false,
+            };
             match conn.await {
-                Ok(c) => drive(c, rx, &task_count).await,
+                Ok(c) => drive(c, line).await,
                 // The requests go again on connections of their own, which report why.
-                Err(_) => ended(None, VecDeque::new(), rx, &task_count),
+                Err(_) => line.end(None),
             }
         });
         Pipe { tx, count }
@@ -153,21 +159,36 @@ impl Line<'_> {
     /// idempotent and have no body), and the pipe takes no more: it ends after the front
     /// request's response.
     fn release(&mut self) {
-        if self.released {
-            return;
+        if !self.released {
+            self.released = true;
+            self.send_back(1);
         }
-        self.released = true;
+    }
+
+    /// Closes the pipe to new requests, and tells every request from the `keep`th on,
+    /// those handed over meanwhile included, that it was not answered and may go again.
+    fn send_back(&mut self, keep: usize) {
         self.count.closed.store(true, Ordering::Release);
         self.rx.close();
         while let Ok(job) = self.rx.try_recv() {
             self.waiting.push_back((job.reply, job.head_method));
         }
-        let front = self.waiting.pop_front();
-        for (reply, _) in self.waiting.drain(..) {
+        for (reply, _) in self.waiting.drain(keep.min(self.waiting.len())..) {
             let _ = reply.try_send(Piece::Unanswered);
             self.count.answered();
         }
-        self.waiting.extend(front);
+    }
+
+    /// Ends the pipe: the front request fails with `why`, if given; every other one it
+    /// holds, or is yet to be handed, was not answered and may go again.
+    fn end(mut self, why: Option<&'static str>) {
+        if let Some(why) = why
+            && let Some((reply, _)) = self.waiting.pop_front()
+        {
+            let _ = reply.try_send(Piece::Failed(why));
+            self.count.answered();
+        }
+        self.send_back(0);
     }
 
     /// The front request is answered.
@@ -178,13 +199,7 @@ impl Line<'_> {
 }
 
 /// The pipe's task: writes requests as they come, reads responses in order.
-async fn drive(mut c: UpConn, rx: mpsc::UnboundedReceiver<Job>, count: &Count) {
-    let mut line = Line {
-        waiting: VecDeque::new(),
-        rx,
-        count,
-        released: false,
-    };
+async fn drive(mut c: UpConn, mut line: Line<'_>) {
     let mut open = true;
     let end = 'serve: loop {
         line.take(&mut c);
@@ -299,33 +314,7 @@ async fn drive(mut c: UpConn, rx: mpsc::UnboundedReceiver<Job>, count: &Count) {
         }
     };
     // The front request failed if its response was refused or had begun.
-    let end = end.or((!c.rd.is_empty()).then_some("closed before a whole response"));
-    ended(end, line.waiting, line.rx, count);
-}
-
-/// Ends a pipe: the front request fails with `why`, if given; every other one it holds, or
-/// is yet to be handed, was not answered and may go again.
-fn ended(
-    why: Option<&'static str>,
-    mut waiting: VecDeque<(mpsc::Sender<Piece>, bool)>,
-    mut rx: mpsc::UnboundedReceiver<Job>,
-    count: &Count,
-) {
-    count.closed.store(true, Ordering::Release);
-    if let Some(why) = why
-        && let Some((reply, _)) = waiting.pop_front()
-    {
-        let _ = reply.try_send(Piece::Failed(why));
-        count.answered();
-    }
-    rx.close();
-    while let Ok(job) = rx.try_recv() {
-        waiting.push_back((job.reply, job.head_method));
-    }
-    for (reply, _) in waiting {
-        let _ = reply.try_send(Piece::Unanswered);
-        count.answered();
-    }
+    line.end(end.or((!c.rd.is_empty()).then_some("closed before a whole response")));
 }
 
 impl Count {
