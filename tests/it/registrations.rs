@@ -43,6 +43,60 @@ fn ports_bind_lazily_and_close_with_the_last_registration() {
     );
 }
 
+/// A port let go binds again at once: its listener closes on a runtime thread a moment
+/// after the last registration goes, and a registration meanwhile waits for that instead
+/// of finding the port held (by the daemon itself). Here a batch, refused as a whole (its
+/// second URL repeats the first) after binding its port, and a registration on the same
+/// port right after, 300 times, while clients keep the daemon's threads busy.
+#[test]
+fn a_port_let_go_binds_again_at_once() {
+    let d = Daemon::start();
+    let (_app, busy) = hello_on_free_port(&d, "busy", &["/"], &[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = try_get(busy, "x", "/");
+                }
+            })
+        })
+        .collect();
+    let mut ctl = d.ctl();
+    ctl.create_queue(json!({ "name": "again" }));
+    let port = free_port();
+    let mut refused = Vec::new();
+    for i in 0..300 {
+        let urls = json!({ "urls": [
+            { "url": format!("http://+:{port}/{i}/a/") },
+            { "url": format!("http://+:{port}/{i}/a/") },
+        ] });
+        let (_, body) = ctl.call("POST", "/v1/queues/again/urls", Some(urls));
+        assert_eq!(body["code"], 183, "{body}");
+        let (status, body) = ctl.add_url("again", &format!("http://+:{port}/{i}/"));
+        if status != 201 {
+            refused.push(body);
+        }
+        let (status, _) = ctl.call(
+            "DELETE",
+            "/v1/queues/again/urls",
+            Some(json!({ "url": format!("http://+:{port}/{i}/") })),
+        );
+        assert!(status == 204 || status == 404);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in load {
+        t.join().expect("load thread");
+    }
+    assert!(
+        refused.is_empty(),
+        "{} refused: {:?}",
+        refused.len(),
+        refused.first()
+    );
+}
+
 #[test]
 fn coexists_with_a_server_on_another_loopback_address() {
     let port = free_port();

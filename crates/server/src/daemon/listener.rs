@@ -329,15 +329,38 @@ impl Daemon {
         }
     }
 
+    /// Stops the listeners of `port`. Each socket closes when its task ends, on a runtime
+    /// thread, a moment later: until then the task waits in `closing`.
     pub(super) fn release_port(st: &mut State, port: u16) {
         st.bind_failures.retain(|addr, _| addr.port() != port);
-        st.listeners.retain(|addr, _| {
-            let keep = addr.port() != port;
-            if !keep {
-                tracing::info!(%addr, "closed: nothing is registered on its port");
+        st.closing.retain(|_, task| !task.is_finished());
+        let gone: Vec<SocketAddr> = st
+            .listeners
+            .keys()
+            .filter(|a| a.port() == port)
+            .copied()
+            .collect();
+        for addr in gone {
+            tracing::info!(%addr, "closed: nothing is registered on its port");
+            if let Some(task) = st.listeners.remove(&addr).and_then(Listener::close) {
+                st.closing.insert(addr, task);
             }
-            keep
-        });
+        }
+    }
+
+    /// Waits (on the blocking pool, without the lock) for the listener of `addr` the daemon
+    /// let go to close, so that the address binds again. Whether there was one.
+    pub(super) fn wait_closed(&self, addr: SocketAddr) -> bool {
+        let Some(task) = self.lock().closing.remove(&addr) else {
+            return false;
+        };
+        // An aborted accept loop ends at its next poll, on a runtime thread; the bound is
+        // only for safety.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !task.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
     }
 
     pub(super) fn listening_for(&self, st: &State, prefix: &UrlPrefix) -> Vec<String> {

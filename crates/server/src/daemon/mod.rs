@@ -198,6 +198,9 @@ struct State {
     table: Routes<Arc<Destination>>,
     queues: HashMap<String, QueueEntry>,
     listeners: HashMap<SocketAddr, Listener>,
+    /// Listeners let go whose task has not ended yet: their socket still holds the
+    /// address until it does (see [`Daemon::wait_closed`]).
+    closing: HashMap<SocketAddr, JoinHandle<()>>,
     acl: UrlAcl,
     /// Where each reservation comes from.
     acl_sources: HashMap<UrlPrefix, Source>,
@@ -269,6 +272,7 @@ impl Daemon {
                 table: Routes::new(),
                 queues: HashMap::new(),
                 listeners: HashMap::new(),
+                closing: HashMap::new(),
                 acl: UrlAcl::new(),
                 acl_sources: HashMap::new(),
                 config,
@@ -527,7 +531,17 @@ impl Daemon {
             })
             .collect::<Result<Vec<Arc<UrlPrefix>>, ApiError>>()?;
         let mut held = None;
-        let added = self.add_urls_locked(session, name, adds, prefixes, &mut held);
+        let mut added = self.add_urls_locked(session, name, adds, prefixes.clone(), &mut held);
+        // The port's own listener, let go a moment ago, may not have closed yet.
+        if added.is_err()
+            && held
+                .as_ref()
+                .and_then(BindError::in_use)
+                .is_some_and(|a| self.wait_closed(a))
+        {
+            held = None;
+            added = self.add_urls_locked(session, name, adds, prefixes, &mut held);
+        }
         let added = match (held, added) {
             (Some(e), Err(refused)) => {
                 let named = self.name_held(e);
