@@ -834,7 +834,8 @@ fn a_squatter_after_a_restart_never_receives_the_apps_traffic() {
     let (d, site) = open_daemon("");
     let port = free_port();
     let app = d.hello("app", &[&format!("http://+:{port}/app/")], &[]);
-    assert!(answer(port, "x", "/app/1").starts_with("name=app"));
+    let first = answer(port, "x", "/app/1");
+    assert!(first.starts_with("name=app"), "{first}");
     // The daemon goes; a squatter waits for the new one and grabs the name first (or
     // finds the app back in it), while the SDK registers again by itself.
     let stopped = d.into_builder();

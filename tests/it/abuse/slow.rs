@@ -254,9 +254,9 @@ fn assert_normal_client_served(name: &str, r: &mut AttackReport) {
     assert_eq!(status, 200, "{name}: after the attack: {body}");
 }
 
-/// Slowloris: 1000 connections each sending one more header line every 2 s and never
-/// ending the head. HeaderWait (10 s here) bounds the whole head, not the gaps, so each is
-/// cut 10 s after it opened, with a Timer_HeaderWait line; meanwhile a normal client is
+/// Slowloris: 1000 connections each sending one more header line every second and never
+/// ending the head. HeaderWait (4 s here) bounds the whole head, not the gaps, so each is
+/// cut 4 s after it opened, with a Timer_HeaderWait line; meanwhile a normal client is
 /// answered every time.
 #[test]
 fn slowloris_does_not_starve_a_normal_client() {
@@ -264,7 +264,7 @@ fn slowloris_does_not_starve_a_normal_client() {
         return;
     }
     let _turn = heavy();
-    let mut r = slow_attack("-H", "[timers]\nheader_wait = 10\n", 2, 15, "/app/", false);
+    let mut r = slow_attack("-H", "[timers]\nheader_wait = 4\n", 1, 8, "/app/", false);
     print_attack("slowloris", &r);
     let errlog = r.daemon.errlog_text();
     let cut = errlog.matches(" Timer_HeaderWait ").count();
@@ -278,8 +278,8 @@ fn slowloris_does_not_starve_a_normal_client() {
 }
 
 /// Slow body (R-U-Dead-Yet): 1000 POSTs to an app that reads bodies (`axum_app`'s
-/// `/axum/echo`), each announcing 4096 bytes and sending a few every 5 s. EntityBody (3 s
-/// here) is a gap timer: each body in the app's hands is cut at its first 5 s gap, with a
+/// `/axum/echo`), each announcing 4096 bytes and sending a few every 3 s. EntityBody (2 s
+/// here) is a gap timer: each body in the app's hands is cut at its first 3 s gap, with a
 /// Timer_EntityBody line, and the next waiting one takes the slot. The 128 slots of the
 /// victim are its own business (slowhttptest's probe, which asks the victim, may well find
 /// it unavailable); the daemon must keep answering a normal client of another app on the
@@ -292,9 +292,9 @@ fn a_slow_body_attack_does_not_starve_a_normal_client() {
     let _turn = heavy();
     let mut r = slow_attack(
         "-B",
-        "[timers]\nentity_body = 3\n",
-        5,
-        15,
+        "[timers]\nentity_body = 2\n",
+        3,
+        8,
         "/axum/echo",
         true,
     );
