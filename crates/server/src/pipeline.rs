@@ -4,8 +4,9 @@
 //! read and one write.
 //!
 //! Each pipe is a task that owns its [`UpConn`]: client connections hand it [`Job`]s and
-//! get their response back in [`Piece`]s, over a channel small enough that a slow client
-//! holds up the pipe (and only it) rather than growing a buffer.
+//! get their response back in [`Piece`]s ([`Reply`]): the first by a oneshot, the rest, if
+//! any, over a channel small enough that a slow client holds up the pipe (and only it)
+//! rather than growing a buffer.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -13,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::relay::{self, Delimit, ResponseHead};
 use crate::upstream::{Turn, UpConn};
 
-/// Pieces of one response in flight from a pipe to its client connection.
+/// Pieces of one response in flight from a pipe to its client connection, after the first.
 pub(crate) const PIECES: usize = 4;
 
 /// A request for a pipe: its head (it has no body), whether it is HEAD, and where its
@@ -26,7 +27,89 @@ pub(crate) const PIECES: usize = 4;
 pub(crate) struct Job {
     pub(crate) head: Vec<u8>,
     pub(crate) head_method: bool,
-    pub(crate) reply: mpsc::Sender<Piece>,
+    pub(crate) reply: Reply,
+}
+
+/// Where the pieces of a request's response go. The first goes by a oneshot: one
+/// allocation, and all a response whose body came with its head needs. A response with
+/// more to come sends, with its first piece, the receiver of a channel made for the rest.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    first: Option<oneshot::Sender<(Piece, Option<mpsc::Receiver<Piece>>)>>,
+    rest: Option<mpsc::Sender<Piece>>,
+}
+
+/// The client connection's end of a [`Reply`].
+#[derive(Debug)]
+pub(crate) struct Replies {
+    first: Option<oneshot::Receiver<(Piece, Option<mpsc::Receiver<Piece>>)>>,
+    rest: Option<mpsc::Receiver<Piece>>,
+}
+
+/// The two ends of one request's response.
+pub(crate) fn reply() -> (Reply, Replies) {
+    let (tx, rx) = oneshot::channel();
+    (
+        Reply {
+            first: Some(tx),
+            rest: None,
+        },
+        Replies {
+            first: Some(rx),
+            rest: None,
+        },
+    )
+}
+
+impl Piece {
+    /// Whether pieces follow this one.
+    fn more(&self) -> bool {
+        matches!(
+            self,
+            Piece::Interim(..) | Piece::Head(.., false) | Piece::Data(_, false)
+        )
+    }
+}
+
+impl Reply {
+    /// Hands `piece` over if the client connection has room for it; gives it back if it
+    /// has not (it holds [`PIECES`] already). A piece for a connection that is gone is
+    /// dropped.
+    fn try_send(&mut self, piece: Piece) -> Option<Piece> {
+        if let Some(first) = self.first.take() {
+            let rest = piece.more().then(|| {
+                let (tx, rx) = mpsc::channel(PIECES);
+                self.rest = Some(tx);
+                rx
+            });
+            let _ = first.send((piece, rest));
+            return None;
+        }
+        match self.rest.as_ref()?.try_send(piece) {
+            Err(mpsc::error::TrySendError::Full(piece)) => Some(piece),
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => None,
+        }
+    }
+
+    /// Sends a piece [`Reply::try_send`] found no room for, once there is.
+    async fn send(&self, piece: Piece) {
+        if let Some(rest) = &self.rest {
+            let _ = rest.send(piece).await;
+        }
+    }
+}
+
+impl Replies {
+    /// The next piece; `None` when the pipe let the request go without a word (its task
+    /// ended), which the caller takes as [`Piece::Unanswered`] before the head.
+    pub(crate) async fn recv(&mut self) -> Option<Piece> {
+        if let Some(first) = self.first.take() {
+            let (piece, rest) = first.await.ok()?;
+            self.rest = rest;
+            return Some(piece);
+        }
+        self.rest.as_mut()?.recv().await
+    }
 }
 
 /// What a pipe sends back for a request.
@@ -123,7 +206,7 @@ const READ_LIMIT: usize = relay::MAX_RESPONSE_HEAD + 1;
 
 /// The requests a pipe holds, in the order of their responses, and where more come from.
 struct Line<'a> {
-    waiting: VecDeque<(mpsc::Sender<Piece>, bool)>,
+    waiting: VecDeque<(Reply, bool)>,
     rx: mpsc::UnboundedReceiver<Job>,
     count: &'a Count,
     /// The requests behind the front one have left the pipe ([`Line::release`]).
@@ -145,12 +228,14 @@ impl Line<'_> {
 
     /// Hands `piece` to the front request's client connection. One that cannot take it at
     /// once must not hold up the requests behind it: they leave the pipe first.
-    async fn hand(&mut self, reply: &mpsc::Sender<Piece>, piece: Piece) {
-        match reply.try_send(piece) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
-            Err(mpsc::error::TrySendError::Full(piece)) => {
-                self.release();
-                let _ = reply.send(piece).await;
+    async fn hand(&mut self, piece: Piece) {
+        let Some((reply, _)) = self.waiting.front_mut() else {
+            return;
+        };
+        if let Some(piece) = reply.try_send(piece) {
+            self.release();
+            if let Some((reply, _)) = self.waiting.front() {
+                reply.send(piece).await;
             }
         }
     }
@@ -173,7 +258,7 @@ impl Line<'_> {
         while let Ok(job) = self.rx.try_recv() {
             self.waiting.push_back((job.reply, job.head_method));
         }
-        for (reply, _) in self.waiting.drain(keep.min(self.waiting.len())..) {
+        for (mut reply, _) in self.waiting.drain(keep.min(self.waiting.len())..) {
             let _ = reply.try_send(Piece::Unanswered);
             self.count.answered();
         }
@@ -183,7 +268,7 @@ impl Line<'_> {
     /// holds, or is yet to be handed, was not answered and may go again.
     fn end(mut self, why: Option<&'static str>) {
         if let Some(why) = why
-            && let Some((reply, _)) = self.waiting.pop_front()
+            && let Some((mut reply, _)) = self.waiting.pop_front()
         {
             let _ = reply.try_send(Piece::Failed(why));
             self.count.answered();
@@ -221,8 +306,8 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
             }
         }
         // The front request's response, and those after it already read.
-        while let Some((reply, head_method)) = line.waiting.front() {
-            let h = match relay::parse_response(&c.rd, *head_method, &mut c.spare) {
+        while let Some(&(_, head_method)) = line.waiting.front() {
+            let h = match relay::parse_response(&c.rd, head_method, &mut c.spare) {
                 Ok(None) => break,
                 Ok(Some(h)) if h.status == 101 => {
                     break 'serve Some("101 to a request without Upgrade");
@@ -230,10 +315,9 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
                 Ok(Some(h)) => h,
                 Err(e) => break 'serve Some(e.0),
             };
-            let reply = reply.clone();
             let bytes = c.rd.split_to(h.len).freeze();
             if h.status < 200 {
-                line.hand(&reply, Piece::Interim(h, bytes)).await;
+                line.hand(Piece::Interim(h, bytes)).await;
                 continue;
             }
             let mut delimit = h.delimit.clone();
@@ -242,7 +326,7 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
                 Ok(first) => first,
                 Err(e) => break 'serve Some(e),
             };
-            line.hand(&reply, Piece::Head(h, bytes, data, done)).await;
+            line.hand(Piece::Head(h, bytes, data, done)).await;
             // The rest of the body, as it comes.
             if !done {
                 loop {
@@ -250,7 +334,7 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
                         Ok((data, done)) => {
                             let took = !data.is_empty();
                             if took || done {
-                                line.hand(&reply, Piece::Data(data, done)).await;
+                                line.hand(Piece::Data(data, done)).await;
                             }
                             if done {
                                 break;
@@ -261,7 +345,7 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
                             }
                         }
                         Err(e) => {
-                            line.hand(&reply, Piece::Failed(e)).await;
+                            line.hand(Piece::Failed(e)).await;
                             line.answered();
                             c.rd.clear();
                             break 'serve None;
@@ -276,14 +360,13 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
                             } else {
                                 Piece::Failed("upstream closed mid-body")
                             };
-                            line.hand(&reply, last).await;
+                            line.hand(last).await;
                             line.answered();
                             c.rd.clear();
                             break 'serve None;
                         }
                         Err(_) => {
-                            line.hand(&reply, Piece::Failed("upstream failed mid-body"))
-                                .await;
+                            line.hand(Piece::Failed("upstream failed mid-body")).await;
                             line.answered();
                             c.rd.clear();
                             break 'serve None;

@@ -418,10 +418,10 @@ impl Conn {
         self.timers = RequestTimers::service(&timers);
         // IdleConnection until the first byte of a later request; HeaderWait from then (or
         // from the connection's start) until the head is in.
-        let mut deadline =
-            (first || !self.rd.is_empty()).then(|| timers.header_wait.fires_at(Instant::now()));
         // When the head's first byte came, for the access log's time-taken.
         let mut began = Instant::now();
+        let mut deadline =
+            (first || !self.rd.is_empty()).then(|| timers.header_wait.fires_at(began));
         let len = loop {
             match parse_head(&self.rd, &limits) {
                 Ok(Parsed::Partial) => {}
@@ -445,8 +445,8 @@ impl Conn {
                     }
                 }
             }
-            let until =
-                *deadline.get_or_insert_with(|| timers.header_wait.fires_at(Instant::now()));
+            // From the first byte (`began` is when it came, or the request's start).
+            let until = *deadline.get_or_insert_with(|| timers.header_wait.fires_at(began));
             // The parser scans from the start: a client sending a byte at a time must not
             // cost a scan per byte. Only a LF or passing a limit can change its verdict.
             let mut seen = self.rd.len();

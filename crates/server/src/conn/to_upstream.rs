@@ -469,7 +469,7 @@ impl Conn {
             ReqFraming::None,
             None,
         );
-        let (tx, mut rx) = tokio::sync::mpsc::channel(crate::pipeline::PIECES);
+        let (tx, mut rx) = crate::pipeline::reply();
         let job = crate::pipeline::Job {
             head: wr,
             head_method: facts.head_method,
