@@ -105,6 +105,12 @@ impl fmt::Display for BindError {
                 }
                 Some(_) => write!(f, "{addr} is held by another program: {holder}"),
                 None => match &holder.user {
+                    Some(user) if holder.gone => write!(
+                        f,
+                        "{addr} was held by a program run by {}, which let it go before it \
+                         could be named: try again",
+                        UserShown(user)
+                    ),
                     Some(user) => write!(
                         f,
                         "{addr} is held by an unknown program (run by {}; its /proc entries are \
@@ -186,6 +192,8 @@ pub(crate) struct Holder {
     pub(crate) command: Option<String>,
     /// Its user: the name from `/etc/passwd`, else `uid N`.
     pub(crate) user: Option<String>,
+    /// The socket closed between the failed bind and the search for its process.
+    pub(crate) gone: bool,
 }
 
 /// Shows a [`Holder::user`] as `user alice`, or as `uid N` when no name was found.
@@ -461,6 +469,7 @@ mod tests {
             pid: Some(u32::MAX),
             command: Some("nginx: master process /usr/sbin/nginx".into()),
             user: Some("root".into()),
+            ..Holder::default()
         };
         assert_eq!(
             BindError::InUse {
@@ -484,6 +493,16 @@ mod tests {
             .to_string(),
             "127.0.0.1:8080 is held by an unknown program (run by uid 1001; its /proc entries \
              are not readable by this user)"
+        );
+        let gone = Holder {
+            user: Some("root".into()),
+            gone: true,
+            ..Holder::default()
+        };
+        assert_eq!(
+            BindError::InUse { addr, holder: gone }.to_string(),
+            "127.0.0.1:8080 was held by a program run by user root, which let it go before it \
+             could be named: try again"
         );
         assert_eq!(Holder::default().to_string(), "unknown");
         assert_eq!(

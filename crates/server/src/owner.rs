@@ -326,6 +326,7 @@ mod tests {
             pid: Some(42),
             command: Some("python3 -m http.server".into()),
             user: Some("uid 1002".into()),
+            ..Holder::default()
         });
         assert_eq!(
             e.to_string(),

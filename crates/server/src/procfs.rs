@@ -30,6 +30,34 @@ pub(crate) struct SockEntry {
 
 /// See [`crate::bind::find_holder`].
 pub(crate) fn find_holder(addr: SocketAddr) -> Holder {
+    let mut found = blocking_sockets(addr);
+    // Listeners first; sockets merely bound (without SO_REUSEADDR) also block a bind.
+    found.sort_by_key(|entry| entry.state != TCP_LISTEN);
+    let Some(first) = found.first() else {
+        return Holder::default();
+    };
+    let inodes: Vec<u64> = found.iter().map(|entry| entry.inode).collect();
+    let Some((pid, inode)) = find_pid(&inodes) else {
+        // No process has them: hidden from this user, or closed since the first look.
+        let gone = !blocking_sockets(addr)
+            .iter()
+            .any(|entry| inodes.contains(&entry.inode));
+        return Holder {
+            user: Some(user_name(first.uid)),
+            gone,
+            ..Holder::default()
+        };
+    };
+    let socket_uid = found
+        .iter()
+        .find(|entry| entry.inode == inode)
+        .map_or(first.uid, |e| e.uid);
+    process(pid, socket_uid)
+}
+
+/// The sockets of `/proc/net/tcp` and `tcp6` that a file refers to and that keep `addr`
+/// from being bound.
+fn blocking_sockets(addr: SocketAddr) -> Vec<SockEntry> {
     let mut found = Vec::new();
     for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(file) = fs::File::open(path) else {
@@ -43,23 +71,7 @@ pub(crate) fn find_holder(addr: SocketAddr) -> Holder {
                 .filter(|entry| entry.inode != 0 && conflicts(entry.local, addr)),
         );
     }
-    // Listeners first; sockets merely bound (without SO_REUSEADDR) also block a bind.
-    found.sort_by_key(|entry| entry.state != TCP_LISTEN);
-    let Some(first) = found.first() else {
-        return Holder::default();
-    };
-    let inodes: Vec<u64> = found.iter().map(|entry| entry.inode).collect();
-    let Some((pid, inode)) = find_pid(&inodes) else {
-        return Holder {
-            user: Some(user_name(first.uid)),
-            ..Holder::default()
-        };
-    };
-    let socket_uid = found
-        .iter()
-        .find(|entry| entry.inode == inode)
-        .map_or(first.uid, |e| e.uid);
-    process(pid, socket_uid)
+    found
 }
 
 /// `st` of an established connection in `/proc/net/tcp`.
@@ -167,6 +179,7 @@ pub(crate) fn process(pid: u32, socket_uid: u32) -> Holder {
         pid: Some(pid),
         command,
         user: Some(user_name(uid)),
+        gone: false,
     }
 }
 
