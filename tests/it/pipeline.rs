@@ -40,6 +40,22 @@ fn followed(x: &mut Exchange<'_>) -> bool {
     there
 }
 
+/// Client `i`'s `n` GETs, one after another on one connection: each must be answered
+/// with its own path.
+fn own_answers(port: u16, i: usize, n: usize) -> Result<(), String> {
+    let mut c = connect(port);
+    let mut buf = Vec::new();
+    for j in 0..n {
+        let path = format!("/legacy/c{i}/r{j}");
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").map_err(|e| format!("{path}: {e}"))?;
+        let (status, head, body) = read_response(&mut c, &mut buf, false);
+        if (status, &body[..]) != (200, path.as_bytes()) {
+            return Err(format!("{path}: {head}{}", String::from_utf8_lossy(&body)));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn pipelined_requests_each_get_their_own_answer() {
     // Answers a moment late, so that requests gather on each connection; the body names
@@ -153,21 +169,7 @@ fn requests_left_on_a_pipe_its_upstream_closed_go_again() {
     });
     let (d, port) = pipelined_daemon("pipeline-closed", &up, 8);
     let clients: Vec<_> = (0..8)
-        .map(|i| {
-            std::thread::spawn(move || {
-                let mut c = connect(port);
-                let mut buf = Vec::new();
-                for j in 0..3 {
-                    let path = format!("/legacy/c{i}/r{j}");
-                    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
-                    let (status, head, body) = read_response(&mut c, &mut buf, false);
-                    if (status, &body[..]) != (200, path.as_bytes()) {
-                        return Err(format!("{path}: {head}{}", String::from_utf8_lossy(&body)));
-                    }
-                }
-                Ok(())
-            })
-        })
+        .map(|i| std::thread::spawn(move || own_answers(port, i, 3)))
         .collect();
     for c in clients {
         if let Err(e) = c.join().expect("a client") {
@@ -228,23 +230,17 @@ fn a_client_that_does_not_read_holds_up_no_one_else() {
     for i in 0..6 {
         let done = done_tx.clone();
         std::thread::spawn(move || {
-            let mut c = connect(port);
-            let mut buf = Vec::new();
-            for j in 0..3 {
-                let path = format!("/legacy/c{i}/r{j}");
-                write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
-                let (status, head, body) = read_response(&mut c, &mut buf, false);
-                assert_eq!(status, 200, "{path}: {head}");
-                assert_eq!(String::from_utf8_lossy(&body), path, "{path}: {head}");
-            }
-            let _ = done.send(i);
+            let _ = done.send(own_answers(port, i, 3));
         });
     }
     drop(done_tx);
     for _ in 0..6 {
-        done_rx
+        let answered = done_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("every other client answered while one does not read");
+        if let Err(e) = answered {
+            panic!("{e}");
+        }
     }
     drop(stalled);
 }

@@ -61,16 +61,6 @@ pub(crate) fn reply() -> (Reply, Replies) {
     )
 }
 
-impl Piece {
-    /// Whether pieces follow this one.
-    fn more(&self) -> bool {
-        matches!(
-            self,
-            Piece::Interim(..) | Piece::Head(.., false) | Piece::Data(_, false)
-        )
-    }
-}
-
 impl Reply {
     /// Hands `piece` over if the client connection has room for it; gives it back if it
     /// has not (it holds [`PIECES`] already). A piece for a connection that is gone is
@@ -129,6 +119,16 @@ pub(crate) enum Piece {
     /// The upstream broke the exchange after the response began, or sent a head the
     /// daemon refuses.
     Failed(&'static str),
+}
+
+impl Piece {
+    /// Whether pieces follow this one.
+    fn more(&self) -> bool {
+        matches!(
+            self,
+            Piece::Interim(..) | Piece::Head(.., false) | Piece::Data(_, false)
+        )
+    }
 }
 
 /// A pipelined upstream connection, as the pool sees it. Dropping it (the pool lets an
@@ -327,52 +327,11 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
                 Err(e) => break 'serve Some(e),
             };
             line.hand(Piece::Head(h, bytes, data, done)).await;
-            // The rest of the body, as it comes.
-            if !done {
-                loop {
-                    match relay::take_body(&mut delimit, &mut c.rd, usize::MAX) {
-                        Ok((data, done)) => {
-                            let took = !data.is_empty();
-                            if took || done {
-                                line.hand(Piece::Data(data, done)).await;
-                            }
-                            if done {
-                                break;
-                            }
-                            // Taken some and more is there: take again; else read.
-                            if took && !c.rd.is_empty() {
-                                continue;
-                            }
-                        }
-                        Err(e) => {
-                            line.hand(Piece::Failed(e)).await;
-                            line.answered();
-                            c.rd.clear();
-                            break 'serve None;
-                        }
-                    }
-                    let r = c.io.ready(c.pending() > 0).await;
-                    match r.and_then(|()| c.turn(usize::MAX, true)) {
-                        Ok(Turn::Moved) => {}
-                        Ok(Turn::Eof) => {
-                            let last = if delimit == Delimit::Close {
-                                Piece::Data(Bytes::new(), true)
-                            } else {
-                                Piece::Failed("upstream closed mid-body")
-                            };
-                            line.hand(last).await;
-                            line.answered();
-                            c.rd.clear();
-                            break 'serve None;
-                        }
-                        Err(_) => {
-                            line.hand(Piece::Failed("upstream failed mid-body")).await;
-                            line.answered();
-                            c.rd.clear();
-                            break 'serve None;
-                        }
-                    }
-                }
+            if !done && let Err(last) = rest_of_body(&mut c, &mut line, &mut delimit).await {
+                line.hand(last).await;
+                line.answered();
+                c.rd.clear();
+                break 'serve None;
             }
             line.answered();
             if close || line.released {
@@ -398,6 +357,40 @@ async fn drive(mut c: UpConn, mut line: Line<'_>) {
     };
     // The front request failed if its response was refused or had begun.
     line.end(end.or((!c.rd.is_empty()).then_some("closed before a whole response")));
+}
+
+/// Hands the rest of the front response's body to its client connection, as it comes.
+/// `Err` when the body ends with the connection, which then carries no more responses:
+/// the last piece to hand (the end of a body delimited by the close, or the failure).
+async fn rest_of_body(
+    c: &mut UpConn,
+    line: &mut Line<'_>,
+    delimit: &mut Delimit,
+) -> Result<(), Piece> {
+    loop {
+        let (data, done) =
+            relay::take_body(delimit, &mut c.rd, usize::MAX).map_err(Piece::Failed)?;
+        let took = !data.is_empty();
+        if took || done {
+            line.hand(Piece::Data(data, done)).await;
+        }
+        if done {
+            return Ok(());
+        }
+        // Taken some and more is there: take again; else read.
+        if took && !c.rd.is_empty() {
+            continue;
+        }
+        let r = c.io.ready(c.pending() > 0).await;
+        match r.and_then(|()| c.turn(usize::MAX, true)) {
+            Ok(Turn::Moved) => {}
+            Ok(Turn::Eof) if *delimit == Delimit::Close => {
+                return Err(Piece::Data(Bytes::new(), true));
+            }
+            Ok(Turn::Eof) => return Err(Piece::Failed("upstream closed mid-body")),
+            Err(_) => return Err(Piece::Failed("upstream failed mid-body")),
+        }
+    }
 }
 
 impl Count {

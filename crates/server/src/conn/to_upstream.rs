@@ -524,8 +524,12 @@ impl Conn {
                         return self.abandoned(None, queue);
                     }
                 }
-                _ => {
-                    tracing::debug!(queue = queue.name(), upstream = %up.address, "upstream failed mid-body");
+                other => {
+                    let error = match other {
+                        Some(Piece::Failed(why)) => why,
+                        _ => "the pipe sent no more of it",
+                    };
+                    tracing::debug!(queue = queue.name(), upstream = %up.address, error, "upstream body failed");
                     return self.abandoned(None, queue);
                 }
             }
